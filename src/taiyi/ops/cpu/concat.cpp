@@ -1,0 +1,35 @@
+// Concatenation along one dim (torch.cat), any dtype: a byte copy per (outer index, input).
+#include <cstring>
+
+#include "taiyi/ops/cpu/cpu_kernels.h"
+
+namespace taiyi::ops::cpu {
+
+void concat_contiguous(const std::vector<Tensor>& xs, int dim, const Tensor& y) {
+  const size_t es = dtype_size(y.dtype());
+  int64_t outer = 1, inner = 1;
+  for (int d = 0; d < dim; ++d) outer *= y.size(d);
+  for (int d = dim + 1; d < y.ndim(); ++d) inner *= y.size(d);
+  const size_t y_row = static_cast<size_t>(y.size(dim) * inner) * es;
+
+  // Byte offset of each input's part inside one output row, and its length.
+  std::vector<size_t> col(xs.size()), len(xs.size());
+  size_t at = 0;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    col[i] = at;
+    len[i] = static_cast<size_t>(xs[i].size(dim) * inner) * es;
+    at += len[i];
+  }
+  std::byte* py = static_cast<std::byte*>(y.raw_data());
+  const int64_t n_in = static_cast<int64_t>(xs.size()), items = outer * n_in;
+#pragma omp parallel for schedule(static) if (items > 1 && y.nbytes() > (1 << 20))
+  for (int64_t item = 0; item < items; ++item) {
+    const int64_t o = item / n_in;
+    const size_t i = static_cast<size_t>(item % n_in);
+    if (len[i] == 0) continue;
+    const std::byte* src = static_cast<const std::byte*>(xs[i].raw_data()) + static_cast<size_t>(o) * len[i];
+    std::memcpy(py + static_cast<size_t>(o) * y_row + col[i], src, len[i]);
+  }
+}
+
+}  // namespace taiyi::ops::cpu

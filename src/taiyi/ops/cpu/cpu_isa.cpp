@@ -1,0 +1,29 @@
+// Runtime CPU feature detection for the kernel dispatch in cpu_isa.h.
+#include "taiyi/ops/cpu/cpu_isa.h"
+
+#include <atomic>
+
+namespace taiyi::ops::cpu {
+namespace {
+
+bool detect_avx2_fma() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+std::atomic<bool> g_force_generic{false};
+
+}  // namespace
+
+bool cpu_has_avx2_fma() {
+  static const bool has = detect_avx2_fma();
+  return has && !g_force_generic.load(std::memory_order_relaxed);
+}
+
+void set_force_generic_kernels(bool force) { g_force_generic.store(force, std::memory_order_relaxed); }
+
+}  // namespace taiyi::ops::cpu

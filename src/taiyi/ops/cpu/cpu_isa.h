@@ -1,0 +1,26 @@
+// Runtime instruction-set dispatch for the hand-written CPU kernels.
+//
+// The build targets baseline x86-64 (no -march), so a kernel that wants AVX2 is
+// compiled twice from one always-inline body: once with TAIYI_TARGET_AVX2_FMA and
+// once without, and the caller picks with cpu_has_avx2_fma(). Plain loops in the
+// body are vectorised by the compiler for each target; no intrinsics are needed.
+//
+//   TAIYI_ALWAYS_INLINE void scale_body(float* x, int64_t n) { ... }
+//   TAIYI_TARGET_AVX2_FMA void scale_avx2(float* x, int64_t n) { scale_body(x, n); }
+//   void scale_generic(float* x, int64_t n) { scale_body(x, n); }
+#pragma once
+
+#if defined(__x86_64__) || defined(__i386__)
+#define TAIYI_TARGET_AVX2_FMA __attribute__((target("avx2,fma")))
+#else
+#define TAIYI_TARGET_AVX2_FMA
+#endif
+
+namespace taiyi::ops::cpu {
+
+// True when the CPU and the OS support AVX2 and FMA (GCC's and Clang's builtin checks XCR0 too).
+bool cpu_has_avx2_fma();
+// Forces (or lifts the forcing of) the portable path; for tests that cover both paths.
+void set_force_generic_kernels(bool force);
+
+}  // namespace taiyi::ops::cpu

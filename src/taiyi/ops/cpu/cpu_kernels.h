@@ -1,0 +1,72 @@
+// The CPU kernels behind ops.h, one group per source file of this folder.
+//
+// Kernels trust their arguments: ops.cpp has checked ranks, shapes and dtypes,
+// made inputs contiguous where a kernel says it needs that, and allocated the
+// (contiguous) output. Everything here is f32 unless a name says otherwise.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "taiyi/ops/ops.h"
+#include "taiyi/tensor/tensor.h"
+
+namespace taiyi::ops::cpu {
+
+// ---- conv2d_f32_dnnl.cpp ----
+// x [N, Cin, H, W] and w [Cout, Cin/groups, kh, kw] contiguous, bias [Cout] contiguous or undefined,
+// y [N, Cout, Ho, Wo]. oneDNN picks its preferred (blocked) layouts; we reorder in and out.
+void conv2d_f32_dnnl(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p, const Tensor& y);
+
+// ---- matmul_f32_dnnl.cpp ----
+// y[i] = a[i] @ b[i or 0] (+ bias) for a [Ba, M, K], b [Bb, K, N] with Bb == Ba or 1, any strides;
+// y [Ba, M, N] contiguous; bias [N] contiguous or undefined. Strides are handed to oneDNN as they
+// are; operands oneDNN cannot take that way are copied to contiguous first.
+void matmul_f32_dnnl(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& y);
+
+// ---- attention_f32.cpp ----
+// q [B, Lq, H*D], k [B, Lk, H*D], v [B, Lk, H*Dv], each with unit stride in the last dim;
+// out [B, Lq, H*Dv] contiguous. Tiled over query blocks; scratch is O(block * Lk) per thread.
+void attention_f32(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale, const Tensor& out);
+
+// ---- norm_f32.cpp ---- (contiguous x and y; gamma/beta may be null)
+// x [n, c, spatial]; statistics per (sample, group) in double, biased variance.
+void group_norm_f32(const float* x, const float* gamma, const float* beta, float* y, int64_t n, int64_t c,
+                    int64_t spatial, int64_t groups, float eps);
+// x [rows, c], normalised over c.
+void layer_norm_f32(const float* x, const float* gamma, const float* beta, float* y, int64_t rows, int64_t c,
+                    float eps);
+
+// ---- softmax_f32.cpp ----
+// x [rows, c] -> softmax over c.
+void softmax_f32(const float* x, float* y, int64_t rows, int64_t c);
+// In place: x[i] = exp(x[i] - max(x)); returns the sum. The unnormalised half of a softmax,
+// shared with attention, which folds the 1/sum into its output instead. n >= 1.
+float exp_minus_max_f32(float* x, int64_t n);
+
+// ---- elementwise_f32.cpp ----
+enum class UnaryOpF32 { kSilu, kGelu, kExp, kScale, kAddScalar, kClamp };
+// y[i] = op(x[i]) with parameters a, b (scale: a; add_scalar: a; clamp: [a, b]). y may equal x.
+void unary_f32(UnaryOpF32 op, const float* x, float* y, int64_t n, float a = 0.0f, float b = 0.0f);
+// x [rows, 2n] -> y [rows, n]: x[:, :n] * gelu(x[:, n:]).
+void geglu_f32(const float* x, float* y, int64_t rows, int64_t n);
+enum class BinaryOpF32 { kAdd, kSub, kMul };
+// a and b are views already broadcast to y's shape (stride 0 in broadcast dims); y contiguous.
+void binary_f32(BinaryOpF32 op, const Tensor& a, const Tensor& b, const Tensor& y);
+
+// ---- concat.cpp ---- (any dtype)
+// Contiguous xs of y's dtype, equal outside `dim`; y contiguous.
+void concat_contiguous(const std::vector<Tensor>& xs, int dim, const Tensor& y);
+
+// ---- upsample_nearest_f32.cpp ----
+// x [N, C, H, W] contiguous -> y [N, C, Ho, Wo], torch's "nearest" source index rule.
+void upsample_nearest_f32(const Tensor& x, const Tensor& y);
+// The source index torch's F.interpolate(mode="nearest", size=...) reads for output index dst.
+int64_t nearest_source_index(int64_t dst, int64_t in_size, int64_t out_size);
+
+// ---- timestep_embedding_f32.cpp ----
+// t[b] already converted to f32 -> y [t.size(), dim], diffusers get_timestep_embedding in f32 arithmetic.
+void timestep_embedding_f32(const std::vector<float>& t, int dim, bool flip_sin_to_cos, float freq_shift, float scale,
+                            float max_period, float* y);
+
+}  // namespace taiyi::ops::cpu

@@ -1,0 +1,41 @@
+// Nearest-neighbour 2-D resize, f32, as torch.nn.functional.interpolate(mode="nearest",
+// size=(out_h, out_w)) on CPU: src = min(floor(dst * (float)in / out), in - 1) in f32
+// arithmetic (aten/src/ATen/native/UpSample.h, nearest_idx), dst >> 1 when out == 2 * in.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "taiyi/ops/cpu/cpu_kernels.h"
+
+namespace taiyi::ops::cpu {
+
+int64_t nearest_source_index(int64_t dst, int64_t in_size, int64_t out_size) {
+  if (out_size == in_size) return dst;
+  if (out_size == 2 * in_size) return dst >> 1;
+  const float scale = static_cast<float>(in_size) / static_cast<float>(out_size);
+  const auto src = static_cast<int64_t>(std::floor(static_cast<float>(dst) * scale));
+  return std::min(src, in_size - 1);
+}
+
+void upsample_nearest_f32(const Tensor& x, const Tensor& y) {
+  const int64_t planes = x.size(0) * x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t oh = y.size(2), ow = y.size(3);
+  std::vector<int64_t> src_col(static_cast<size_t>(ow));
+  for (int64_t j = 0; j < ow; ++j) src_col[j] = nearest_source_index(j, w, ow);
+  const float* px = x.data<float>();
+  float* py = y.data<float>();
+  const int64_t rows = planes * oh;
+#pragma omp parallel for schedule(static) if (rows * ow > 32768)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t plane = r / oh, i = r % oh;
+    const float* xr = px + (plane * h + nearest_source_index(i, h, oh)) * w;
+    float* yr = py + r * ow;
+    if (ow == 2 * w) {
+      for (int64_t j = 0; j < w; ++j) yr[2 * j] = yr[2 * j + 1] = xr[j];
+    } else {
+      for (int64_t j = 0; j < ow; ++j) yr[j] = xr[src_col[j]];
+    }
+  }
+}
+
+}  // namespace taiyi::ops::cpu

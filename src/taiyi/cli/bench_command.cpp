@@ -1,0 +1,164 @@
+// `taiyi bench COMPONENT --model DIR [--random-weights] ...`: times a model
+// component on synthetic inputs. Human-readable lines go to stderr; the last
+// stdout line (with --json) is one JSON object, so scripts can compare runs.
+//
+// A folder that holds only config files (configs/taiyi-v0.1) runs with
+// --random-weights: same shapes and FLOPs as the real model.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "taiyi/cli/commands.h"
+#include "taiyi/io/model_folder.h"
+#include "taiyi/models/autoencoder_kl.h"
+#include "taiyi/models/unet_2d_condition.h"
+#include "taiyi/ops/ops.h"
+#include "taiyi/ops/runtime_info.h"
+
+namespace taiyi::cli {
+
+namespace {
+
+struct BenchOptions {
+  std::string component, model;
+  bool random_weights = false;
+  int width = 512, height = 512, batch = 2, context = 77, repeat = 3, warmup = 1, threads = 0;
+  bool json = false;
+  uint64_t seed = 0;
+};
+
+double now_s() {
+  using clock = std::chrono::steady_clock;
+  return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
+}
+
+double peak_rss_mb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+// Deterministic values in [-1, 1): inputs for timing, not for parity.
+Tensor synthetic(const Shape& shape, uint64_t seed) {
+  Tensor t = Tensor::empty(shape);
+  float* d = t.data<float>();
+  uint64_t s = seed * 6364136223846793005ull + 1442695040888963407ull;
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    d[i] = static_cast<float>(static_cast<int64_t>(s >> 40) - (1 << 23)) / static_cast<float>(1 << 23);
+  }
+  return t;
+}
+
+void run_bench(const BenchOptions& o) {
+  ops::set_num_threads(o.threads);
+  if (o.width <= 0 || o.height <= 0 || o.width % 8 || o.height % 8)
+    throw Error("bench: --width and --height must be positive multiples of 8, got " + std::to_string(o.width) + "x" +
+                std::to_string(o.height));
+  if (o.batch <= 0 || o.context <= 0 || o.repeat <= 0 || o.warmup < 0)
+    throw Error("bench: --batch, --context and --repeat must be positive");
+
+  const double t_load = now_s();
+  std::function<Tensor()> step;
+  std::unique_ptr<models::UNet2DConditionModel> unet;
+  std::unique_ptr<models::AutoencoderKL> vae;
+  Tensor a, b, c;
+  const int64_t lh = o.height / 8, lw = o.width / 8;
+  if (o.component == "unet") {
+    const std::string dir = io::resolve_component_dir(o.model, "unet");
+    unet = o.random_weights ? models::UNet2DConditionModel::random(dir, o.seed)
+                            : models::UNet2DConditionModel::load(dir);
+    const auto& cfg = unet->config();
+    a = synthetic({o.batch, cfg.in_channels, lh, lw}, 1);
+    b = Tensor::from_vector<int64_t>({500}, {});
+    c = synthetic({o.batch, o.context, cfg.cross_attention_dim[0]}, 2);
+    step = [&] { return unet->forward(a, b, c); };
+  } else if (o.component == "vae_decode") {
+    const std::string dir = io::resolve_component_dir(o.model, "vae");
+    vae = o.random_weights ? models::AutoencoderKL::random(dir, o.seed) : models::AutoencoderKL::load(dir);
+    a = synthetic({o.batch, vae->config().latent_channels, lh, lw}, 1);
+    step = [&] { return vae->decode(a); };
+  } else {
+    throw Error("bench: unknown component '" + o.component + "' (expected unet or vae_decode)");
+  }
+  const double load_s = now_s() - t_load;
+
+  std::fprintf(stderr, "bench %s: %dx%d batch %d%s, %d threads, cpu %s, oneDNN %s isa %s\n", o.component.c_str(),
+               o.width, o.height, o.batch,
+               o.component == "unet" ? (", context " + std::to_string(o.context)).c_str() : "", ops::num_threads(),
+               ops::cpu_model_name().c_str(), ops::onednn_version().c_str(), ops::onednn_isa().c_str());
+  std::fprintf(stderr, "  load %.2f s (%s weights)\n", load_s, o.random_weights ? "random" : "file");
+
+  ops::reset_flop_count();
+  for (int i = 0; i < o.warmup; ++i) {
+    const double t0 = now_s();
+    step();
+    std::fprintf(stderr, "  warmup %d: %.3f s\n", i, now_s() - t0);
+  }
+  std::vector<double> times;
+  uint64_t flops = 0;
+  for (int i = 0; i < o.repeat; ++i) {
+    ops::reset_flop_count();
+    const double t0 = now_s();
+    step();
+    times.push_back(now_s() - t0);
+    flops = ops::flop_count();
+    std::fprintf(stderr, "  run %d: %.3f s\n", i, times.back());
+  }
+  std::vector<double> sorted = times;
+  std::sort(sorted.begin(), sorted.end());
+  const size_t n = sorted.size();
+  const double median = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
+  const double gflop = static_cast<double>(flops) * 1e-9;
+  std::fprintf(stderr, "  median %.3f s, %.1f GFLOP, %.1f GFLOP/s, peak RSS %.0f MB\n", median, gflop, gflop / median,
+               peak_rss_mb());
+  if (o.json) {
+    nlohmann::json j = {{"component", o.component},
+                        {"mode", "eager"},
+                        {"dtype", "fp32"},
+                        {"width", o.width},
+                        {"height", o.height},
+                        {"batch", o.batch},
+                        {"median_s", median},
+                        {"min_s", sorted.front()},
+                        {"times_s", times},
+                        {"gflop", gflop},
+                        {"gflop_per_s", gflop / median},
+                        {"peak_rss_mb", peak_rss_mb()},
+                        {"load_s", load_s},
+                        {"threads", ops::num_threads()},
+                        {"cpu", ops::cpu_model_name()},
+                        {"onednn_isa", ops::onednn_isa()},
+                        {"onednn_version", ops::onednn_version()}};
+    if (o.component == "unet") j["context"] = o.context;
+    std::printf("%s\n", j.dump().c_str());
+  }
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  auto o = std::make_shared<BenchOptions>();
+  CLI::App* cmd = app.add_subcommand("bench", "Time a model component (unet, vae_decode) on synthetic inputs");
+  cmd->add_option("component", o->component, "unet or vae_decode")->required();
+  cmd->add_option("-m,--model", o->model, "Model folder (diffusers layout), e.g. configs/taiyi-v0.1")->required();
+  cmd->add_flag("--random-weights", o->random_weights, "Random weights: the folder needs only config.json files");
+  cmd->add_option("-W,--width", o->width, "Image width in pixels")->capture_default_str();
+  cmd->add_option("-H,--height", o->height, "Image height in pixels")->capture_default_str();
+  cmd->add_option("-b,--batch", o->batch, "UNet/VAE batch (2 = one image with CFG)")->capture_default_str();
+  cmd->add_option("--context", o->context, "Text tokens (encoder_hidden_states length)")->capture_default_str();
+  cmd->add_option("--repeat", o->repeat, "Timed runs")->capture_default_str();
+  cmd->add_option("--warmup", o->warmup, "Untimed runs first")->capture_default_str();
+  cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
+  cmd->add_option("--seed", o->seed, "Seed of the random weights");
+  cmd->add_flag("--json", o->json, "Print one JSON object as the last stdout line");
+  cmd->callback([o] { run_bench(*o); });
+}
+
+}  // namespace taiyi::cli

@@ -1,0 +1,146 @@
+// The `taiyi` binary as a user runs it: eval parity through files, bench's JSON line,
+// and one clear stderr line with a non-zero exit for every bad flag or file.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "taiyi/io/tensor_file.h"
+#include "test_util.h"
+
+namespace taiyi {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::fixture;
+using testing::max_abs_diff;
+using testing::TempDir;
+
+struct Result {
+  int rc = -1;
+  std::string out, err;
+};
+
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) {
+    if (c == '\'') q.append("'\\''");
+    else q.push_back(c);
+  }
+  q.push_back('\'');
+  return q;
+}
+
+Result run(const std::vector<std::string>& args) {
+  TempDir tmp("cli");
+  std::string cmd = quote(TAIYI_BINARY);
+  for (const auto& a : args) cmd.append(" ").append(quote(a));
+  cmd.append(" >").append(quote(tmp / "out")).append(" 2>").append(quote(tmp / "err"));
+  Result r;
+  const int status = std::system(cmd.c_str());
+  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  auto slurp = [](const std::string& p) {
+    std::ifstream f(p);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  };
+  r.out = slurp(tmp / "out");
+  r.err = slurp(tmp / "err");
+  return r;
+}
+
+const io::TensorMap& golden(const std::string& part) {
+  static std::map<std::string, io::TensorMap> cache;
+  auto& g = cache[part];
+  if (g.empty()) g = io::read_safetensors(fixture("golden/" + part + ".safetensors"));
+  return g;
+}
+
+TEST(CliEval, UNetMatchesGoldenThroughFiles) {
+  TempDir tmp("eval-unet");
+  const auto& g = golden("unet");
+  const std::string c = "b2_8x12_t301_nonsquare_oddpath/";
+  io::write_safetensors(tmp / "in.safetensors", {{"sample", g.at(c + "sample")},
+                                                  {"timestep", g.at(c + "timestep")},
+                                                  {"encoder_hidden_states", g.at(c + "encoder_hidden_states")}});
+  const Result r = run({"eval", "unet", "--model", fixture("tiny-taiyi"), "--inputs", tmp / "in.safetensors",
+                        "--output", tmp / "out.safetensors"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const io::TensorMap out = io::read_safetensors(tmp / "out.safetensors");
+  EXPECT_LE(max_abs_diff(out.at("noise_pred"), g.at(c + "noise_pred")), 1e-4);
+}
+
+TEST(CliEval, VaeDecodeAndEncodeMatchGolden) {
+  TempDir tmp("eval-vae");
+  const auto& g = golden("vae");
+  io::write_safetensors(tmp / "dec.safetensors", {{"latents", g.at("decode/b2_8x12/latents")}});
+  Result r = run({"eval", "vae_decode", "-m", fixture("tiny-taiyi-safetensors"), "-i", tmp / "dec.safetensors", "-o",
+                  tmp / "dec_out.safetensors"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_LE(max_abs_diff(io::read_safetensors(tmp / "dec_out.safetensors").at("image"), g.at("decode/b2_8x12/image")),
+            1e-4);
+  io::write_safetensors(tmp / "enc.safetensors", {{"image", g.at("encode/b1_64x96/image")}});
+  // A component folder works as well as the pipeline folder.
+  r = run({"eval", "vae_encode", "-m", fixture("tiny-taiyi/vae"), "-i", tmp / "enc.safetensors", "-o",
+           tmp / "enc_out.safetensors"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const io::TensorMap out = io::read_safetensors(tmp / "enc_out.safetensors");
+  for (const char* n : {"mean", "std", "logvar"})
+    EXPECT_LE(max_abs_diff(out.at(n), g.at(std::string("encode/b1_64x96/") + n)), 1e-4) << n;
+}
+
+// Each bad invocation: non-zero exit, one line on stderr containing `expect`, no output file.
+TEST(CliErrors, BadFlagsAndFilesGiveOneClearLine) {
+  TempDir tmp("errors");
+  const auto& g = golden("vae");
+  io::write_safetensors(tmp / "dec.safetensors", {{"latents", g.at("decode/b1_8x8/latents")}});
+  std::ofstream(tmp / "garbage.safetensors") << "not a tensor file at all";
+  const std::string model = fixture("tiny-taiyi-safetensors");
+  const std::string out = tmp / "out.safetensors";
+  struct Case {
+    std::vector<std::string> args;
+    std::string expect;
+  };
+  const std::vector<Case> cases = {
+      {{"eval", "text_decoder", "-m", model, "-i", tmp / "dec.safetensors", "-o", out}, "unknown component"},
+      {{"eval", "vae_decode", "-m", model, "-i", tmp / "missing.safetensors", "-o", out}, "missing.safetensors"},
+      {{"eval", "vae_decode", "-m", model, "-i", tmp / "garbage.safetensors", "-o", out}, "garbage.safetensors"},
+      {{"eval", "vae_encode", "-m", model, "-i", tmp / "dec.safetensors", "-o", out}, "missing input tensor 'image'"},
+      {{"eval", "vae_decode", "-m", tmp / "no-model", "-i", tmp / "dec.safetensors", "-o", out}, "no-model"},
+      {{"eval", "vae_decode", "-m", model, "-i", tmp / "dec.safetensors", "-o", tmp / "no/such/dir/out.safetensors"},
+       "no/such/dir"},
+      {{"eval", "vae_decode", "-i", tmp / "dec.safetensors", "-o", out}, "--model"},
+      {{"bench", "unet", "-m", model, "--random-weights", "-W", "500", "-H", "512"}, "multiples of 8"},
+      {{"frobnicate"}, "frobnicate"},
+  };
+  for (const auto& c : cases) {
+    const Result r = run(c.args);
+    EXPECT_NE(r.rc, 0) << c.expect;
+    EXPECT_NE(r.err.find(c.expect), std::string::npos) << "stderr: " << r.err;
+    EXPECT_FALSE(fs::exists(out)) << c.expect;
+    if (c.args[0] != "frobnicate" && c.args.size() > 6) {
+      EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    }
+  }
+}
+
+TEST(CliBench, PrintsJsonWithTimingFlopsAndMemory) {
+  const Result r = run({"bench", "unet", "--model", fixture("tiny-taiyi"), "--random-weights", "--width", "64",
+                        "--height", "96", "--batch", "2", "--context", "8", "--repeat", "2", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const std::string last = r.out.substr(r.out.rfind('\n', r.out.size() - 2) + 1);
+  const auto j = nlohmann::json::parse(last);
+  EXPECT_GT(j.at("median_s").get<double>(), 0.0);
+  EXPECT_GT(j.at("gflop").get<double>(), 0.0);
+  EXPECT_GT(j.at("peak_rss_mb").get<double>(), 1.0);
+  EXPECT_EQ(j.at("times_s").size(), 2u);
+  EXPECT_FALSE(j.at("onednn_isa").get<std::string>().empty());
+}
+
+}  // namespace
+}  // namespace taiyi

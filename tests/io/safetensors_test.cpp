@@ -237,3 +237,25 @@ TEST(Safetensors, DeeplyNestedHeaderIsRefusedNotCrashing) {
 
 }  // namespace
 }  // namespace taiyi::io
+
+namespace taiyi::io {
+namespace {
+
+TEST(Safetensors, WrittenMixedDtypesReadBackZeroCopy) {
+  const test::ScratchDir dir;
+  const std::string path = dir.path("mixed.safetensors");
+  TensorMap m;
+  m["a_bytes"] = Tensor::from_vector<uint8_t>({1, 2, 3}, {3});
+  m["b_half"] = Tensor::from_vector<float>({1, 2, 3}, {3}).to(DType::F16);
+  m["c_float"] = Tensor::from_vector<float>({1, 2, 3}, {3});
+  m["d_long"] = Tensor::from_vector<int64_t>({1, 2, 3}, {3});
+  write_safetensors(path, m);
+  const TensorMap back = read_safetensors(path);
+  for (const auto& [name, t] : back) {
+    EXPECT_FALSE(t.storage()->owned()) << name << " was copied: written misaligned";
+    EXPECT_EQ(t.item(2), 3.0) << name;
+  }
+}
+
+}  // namespace
+}  // namespace taiyi::io

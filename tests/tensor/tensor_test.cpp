@@ -122,6 +122,13 @@ TEST(Tensor, FromStorageRefusesOutOfRangeViews) {
   EXPECT_THROW(Tensor::from_storage(st, 4, {4, 4}, {4, 1}, DType::F32), Error);
   EXPECT_THROW(Tensor::from_storage(st, 0, {4, 5}, {5, 1}, DType::F32), Error);
   EXPECT_NO_THROW(Tensor::from_storage(st, 0, {0, 5}, {5, 1}, DType::F32));
+  // Hostile shapes and strides must not overflow into an accepted view.
+  EXPECT_THROW(Tensor::from_storage(st, 0, {int64_t{1} << 62, 4}, {4, 1}, DType::F32), Error);
+  EXPECT_THROW(Tensor::from_storage(st, 0, {3, 3}, {int64_t{1} << 62, 1}, DType::F32), Error);
+  EXPECT_THROW(Tensor::from_storage(st, 0, {2}, {-(int64_t{1} << 62)}, DType::F32), Error);
+  EXPECT_THROW(Tensor::from_storage(st, size_t{1} << 63, {1}, {1}, DType::F32), Error);
+  EXPECT_THROW(shape_numel({int64_t{1} << 40, int64_t{1} << 40}), Error);
+  EXPECT_THROW(Tensor::empty({int64_t{1} << 31, int64_t{1} << 31, 4}), Error);
 }
 
 TEST(Tensor, AccessWithWrongDtypeThrows) {

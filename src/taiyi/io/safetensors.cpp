@@ -238,12 +238,20 @@ class TempFile {
 
 void write_safetensors(const std::string& path, const TensorMap& tensors,
                        const std::map<std::string, std::string>& metadata) {
-  // ordered_json keeps __metadata__ first and the tensors in name order, as written.
+  // ordered_json keeps __metadata__ first and the tensors in the order their data is written.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
+  // Data laid out by element size (largest first), then name, as the Rust library does, so every
+  // tensor stays aligned to its element size and reads back zero-copy.
+  std::vector<std::pair<std::string, Tensor>> order(tensors.begin(), tensors.end());
+  std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
+    const size_t sa = a.second.defined() ? dtype_size(a.second.dtype()) : 0;
+    const size_t sb = b.second.defined() ? dtype_size(b.second.dtype()) : 0;
+    return sa > sb;
+  });
   std::vector<Tensor> contiguous;
   uint64_t offset = 0;
-  for (const auto& [name, t] : tensors) {
+  for (const auto& [name, t] : order) {
     if (name == "__metadata__") throw Error(path + ": '__metadata__' cannot be a tensor name");
     if (!t.defined()) throw Error(path + ": tensor '" + name + "' is undefined");
     contiguous.push_back(t.contiguous());

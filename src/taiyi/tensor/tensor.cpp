@@ -45,7 +45,10 @@ std::string shape_str(const Shape& s) {
 
 int64_t shape_numel(const Shape& s) {
   int64_t n = 1;
-  for (int64_t d : s) n *= d;
+  for (int64_t d : s) {
+    if (d < 0) throw Error("negative dimension in shape " + shape_str(s));
+    if (__builtin_mul_overflow(n, d, &n)) throw Error("shape " + shape_str(s) + " has too many elements");
+  }
   return n;
 }
 
@@ -94,7 +97,10 @@ Tensor Tensor::empty(const Shape& shape, DType dtype) {
   t.dtype_ = dtype;
   t.shape_ = shape;
   t.strides_ = contiguous_strides(shape);
-  t.storage_ = Storage::allocate(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype));
+  size_t bytes = 0;
+  if (__builtin_mul_overflow(static_cast<size_t>(shape_numel(shape)), dtype_size(dtype), &bytes))
+    throw Error("Tensor::empty: shape " + shape_str(shape) + " is too large");
+  t.storage_ = Storage::allocate(bytes);
   return t;
 }
 
@@ -116,19 +122,21 @@ Tensor Tensor::from_storage(std::shared_ptr<Storage> storage, size_t byte_offset
   if (shape.size() != strides.size()) throw Error("Tensor::from_storage: shape and strides differ in rank");
   // Byte range addressed by the view: [offset + min_off, offset + max_off + elem).
   int64_t min_off = 0, max_off = 0;
-  bool empty_view = false;
+  bool empty_view = false, overflow = false;
   for (size_t i = 0; i < shape.size(); ++i) {
     if (shape[i] < 0) throw Error("Tensor::from_storage: negative dimension in " + shape_str(shape));
     if (shape[i] == 0) empty_view = true;
-    const int64_t span = (shape[i] - 1) * strides[i];
-    if (span < 0) min_off += span;
-    else max_off += span;
+    int64_t span = 0;
+    overflow |= __builtin_mul_overflow(shape[i] - 1, strides[i], &span);
+    overflow |= __builtin_add_overflow(span < 0 ? min_off : max_off, span, span < 0 ? &min_off : &max_off);
   }
   const int64_t es = static_cast<int64_t>(dtype_size(dtype));
   if (!empty_view) {
-    const int64_t lo = static_cast<int64_t>(byte_offset) + min_off * es;
-    const int64_t hi = static_cast<int64_t>(byte_offset) + (max_off + 1) * es;
-    if (lo < 0 || hi > static_cast<int64_t>(storage->bytes()))
+    int64_t lo = 0, hi = 0;
+    overflow |= __builtin_mul_overflow(min_off, es, &lo) || __builtin_add_overflow(lo, static_cast<int64_t>(byte_offset), &lo);
+    overflow |= __builtin_mul_overflow(max_off + 1, es, &hi) ||
+                __builtin_add_overflow(hi, static_cast<int64_t>(byte_offset), &hi);
+    if (overflow || byte_offset > storage->bytes() || lo < 0 || hi > static_cast<int64_t>(storage->bytes()))
       throw Error("Tensor::from_storage: view " + shape_str(shape) + " at byte offset " +
                   std::to_string(byte_offset) + " reaches outside its storage of " +
                   std::to_string(storage->bytes()) + " bytes");

@@ -1,0 +1,1 @@
+// placeholder until the sched layer lands

@@ -94,6 +94,26 @@ TEST(CliEval, VaeDecodeAndEncodeMatchGolden) {
     EXPECT_LE(max_abs_diff(out.at(n), g.at(std::string("encode/b1_64x96/") + n)), 1e-4) << n;
 }
 
+TEST(CliEval, TextEncoderMatchesGolden) {
+  TempDir tmp("eval-text");
+  const auto& g = golden("text_encoder");
+  io::write_safetensors(tmp / "in.safetensors", {{"input_ids", g.at("input_ids")}});
+  Result r = run({"eval", "text_encoder", "-m", fixture("tiny-taiyi"), "-i", tmp / "in.safetensors", "-o",
+                  tmp / "out.safetensors"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_LE(max_abs_diff(io::read_safetensors(tmp / "out.safetensors").at("last_hidden_state"),
+                         g.at("last_hidden_state")),
+            1e-4);
+  io::write_safetensors(tmp / "in_mask.safetensors",
+                        {{"input_ids", g.at("input_ids")}, {"attention_mask", g.at("attention_mask")}});
+  r = run({"eval", "text_encoder", "-m", fixture("tiny-taiyi"), "-i", tmp / "in_mask.safetensors", "-o",
+           tmp / "out.safetensors"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_LE(max_abs_diff(io::read_safetensors(tmp / "out.safetensors").at("last_hidden_state"),
+                         g.at("last_hidden_state_with_mask")),
+            1e-4);
+}
+
 // Each bad invocation: non-zero exit, one line on stderr containing `expect`, no output file.
 TEST(CliErrors, BadFlagsAndFilesGiveOneClearLine) {
   TempDir tmp("errors");

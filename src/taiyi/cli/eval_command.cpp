@@ -5,6 +5,7 @@
 //   unet        sample, timestep, encoder_hidden_states -> noise_pred
 //   vae_decode  latents (as the pipeline holds them; divided by scaling_factor here) -> image (raw)
 //   vae_encode  image in [-1, 1] -> mean, std, logvar
+//   text_encoder input_ids [, attention_mask] -> last_hidden_state (the mask applied when given)
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -12,6 +13,7 @@
 #include "taiyi/cli/commands.h"
 #include "taiyi/io/model_folder.h"
 #include "taiyi/models/autoencoder_kl.h"
+#include "taiyi/models/bert_model.h"
 #include "taiyi/models/unet_2d_condition.h"
 #include "taiyi/ops/ops.h"
 
@@ -55,8 +57,13 @@ void run_eval(const EvalOptions& o) {
       out["std"] = d.std;
       out["logvar"] = d.logvar;
     }
+  } else if (o.component == "text_encoder") {
+    const auto bert = models::BertModel::load(io::resolve_component_dir(o.model, "text_encoder"));
+    const Tensor mask = in.count("attention_mask") ? input(in, o.inputs, "attention_mask", false) : Tensor();
+    out["last_hidden_state"] = bert->forward(input(in, o.inputs, "input_ids", false), mask);
   } else {
-    throw Error("eval: unknown component '" + o.component + "' (expected unet, vae_decode or vae_encode)");
+    throw Error("eval: unknown component '" + o.component +
+                "' (expected unet, vae_decode, vae_encode or text_encoder)");
   }
   io::write_safetensors(o.output, out);
 }
@@ -66,7 +73,7 @@ void run_eval(const EvalOptions& o) {
 void add_eval_command(CLI::App& app) {
   auto o = std::make_shared<EvalOptions>();
   CLI::App* cmd = app.add_subcommand("eval", "Run one model component on tensors from a safetensors file");
-  cmd->add_option("component", o->component, "unet, vae_decode or vae_encode")->required();
+  cmd->add_option("component", o->component, "unet, vae_decode, vae_encode or text_encoder")->required();
   cmd->add_option("-m,--model", o->model, "Model folder (diffusers layout) or component folder")->required();
   cmd->add_option("-i,--inputs", o->inputs, "Input tensors (.safetensors)")->required();
   cmd->add_option("-o,--output", o->output, "Output tensors (.safetensors)")->required();

@@ -45,4 +45,8 @@ Tensor LayerNorm::operator()(const Tensor& x) const {
   return ops::layer_norm(x, value_of(weight_), value_of(bias_), eps_);
 }
 
+Embedding::Embedding(const Scope& s, int64_t num, int64_t dim) {
+  weight_ = s.param("weight", {num, dim}, Init::Normal);
+}
+
 }  // namespace taiyi::nn

@@ -63,4 +63,16 @@ class LayerNorm {
   float eps_ = 1e-5f;
 };
 
+// torch.nn.Embedding: weight [num, dim]; rows picked by integer ids.
+class Embedding {
+ public:
+  Embedding() = default;
+  Embedding(const Scope& s, int64_t num, int64_t dim);
+  Tensor operator()(const Tensor& ids) const { return ops::embedding(value_of(weight_), ids); }
+  const Tensor& weight() const { return value_of(weight_); }
+
+ private:
+  Parameter* weight_ = nullptr;
+};
+
 }  // namespace taiyi::nn

@@ -421,6 +421,29 @@ Tensor upsample_nearest(const Tensor& x, int64_t out_h, int64_t out_w) {
   return y;
 }
 
+Tensor embedding(const Tensor& table, const Tensor& ids) {
+  constexpr const char* op = "embedding";
+  require_f32(op, "table", table);
+  require_rank(op, "table", table, 2);
+  require_defined(op, "ids", ids);
+  if (ids.dtype() != DType::I64 && ids.dtype() != DType::I32)
+    fail(op, "ids must be i64 or i32, got " + ids.describe());
+  const Tensor tc = table.contiguous(), ic = ids.contiguous();
+  const int64_t rows = table.size(0), dim = table.size(1), n = ids.numel();
+  Shape out_shape = ids.shape();
+  out_shape.push_back(dim);
+  Tensor y = Tensor::empty(out_shape);
+  const float* src = tc.data<float>();
+  float* dst = y.data<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t id = ic.dtype() == DType::I64 ? ic.data<int64_t>()[i] : ic.data<int32_t>()[i];
+    if (id < 0 || id >= rows)
+      fail(op, "id " + std::to_string(id) + " is outside the table " + table.describe());
+    std::copy_n(src + id * dim, dim, dst + i * dim);
+  }
+  return y;
+}
+
 Tensor timestep_embedding(const Tensor& t, int dim, bool flip_sin_to_cos, float freq_shift, float scale,
                           float max_period) {
   constexpr const char* op = "timestep_embedding";

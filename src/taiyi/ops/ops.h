@@ -81,6 +81,9 @@ Tensor cast(const Tensor& x, DType dtype);
 Tensor concat(const std::vector<Tensor>& xs, int dim);
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int dim);  // views
 std::vector<Tensor> chunk(const Tensor& x, int n, int dim);                              // equal views
+// Rows of `table` [V, D] picked by integer `ids` (i64 or i32, any shape) -> [ids..., D] (torch Embedding,
+// index_select). An id outside [0, V) throws.
+Tensor embedding(const Tensor& table, const Tensor& ids);
 // Nearest-neighbour resize of x [N, C, H, W] to [N, C, out_h, out_w], index = floor(o * in / out)
 // as torch's F.interpolate(mode="nearest") with an explicit size (x2 is the common case).
 Tensor upsample_nearest(const Tensor& x, int64_t out_h, int64_t out_w);

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "cli/run_taiyi.h"
 #include "taiyi/io/tensor_file.h"
 #include "test_util.h"
 
@@ -20,39 +21,8 @@ using testing::fixture;
 using testing::max_abs_diff;
 using testing::TempDir;
 
-struct Result {
-  int rc = -1;
-  std::string out, err;
-};
-
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) {
-    if (c == '\'') q.append("'\\''");
-    else q.push_back(c);
-  }
-  q.push_back('\'');
-  return q;
-}
-
-Result run(const std::vector<std::string>& args) {
-  TempDir tmp("cli");
-  std::string cmd = quote(TAIYI_BINARY);
-  for (const auto& a : args) cmd.append(" ").append(quote(a));
-  cmd.append(" >").append(quote(tmp / "out")).append(" 2>").append(quote(tmp / "err"));
-  Result r;
-  const int status = std::system(cmd.c_str());
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  auto slurp = [](const std::string& p) {
-    std::ifstream f(p);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-  };
-  r.out = slurp(tmp / "out");
-  r.err = slurp(tmp / "err");
-  return r;
-}
+using Result = testing::RunResult;
+constexpr auto run = testing::run_taiyi;
 
 const io::TensorMap& golden(const std::string& part) {
   static std::map<std::string, io::TensorMap> cache;

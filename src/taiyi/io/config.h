@@ -8,6 +8,7 @@
 //   int layers = c.get<int>("layers_per_block", 2);
 #pragma once
 
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -55,6 +56,12 @@ class ConfigReader {
             !(v.is_number_float() && v.get<double>() == static_cast<int64_t>(v.get<double>())))
           fail(key, "expected an integer, got " + v.dump());
       } else if constexpr (std::is_floating_point_v<T>) {
+        if (v.is_string()) {  // Python's json spellings of the non-finite floats
+          const std::string s = v.get<std::string>();
+          if (s == "Infinity") return std::numeric_limits<T>::infinity();
+          if (s == "-Infinity") return -std::numeric_limits<T>::infinity();
+          if (s == "NaN") return std::numeric_limits<T>::quiet_NaN();
+        }
         if (!v.is_number()) fail(key, "expected a number, got " + v.dump());
       } else if constexpr (std::is_same_v<T, std::string>) {
         if (!v.is_string()) fail(key, "expected a string, got " + v.dump());

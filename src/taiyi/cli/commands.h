@@ -8,5 +8,7 @@ namespace taiyi::cli {
 
 void add_eval_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_txt2img_command(CLI::App& app);
+void add_model_commands(CLI::App& app);  // tokenize, info
 
 }  // namespace taiyi::cli

@@ -10,8 +10,10 @@ int main(int argc, char** argv) {
   CLI::App app{"taiyi: fast Stable Diffusion (Taiyi, SD 1.x) inference on CPU"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "taiyi 0.1.0");
+  taiyi::cli::add_txt2img_command(app);
   taiyi::cli::add_eval_command(app);
   taiyi::cli::add_bench_command(app);
+  taiyi::cli::add_model_commands(app);
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
     std::string names;

@@ -36,13 +36,16 @@ TEST(CliEval, UNetMatchesGoldenThroughFiles) {
   const auto& g = golden("unet");
   const std::string c = "b2_8x12_t301_nonsquare_oddpath/";
   io::write_safetensors(tmp / "in.safetensors", {{"sample", g.at(c + "sample")},
-                                                  {"timestep", g.at(c + "timestep")},
-                                                  {"encoder_hidden_states", g.at(c + "encoder_hidden_states")}});
-  const Result r = run({"eval", "unet", "--model", fixture("tiny-taiyi"), "--inputs", tmp / "in.safetensors",
-                        "--output", tmp / "out.safetensors"});
-  ASSERT_EQ(r.rc, 0) << r.err;
-  const io::TensorMap out = io::read_safetensors(tmp / "out.safetensors");
-  EXPECT_LE(max_abs_diff(out.at("noise_pred"), g.at(c + "noise_pred")), 1e-4);
+                                                 {"timestep", g.at(c + "timestep")},
+                                                 {"encoder_hidden_states", g.at(c + "encoder_hidden_states")}});
+  for (const char* mode : {"eager", "graph"}) {
+    const Result r = run({"eval", "unet", "--model", fixture("tiny-taiyi"), "--inputs", tmp / "in.safetensors",
+                          "--output", tmp / "out.safetensors", "--mode", mode});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    const io::TensorMap out = io::read_safetensors(tmp / "out.safetensors");
+    EXPECT_LE(max_abs_diff(out.at("noise_pred"), g.at(c + "noise_pred")), 1e-4) << mode;
+    EXPECT_EQ(r.err.find("compiled unet") != std::string::npos, std::string(mode) == "graph") << r.err;
+  }
 }
 
 TEST(CliEval, VaeDecodeAndEncodeMatchGolden) {
@@ -71,9 +74,9 @@ TEST(CliEval, TextEncoderMatchesGolden) {
   Result r = run({"eval", "text_encoder", "-m", fixture("tiny-taiyi"), "-i", tmp / "in.safetensors", "-o",
                   tmp / "out.safetensors"});
   ASSERT_EQ(r.rc, 0) << r.err;
-  EXPECT_LE(max_abs_diff(io::read_safetensors(tmp / "out.safetensors").at("last_hidden_state"),
-                         g.at("last_hidden_state")),
-            1e-4);
+  EXPECT_LE(
+      max_abs_diff(io::read_safetensors(tmp / "out.safetensors").at("last_hidden_state"), g.at("last_hidden_state")),
+      1e-4);
   io::write_safetensors(tmp / "in_mask.safetensors",
                         {{"input_ids", g.at("input_ids")}, {"attention_mask", g.at("attention_mask")}});
   r = run({"eval", "text_encoder", "-m", fixture("tiny-taiyi"), "-i", tmp / "in_mask.safetensors", "-o",
@@ -107,6 +110,8 @@ TEST(CliErrors, BadFlagsAndFilesGiveOneClearLine) {
       {{"eval", "vae_decode", "-i", tmp / "dec.safetensors", "-o", out}, "--model"},
       {{"bench", "unet", "-m", model, "--random-weights", "-W", "500", "-H", "512"}, "multiples of 8"},
       {{"frobnicate"}, "frobnicate"},
+      {{"eval", "vae_decode", "-m", model, "-i", tmp / "dec.safetensors", "-o", out, "--mode", "static"},
+       "unknown mode 'static'"},
   };
   for (const auto& c : cases) {
     const Result r = run(c.args);
@@ -120,16 +125,24 @@ TEST(CliErrors, BadFlagsAndFilesGiveOneClearLine) {
 }
 
 TEST(CliBench, PrintsJsonWithTimingFlopsAndMemory) {
-  const Result r = run({"bench", "unet", "--model", fixture("tiny-taiyi"), "--random-weights", "--width", "64",
-                        "--height", "96", "--batch", "2", "--context", "8", "--repeat", "2", "--json"});
-  ASSERT_EQ(r.rc, 0) << r.err;
-  const std::string last = r.out.substr(r.out.rfind('\n', r.out.size() - 2) + 1);
-  const auto j = nlohmann::json::parse(last);
-  EXPECT_GT(j.at("median_s").get<double>(), 0.0);
-  EXPECT_GT(j.at("gflop").get<double>(), 0.0);
-  EXPECT_GT(j.at("peak_rss_mb").get<double>(), 1.0);
-  EXPECT_EQ(j.at("times_s").size(), 2u);
-  EXPECT_FALSE(j.at("onednn_isa").get<std::string>().empty());
+  for (const char* mode : {"eager", "graph"}) {
+    const Result r =
+        run({"bench", "unet", "--model", fixture("tiny-taiyi"), "--random-weights", "--width", "64", "--height", "96",
+             "--batch", "2", "--context", "8", "--repeat", "2", "--json", "--mode", mode});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    const std::string last = r.out.substr(r.out.rfind('\n', r.out.size() - 2) + 1);
+    const auto j = nlohmann::json::parse(last);
+    EXPECT_EQ(j.at("mode"), mode);
+    if (std::string(mode) == "graph") {
+      EXPECT_GT(j.at("compile_s").get<double>(), 0.0);
+      EXPECT_GT(j.at("graph_nodes").get<int>(), 100);
+    }
+    EXPECT_GT(j.at("median_s").get<double>(), 0.0);
+    EXPECT_GT(j.at("gflop").get<double>(), 0.0);
+    EXPECT_GT(j.at("peak_rss_mb").get<double>(), 1.0);
+    EXPECT_EQ(j.at("times_s").size(), 2u);
+    EXPECT_FALSE(j.at("onednn_isa").get<std::string>().empty());
+  }
 }
 
 }  // namespace

@@ -76,6 +76,17 @@ TEST(CliTxt2Img, SeededChinesePromptGivesDiffusersImageWithParameters) {
   EXPECT_NE(r.err.find("unet 5 x"), std::string::npos) << r.err;  // per-stage timings
 }
 
+TEST(CliTxt2Img, EagerAndGraphModesWriteTheSamePixels) {
+  TempDir tmp("txt2img-modes");
+  for (const char* mode : {"eager", "graph"}) {
+    const auto r = run_taiyi({"txt2img", "-m", fixture("tiny-taiyi"), "-p", "小桥流水人家", "--steps", "3", "-s", "5",
+                              "--mode", mode, "-o", tmp / (std::string(mode) + ".png")});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_NE(r.err.find(std::string(mode) + " mode"), std::string::npos) << r.err;
+  }
+  EXPECT_EQ(io::read_png(tmp / "eager.png").pixels, io::read_png(tmp / "graph.png").pixels);
+}
+
 TEST(CliTxt2Img, UserLatentsAndTheFoldersSampler) {
   TempDir tmp("txt2img-latents");
   const std::string c = "pndm_4steps_64x64/";

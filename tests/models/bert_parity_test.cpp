@@ -5,6 +5,7 @@
 
 #include <fstream>
 
+#include "taiyi/graph/graph_function.h"
 #include "taiyi/io/config.h"
 #include "taiyi/io/tensor_file.h"
 #include "taiyi/models/bert_model.h"
@@ -29,6 +30,9 @@ TEST_P(BertParity, LastHiddenStateWithoutMaskAsThePipeline) {
   EXPECT_FALSE(bert->use_attention_mask());  // Taiyi's config has no use_attention_mask key
   const auto& g = golden();
   EXPECT_LE(max_abs_diff(bert->forward(g.at("input_ids")), g.at("last_hidden_state")), 1e-4);
+  graph::GraphFunction f([&](const std::vector<Tensor>& in) { return std::vector<Tensor>{bert->forward(in[0])}; },
+                         "text_encoder");
+  EXPECT_LE(max_abs_diff(f({g.at("input_ids")})[0], g.at("last_hidden_state")), 1e-4);
 }
 
 TEST_P(BertParity, LastHiddenStateWithMask) {

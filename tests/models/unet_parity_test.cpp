@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 
+#include "taiyi/graph/graph_function.h"
 #include "taiyi/io/config.h"
 #include "taiyi/io/tensor_file.h"
 #include "taiyi/models/unet_2d_condition.h"
@@ -35,21 +36,41 @@ std::vector<std::string> case_names() {
   return names;
 }
 
-class UNetParity : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
+// Graph mode: one compiled function per model folder, as a pipeline holds it.
+graph::GraphFunction& unet_graph_for(const std::string& folder) {
+  static std::map<std::string, std::unique_ptr<graph::GraphFunction>> cache;
+  auto& f = cache[folder];
+  if (!f) {
+    const auto* unet = &unet_for(folder);
+    f = std::make_unique<graph::GraphFunction>(
+        [unet](const std::vector<Tensor>& in) { return std::vector<Tensor>{unet->forward(in[0], in[1], in[2])}; },
+        "unet");
+  }
+  return *f;
+}
+
+class UNetParity : public ::testing::TestWithParam<std::tuple<std::string, std::string, std::string>> {};
 
 TEST_P(UNetParity, MatchesDiffusers) {
-  const auto& [folder, name] = GetParam();
+  const auto& [folder, name, mode] = GetParam();
   const auto& g = golden();
-  const Tensor out = unet_for(folder).forward(g.at(name + "/sample"), g.at(name + "/timestep"),
-                                              g.at(name + "/encoder_hidden_states"));
+  const Tensor& sample = g.at(name + "/sample");
+  const Tensor& t = g.at(name + "/timestep");
+  const Tensor& ctx = g.at(name + "/encoder_hidden_states");
+  const Tensor eager = unet_for(folder).forward(sample, t, ctx);
+  const Tensor out = mode == "eager" ? eager : unet_graph_for(folder)({sample, t, ctx})[0];
   EXPECT_LE(max_abs_diff(out, g.at(name + "/noise_pred")), 1e-4) << folder << " " << name;
+  if (mode == "graph") {
+    EXPECT_EQ(max_abs_diff(out, eager), 0.0);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, UNetParity,
                          ::testing::Combine(::testing::Values("tiny-taiyi", "tiny-taiyi-safetensors"),
-                                            ::testing::ValuesIn(case_names())),
+                                            ::testing::ValuesIn(case_names()), ::testing::Values("eager", "graph")),
                          [](const auto& p) {
-                           return testing::test_name(std::get<0>(p.param) + "_" + std::get<1>(p.param));
+                           return testing::test_name(std::get<0>(p.param) + "_" + std::get<1>(p.param) + "_" +
+                                                     std::get<2>(p.param));
                          });
 
 TEST(UNetParity, GoldenHasTheFourDocumentedCases) { EXPECT_EQ(case_names().size(), 4u); }

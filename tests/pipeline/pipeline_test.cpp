@@ -6,6 +6,7 @@
 
 #include <map>
 
+#include "taiyi/graph/graph_function.h"
 #include "taiyi/io/config.h"
 #include "taiyi/io/tensor_file.h"
 #include "taiyi/pipeline/pipeline.h"
@@ -19,9 +20,10 @@ using pipeline::Pipeline;
 using testing::fixture;
 using testing::max_abs_diff;
 
-const Pipeline& tiny_pipeline() {
-  static std::unique_ptr<Pipeline> p = Pipeline::load(fixture("tiny-taiyi"));
-  return *p;
+const Pipeline& tiny_pipeline(graph::Mode mode = graph::Mode::kGraph) {
+  static std::unique_ptr<Pipeline> graph_p = Pipeline::load(fixture("tiny-taiyi"), {graph::Mode::kGraph});
+  static std::unique_ptr<Pipeline> eager_p = Pipeline::load(fixture("tiny-taiyi"), {graph::Mode::kEager});
+  return mode == graph::Mode::kGraph ? *graph_p : *eager_p;
 }
 
 const io::TensorMap& golden() {
@@ -67,10 +69,11 @@ GenerateRequest request_for(const std::string& name) {
   return r;
 }
 
-class PipelineParity : public ::testing::TestWithParam<std::string> {};
+class PipelineParity : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
 
 TEST_P(PipelineParity, MatchesDiffusers) {
-  const std::string name = GetParam();
+  const std::string name = std::get<0>(GetParam());
+  const graph::Mode mode = graph::parse_mode(std::get<1>(GetParam()));
   const auto& g = golden();
   const GenerateRequest r = request_for(name);
   int calls = 0;
@@ -79,10 +82,10 @@ TEST_P(PipelineParity, MatchesDiffusers) {
     ++calls;
     EXPECT_EQ(p.step, calls);
   };
-  const auto out = tiny_pipeline().generate(counted);
+  const auto out = tiny_pipeline(mode).generate(counted);
   EXPECT_EQ(calls, case_of(name).at("num_unet_calls").get<int>());
 
-  const auto& p = tiny_pipeline();
+  const auto& p = tiny_pipeline(mode);
   EXPECT_LE(max_abs_diff(p.encode_prompt(r.prompt, r.negative_prompt, true), g.at(name + "/prompt_embeds")), 1e-4);
   const Tensor& steps = g.at(name + "/step_latents");
   const Tensor final_latents = steps.slice(0, steps.size(0) - 1, steps.size(0)).squeeze(0);
@@ -96,8 +99,26 @@ TEST_P(PipelineParity, MatchesDiffusers) {
   EXPECT_LE(worst, 1);
 }
 
-INSTANTIATE_TEST_SUITE_P(Golden, PipelineParity, ::testing::ValuesIn(case_names()),
-                         [](const auto& p) { return testing::test_name(p.param); });
+INSTANTIATE_TEST_SUITE_P(Golden, PipelineParity,
+                         ::testing::Combine(::testing::ValuesIn(case_names()), ::testing::Values("eager", "graph")),
+                         [](const auto& p) {
+                           return testing::test_name(std::get<0>(p.param) + "_" + std::get<1>(p.param));
+                         });
+
+TEST(Pipeline, GraphModeGivesEagerModesImageAndCompilesOncePerSignature) {
+  const GenerateRequest r = request_for("dpmpp2m_karras_5steps_64x96");
+  const auto eager = tiny_pipeline(graph::Mode::kEager).generate(r);
+  const auto& p = tiny_pipeline(graph::Mode::kGraph);
+  const auto first = p.generate(r);
+  const size_t compiled = p.compiles().size();
+  const auto second = p.generate(r);
+  EXPECT_EQ(p.compiles().size(), compiled);  // nothing new to compile
+  EXPECT_EQ(second.timings.compile_s, 0.0);
+  EXPECT_EQ(first.pixels, eager.pixels);
+  EXPECT_EQ(max_abs_diff(first.latents, eager.latents), 0.0);
+  EXPECT_EQ(second.pixels, first.pixels);
+  for (const auto& c : p.compiles()) EXPECT_GT(c.nodes, 0u) << c.function;
+}
 
 TEST(Pipeline, SeededRunsRepeatAndDifferentSeedsDiffer) {
   GenerateRequest r = request_for("euler_a_5steps_64x64_seed42");

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "taiyi/cli/commands.h"
+#include "taiyi/graph/graph_function.h"
 #include "taiyi/io/model_folder.h"
 #include "taiyi/models/autoencoder_kl.h"
 #include "taiyi/models/unet_2d_condition.h"
@@ -26,7 +27,7 @@ namespace taiyi::cli {
 namespace {
 
 struct BenchOptions {
-  std::string component, model;
+  std::string component, model, mode = "graph";
   bool random_weights = false;
   int width = 512, height = 512, batch = 2, context = 77, repeat = 3, warmup = 1, threads = 0;
   bool json = false;
@@ -58,6 +59,7 @@ Tensor synthetic(const Shape& shape, uint64_t seed) {
 
 void run_bench(const BenchOptions& o) {
   ops::set_num_threads(o.threads);
+  const graph::Mode mode = graph::parse_mode(o.mode);
   if (o.width <= 0 || o.height <= 0 || o.width % 8 || o.height % 8)
     throw Error("bench: --width and --height must be positive multiples of 8, got " + std::to_string(o.width) + "x" +
                 std::to_string(o.height));
@@ -65,7 +67,8 @@ void run_bench(const BenchOptions& o) {
     throw Error("bench: --batch, --context and --repeat must be positive");
 
   const double t_load = now_s();
-  std::function<Tensor()> step;
+  graph::TraceFn fn;
+  std::vector<Tensor> inputs;
   std::unique_ptr<models::UNet2DConditionModel> unet;
   std::unique_ptr<models::AutoencoderKL> vae;
   Tensor a, b, c;
@@ -78,28 +81,44 @@ void run_bench(const BenchOptions& o) {
     a = synthetic({o.batch, cfg.in_channels, lh, lw}, 1);
     b = Tensor::from_vector<int64_t>({500}, {});
     c = synthetic({o.batch, o.context, cfg.cross_attention_dim[0]}, 2);
-    step = [&] { return unet->forward(a, b, c); };
+    fn = [&](const std::vector<Tensor>& x) { return std::vector<Tensor>{unet->forward(x[0], x[1], x[2])}; };
+    inputs = {a, b, c};
   } else if (o.component == "vae_decode") {
     const std::string dir = io::resolve_component_dir(o.model, "vae");
     vae = o.random_weights ? models::AutoencoderKL::random(dir, o.seed) : models::AutoencoderKL::load(dir);
     a = synthetic({o.batch, vae->config().latent_channels, lh, lw}, 1);
-    step = [&] { return vae->decode(a); };
+    fn = [&](const std::vector<Tensor>& x) { return std::vector<Tensor>{vae->decode(x[0])}; };
+    inputs = {a};
   } else {
     throw Error("bench: unknown component '" + o.component + "' (expected unet or vae_decode)");
   }
   const double load_s = now_s() - t_load;
+  graph::GraphFunction compiled(fn, o.component);
+  const std::function<void()> step = [&] {
+    if (mode == graph::Mode::kEager) fn(inputs);
+    else compiled(inputs);
+  };
 
   std::fprintf(stderr, "bench %s: %dx%d batch %d%s, %d threads, cpu %s, oneDNN %s isa %s\n", o.component.c_str(),
                o.width, o.height, o.batch,
                o.component == "unet" ? (", context " + std::to_string(o.context)).c_str() : "", ops::num_threads(),
                ops::cpu_model_name().c_str(), ops::onednn_version().c_str(), ops::onednn_isa().c_str());
-  std::fprintf(stderr, "  load %.2f s (%s weights)\n", load_s, o.random_weights ? "random" : "file");
+  std::fprintf(stderr, "  load %.2f s (%s weights), mode %s\n", load_s, o.random_weights ? "random" : "file",
+               graph::mode_name(mode));
 
   ops::reset_flop_count();
   for (int i = 0; i < o.warmup; ++i) {
     const double t0 = now_s();
     step();
     std::fprintf(stderr, "  warmup %d: %.3f s\n", i, now_s() - t0);
+  }
+  double compile_s = 0;
+  size_t graph_nodes = 0;
+  if (mode == graph::Mode::kGraph) {
+    if (compiled.compiles().empty()) compiled(inputs);  // --warmup 0: compile outside the timed runs
+    compile_s = compiled.compiles().back().total_s;
+    graph_nodes = compiled.compiles().back().nodes;
+    std::fprintf(stderr, "  compile %.3f s (%zu nodes)\n", compile_s, graph_nodes);
   }
   std::vector<double> times;
   uint64_t flops = 0;
@@ -120,7 +139,9 @@ void run_bench(const BenchOptions& o) {
                peak_rss_mb());
   if (o.json) {
     nlohmann::json j = {{"component", o.component},
-                        {"mode", "eager"},
+                        {"mode", graph::mode_name(mode)},
+                        {"compile_s", compile_s},
+                        {"graph_nodes", graph_nodes},
                         {"dtype", "fp32"},
                         {"width", o.width},
                         {"height", o.height},
@@ -158,6 +179,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
   cmd->add_option("--seed", o->seed, "Seed of the random weights");
   cmd->add_flag("--json", o->json, "Print one JSON object as the last stdout line");
+  cmd->add_option("--mode", o->mode, "eager or graph")->capture_default_str();
   cmd->callback([o] { run_bench(*o); });
 }
 

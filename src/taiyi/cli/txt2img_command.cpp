@@ -11,6 +11,7 @@
 #include <string>
 
 #include "taiyi/cli/commands.h"
+#include "taiyi/cli/output_path.h"
 #include "taiyi/io/png.h"
 #include "taiyi/io/tensor_file.h"
 #include "taiyi/ops/ops.h"
@@ -24,6 +25,7 @@ namespace fs = std::filesystem;
 
 struct Txt2ImgOptions {
   std::string model, prompt, negative_prompt, sampler, rng = "torch", output = "taiyi.png", latents, save_raw;
+  std::string mode = "graph";
   int steps = 20, width = 0, height = 0, batch_count = 1, threads = 0;
   float cfg_scale = 7.5f;
   int64_t seed = -1;
@@ -39,15 +41,6 @@ std::string numbered(const std::string& path, int index, int count) {
   if (count == 1) return path;
   const fs::path p(path);
   return (p.parent_path() / (p.stem().string() + "-" + std::to_string(index + 1) + p.extension().string())).string();
-}
-
-void check_writable(const std::string& path, const char* flag) {
-  const fs::path parent = fs::absolute(fs::path(path)).parent_path();
-  if (!fs::is_directory(parent))
-    throw Error(std::string(flag) + " " + path + ": directory " + parent.string() + " does not exist");
-  if (::access(parent.c_str(), W_OK) != 0)
-    throw Error(std::string(flag) + " " + path + ": directory " + parent.string() + " is not writable");
-  if (fs::is_directory(path)) throw Error(std::string(flag) + " " + path + ": is a directory");
 }
 
 std::string format_float(float v) {
@@ -95,8 +88,10 @@ void run_txt2img(const Txt2ImgOptions& o) {
     check_writable(numbered(o.output, i, o.batch_count), "--output");
     if (!o.save_raw.empty()) check_writable(numbered(o.save_raw, i, o.batch_count), "--save-raw");
   }
+  pipeline::PipelineOptions options;
+  options.mode = graph::parse_mode(o.mode);
   const double t_load = now_s();
-  const auto pipe = pipeline::Pipeline::load(o.model);
+  const auto pipe = pipeline::Pipeline::load(o.model, options);
   const double load_s = now_s() - t_load;
 
   pipeline::GenerateRequest req;
@@ -115,7 +110,8 @@ void run_txt2img(const Txt2ImgOptions& o) {
   }
   pipe->validate(req);
   if (!o.quiet)
-    std::fprintf(stderr, "taiyi: loaded %s in %.2f s (%d threads)\n", o.model.c_str(), load_s, ops::num_threads());
+    std::fprintf(stderr, "taiyi: loaded %s in %.2f s (%d threads, %s mode)\n", o.model.c_str(), load_s,
+                 ops::num_threads(), graph::mode_name(options.mode));
 
   int64_t seed = o.seed;
   for (int i = 0; i < o.batch_count; ++i) {
@@ -135,10 +131,10 @@ void run_txt2img(const Txt2ImgOptions& o) {
       const auto& t = r.timings;
       std::fprintf(stderr,
                    "taiyi: %s %dx%d seed %lld, %s %d steps: text encoder %.3f s, unet %d x %.3f s = %.3f s, "
-                   "scheduler %.3f s, vae %.3f s, total %.3f s\n",
+                   "scheduler %.3f s, vae %.3f s, total %.3f s (of which compiling %.3f s)\n",
                    png.c_str(), r.width, r.height, static_cast<long long>(r.seed),
                    pipeline::sampler_display_name(r.sampler).c_str(), r.steps, t.text_encoder_s, t.unet_calls,
-                   t.unet_calls ? t.unet_s / t.unet_calls : 0.0, t.unet_s, t.scheduler_s, t.vae_s, t.total_s);
+                   t.unet_calls ? t.unet_s / t.unet_calls : 0.0, t.unet_s, t.scheduler_s, t.vae_s, t.total_s, t.compile_s);
     }
     std::printf("%s\n", png.c_str());
   }
@@ -169,6 +165,8 @@ void add_txt2img_command(CLI::App& app) {
   cmd->add_option("-o,--output", o->output, "Output PNG (batches add -1, -2, ...)")->capture_default_str();
   cmd->add_option("--save-raw", o->save_raw, "Also save float tensors: latents and image (NHWC, [0, 1])");
   cmd->add_flag("-q,--quiet", o->quiet, "No progress or timings on stderr");
+  cmd->add_option("--mode", o->mode, "eager (op by op) or graph (compiled once per shape, then replayed)")
+      ->capture_default_str();
   cmd->callback([o] { run_txt2img(*o); });
 }
 

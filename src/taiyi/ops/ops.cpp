@@ -14,6 +14,7 @@
 #include <string>
 
 #include "taiyi/ops/cpu/cpu_kernels.h"
+#include "taiyi/ops/op_call.h"
 
 namespace taiyi::ops {
 namespace {
@@ -83,6 +84,21 @@ Tensor as_batched_matrices(const Tensor& t) {
                               {batch->second, src.stride(-2), src.stride(-1)}, src.dtype());
 }
 
+// While tracing, hands the checked call to the recorder instead of computing.
+std::optional<Tensor> traced(OpKind kind, const std::vector<Tensor>& inputs, const OpAttrs& attrs, const Shape& out,
+                             DType dtype = DType::F32) {
+  Recorder* r = active_recorder();
+  if (!r) return std::nullopt;
+  return r->record(kind, inputs, attrs, meta_tensor(out, dtype));
+}
+
+// A view's metadata is computed on the (meta) input itself; the recorder gives it an identity.
+std::optional<Tensor> traced_view(OpKind kind, const Tensor& x, const OpAttrs& attrs, const Tensor& view) {
+  Recorder* r = active_recorder();
+  if (!r) return std::nullopt;
+  return r->record(kind, {x}, attrs, view);
+}
+
 Shape broadcast_shapes(const char* op, const Tensor& a, const Tensor& b) {
   const size_t nd = std::max(a.shape().size(), b.shape().size());
   Shape out(nd);
@@ -96,17 +112,23 @@ Shape broadcast_shapes(const char* op, const Tensor& a, const Tensor& b) {
   return out;
 }
 
-Tensor binary(const char* op, cpu::BinaryOpF32 kind, const Tensor& a, const Tensor& b) {
+Tensor binary(const char* op, OpKind op_kind, cpu::BinaryOpF32 kind, const Tensor& a, const Tensor& b) {
   require_f32(op, "a", a);
   require_f32(op, "b", b);
   const Shape shape = broadcast_shapes(op, a, b);
+  if (auto t = traced(op_kind, {a, b}, {}, shape)) return *t;
   Tensor y = Tensor::empty(shape);
   cpu::binary_f32(kind, a.expand(shape), b.expand(shape), y);
   return y;
 }
 
-Tensor unary(const char* op, cpu::UnaryOpF32 kind, const Tensor& x, float a = 0.0f, float b = 0.0f) {
+Tensor unary(const char* op, OpKind op_kind, cpu::UnaryOpF32 kind, const Tensor& x, float a = 0.0f, float b = 0.0f) {
   require_f32(op, "input", x);
+  OpAttrs attrs;
+  attrs.scale = a;
+  attrs.lo = a;
+  attrs.hi = b;
+  if (auto t = traced(op_kind, {x}, attrs, x.shape())) return *t;
   const Tensor xc = x.contiguous();
   Tensor y = Tensor::empty(x.shape());
   cpu::unary_f32(kind, xc.data<float>(), y.data<float>(), y.numel(), a, b);
@@ -152,6 +174,9 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2d
   if (span_h < 0 || span_w < 0)
     fail(op, "kernel of weight " + w.describe() + " (dilated) is larger than the padded input " + x.describe());
   const int64_t ho = span_h / p.stride_h + 1, wo = span_w / p.stride_w + 1;
+  OpAttrs attrs;
+  attrs.conv = p;
+  if (auto t = traced(OpKind::kConv2d, {x, w, bias}, attrs, {n, cout, ho, wo})) return *t;
   Tensor y = Tensor::empty({n, cout, ho, wo});
   if (y.numel() == 0) return y;
   add_flops(2.0 * n * cout * ho * wo * (cin / p.groups) * kh * kw);
@@ -172,6 +197,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   require_vector_or_undefined(op, "bias", bias, n, w);
   Shape out_shape = x.shape();
   out_shape.back() = n;
+  if (auto t = traced(OpKind::kLinear, {x, w, bias}, {}, out_shape)) return *t;
   Tensor y = Tensor::empty(out_shape);
   const int64_t m = k > 0 ? x.numel() / k : shape_numel(Shape(x.shape().begin(), x.shape().end() - 1));
   if (y.numel() == 0) return y;
@@ -212,6 +238,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   Shape out_shape = batch_a;
   out_shape.push_back(m);
   out_shape.push_back(n);
+  if (auto t = traced(OpKind::kMatmul, {a, b}, {}, out_shape)) return *t;
   Tensor y = Tensor::empty(out_shape);
   if (y.numel() == 0) return y;
   if (k == 0) {
@@ -253,6 +280,10 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads, f
     fail(op, "channels are not divisible by " + std::to_string(heads) + " heads: " + shapes);
   if (k.size(1) == 0 && q.size(1) > 0) fail(op, "no keys: " + shapes);
   const int64_t b = q.size(0), lq = q.size(1), lk = k.size(1);
+  OpAttrs attrs;
+  attrs.heads = heads;
+  attrs.scale = scale;
+  if (auto t = traced(OpKind::kAttention, {q, k, v}, attrs, {b, lq, v.size(2)})) return *t;
   Tensor out = Tensor::empty({b, lq, v.size(2)});
   if (out.numel() == 0) return out;
   add_flops(2.0 * b * lq * lk * (q.size(2) + v.size(2)));
@@ -275,6 +306,10 @@ Tensor group_norm(const Tensor& x, int groups, const Tensor& gamma, const Tensor
                  std::to_string(groups) + " groups");
   require_vector_or_undefined(op, "gamma", gamma, c, x);
   require_vector_or_undefined(op, "beta", beta, c, x);
+  OpAttrs attrs;
+  attrs.groups = groups;
+  attrs.eps = eps;
+  if (auto t = traced(OpKind::kGroupNorm, {x, gamma, beta}, attrs, x.shape())) return *t;
   const Tensor xc = x.contiguous();
   Tensor y = Tensor::empty(x.shape());
   const int64_t spatial = n * c > 0 ? x.numel() / (n * c) : 0;
@@ -291,6 +326,9 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, floa
   const int64_t c = x.size(-1);
   require_vector_or_undefined(op, "gamma", gamma, c, x);
   require_vector_or_undefined(op, "beta", beta, c, x);
+  OpAttrs attrs;
+  attrs.eps = eps;
+  if (auto t = traced(OpKind::kLayerNorm, {x, gamma, beta}, attrs, x.shape())) return *t;
   const Tensor xc = x.contiguous();
   const Tensor g = gamma.defined() ? gamma.contiguous() : gamma;
   const Tensor bt = beta.defined() ? beta.contiguous() : beta;
@@ -304,6 +342,7 @@ Tensor softmax(const Tensor& x) {
   constexpr const char* op = "softmax";
   require_f32(op, "input", x);
   require_min_rank(op, "input", x, 1);
+  if (auto t = traced(OpKind::kSoftmax, {x}, {}, x.shape())) return *t;
   const Tensor xc = x.contiguous();
   Tensor y = Tensor::empty(x.shape());
   const int64_t c = x.size(-1);
@@ -313,12 +352,16 @@ Tensor softmax(const Tensor& x) {
 
 // ---- Element-wise ----
 
-Tensor silu(const Tensor& x) { return unary("silu", cpu::UnaryOpF32::kSilu, x); }
-Tensor gelu(const Tensor& x) { return unary("gelu", cpu::UnaryOpF32::kGelu, x); }
-Tensor exp(const Tensor& x) { return unary("exp", cpu::UnaryOpF32::kExp, x); }
-Tensor scale(const Tensor& x, float s) { return unary("scale", cpu::UnaryOpF32::kScale, x, s); }
-Tensor add_scalar(const Tensor& x, float s) { return unary("add_scalar", cpu::UnaryOpF32::kAddScalar, x, s); }
-Tensor clamp(const Tensor& x, float lo, float hi) { return unary("clamp", cpu::UnaryOpF32::kClamp, x, lo, hi); }
+Tensor silu(const Tensor& x) { return unary("silu", OpKind::kSilu, cpu::UnaryOpF32::kSilu, x); }
+Tensor gelu(const Tensor& x) { return unary("gelu", OpKind::kGelu, cpu::UnaryOpF32::kGelu, x); }
+Tensor exp(const Tensor& x) { return unary("exp", OpKind::kExp, cpu::UnaryOpF32::kExp, x); }
+Tensor scale(const Tensor& x, float s) { return unary("scale", OpKind::kScale, cpu::UnaryOpF32::kScale, x, s); }
+Tensor add_scalar(const Tensor& x, float s) {
+  return unary("add_scalar", OpKind::kAddScalar, cpu::UnaryOpF32::kAddScalar, x, s);
+}
+Tensor clamp(const Tensor& x, float lo, float hi) {
+  return unary("clamp", OpKind::kClamp, cpu::UnaryOpF32::kClamp, x, lo, hi);
+}
 
 Tensor geglu(const Tensor& x) {
   constexpr const char* op = "geglu";
@@ -326,20 +369,24 @@ Tensor geglu(const Tensor& x) {
   require_min_rank(op, "input", x, 1);
   const int64_t c = x.size(-1);
   if (c % 2 != 0) fail(op, "input " + x.describe() + " has an odd last dim");
-  const Tensor xc = x.contiguous();
   Shape out_shape = x.shape();
   out_shape.back() = c / 2;
+  if (auto t = traced(OpKind::kGeglu, {x}, {}, out_shape)) return *t;
+  const Tensor xc = x.contiguous();
   Tensor y = Tensor::empty(out_shape);
   if (y.numel() > 0) cpu::geglu_f32(xc.data<float>(), y.data<float>(), x.numel() / c, c / 2);
   return y;
 }
 
-Tensor add(const Tensor& a, const Tensor& b) { return binary("add", cpu::BinaryOpF32::kAdd, a, b); }
-Tensor sub(const Tensor& a, const Tensor& b) { return binary("sub", cpu::BinaryOpF32::kSub, a, b); }
-Tensor mul(const Tensor& a, const Tensor& b) { return binary("mul", cpu::BinaryOpF32::kMul, a, b); }
+Tensor add(const Tensor& a, const Tensor& b) { return binary("add", OpKind::kAdd, cpu::BinaryOpF32::kAdd, a, b); }
+Tensor sub(const Tensor& a, const Tensor& b) { return binary("sub", OpKind::kSub, cpu::BinaryOpF32::kSub, a, b); }
+Tensor mul(const Tensor& a, const Tensor& b) { return binary("mul", OpKind::kMul, cpu::BinaryOpF32::kMul, a, b); }
 
 Tensor cast(const Tensor& x, DType dtype) {
   require_defined("cast", "input", x);
+  OpAttrs attrs;
+  attrs.dtype = dtype;
+  if (auto t = traced(OpKind::kCast, {x}, attrs, x.shape(), dtype)) return *t;
   return x.dtype() == dtype ? x.contiguous() : x.to(dtype);
 }
 
@@ -364,8 +411,11 @@ Tensor concat(const std::vector<Tensor>& xs, int dim) {
       fail(op, "input " + std::to_string(i) + " " + x.describe() + " does not match input 0 " + x0.describe() +
                    " outside dim " + std::to_string(d));
     out_shape[d] += x.size(d);
-    parts.push_back(x.contiguous());
   }
+  OpAttrs attrs;
+  attrs.dim = d;
+  if (auto t = traced(OpKind::kConcat, xs, attrs, out_shape, x0.dtype())) return *t;
+  for (const Tensor& x : xs) parts.push_back(x.contiguous());
   Tensor y = Tensor::empty(out_shape, x0.dtype());
   if (y.numel() > 0) cpu::concat_contiguous(parts, d, y);
   return y;
@@ -388,7 +438,7 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
   std::vector<Tensor> out;
   int64_t at = 0;
   for (int64_t s : sizes) {
-    out.push_back(x.slice(d, at, at + s));
+    out.push_back(slice(x, d, at, at + s));
     at += s;
   }
   return out;
@@ -402,7 +452,7 @@ std::vector<Tensor> chunk(const Tensor& x, int n, int dim) {
   const int d = x.norm_dim(dim);
   const int64_t size = x.size(d), step = std::max<int64_t>((size + n - 1) / n, 1);
   std::vector<Tensor> out;
-  for (int64_t at = 0; at < size; at += step) out.push_back(x.slice(d, at, std::min(at + step, size)));
+  for (int64_t at = 0; at < size; at += step) out.push_back(slice(x, d, at, std::min(at + step, size)));
   if (out.empty()) out.push_back(x);  // an empty dim gives one empty chunk, as torch
   return out;
 }
@@ -415,6 +465,10 @@ Tensor upsample_nearest(const Tensor& x, int64_t out_h, int64_t out_w) {
     fail(op, "output size " + std::to_string(out_h) + "x" + std::to_string(out_w) + " for input " + x.describe() +
                  " must be positive");
   if (x.size(2) == 0 || x.size(3) == 0) fail(op, "empty input " + x.describe());
+  OpAttrs attrs;
+  attrs.out_h = out_h;
+  attrs.out_w = out_w;
+  if (auto t = traced(OpKind::kUpsampleNearest, {x}, attrs, {x.size(0), x.size(1), out_h, out_w})) return *t;
   const Tensor xc = x.contiguous();
   Tensor y = Tensor::empty({x.size(0), x.size(1), out_h, out_w});
   if (y.numel() > 0) cpu::upsample_nearest_f32(xc, y);
@@ -428,10 +482,11 @@ Tensor embedding(const Tensor& table, const Tensor& ids) {
   require_defined(op, "ids", ids);
   if (ids.dtype() != DType::I64 && ids.dtype() != DType::I32)
     fail(op, "ids must be i64 or i32, got " + ids.describe());
-  const Tensor tc = table.contiguous(), ic = ids.contiguous();
   const int64_t rows = table.size(0), dim = table.size(1), n = ids.numel();
   Shape out_shape = ids.shape();
   out_shape.push_back(dim);
+  if (auto t = traced(OpKind::kEmbedding, {table, ids}, {}, out_shape)) return *t;
+  const Tensor tc = table.contiguous(), ic = ids.contiguous();
   Tensor y = Tensor::empty(out_shape);
   const float* src = tc.data<float>();
   float* dst = y.data<float>();
@@ -450,6 +505,13 @@ Tensor timestep_embedding(const Tensor& t, int dim, bool flip_sin_to_cos, float 
   require_defined(op, "timesteps", t);
   require_rank(op, "timesteps", t, 1);
   if (dim < 1) fail(op, "embedding dim must be >= 1, got " + std::to_string(dim));
+  OpAttrs attrs;
+  attrs.dim = dim;
+  attrs.flip_sin_to_cos = flip_sin_to_cos;
+  attrs.freq_shift = freq_shift;
+  attrs.scale = scale;
+  attrs.max_period = max_period;
+  if (auto traced_out = traced(OpKind::kTimestepEmbedding, {t}, attrs, {t.size(0), dim})) return *traced_out;
   std::vector<float> tf(static_cast<size_t>(t.size(0)));
   for (int64_t i = 0; i < t.size(0); ++i) tf[i] = static_cast<float>(t.item(i));  // torch: timesteps.float()
   Tensor y = Tensor::empty({t.size(0), dim});
@@ -459,22 +521,43 @@ Tensor timestep_embedding(const Tensor& t, int dim, bool flip_sin_to_cos, float 
 
 Tensor reshape(const Tensor& x, const Shape& shape) {
   require_defined("reshape", "input", x);
+  OpAttrs attrs;
+  attrs.shape = shape;
+  if (active_recorder() && x.is_meta()) {
+    // A view when the input is contiguous; else (a copy) a fresh contiguous output.
+    const Tensor out = x.is_contiguous() ? x.view(shape) : meta_tensor(x.resolve_shape(shape), x.dtype());
+    return *traced_view(OpKind::kReshape, x, attrs, out);
+  }
   return x.reshape(shape);
 }
 Tensor permute(const Tensor& x, const std::vector<int>& dims) {
   require_defined("permute", "input", x);
+  OpAttrs attrs;
+  attrs.dims = dims;
+  if (active_recorder() && x.is_meta()) return *traced_view(OpKind::kPermute, x, attrs, x.permute(dims));
   return x.permute(dims);
 }
 Tensor transpose(const Tensor& x, int a, int b) {
   require_defined("transpose", "input", x);
-  return x.transpose(a, b);
+  std::vector<int> dims(x.ndim());
+  for (int i = 0; i < x.ndim(); ++i) dims[i] = i;
+  std::swap(dims[x.norm_dim(a)], dims[x.norm_dim(b)]);
+  return permute(x, dims);
 }
 Tensor slice(const Tensor& x, int dim, int64_t start, int64_t end) {
   require_defined("slice", "input", x);
-  return x.slice(dim, start, end);
+  const Tensor view = x.slice(dim, start, end);
+  OpAttrs attrs;
+  attrs.dim = x.norm_dim(dim);
+  attrs.start = start;
+  attrs.end = end;
+  if (active_recorder() && x.is_meta()) return *traced_view(OpKind::kSlice, x, attrs, view);
+  return view;
 }
 Tensor contiguous(const Tensor& x) {
   require_defined("contiguous", "input", x);
+  if (x.is_contiguous()) return x;
+  if (active_recorder() && x.is_meta()) return *traced(OpKind::kContiguous, {x}, {}, x.shape(), x.dtype());
   return x.contiguous();
 }
 

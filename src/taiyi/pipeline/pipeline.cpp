@@ -25,10 +25,11 @@ Tensor timestep_tensor(double t) {
 
 }  // namespace
 
-std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_dir) {
+std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_dir, const PipelineOptions& options) {
   const io::ModelFolder folder(model_dir);
   auto p = std::unique_ptr<Pipeline>(new Pipeline());
   p->model_dir_ = model_dir;
+  p->options_ = options;
   for (const auto& [component, expected] : std::vector<std::pair<std::string, std::string>>{
            {"text_encoder", "BertModel"}, {"tokenizer", "BertTokenizer"}, {"unet", "UNet2DConditionModel"},
            {"vae", "AutoencoderKL"}}) {
@@ -46,7 +47,47 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_dir) {
     throw Error(model_dir + ": the text encoder's hidden_size " + std::to_string(p->text_encoder_->config().hidden_size) +
                 " differs from the UNet's cross_attention_dim " +
                 std::to_string(p->unet_->config().cross_attention_dim[0]));
+  const Pipeline* self = p.get();
+  p->text_fn_ = std::make_unique<graph::GraphFunction>(
+      [self](const std::vector<Tensor>& in) { return std::vector<Tensor>{self->text_encoder_->forward(in[0])}; },
+      "text_encoder");
+  p->unet_fn_ = std::make_unique<graph::GraphFunction>(
+      [self](const std::vector<Tensor>& in) {
+        return std::vector<Tensor>{self->unet_->forward(in[0], in[1], in[2])};
+      },
+      "unet");
+  p->vae_decode_fn_ = std::make_unique<graph::GraphFunction>(
+      [self](const std::vector<Tensor>& in) { return std::vector<Tensor>{self->vae_->decode(in[0])}; }, "vae_decode");
   return p;
+}
+
+std::vector<graph::CompileStats> Pipeline::compiles() const {
+  std::vector<graph::CompileStats> all;
+  for (const auto* f : {text_fn_.get(), unet_fn_.get(), vae_decode_fn_.get()})
+    all.insert(all.end(), f->compiles().begin(), f->compiles().end());
+  return all;
+}
+
+double Pipeline::compile_seconds() const {
+  double s = 0;
+  for (const auto& c : compiles()) s += c.total_s;
+  return s;
+}
+
+Tensor Pipeline::run_text_encoder(const Tensor& ids, const Tensor& mask) const {
+  // A mask changes which keys each row attends to, decided on the host: that path stays eager.
+  if (options_.mode == graph::Mode::kEager || mask.defined()) return text_encoder_->forward(ids, mask);
+  return (*text_fn_)({ids})[0];
+}
+
+Tensor Pipeline::run_unet(const Tensor& sample, const Tensor& t, const Tensor& context) const {
+  if (options_.mode == graph::Mode::kEager) return unet_->forward(sample, t, context);
+  return (*unet_fn_)({sample, t, context})[0];
+}
+
+Tensor Pipeline::run_vae_decode(const Tensor& z) const {
+  if (options_.mode == graph::Mode::kEager) return vae_->decode(z);
+  return (*vae_decode_fn_)({z})[0];
 }
 
 std::string Pipeline::model_name() const {
@@ -74,7 +115,7 @@ Tensor Pipeline::encode_prompt(const std::string& prompt, const std::string& neg
       std::fill_n(m.begin(), real, 1);
       mask = Tensor::from_vector(m, {1, n});
     }
-    return text_encoder_->forward(Tensor::from_vector(ids, {1, n}), mask);
+    return run_text_encoder(Tensor::from_vector(ids, {1, n}), mask);
   };
   const Tensor cond = encode(prompt);
   if (!guidance) return cond;
@@ -105,6 +146,7 @@ void Pipeline::validate(const GenerateRequest& r) const {
 GenerateResult Pipeline::generate(const GenerateRequest& r) const {
   validate(r);
   const double t_start = now_s();
+  const double compile_before = compile_seconds();
   GenerateResult out;
   const int f = vae_scale_factor();
   out.width = r.width ? r.width : default_size();
@@ -132,7 +174,7 @@ GenerateResult Pipeline::generate(const GenerateRequest& r) const {
     const Tensor model_in = scheduler->scale_model_input(guidance ? ops::concat({latents, latents}, 0) : latents, i);
     out.timings.scheduler_s += now_s() - t0;
     t0 = now_s();
-    Tensor eps = unet_->forward(model_in, timestep_tensor(scheduler->timesteps()[i]), context);
+    Tensor eps = run_unet(model_in, timestep_tensor(scheduler->timesteps()[i]), context);
     if (guidance) {
       const auto halves = ops::chunk(eps, 2, 0);
       eps = ops::add(halves[0], ops::scale(ops::sub(halves[1], halves[0]), r.guidance_scale));
@@ -147,7 +189,7 @@ GenerateResult Pipeline::generate(const GenerateRequest& r) const {
   out.latents = latents;
 
   t0 = now_s();
-  const Tensor decoded = vae_->decode(ops::scale(latents, 1.0f / vae_->config().scaling_factor));
+  const Tensor decoded = run_vae_decode(ops::scale(latents, 1.0f / vae_->config().scaling_factor));
   // VaeImageProcessor.denormalize then numpy NHWC, then numpy_to_pil's round().
   const Tensor image = ops::clamp(ops::add_scalar(ops::scale(decoded, 0.5f), 0.5f), 0.0f, 1.0f);
   out.image = ops::contiguous(ops::permute(image, {0, 2, 3, 1}));
@@ -156,6 +198,7 @@ GenerateResult Pipeline::generate(const GenerateRequest& r) const {
   out.pixels.resize(static_cast<size_t>(out.image.numel()));
   for (size_t i = 0; i < out.pixels.size(); ++i)
     out.pixels[i] = static_cast<uint8_t>(std::nearbyint(px[i] * 255.0f));  // round half to even, as numpy
+  out.timings.compile_s = compile_seconds() - compile_before;
   out.timings.total_s = now_s() - t_start;
   return out;
 }

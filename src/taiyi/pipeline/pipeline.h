@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "taiyi/graph/graph_function.h"
 #include "taiyi/models/autoencoder_kl.h"
 #include "taiyi/models/bert_model.h"
 #include "taiyi/models/unet_2d_condition.h"
@@ -48,6 +49,7 @@ struct GenerateRequest {
 
 struct StageTimings {
   double text_encoder_s = 0, unet_s = 0, scheduler_s = 0, vae_s = 0, total_s = 0;
+  double compile_s = 0;  // graph mode: tracing and compiling new signatures (inside the stage times above)
   int unet_calls = 0;
 };
 
@@ -62,11 +64,15 @@ struct GenerateResult {
   StageTimings timings;
 };
 
+struct PipelineOptions {
+  graph::Mode mode = graph::Mode::kGraph;  // graph: each component compiled once per input signature
+};
+
 class Pipeline {
  public:
   // Loads every component of a diffusers folder (model_index.json). Errors name the folder,
   // component and file at fault.
-  static std::unique_ptr<Pipeline> load(const std::string& model_dir);
+  static std::unique_ptr<Pipeline> load(const std::string& model_dir, const PipelineOptions& options = {});
 
   GenerateResult generate(const GenerateRequest& request) const;
 
@@ -86,14 +92,25 @@ class Pipeline {
   const models::UNet2DConditionModel& unet() const { return *unet_; }
   const models::AutoencoderKL& vae() const { return *vae_; }
   const models::BertModel& text_encoder() const { return *text_encoder_; }
+  graph::Mode mode() const { return options_.mode; }
+  // Every graph compiled so far (graph mode), in order.
+  std::vector<graph::CompileStats> compiles() const;
 
  private:
+  Tensor run_text_encoder(const Tensor& ids, const Tensor& mask) const;
+  Tensor run_unet(const Tensor& sample, const Tensor& t, const Tensor& context) const;
+  Tensor run_vae_decode(const Tensor& z) const;
+  double compile_seconds() const;
+
+  PipelineOptions options_;
   std::string model_dir_;
   std::unique_ptr<text::BertTokenizer> tokenizer_;
   std::unique_ptr<models::BertModel> text_encoder_;
   std::unique_ptr<models::UNet2DConditionModel> unet_;
   std::unique_ptr<models::AutoencoderKL> vae_;
   std::unique_ptr<io::ConfigReader> scheduler_config_;
+  // Graph mode's compiled functions (caches: they change on the first call of a signature).
+  mutable std::unique_ptr<graph::GraphFunction> text_fn_, unet_fn_, vae_decode_fn_;
 };
 
 // A1111's display name of a sampler ("Euler a", "DPM++ 2M Karras", "PLMS"...).

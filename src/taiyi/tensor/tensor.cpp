@@ -84,6 +84,13 @@ std::shared_ptr<Storage> Storage::borrow(void* data, size_t bytes, std::shared_p
   return s;
 }
 
+std::shared_ptr<Storage> Storage::meta(size_t bytes) {
+  std::shared_ptr<Storage> s(new Storage());
+  s->bytes_ = bytes;
+  s->meta_ = true;
+  return s;
+}
+
 Storage::~Storage() {
   if (owned_) std::free(data_);
 }
@@ -174,6 +181,11 @@ void Tensor::check_dtype(DType t) const {
     throw Error(std::string("tensor ") + describe() + " accessed as " + dtype_name(t));
 }
 
+void Tensor::throw_meta_access() const {
+  throw Error("tensor " + describe() +
+              " is a graph-mode trace value and has no data: model code must not read tensors while tracing");
+}
+
 uint16_t* Tensor::data_u16() const {
   if (dtype_ != DType::F16 && dtype_ != DType::BF16)
     throw Error("tensor " + describe() + " accessed as 16-bit float");
@@ -221,7 +233,8 @@ double Tensor::item(int64_t flat_index) const {
     off += (rem % shape_[d]) * strides_[d];
     rem /= shape_[d];
   }
-  return load_as_double(storage_->data() + offset_ + off * static_cast<int64_t>(dtype_size(dtype_)), dtype_);
+  return load_as_double(static_cast<const std::byte*>(raw_data()) + off * static_cast<int64_t>(dtype_size(dtype_)),
+                        dtype_);
 }
 
 Shape Tensor::resolve_shape(const Shape& shape) const {
@@ -333,8 +346,8 @@ void Tensor::copy_from(const Tensor& src) {
   if (src.shape_ != shape_)
     throw Error("copy: shape mismatch " + src.describe() + " -> " + describe());
   const size_t es_dst = dtype_size(dtype_), es_src = dtype_size(src.dtype_);
-  std::byte* dst_base = storage_->data() + offset_;
-  const std::byte* src_base = src.storage_->data() + src.offset_;
+  std::byte* dst_base = static_cast<std::byte*>(raw_data());
+  const std::byte* src_base = static_cast<const std::byte*>(src.raw_data());
   if (dtype_ == src.dtype_ && is_contiguous() && src.is_contiguous()) {
     std::memcpy(dst_base, src_base, nbytes());
     return;

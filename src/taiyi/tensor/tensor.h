@@ -47,6 +47,9 @@ class Storage {
   static std::shared_ptr<Storage> allocate(size_t bytes);
   // Borrowed: `data` stays valid as long as `keep_alive` lives.
   static std::shared_ptr<Storage> borrow(void* data, size_t bytes, std::shared_ptr<const void> keep_alive);
+  // Meta: a size and no bytes. Graph tracing computes with tensors over meta storages
+  // (shapes, strides, dtypes only); reading their data throws.
+  static std::shared_ptr<Storage> meta(size_t bytes);
 
   ~Storage();
   Storage(const Storage&) = delete;
@@ -55,12 +58,14 @@ class Storage {
   std::byte* data() const { return data_; }
   size_t bytes() const { return bytes_; }
   bool owned() const { return owned_; }
+  bool is_meta() const { return meta_; }
 
  private:
   Storage() = default;
   std::byte* data_ = nullptr;
   size_t bytes_ = 0;
   bool owned_ = false;
+  bool meta_ = false;
   std::shared_ptr<const void> keep_alive_;
 };
 
@@ -102,7 +107,11 @@ class Tensor {
   const std::shared_ptr<Storage>& storage() const { return storage_; }
   size_t byte_offset() const { return offset_; }
 
-  void* raw_data() const { return storage_->data() + offset_; }
+  bool is_meta() const { return storage_ && storage_->is_meta(); }
+  void* raw_data() const {
+    if (storage_->is_meta()) throw_meta_access();
+    return storage_->data() + offset_;
+  }
   template <typename T>
   T* data() const {
     check_dtype(dtype_of<T>());
@@ -130,11 +139,12 @@ class Tensor {
   void copy_from(const Tensor& src);  // same shape, any dtypes, any strides
 
   std::string describe() const;  // "f32[2, 4, 8, 8]"
+  Shape resolve_shape(const Shape& shape) const;  // a reshape target with its -1 filled in; throws if impossible
   int norm_dim(int dim) const;   // negative dims count from the end; throws if out of range
 
  private:
   void check_dtype(DType t) const;
-  Shape resolve_shape(const Shape& shape) const;
+  [[noreturn]] void throw_meta_access() const;
 
   std::shared_ptr<Storage> storage_;
   size_t offset_ = 0;  // bytes

@@ -1,0 +1,60 @@
+#include "taiyi/graph/graph_function.h"
+
+#include <chrono>
+
+namespace taiyi::graph {
+
+namespace {
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+Mode parse_mode(const std::string& s) {
+  if (s == "eager") return Mode::kEager;
+  if (s == "graph") return Mode::kGraph;
+  throw Error("unknown mode '" + s + "' (expected eager or graph)");
+}
+
+const char* mode_name(Mode m) { return m == Mode::kEager ? "eager" : "graph"; }
+
+GraphFunction::Signature GraphFunction::signature_of(const std::vector<Tensor>& inputs) {
+  Signature s;
+  for (const Tensor& t : inputs) {
+    if (!t.defined()) throw Error("graph mode: an input of the function is undefined");
+    s.emplace_back(t.shape(), t.dtype());
+  }
+  return s;
+}
+
+const Executor* GraphFunction::executor_for(const std::vector<Tensor>& inputs) const {
+  auto it = cache_.find(signature_of(inputs));
+  return it == cache_.end() ? nullptr : it->second.get();
+}
+
+std::vector<Tensor> GraphFunction::operator()(const std::vector<Tensor>& inputs) {
+  const Signature sig = signature_of(inputs);
+  auto it = cache_.find(sig);
+  if (it == cache_.end()) {
+    CompileStats stats;
+    stats.function = name_;
+    const double t0 = now_s();
+    std::vector<InputSpec> specs;
+    for (const auto& [shape, dtype] : sig) specs.push_back({shape, dtype});
+    Graph g = trace(fn_, specs);
+    const double t1 = now_s();
+    stats.passes = run_passes(g);
+    const double t2 = now_s();
+    stats.nodes = g.nodes.size();
+    for (const auto& v : g.values) stats.constants += v.kind == ValueKind::kConstant && v.constant.defined();
+    auto ex = std::make_unique<Executor>(std::move(g));
+    stats.trace_s = t1 - t0;
+    stats.passes_s = t2 - t1;
+    stats.total_s = now_s() - t0;
+    compiles_.push_back(std::move(stats));
+    it = cache_.emplace(sig, std::move(ex)).first;
+  }
+  return it->second->run(inputs);
+}
+
+}  // namespace taiyi::graph

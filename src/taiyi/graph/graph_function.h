@@ -1,0 +1,52 @@
+// A function of tensors run in graph mode: the first call for an input signature
+// (shapes and dtypes) traces the function, runs the passes and builds an
+// executor; later calls with that signature replay it. Compiled graphs live as
+// long as the GraphFunction.
+//
+//   GraphFunction unet([&](const auto& in) { return std::vector{model.forward(in[0], in[1], in[2])}; }, "unet");
+//   Tensor eps = unet({sample, t, context})[0];
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "taiyi/graph/executor.h"
+#include "taiyi/graph/passes/passes.h"
+#include "taiyi/graph/tracer.h"
+
+namespace taiyi::graph {
+
+// How model code runs: op by op, or traced once per signature and replayed.
+enum class Mode { kEager, kGraph };
+Mode parse_mode(const std::string& s);  // "eager" | "graph"; throws naming the value otherwise
+const char* mode_name(Mode m);
+
+struct CompileStats {
+  std::string function;
+  double trace_s = 0, passes_s = 0, total_s = 0;
+  size_t nodes = 0, constants = 0;
+  std::vector<PassReport> passes;
+};
+
+class GraphFunction {
+ public:
+  GraphFunction(TraceFn fn, std::string name) : fn_(std::move(fn)), name_(std::move(name)) {}
+  std::vector<Tensor> operator()(const std::vector<Tensor>& inputs);
+
+  // Compiles each call's signature that has not been seen yet; stats of every compile so far.
+  const std::vector<CompileStats>& compiles() const { return compiles_; }
+  const Executor* executor_for(const std::vector<Tensor>& inputs) const;
+
+ private:
+  using Signature = std::vector<std::pair<Shape, DType>>;
+  static Signature signature_of(const std::vector<Tensor>& inputs);
+
+  TraceFn fn_;
+  std::string name_;
+  std::map<Signature, std::unique_ptr<Executor>> cache_;
+  std::vector<CompileStats> compiles_;
+};
+
+}  // namespace taiyi::graph

@@ -1,0 +1,102 @@
+// An op call as data: which op, its tensor inputs and its attributes. This is the
+// seam between the op set and graph mode.
+//
+// While a Recorder is active on the calling thread (graph tracing), every function
+// of ops.h checks its arguments exactly as in eager mode, then hands the call to
+// the recorder instead of computing, and returns the recorder's result: a tensor
+// over meta storage (shape, strides, dtype; no data). The graph layer implements
+// Recorder; the ops layer knows nothing of graphs. run_op() replays a recorded
+// call eagerly, which is how the graph executor runs nodes no pass replaced.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "taiyi/ops/ops.h"
+
+namespace taiyi::ops {
+
+enum class OpKind : uint8_t {
+  // compute
+  kConv2d,
+  kLinear,
+  kMatmul,
+  kAttention,
+  kGroupNorm,
+  kLayerNorm,
+  kSoftmax,
+  kSilu,
+  kGelu,
+  kGeglu,
+  kAdd,
+  kSub,
+  kMul,
+  kScale,
+  kAddScalar,
+  kExp,
+  kClamp,
+  kCast,
+  kConcat,
+  kUpsampleNearest,
+  kEmbedding,
+  kTimestepEmbedding,
+  // views and copies
+  kReshape,
+  kPermute,
+  kSlice,
+  kContiguous,
+};
+
+const char* op_name(OpKind k);
+// Views alias their input's memory; every other op writes a fresh output.
+bool is_view(OpKind k);
+
+// The attributes of one call; each op reads only its own fields.
+struct OpAttrs {
+  Conv2dParams conv;        // conv2d
+  int heads = 0;            // attention
+  int groups = 0;           // group_norm
+  float eps = 0;            // group_norm, layer_norm
+  float scale = 0;          // attention, scale, add_scalar (the scalar), timestep_embedding
+  float lo = 0, hi = 0;     // clamp
+  float freq_shift = 0;     // timestep_embedding
+  float max_period = 0;     // timestep_embedding
+  bool flip_sin_to_cos = false;
+  int64_t dim = 0;          // concat, slice; timestep_embedding (embedding size)
+  int64_t start = 0, end = 0;  // slice
+  int64_t out_h = 0, out_w = 0;  // upsample_nearest
+  Shape shape;              // reshape
+  std::vector<int> dims;    // permute
+  DType dtype = DType::F32;  // cast
+};
+
+class Recorder {
+ public:
+  virtual ~Recorder() = default;
+  // `out` is the checked output shape (contiguous) or, for views, the view's own metadata.
+  virtual Tensor record(OpKind kind, const std::vector<Tensor>& inputs, const OpAttrs& attrs, const Tensor& out) = 0;
+};
+
+// The recorder of this thread, or null (eager).
+Recorder* active_recorder();
+
+// Makes `r` the recorder of this thread for the scope's lifetime (nesting restores the previous one).
+class RecordingScope {
+ public:
+  explicit RecordingScope(Recorder* r);
+  ~RecordingScope();
+  RecordingScope(const RecordingScope&) = delete;
+  RecordingScope& operator=(const RecordingScope&) = delete;
+
+ private:
+  Recorder* previous_;
+};
+
+// Runs one call eagerly (no recorder may be active).
+Tensor run_op(OpKind kind, const std::vector<Tensor>& inputs, const OpAttrs& attrs);
+
+// A tensor of `shape`/`dtype` over fresh meta storage, contiguous: a traced op's output.
+Tensor meta_tensor(const Shape& shape, DType dtype);
+
+}  // namespace taiyi::ops

@@ -30,7 +30,7 @@ struct BenchOptions {
   std::string component, model, mode = "graph";
   bool random_weights = false;
   int width = 512, height = 512, batch = 2, context = 77, repeat = 3, warmup = 1, threads = 0;
-  bool json = false;
+  bool json = false, profile = false;
   uint64_t seed = 0;
 };
 
@@ -114,11 +114,15 @@ void run_bench(const BenchOptions& o) {
   }
   double compile_s = 0;
   size_t graph_nodes = 0;
+  double arena_mb = 0;
   if (mode == graph::Mode::kGraph) {
     if (compiled.compiles().empty()) compiled(inputs);  // --warmup 0: compile outside the timed runs
     compile_s = compiled.compiles().back().total_s;
     graph_nodes = compiled.compiles().back().nodes;
-    std::fprintf(stderr, "  compile %.3f s (%zu nodes)\n", compile_s, graph_nodes);
+    const auto& stats = compiled.compiles().back();
+    std::fprintf(stderr, "  compile %.3f s (%zu nodes), activation arena %.0f MB (%.0f MB without reuse)\n",
+                 compile_s, graph_nodes, stats.arena_bytes / 1e6, stats.planned_bytes / 1e6);
+    arena_mb = stats.arena_bytes / 1e6;
   }
   std::vector<double> times;
   uint64_t flops = 0;
@@ -135,6 +139,13 @@ void run_bench(const BenchOptions& o) {
   const size_t n = sorted.size();
   const double median = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
   const double gflop = static_cast<double>(flops) * 1e-9;
+  if (o.profile && mode == graph::Mode::kGraph) {
+    graph::Profile prof;
+    const double t0 = now_s();
+    compiled(inputs, &prof);
+    const double total = now_s() - t0;
+    std::fprintf(stderr, "  profile of one more run (%.3f s):\n%s", total, graph::format_profile(prof, total).c_str());
+  }
   std::fprintf(stderr, "  median %.3f s, %.1f GFLOP, %.1f GFLOP/s, peak RSS %.0f MB\n", median, gflop, gflop / median,
                peak_rss_mb());
   if (o.json) {
@@ -142,6 +153,7 @@ void run_bench(const BenchOptions& o) {
                         {"mode", graph::mode_name(mode)},
                         {"compile_s", compile_s},
                         {"graph_nodes", graph_nodes},
+                        {"arena_mb", arena_mb},
                         {"dtype", "fp32"},
                         {"width", o.width},
                         {"height", o.height},
@@ -180,6 +192,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "Seed of the random weights");
   cmd->add_flag("--json", o->json, "Print one JSON object as the last stdout line");
   cmd->add_option("--mode", o->mode, "eager or graph")->capture_default_str();
+  cmd->add_flag("--profile", o->profile, "Graph mode: time one more run per op kind and print the table");
   cmd->callback([o] { run_bench(*o); });
 }
 

@@ -1,9 +1,15 @@
 #include "taiyi/graph/executor.h"
 
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
 namespace taiyi::graph {
 
 Executor::Executor(Graph g) : g_(std::move(g)) {
   g_.validate();
+  plan_ = plan_memory(g_);
+  arena_ = Storage::allocate(plan_.arena_bytes);
   std::vector<int> last_use(g_.values.size(), -1);
   for (size_t i = 0; i < g_.nodes.size(); ++i)
     for (int v : g_.nodes[i].inputs)
@@ -16,7 +22,21 @@ Executor::Executor(Graph g) : g_(std::move(g)) {
       release_after_[last_use[v]].push_back(static_cast<int>(v));
 }
 
-std::vector<Tensor> Executor::run(const std::vector<Tensor>& inputs) const {
+std::string format_profile(const Profile& p, double total_s) {
+  std::vector<std::pair<std::string, OpProfile>> rows(p.begin(), p.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+  std::string out = "  op                       calls    seconds   share    GFLOP   GFLOP/s\n";
+  char line[160];
+  for (const auto& [name, r] : rows) {
+    std::snprintf(line, sizeof line, "  %-22s %7lld %10.4f %6.1f%% %8.1f %9.1f\n", name.c_str(),
+                  static_cast<long long>(r.calls), r.seconds, total_s > 0 ? 100.0 * r.seconds / total_s : 0.0,
+                  r.flops * 1e-9, r.seconds > 0 ? r.flops * 1e-9 / r.seconds : 0.0);
+    out += line;
+  }
+  return out;
+}
+
+std::vector<Tensor> Executor::run(const std::vector<Tensor>& inputs, Profile* profile) const {
   if (inputs.size() != g_.inputs.size())
     throw Error("graph: expected " + std::to_string(g_.inputs.size()) + " inputs, got " +
                 std::to_string(inputs.size()));
@@ -35,7 +55,27 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& inputs) const {
     const Node& n = g_.nodes[i];
     args.clear();
     for (int v : n.inputs) args.push_back(v >= 0 ? vals[v] : Tensor());
-    vals[n.output] = ops::run_op(n.kind, args, n.attrs);
+    const int64_t offset = plan_.offset[n.output];
+    auto execute = [&] {
+      if (offset == MemoryPlan::kNotPlanned) return ops::run_op(n.kind, args, n.attrs);
+      const Value& v = g_.values[n.output];
+      Tensor target = Tensor::from_storage(arena_, static_cast<size_t>(offset), v.shape, contiguous_strides(v.shape),
+                                           v.dtype);
+      const Tensor r = ops::run_op_into(n.kind, args, n.attrs, target);
+      if (r.storage() != target.storage() || r.byte_offset() != target.byte_offset()) target.copy_from(r);
+      return target;
+    };
+    if (profile) {
+      const uint64_t f0 = ops::flop_count();
+      const auto t0 = std::chrono::steady_clock::now();
+      vals[n.output] = execute();
+      OpProfile& r = (*profile)[ops::op_name(n.kind)];
+      r.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      r.calls += 1;
+      r.flops += static_cast<double>(ops::flop_count() - f0);
+    } else {
+      vals[n.output] = execute();
+    }
     for (int v : release_after_[i]) vals[v] = Tensor();
   }
   std::vector<Tensor> out;

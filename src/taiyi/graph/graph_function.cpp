@@ -32,7 +32,7 @@ const Executor* GraphFunction::executor_for(const std::vector<Tensor>& inputs) c
   return it == cache_.end() ? nullptr : it->second.get();
 }
 
-std::vector<Tensor> GraphFunction::operator()(const std::vector<Tensor>& inputs) {
+std::vector<Tensor> GraphFunction::operator()(const std::vector<Tensor>& inputs, Profile* profile) {
   const Signature sig = signature_of(inputs);
   auto it = cache_.find(sig);
   if (it == cache_.end()) {
@@ -48,13 +48,15 @@ std::vector<Tensor> GraphFunction::operator()(const std::vector<Tensor>& inputs)
     stats.nodes = g.nodes.size();
     for (const auto& v : g.values) stats.constants += v.kind == ValueKind::kConstant && v.constant.defined();
     auto ex = std::make_unique<Executor>(std::move(g));
+    stats.arena_bytes = ex->memory_plan().arena_bytes;
+    stats.planned_bytes = ex->memory_plan().planned_bytes;
     stats.trace_s = t1 - t0;
     stats.passes_s = t2 - t1;
     stats.total_s = now_s() - t0;
     compiles_.push_back(std::move(stats));
     it = cache_.emplace(sig, std::move(ex)).first;
   }
-  return it->second->run(inputs);
+  return it->second->run(inputs, profile);
 }
 
 }  // namespace taiyi::graph

@@ -27,13 +27,14 @@ struct CompileStats {
   std::string function;
   double trace_s = 0, passes_s = 0, total_s = 0;
   size_t nodes = 0, constants = 0;
+  size_t arena_bytes = 0, planned_bytes = 0;  // activation arena vs the sum of its buffers
   std::vector<PassReport> passes;
 };
 
 class GraphFunction {
  public:
   GraphFunction(TraceFn fn, std::string name) : fn_(std::move(fn)), name_(std::move(name)) {}
-  std::vector<Tensor> operator()(const std::vector<Tensor>& inputs);
+  std::vector<Tensor> operator()(const std::vector<Tensor>& inputs, Profile* profile = nullptr);
 
   // Compiles each call's signature that has not been seen yet; stats of every compile so far.
   const std::vector<CompileStats>& compiles() const { return compiles_; }

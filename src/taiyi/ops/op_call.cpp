@@ -4,6 +4,22 @@ namespace taiyi::ops {
 
 namespace {
 thread_local Recorder* t_recorder = nullptr;
+thread_local const Tensor* t_output_target = nullptr;
+}  // namespace
+
+const Tensor* output_target() { return t_output_target; }
+void clear_output_target() { t_output_target = nullptr; }
+
+Tensor run_op_into(OpKind kind, const std::vector<Tensor>& inputs, const OpAttrs& attrs, const Tensor& out) {
+  t_output_target = &out;
+  try {
+    Tensor r = run_op(kind, inputs, attrs);
+    t_output_target = nullptr;
+    return r;
+  } catch (...) {
+    t_output_target = nullptr;
+    throw;
+  }
 }
 
 const char* op_name(OpKind k) {

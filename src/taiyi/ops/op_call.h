@@ -96,6 +96,16 @@ class RecordingScope {
 // Runs one call eagerly (no recorder may be active).
 Tensor run_op(OpKind kind, const std::vector<Tensor>& inputs, const OpAttrs& attrs);
 
+// Runs one call eagerly with its output written into `out` when the op's output matches out's
+// shape and dtype (the graph executor's planned buffer). Returns the result, which is `out`
+// unless the op produced its result elsewhere (a view, or an op that cannot write in place);
+// the caller copies then.
+Tensor run_op_into(OpKind kind, const std::vector<Tensor>& inputs, const OpAttrs& attrs, const Tensor& out);
+
+// The planned output buffer of the op call in progress on this thread, if any (ops.cpp).
+const Tensor* output_target();
+void clear_output_target();
+
 // A tensor of `shape`/`dtype` over fresh meta storage, contiguous: a traced op's output.
 Tensor meta_tensor(const Shape& shape, DType dtype);
 

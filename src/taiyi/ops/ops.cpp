@@ -84,6 +84,17 @@ Tensor as_batched_matrices(const Tensor& t) {
                               {batch->second, src.stride(-2), src.stride(-1)}, src.dtype());
 }
 
+// An op's output: the buffer the graph executor planned for it (run_op_into), else fresh memory.
+Tensor make_output(const Shape& shape, DType dtype = DType::F32) {
+  const Tensor* target = output_target();
+  if (target && target->shape() == shape && target->dtype() == dtype && target->is_contiguous()) {
+    Tensor t = *target;
+    clear_output_target();  // one op call, one output
+    return t;
+  }
+  return Tensor::empty(shape, dtype);
+}
+
 // While tracing, hands the checked call to the recorder instead of computing.
 std::optional<Tensor> traced(OpKind kind, const std::vector<Tensor>& inputs, const OpAttrs& attrs, const Shape& out,
                              DType dtype = DType::F32) {
@@ -117,7 +128,7 @@ Tensor binary(const char* op, OpKind op_kind, cpu::BinaryOpF32 kind, const Tenso
   require_f32(op, "b", b);
   const Shape shape = broadcast_shapes(op, a, b);
   if (auto t = traced(op_kind, {a, b}, {}, shape)) return *t;
-  Tensor y = Tensor::empty(shape);
+  Tensor y = make_output(shape);
   cpu::binary_f32(kind, a.expand(shape), b.expand(shape), y);
   return y;
 }
@@ -130,7 +141,7 @@ Tensor unary(const char* op, OpKind op_kind, cpu::UnaryOpF32 kind, const Tensor&
   attrs.hi = b;
   if (auto t = traced(op_kind, {x}, attrs, x.shape())) return *t;
   const Tensor xc = x.contiguous();
-  Tensor y = Tensor::empty(x.shape());
+  Tensor y = make_output(x.shape());
   cpu::unary_f32(kind, xc.data<float>(), y.data<float>(), y.numel(), a, b);
   return y;
 }
@@ -177,7 +188,7 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2d
   OpAttrs attrs;
   attrs.conv = p;
   if (auto t = traced(OpKind::kConv2d, {x, w, bias}, attrs, {n, cout, ho, wo})) return *t;
-  Tensor y = Tensor::empty({n, cout, ho, wo});
+  Tensor y = make_output({n, cout, ho, wo});
   if (y.numel() == 0) return y;
   add_flops(2.0 * n * cout * ho * wo * (cin / p.groups) * kh * kw);
   cpu::conv2d_f32_dnnl(x.contiguous(), w.contiguous(), bias.defined() ? bias.contiguous() : bias, p, y);
@@ -198,7 +209,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   Shape out_shape = x.shape();
   out_shape.back() = n;
   if (auto t = traced(OpKind::kLinear, {x, w, bias}, {}, out_shape)) return *t;
-  Tensor y = Tensor::empty(out_shape);
+  Tensor y = make_output(out_shape);
   const int64_t m = k > 0 ? x.numel() / k : shape_numel(Shape(x.shape().begin(), x.shape().end() - 1));
   if (y.numel() == 0) return y;
   if (k == 0) {  // empty sum: bias or zeros
@@ -239,7 +250,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   out_shape.push_back(m);
   out_shape.push_back(n);
   if (auto t = traced(OpKind::kMatmul, {a, b}, {}, out_shape)) return *t;
-  Tensor y = Tensor::empty(out_shape);
+  Tensor y = make_output(out_shape);
   if (y.numel() == 0) return y;
   if (k == 0) {
     std::fill_n(y.data<float>(), y.numel(), 0.0f);
@@ -284,7 +295,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads, f
   attrs.heads = heads;
   attrs.scale = scale;
   if (auto t = traced(OpKind::kAttention, {q, k, v}, attrs, {b, lq, v.size(2)})) return *t;
-  Tensor out = Tensor::empty({b, lq, v.size(2)});
+  Tensor out = make_output({b, lq, v.size(2)});
   if (out.numel() == 0) return out;
   add_flops(2.0 * b * lq * lk * (q.size(2) + v.size(2)));
   // The kernel reads rows with unit stride and hands row strides to sgemm, which wants rows not to overlap.
@@ -311,7 +322,7 @@ Tensor group_norm(const Tensor& x, int groups, const Tensor& gamma, const Tensor
   attrs.eps = eps;
   if (auto t = traced(OpKind::kGroupNorm, {x, gamma, beta}, attrs, x.shape())) return *t;
   const Tensor xc = x.contiguous();
-  Tensor y = Tensor::empty(x.shape());
+  Tensor y = make_output(x.shape());
   const int64_t spatial = n * c > 0 ? x.numel() / (n * c) : 0;
   cpu::group_norm_f32(xc.data<float>(), data_or_null(gamma.defined() ? gamma.contiguous() : gamma),
                       data_or_null(beta.defined() ? beta.contiguous() : beta), y.data<float>(), n, c, spatial, groups,
@@ -332,7 +343,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, floa
   const Tensor xc = x.contiguous();
   const Tensor g = gamma.defined() ? gamma.contiguous() : gamma;
   const Tensor bt = beta.defined() ? beta.contiguous() : beta;
-  Tensor y = Tensor::empty(x.shape());
+  Tensor y = make_output(x.shape());
   const int64_t rows = c > 0 ? x.numel() / c : 0;
   cpu::layer_norm_f32(xc.data<float>(), data_or_null(g), data_or_null(bt), y.data<float>(), rows, c, eps);
   return y;
@@ -344,7 +355,7 @@ Tensor softmax(const Tensor& x) {
   require_min_rank(op, "input", x, 1);
   if (auto t = traced(OpKind::kSoftmax, {x}, {}, x.shape())) return *t;
   const Tensor xc = x.contiguous();
-  Tensor y = Tensor::empty(x.shape());
+  Tensor y = make_output(x.shape());
   const int64_t c = x.size(-1);
   cpu::softmax_f32(xc.data<float>(), y.data<float>(), c > 0 ? x.numel() / c : 0, c);
   return y;
@@ -373,7 +384,7 @@ Tensor geglu(const Tensor& x) {
   out_shape.back() = c / 2;
   if (auto t = traced(OpKind::kGeglu, {x}, {}, out_shape)) return *t;
   const Tensor xc = x.contiguous();
-  Tensor y = Tensor::empty(out_shape);
+  Tensor y = make_output(out_shape);
   if (y.numel() > 0) cpu::geglu_f32(xc.data<float>(), y.data<float>(), x.numel() / c, c / 2);
   return y;
 }
@@ -416,7 +427,7 @@ Tensor concat(const std::vector<Tensor>& xs, int dim) {
   attrs.dim = d;
   if (auto t = traced(OpKind::kConcat, xs, attrs, out_shape, x0.dtype())) return *t;
   for (const Tensor& x : xs) parts.push_back(x.contiguous());
-  Tensor y = Tensor::empty(out_shape, x0.dtype());
+  Tensor y = make_output(out_shape, x0.dtype());
   if (y.numel() > 0) cpu::concat_contiguous(parts, d, y);
   return y;
 }
@@ -470,7 +481,7 @@ Tensor upsample_nearest(const Tensor& x, int64_t out_h, int64_t out_w) {
   attrs.out_w = out_w;
   if (auto t = traced(OpKind::kUpsampleNearest, {x}, attrs, {x.size(0), x.size(1), out_h, out_w})) return *t;
   const Tensor xc = x.contiguous();
-  Tensor y = Tensor::empty({x.size(0), x.size(1), out_h, out_w});
+  Tensor y = make_output({x.size(0), x.size(1), out_h, out_w});
   if (y.numel() > 0) cpu::upsample_nearest_f32(xc, y);
   return y;
 }
@@ -487,7 +498,7 @@ Tensor embedding(const Tensor& table, const Tensor& ids) {
   out_shape.push_back(dim);
   if (auto t = traced(OpKind::kEmbedding, {table, ids}, {}, out_shape)) return *t;
   const Tensor tc = table.contiguous(), ic = ids.contiguous();
-  Tensor y = Tensor::empty(out_shape);
+  Tensor y = make_output(out_shape);
   const float* src = tc.data<float>();
   float* dst = y.data<float>();
   for (int64_t i = 0; i < n; ++i) {
@@ -514,7 +525,7 @@ Tensor timestep_embedding(const Tensor& t, int dim, bool flip_sin_to_cos, float 
   if (auto traced_out = traced(OpKind::kTimestepEmbedding, {t}, attrs, {t.size(0), dim})) return *traced_out;
   std::vector<float> tf(static_cast<size_t>(t.size(0)));
   for (int64_t i = 0; i < t.size(0); ++i) tf[i] = static_cast<float>(t.item(i));  // torch: timesteps.float()
-  Tensor y = Tensor::empty({t.size(0), dim});
+  Tensor y = make_output({t.size(0), dim});
   cpu::timestep_embedding_f32(tf, dim, flip_sin_to_cos, freq_shift, scale, max_period, y.data<float>());
   return y;
 }

@@ -1,0 +1,97 @@
+#include "taiyi/graph/memory_plan.h"
+
+#include <algorithm>
+#include <numeric>
+
+namespace taiyi::graph {
+
+namespace {
+
+bool is_contiguous(const Value& v) {
+  int64_t expected = 1;
+  for (int i = static_cast<int>(v.shape.size()) - 1; i >= 0; --i) {
+    if (v.shape[i] == 1) continue;
+    if (v.strides[i] != expected) return false;
+    expected *= v.shape[i];
+  }
+  return true;
+}
+
+constexpr size_t kAlign = 64;
+
+}  // namespace
+
+bool node_is_alias(const Graph& g, const Node& n) {
+  switch (n.kind) {
+    case ops::OpKind::kPermute:
+    case ops::OpKind::kSlice: return true;
+    case ops::OpKind::kReshape: return is_contiguous(g.values[n.inputs[0]]);
+    case ops::OpKind::kContiguous: return is_contiguous(g.values[n.inputs[0]]);
+    default: return false;
+  }
+}
+
+MemoryPlan plan_memory(const Graph& g) {
+  const size_t nv = g.values.size();
+  MemoryPlan plan;
+  plan.offset.assign(nv, MemoryPlan::kNotPlanned);
+  plan.alias_of.resize(nv);
+  std::iota(plan.alias_of.begin(), plan.alias_of.end(), 0);
+
+  // Live range of each base buffer: from its producer to the last reader of it or any view of it.
+  std::vector<int> first(nv, -1), last(nv, -1);
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const Node& n = g.nodes[i];
+    if (node_is_alias(g, n)) plan.alias_of[n.output] = plan.alias_of[n.inputs[0]];
+    else first[n.output] = static_cast<int>(i);
+    for (int v : n.inputs)
+      if (v >= 0) last[plan.alias_of[v]] = std::max(last[plan.alias_of[v]], static_cast<int>(i));
+    last[plan.alias_of[n.output]] = std::max(last[plan.alias_of[n.output]], static_cast<int>(i));
+  }
+  // A graph output (or a view of one) must outlive the run: its base is not planned.
+  std::vector<bool> escapes(nv, false);
+  for (int v : g.outputs) escapes[plan.alias_of[v]] = true;
+
+  struct Buffer {
+    int value;
+    size_t bytes;
+    int first, last;
+  };
+  std::vector<Buffer> buffers;
+  for (size_t v = 0; v < nv; ++v) {
+    if (first[v] < 0 || escapes[v] || plan.alias_of[v] != static_cast<int>(v)) continue;
+    const Value& val = g.values[v];
+    const size_t bytes = (static_cast<size_t>(shape_numel(val.shape)) * dtype_size(val.dtype) + kAlign - 1) /
+                         kAlign * kAlign;
+    if (bytes == 0) continue;
+    buffers.push_back({static_cast<int>(v), bytes, first[v], last[v]});
+    plan.planned_bytes += bytes;
+  }
+  // Greedy by size: each buffer takes the lowest offset that no placed buffer with an
+  // overlapping live range occupies.
+  std::vector<size_t> order(buffers.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return buffers[a].bytes > buffers[b].bytes; });
+  std::vector<size_t> placed;
+  for (size_t idx : order) {
+    const Buffer& b = buffers[idx];
+    std::vector<std::pair<int64_t, int64_t>> taken;  // [begin, end) of overlapping placed buffers
+    for (size_t p : placed) {
+      const Buffer& o = buffers[p];
+      if (o.first <= b.last && b.first <= o.last)
+        taken.emplace_back(plan.offset[o.value], plan.offset[o.value] + static_cast<int64_t>(o.bytes));
+    }
+    std::sort(taken.begin(), taken.end());
+    int64_t at = 0;
+    for (const auto& [begin, end] : taken) {
+      if (at + static_cast<int64_t>(b.bytes) <= begin) break;
+      at = std::max(at, end);
+    }
+    plan.offset[b.value] = at;
+    plan.arena_bytes = std::max(plan.arena_bytes, static_cast<size_t>(at) + b.bytes);
+    placed.push_back(idx);
+  }
+  return plan;
+}
+
+}  // namespace taiyi::graph

@@ -10,6 +10,10 @@ Executor::Executor(Graph g) : g_(std::move(g)) {
   g_.validate();
   plan_ = plan_memory(g_);
   arena_ = Storage::allocate(plan_.arena_bytes);
+  size_t scratch = 0;
+  for (const Node& n : g_.nodes)
+    if (n.prepared) scratch = std::max(scratch, n.prepared->scratch_bytes());
+  scratch_ = Storage::allocate(scratch);
   std::vector<int> last_use(g_.values.size(), -1);
   for (size_t i = 0; i < g_.nodes.size(); ++i)
     for (int v : g_.nodes[i].inputs)
@@ -57,8 +61,17 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& inputs, Profile* pr
     for (int v : n.inputs) args.push_back(v >= 0 ? vals[v] : Tensor());
     const int64_t offset = plan_.offset[n.output];
     auto execute = [&] {
-      if (offset == MemoryPlan::kNotPlanned) return ops::run_op(n.kind, args, n.attrs);
       const Value& v = g_.values[n.output];
+      if (n.prepared) {
+        Tensor target = offset == MemoryPlan::kNotPlanned
+                            ? Tensor::empty(v.shape, v.dtype)
+                            : Tensor::from_storage(arena_, static_cast<size_t>(offset), v.shape,
+                                                   contiguous_strides(v.shape), v.dtype);
+        n.prepared->run(args, target, scratch_->data());
+        ops::add_flop_count(n.prepared->flops());
+        return target;
+      }
+      if (offset == MemoryPlan::kNotPlanned) return ops::run_op(n.kind, args, n.attrs);
       Tensor target = Tensor::from_storage(arena_, static_cast<size_t>(offset), v.shape, contiguous_strides(v.shape),
                                            v.dtype);
       const Tensor r = ops::run_op_into(n.kind, args, n.attrs, target);

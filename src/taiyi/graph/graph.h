@@ -15,7 +15,10 @@
 #include <string>
 #include <vector>
 
+#include <memory>
+
 #include "taiyi/ops/op_call.h"
+#include "taiyi/ops/prepared.h"
 #include "taiyi/tensor/tensor.h"
 
 namespace taiyi::graph {
@@ -36,6 +39,8 @@ struct Node {
   std::vector<int> inputs;  // value ids; -1 for an absent optional input (e.g. no bias)
   ops::OpAttrs attrs;
   int output = -1;
+  // Set by prepack_weights: the op bound to its constant weights, run instead of the eager op.
+  std::shared_ptr<const ops::PreparedOp> prepared;
 };
 
 class Graph {

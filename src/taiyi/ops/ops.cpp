@@ -154,6 +154,7 @@ void set_num_threads(int n) { omp_set_num_threads(n > 0 ? n : omp_get_num_procs(
 int num_threads() { return omp_get_max_threads(); }
 uint64_t flop_count() { return g_flops.load(std::memory_order_relaxed); }
 void reset_flop_count() { g_flops.store(0, std::memory_order_relaxed); }
+void add_flop_count(double flops) { add_flops(flops); }
 
 // ---- Matrix products ----
 

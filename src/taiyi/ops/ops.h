@@ -29,6 +29,7 @@ int num_threads();
 // FLOPs done by matrix products since the last reset (eager).
 uint64_t flop_count();
 void reset_flop_count();
+void add_flop_count(double flops);  // for kernels that run outside these functions (prepared ops)
 
 // ---- Matrix products (oneDNN) ----
 

@@ -19,10 +19,15 @@ struct Pass {
 // Removes nodes whose outputs no graph output depends on.
 bool dead_value_elimination(Graph& g);
 
+// Binds each conv2d with constant weights to a prepared oneDNN primitive whose weights
+// are reordered once into its preferred layout.
+bool prepack_weights(Graph& g);
+
 // The pipeline, in order:
 inline const std::vector<Pass>& default_passes() {
   static const std::vector<Pass> passes = {
       {"dead_value_elimination", dead_value_elimination},
+      {"prepack_weights", prepack_weights},
   };
   return passes;
 }

@@ -1,0 +1,35 @@
+// Prepared ops: a matrix-product op bound, at graph-compile time, to its input
+// shape and its constant weights. The oneDNN primitive is created once and the
+// weights are reordered once into the layout that primitive prefers (blocked for
+// the direct convolution kernels), instead of on every call as in eager mode.
+//
+// run() reads contiguous NCHW / row-major inputs and writes a contiguous output,
+// the same values eager mode computes. `scratch` is caller-owned memory of at
+// least scratch_bytes(), shared by all prepared ops of a graph (they run one at
+// a time), so no call allocates.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "taiyi/ops/ops.h"
+
+namespace taiyi::ops {
+
+class PreparedOp {
+ public:
+  virtual ~PreparedOp() = default;
+  virtual void run(const std::vector<Tensor>& inputs, const Tensor& out, std::byte* scratch) const = 0;
+  virtual size_t scratch_bytes() const = 0;
+  virtual size_t packed_weight_bytes() const = 0;
+  virtual std::string describe() const = 0;  // e.g. "conv2d jit:avx2 nChw8c"
+  virtual double flops() const = 0;           // per run, for flop_count()
+};
+
+// conv2d of an x of shape x_shape with constant w (and bias, or undefined).
+std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,
+                                           const Conv2dParams& p);
+
+}  // namespace taiyi::ops

@@ -22,7 +22,9 @@ using testing::max_abs_diff;
 using testing::TempDir;
 
 using Result = testing::RunResult;
-constexpr auto run = testing::run_taiyi;
+Result run(const std::vector<std::string>& args, const std::vector<std::string>& env = {}) {
+  return testing::run_taiyi(args, env);
+}
 
 const io::TensorMap& golden(const std::string& part) {
   static std::map<std::string, io::TensorMap> cache;
@@ -85,6 +87,30 @@ TEST(CliEval, TextEncoderMatchesGolden) {
   EXPECT_LE(max_abs_diff(io::read_safetensors(tmp / "out.safetensors").at("last_hidden_state"),
                          g.at("last_hidden_state_with_mask")),
             1e-4);
+}
+
+TEST(CliEval, Bf16WhereSupportedElseAnFp32Fallback) {
+  TempDir tmp("eval-bf16");
+  const auto& g = golden("unet");
+  const std::string c = "b2_8x8_t801/";
+  io::write_safetensors(tmp / "in.safetensors", {{"sample", g.at(c + "sample")},
+                                                  {"timestep", g.at(c + "timestep")},
+                                                  {"encoder_hidden_states", g.at(c + "encoder_hidden_states")}});
+  // Forced off with ONEDNN_MAX_CPU_ISA=AVX2 (no bf16 below AVX-512), and as this CPU has it.
+  for (const std::vector<std::string>& env : {std::vector<std::string>{"ONEDNN_MAX_CPU_ISA=AVX2"},
+                                              std::vector<std::string>{}}) {
+    const Result r = run({"eval", "unet", "-m", fixture("tiny-taiyi"), "-i", tmp / "in.safetensors", "-o",
+                          tmp / "out.safetensors", "--dtype", "bf16"},
+                         env);
+    ASSERT_EQ(r.rc, 0) << r.err;
+    // bf16 rounding of every product's inputs: a few 1e-3 on outputs of magnitude ~2 (documented bound).
+    EXPECT_LE(max_abs_diff(io::read_safetensors(tmp / "out.safetensors").at("noise_pred"), g.at(c + "noise_pred")),
+              env.empty() ? 5e-2 : 1e-4);
+  }
+  const Result bad = run({"eval", "unet", "-m", fixture("tiny-taiyi"), "-i", tmp / "in.safetensors", "-o",
+                          tmp / "x.safetensors", "--dtype", "bf16", "--mode", "eager"});
+  EXPECT_NE(bad.rc, 0);
+  EXPECT_NE(bad.err.find("needs --mode graph"), std::string::npos) << bad.err;
 }
 
 // Each bad invocation: non-zero exit, one line on stderr containing `expect`, no output file.

@@ -29,9 +29,13 @@ inline std::string shell_quote(const std::string& s) {
   return q;
 }
 
-inline RunResult run_taiyi(const std::vector<std::string>& args) {
+// `env`: "NAME=value" settings for this run only.
+inline RunResult run_taiyi(const std::vector<std::string>& args, const std::vector<std::string>& env = {}) {
   TempDir tmp("run");
-  std::string cmd = shell_quote(TAIYI_BINARY);
+  std::string cmd;
+  for (const auto& e : env) cmd.append(shell_quote(e)).append(" ");
+  if (!env.empty()) cmd = "env " + cmd;
+  cmd.append(shell_quote(TAIYI_BINARY));
   for (const auto& a : args) cmd.append(" ").append(shell_quote(a));
   cmd.append(" >").append(shell_quote(tmp / "out")).append(" 2>").append(shell_quote(tmp / "err"));
   RunResult r;

@@ -2,6 +2,8 @@
 // primitive (weights reordered once); the graph computes the same before and after.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "taiyi/graph/executor.h"
 #include "taiyi/graph/passes/passes.h"
 #include "taiyi/graph/tracer.h"
@@ -31,11 +33,56 @@ TEST(PrepackWeights, PreparedConvolutionsComputeTheSame) {
   EXPECT_TRUE(prepack_weights(g));
   size_t prepared = 0;
   for (const Node& n : g.nodes) prepared += n.prepared != nullptr;
-  EXPECT_EQ(prepared, 3u);
+  EXPECT_EQ(prepared, 3u);  // the three convolutions with constant weights
   const Executor ex(g);
   EXPECT_LE(max_abs_diff(ex.run({x, wk})[0], before), 1e-5);
   EXPECT_LE(max_abs_diff(ex.run({x, wk})[0], fn({x, wk})[0]), 1e-5);
   EXPECT_FALSE(prepack_weights(g));  // nothing left to do
+}
+
+TEST(PrepackWeights, PreparedLinearsComputeTheSame) {
+  const Tensor w1 = random_tensor({24, 16}, 1), b1 = random_tensor({24}, 2), w2 = random_tensor({7, 24}, 3);
+  const auto fn = [&](const std::vector<Tensor>& in) {
+    const Tensor h = ops::linear(in[0], w1, b1);
+    // A strided input (a transposed view) stays with the eager op, which takes strides.
+    const Tensor t = ops::linear(ops::transpose(in[1], 1, 2), w1, Tensor());
+    return std::vector<Tensor>{ops::linear(ops::gelu(h), w2, Tensor()), t};
+  };
+  Graph g = trace(fn, {{{2, 5, 16}, DType::F32}, {{2, 16, 3}, DType::F32}});
+  const Tensor x = random_tensor({2, 5, 16}, 4), y = random_tensor({2, 16, 3}, 5);
+  const auto want = fn({x, y});
+  EXPECT_TRUE(prepack_weights(g));
+  size_t prepared = 0;
+  for (const Node& n : g.nodes) prepared += n.prepared != nullptr;
+  EXPECT_EQ(prepared, 2u);
+  const auto got = Executor(g).run({x, y});
+  EXPECT_LE(max_abs_diff(got[0], want[0]), 1e-5);
+  EXPECT_LE(max_abs_diff(got[1], want[1]), 1e-5);
+}
+
+// bf16 products where the CPU has them (relative error of bf16 rounding), else a clean
+// fallback to f32 (exact).
+TEST(PrepackWeights, Bf16WhereSupportedElseF32) {
+  const Tensor w = random_tensor({32, 8, 3, 3}, 1), wl = random_tensor({16, 32}, 2);
+  const auto fn = [&](const std::vector<Tensor>& in) {
+    const Tensor h = ops::conv2d(in[0], w, Tensor(), ops::Conv2dParams::same(1));
+    return std::vector<Tensor>{ops::linear(ops::permute(h, {0, 2, 3, 1}), wl, Tensor()), h};
+  };
+  Graph g = trace(fn, {{{1, 8, 6, 6}, DType::F32}});
+  const Tensor x = random_tensor({1, 8, 6, 6}, 3);
+  const auto want = fn({x});
+  CompileOptions bf16;
+  bf16.compute = DType::BF16;
+  prepack_weights(g, bf16);
+  const auto got = Executor(g).run({x});
+  double ref = 0;
+  for (int64_t i = 0; i < want[1].numel(); ++i) ref = std::max(ref, std::fabs(want[1].item(i)));
+  if (ops::bf16_supported()) {
+    EXPECT_LE(max_abs_diff(got[1], want[1]), 2e-2 * ref);
+    EXPECT_GT(max_abs_diff(got[1], want[1]), 0.0);  // it really ran in bf16
+  } else {
+    EXPECT_LE(max_abs_diff(got[1], want[1]), 1e-5);
+  }
 }
 
 }  // namespace

@@ -27,7 +27,7 @@ namespace taiyi::cli {
 namespace {
 
 struct BenchOptions {
-  std::string component, model, mode = "graph";
+  std::string component, model, mode = "graph", dtype = "fp32";
   bool random_weights = false;
   int width = 512, height = 512, batch = 2, context = 77, repeat = 3, warmup = 1, threads = 0;
   bool json = false, profile = false;
@@ -60,6 +60,7 @@ Tensor synthetic(const Shape& shape, uint64_t seed) {
 void run_bench(const BenchOptions& o) {
   ops::set_num_threads(o.threads);
   const graph::Mode mode = graph::parse_mode(o.mode);
+  const graph::CompileOptions options = graph::compile_options(mode, graph::parse_compute_dtype(o.dtype));
   if (o.width <= 0 || o.height <= 0 || o.width % 8 || o.height % 8)
     throw Error("bench: --width and --height must be positive multiples of 8, got " + std::to_string(o.width) + "x" +
                 std::to_string(o.height));
@@ -75,8 +76,8 @@ void run_bench(const BenchOptions& o) {
   const int64_t lh = o.height / 8, lw = o.width / 8;
   if (o.component == "unet") {
     const std::string dir = io::resolve_component_dir(o.model, "unet");
-    unet = o.random_weights ? models::UNet2DConditionModel::random(dir, o.seed)
-                            : models::UNet2DConditionModel::load(dir);
+    unet =
+        o.random_weights ? models::UNet2DConditionModel::random(dir, o.seed) : models::UNet2DConditionModel::load(dir);
     const auto& cfg = unet->config();
     a = synthetic({o.batch, cfg.in_channels, lh, lw}, 1);
     b = Tensor::from_vector<int64_t>({500}, {});
@@ -93,10 +94,12 @@ void run_bench(const BenchOptions& o) {
     throw Error("bench: unknown component '" + o.component + "' (expected unet or vae_decode)");
   }
   const double load_s = now_s() - t_load;
-  graph::GraphFunction compiled(fn, o.component);
+  graph::GraphFunction compiled(fn, o.component, options);
   const std::function<void()> step = [&] {
-    if (mode == graph::Mode::kEager) fn(inputs);
-    else compiled(inputs);
+    if (mode == graph::Mode::kEager)
+      fn(inputs);
+    else
+      compiled(inputs);
   };
 
   std::fprintf(stderr, "bench %s: %dx%d batch %d%s, %d threads, cpu %s, oneDNN %s isa %s\n", o.component.c_str(),
@@ -113,6 +116,7 @@ void run_bench(const BenchOptions& o) {
     std::fprintf(stderr, "  warmup %d: %.3f s\n", i, now_s() - t0);
   }
   double compile_s = 0;
+  DType compute = DType::F32;
   size_t graph_nodes = 0;
   double arena_mb = 0;
   if (mode == graph::Mode::kGraph) {
@@ -120,9 +124,13 @@ void run_bench(const BenchOptions& o) {
     compile_s = compiled.compiles().back().total_s;
     graph_nodes = compiled.compiles().back().nodes;
     const auto& stats = compiled.compiles().back();
-    std::fprintf(stderr, "  compile %.3f s (%zu nodes), activation arena %.0f MB (%.0f MB without reuse)\n",
-                 compile_s, graph_nodes, stats.arena_bytes / 1e6, stats.planned_bytes / 1e6);
+    std::fprintf(stderr, "  compile %.3f s (%zu nodes), activation arena %.0f MB (%.0f MB without reuse)\n", compile_s,
+                 graph_nodes, stats.arena_bytes / 1e6, stats.planned_bytes / 1e6);
     arena_mb = stats.arena_bytes / 1e6;
+    compute = stats.compute;
+    if (options.compute == DType::BF16 && compute != DType::BF16)
+      std::fprintf(stderr, "  bf16 is not available on this CPU (oneDNN isa %s): ran fp32\n",
+                   ops::onednn_isa().c_str());
   }
   std::vector<double> times;
   uint64_t flops = 0;
@@ -154,7 +162,8 @@ void run_bench(const BenchOptions& o) {
                         {"compile_s", compile_s},
                         {"graph_nodes", graph_nodes},
                         {"arena_mb", arena_mb},
-                        {"dtype", "fp32"},
+                        {"dtype", compute == DType::BF16 ? "bf16" : "fp32"},
+                        {"dtype_requested", o.dtype},
                         {"width", o.width},
                         {"height", o.height},
                         {"batch", o.batch},
@@ -191,6 +200,10 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
   cmd->add_option("--seed", o->seed, "Seed of the random weights");
   cmd->add_flag("--json", o->json, "Print one JSON object as the last stdout line");
+  cmd->add_option("--dtype", o->dtype,
+                  "fp32, or bf16 convolutions and linears (graph mode; f32 fallback on CPUs "
+                  "without bf16)")
+      ->capture_default_str();
   cmd->add_option("--mode", o->mode, "eager or graph")->capture_default_str();
   cmd->add_flag("--profile", o->profile, "Graph mode: time one more run per op kind and print the table");
   cmd->callback([o] { run_bench(*o); });

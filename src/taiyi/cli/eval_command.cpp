@@ -6,11 +6,10 @@
 //   vae_decode  latents (as the pipeline holds them; divided by scaling_factor here) -> image (raw)
 //   vae_encode  image in [-1, 1] -> mean, std, logvar
 //   text_encoder input_ids [, attention_mask] -> last_hidden_state (the mask applied when given)
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <string>
-
-#include <cstdio>
 
 #include "taiyi/cli/commands.h"
 #include "taiyi/cli/output_path.h"
@@ -26,15 +25,15 @@ namespace taiyi::cli {
 namespace {
 
 struct EvalOptions {
-  std::string component, model, inputs, output, mode = "graph";
+  std::string component, model, inputs, output, mode = "graph", dtype = "fp32";
   int threads = 0;
 };
 
 // Runs fn on its inputs eagerly, or traced and compiled as graph mode does.
-std::vector<Tensor> run_in_mode(graph::Mode mode, const std::string& name, const graph::TraceFn& fn,
-                                const std::vector<Tensor>& inputs) {
+std::vector<Tensor> run_in_mode(graph::Mode mode, const graph::CompileOptions& options, const std::string& name,
+                                const graph::TraceFn& fn, const std::vector<Tensor>& inputs) {
   if (mode == graph::Mode::kEager) return fn(inputs);
-  graph::GraphFunction f(fn, name);
+  graph::GraphFunction f(fn, name, options);
   auto out = f(inputs);
   const auto& c = f.compiles().back();
   std::fprintf(stderr, "taiyi: compiled %s in %.3f s (%zu nodes)\n", name.c_str(), c.total_s, c.nodes);
@@ -56,30 +55,30 @@ Tensor input(const io::TensorMap& in, const std::string& file, const std::string
 void run_eval(const EvalOptions& o) {
   ops::set_num_threads(o.threads);
   const graph::Mode mode = graph::parse_mode(o.mode);
+  const graph::CompileOptions options = graph::compile_options(mode, graph::parse_compute_dtype(o.dtype));
   check_writable(o.output, "--output");
   const io::TensorMap in = io::read_tensor_file(o.inputs);
   io::TensorMap out;
   if (o.component == "unet") {
     const auto unet = models::UNet2DConditionModel::load(io::resolve_component_dir(o.model, "unet"));
-    out["noise_pred"] = run_in_mode(
-        mode, "unet", [&](const auto& x) { return std::vector<Tensor>{unet->forward(x[0], x[1], x[2])}; },
-        {input(in, o.inputs, "sample"), input(in, o.inputs, "timestep", false),
-         input(in, o.inputs, "encoder_hidden_states")})[0];
+    out["noise_pred"] = run_in_mode(mode, options, "unet",
+                                    [&](const auto& x) { return std::vector<Tensor>{unet->forward(x[0], x[1], x[2])}; },
+                                    {input(in, o.inputs, "sample"), input(in, o.inputs, "timestep", false),
+                                     input(in, o.inputs, "encoder_hidden_states")})[0];
   } else if (o.component == "vae_decode" || o.component == "vae_encode") {
     const auto vae = models::AutoencoderKL::load(io::resolve_component_dir(o.model, "vae"));
     if (o.component == "vae_decode") {
       const Tensor latents = input(in, o.inputs, "latents");
-      out["image"] = run_in_mode(
-          mode, "vae_decode", [&](const auto& x) { return std::vector<Tensor>{vae->decode(x[0])}; },
-          {ops::scale(latents, 1.0f / vae->config().scaling_factor)})[0];
+      out["image"] = run_in_mode(mode, options, "vae_decode",
+                                 [&](const auto& x) { return std::vector<Tensor>{vae->decode(x[0])}; },
+                                 {ops::scale(latents, 1.0f / vae->config().scaling_factor)})[0];
     } else {
-      const auto d = run_in_mode(
-          mode, "vae_encode",
-          [&](const auto& x) {
-            const auto dist = vae->encode(x[0]);
-            return std::vector<Tensor>{dist.mean, dist.std, dist.logvar};
-          },
-          {input(in, o.inputs, "image")});
+      const auto d = run_in_mode(mode, options, "vae_encode",
+                                 [&](const auto& x) {
+                                   const auto dist = vae->encode(x[0]);
+                                   return std::vector<Tensor>{dist.mean, dist.std, dist.logvar};
+                                 },
+                                 {input(in, o.inputs, "image")});
       out["mean"] = d[0];
       out["std"] = d[1];
       out["logvar"] = d[2];
@@ -91,9 +90,8 @@ void run_eval(const EvalOptions& o) {
     // A mask decides on the host which keys each row sees: that call stays eager.
     out["last_hidden_state"] =
         mask.defined() ? bert->forward(ids, mask)
-                       : run_in_mode(
-                             mode, "text_encoder", [&](const auto& x) { return std::vector<Tensor>{bert->forward(x[0])}; },
-                             {ids})[0];
+                       : run_in_mode(mode, options, "text_encoder",
+                                     [&](const auto& x) { return std::vector<Tensor>{bert->forward(x[0])}; }, {ids})[0];
   } else {
     throw Error("eval: unknown component '" + o.component +
                 "' (expected unet, vae_decode, vae_encode or text_encoder)");
@@ -111,6 +109,10 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("-i,--inputs", o->inputs, "Input tensors (.safetensors)")->required();
   cmd->add_option("-o,--output", o->output, "Output tensors (.safetensors)")->required();
   cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
+  cmd->add_option("--dtype", o->dtype,
+                  "fp32, or bf16 convolutions and linears (graph mode; f32 fallback on CPUs "
+                  "without bf16)")
+      ->capture_default_str();
   cmd->add_option("--mode", o->mode, "eager (op by op) or graph (traced, optimised, replayed)")->capture_default_str();
   cmd->callback([o] { run_eval(*o); });
 }

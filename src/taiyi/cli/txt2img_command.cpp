@@ -25,16 +25,14 @@ namespace fs = std::filesystem;
 
 struct Txt2ImgOptions {
   std::string model, prompt, negative_prompt, sampler, rng = "torch", output = "taiyi.png", latents, save_raw;
-  std::string mode = "graph";
+  std::string mode = "graph", dtype = "fp32";
   int steps = 20, width = 0, height = 0, batch_count = 1, threads = 0;
   float cfg_scale = 7.5f;
   int64_t seed = -1;
   bool quiet = false;
 };
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 // out.png -> out-2.png for the second image of a batch.
 std::string numbered(const std::string& path, int index, int count) {
@@ -90,6 +88,8 @@ void run_txt2img(const Txt2ImgOptions& o) {
   }
   pipeline::PipelineOptions options;
   options.mode = graph::parse_mode(o.mode);
+  options.compute = graph::parse_compute_dtype(o.dtype);
+  graph::compile_options(options.mode, options.compute);  // refuses eager + bf16 before loading
   const double t_load = now_s();
   const auto pipe = pipeline::Pipeline::load(o.model, options);
   const double load_s = now_s() - t_load;
@@ -124,7 +124,8 @@ void run_txt2img(const Txt2ImgOptions& o) {
       if (!o.quiet) std::fprintf(stderr, "taiyi: random seed %lld\n", static_cast<long long>(r.seed));
     }
     const std::string png = numbered(o.output, i, o.batch_count);
-    io::write_png(png, r.pixels.data(), r.width, r.height, 3, {{"parameters", parameters_text(o, r, pipe->model_name())}});
+    io::write_png(png, r.pixels.data(), r.width, r.height, 3,
+                  {{"parameters", parameters_text(o, r, pipe->model_name())}});
     if (!o.save_raw.empty())
       io::write_safetensors(numbered(o.save_raw, i, o.batch_count), {{"latents", r.latents}, {"image", r.image}});
     if (!o.quiet) {
@@ -134,7 +135,8 @@ void run_txt2img(const Txt2ImgOptions& o) {
                    "scheduler %.3f s, vae %.3f s, total %.3f s (of which compiling %.3f s)\n",
                    png.c_str(), r.width, r.height, static_cast<long long>(r.seed),
                    pipeline::sampler_display_name(r.sampler).c_str(), r.steps, t.text_encoder_s, t.unet_calls,
-                   t.unet_calls ? t.unet_s / t.unet_calls : 0.0, t.unet_s, t.scheduler_s, t.vae_s, t.total_s, t.compile_s);
+                   t.unet_calls ? t.unet_s / t.unet_calls : 0.0, t.unet_s, t.scheduler_s, t.vae_s, t.total_s,
+                   t.compile_s);
     }
     std::printf("%s\n", png.c_str());
   }
@@ -145,7 +147,8 @@ void run_txt2img(const Txt2ImgOptions& o) {
 void add_txt2img_command(CLI::App& app) {
   auto o = std::make_shared<Txt2ImgOptions>();
   CLI::App* cmd = app.add_subcommand("txt2img", "Generate an image from a text prompt");
-  cmd->add_option("-m,--model", o->model, "Model folder (diffusers layout, e.g. Taiyi-Stable-Diffusion-1B-Chinese-v0.1)")
+  cmd->add_option("-m,--model", o->model,
+                  "Model folder (diffusers layout, e.g. Taiyi-Stable-Diffusion-1B-Chinese-v0.1)")
       ->required();
   cmd->add_option("-p,--prompt", o->prompt, "Prompt (UTF-8, any language the tokenizer knows)")->required();
   cmd->add_option("-n,--negative-prompt", o->negative_prompt, "Negative prompt");
@@ -165,6 +168,10 @@ void add_txt2img_command(CLI::App& app) {
   cmd->add_option("-o,--output", o->output, "Output PNG (batches add -1, -2, ...)")->capture_default_str();
   cmd->add_option("--save-raw", o->save_raw, "Also save float tensors: latents and image (NHWC, [0, 1])");
   cmd->add_flag("-q,--quiet", o->quiet, "No progress or timings on stderr");
+  cmd->add_option("--dtype", o->dtype,
+                  "fp32, or bf16 convolutions and linears (graph mode; f32 fallback on CPUs "
+                  "without bf16)")
+      ->capture_default_str();
   cmd->add_option("--mode", o->mode, "eager (op by op) or graph (compiled once per shape, then replayed)")
       ->capture_default_str();
   cmd->callback([o] { run_txt2img(*o); });

@@ -72,8 +72,8 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& inputs, Profile* pr
         return target;
       }
       if (offset == MemoryPlan::kNotPlanned) return ops::run_op(n.kind, args, n.attrs);
-      Tensor target = Tensor::from_storage(arena_, static_cast<size_t>(offset), v.shape, contiguous_strides(v.shape),
-                                           v.dtype);
+      Tensor target =
+          Tensor::from_storage(arena_, static_cast<size_t>(offset), v.shape, contiguous_strides(v.shape), v.dtype);
       const Tensor r = ops::run_op_into(n.kind, args, n.attrs, target);
       if (r.storage() != target.storage() || r.byte_offset() != target.byte_offset()) target.copy_from(r);
       return target;

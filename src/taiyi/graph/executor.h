@@ -34,7 +34,7 @@ class Executor {
   Graph g_;
   MemoryPlan plan_;
   std::shared_ptr<Storage> arena_;
-  std::shared_ptr<Storage> scratch_;  // shared by prepared ops (one runs at a time)
+  std::shared_ptr<Storage> scratch_;             // shared by prepared ops (one runs at a time)
   std::vector<std::vector<int>> release_after_;  // per node: values whose last reader it is
 };
 

@@ -44,8 +44,8 @@ void Graph::validate() const {
   for (size_t i = 0; i < nodes.size(); ++i) {
     for (int in : nodes[i].inputs)
       if (in >= 0 && (in >= static_cast<int>(values.size()) || !defined[in]))
-        throw Error("graph: node " + std::to_string(i) + " (" + ops::op_name(nodes[i].kind) +
-                    ") reads value %" + std::to_string(in) + " before it is defined");
+        throw Error("graph: node " + std::to_string(i) + " (" + ops::op_name(nodes[i].kind) + ") reads value %" +
+                    std::to_string(in) + " before it is defined");
     defined[nodes[i].output] = true;
   }
   for (int v : outputs)

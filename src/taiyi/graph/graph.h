@@ -12,10 +12,9 @@
 //   std::vector<Tensor> out = ex.run({sample, t, context});
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
-
-#include <memory>
 
 #include "taiyi/ops/op_call.h"
 #include "taiyi/ops/prepared.h"

@@ -5,9 +5,7 @@
 namespace taiyi::graph {
 
 namespace {
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 }  // namespace
 
 Mode parse_mode(const std::string& s) {
@@ -17,6 +15,20 @@ Mode parse_mode(const std::string& s) {
 }
 
 const char* mode_name(Mode m) { return m == Mode::kEager ? "eager" : "graph"; }
+
+DType parse_compute_dtype(const std::string& s) {
+  if (s == "fp32" || s == "f32") return DType::F32;
+  if (s == "bf16") return DType::BF16;
+  throw Error("unknown dtype '" + s + "' (expected fp32 or bf16)");
+}
+
+CompileOptions compile_options(Mode mode, DType compute) {
+  if (mode == Mode::kEager && compute != DType::F32)
+    throw Error("--dtype bf16 needs --mode graph (eager mode computes in fp32)");
+  CompileOptions o;
+  o.compute = compute;
+  return o;
+}
 
 GraphFunction::Signature GraphFunction::signature_of(const std::vector<Tensor>& inputs) {
   Signature s;
@@ -43,7 +55,13 @@ std::vector<Tensor> GraphFunction::operator()(const std::vector<Tensor>& inputs,
     for (const auto& [shape, dtype] : sig) specs.push_back({shape, dtype});
     Graph g = trace(fn_, specs);
     const double t1 = now_s();
-    stats.passes = run_passes(g);
+    stats.passes = run_passes(g, options_);
+    stats.compute = options_.compute == DType::BF16 && ops::bf16_supported() ? DType::BF16 : DType::F32;
+    for (const Node& n : g.nodes) {
+      if (!n.prepared) continue;
+      ++stats.prepared_ops;
+      stats.packed_weight_bytes += n.prepared->packed_weight_bytes();
+    }
     const double t2 = now_s();
     stats.nodes = g.nodes.size();
     for (const auto& v : g.values) stats.constants += v.kind == ValueKind::kConstant && v.constant.defined();

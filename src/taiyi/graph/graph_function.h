@@ -22,18 +22,25 @@ namespace taiyi::graph {
 enum class Mode { kEager, kGraph };
 Mode parse_mode(const std::string& s);  // "eager" | "graph"; throws naming the value otherwise
 const char* mode_name(Mode m);
+// "fp32" | "bf16" (the --dtype flag) -> the compute dtype; throws naming the value otherwise.
+DType parse_compute_dtype(const std::string& s);
+// Checks a mode and dtype go together (bf16 is a graph-mode compilation) and returns the options.
+CompileOptions compile_options(Mode mode, DType compute);
 
 struct CompileStats {
   std::string function;
   double trace_s = 0, passes_s = 0, total_s = 0;
   size_t nodes = 0, constants = 0;
   size_t arena_bytes = 0, planned_bytes = 0;  // activation arena vs the sum of its buffers
+  size_t prepared_ops = 0, packed_weight_bytes = 0;
+  DType compute = DType::F32;  // what the matrix products run in (bf16 may have fallen back to f32)
   std::vector<PassReport> passes;
 };
 
 class GraphFunction {
  public:
-  GraphFunction(TraceFn fn, std::string name) : fn_(std::move(fn)), name_(std::move(name)) {}
+  GraphFunction(TraceFn fn, std::string name, CompileOptions options = {})
+      : fn_(std::move(fn)), name_(std::move(name)), options_(options) {}
   std::vector<Tensor> operator()(const std::vector<Tensor>& inputs, Profile* profile = nullptr);
 
   // Compiles each call's signature that has not been seen yet; stats of every compile so far.
@@ -46,6 +53,7 @@ class GraphFunction {
 
   TraceFn fn_;
   std::string name_;
+  CompileOptions options_;
   std::map<Signature, std::unique_ptr<Executor>> cache_;
   std::vector<CompileStats> compiles_;
 };

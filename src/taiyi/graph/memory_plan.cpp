@@ -42,8 +42,10 @@ MemoryPlan plan_memory(const Graph& g) {
   std::vector<int> first(nv, -1), last(nv, -1);
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     const Node& n = g.nodes[i];
-    if (node_is_alias(g, n)) plan.alias_of[n.output] = plan.alias_of[n.inputs[0]];
-    else first[n.output] = static_cast<int>(i);
+    if (node_is_alias(g, n))
+      plan.alias_of[n.output] = plan.alias_of[n.inputs[0]];
+    else
+      first[n.output] = static_cast<int>(i);
     for (int v : n.inputs)
       if (v >= 0) last[plan.alias_of[v]] = std::max(last[plan.alias_of[v]], static_cast<int>(i));
     last[plan.alias_of[n.output]] = std::max(last[plan.alias_of[n.output]], static_cast<int>(i));
@@ -61,8 +63,8 @@ MemoryPlan plan_memory(const Graph& g) {
   for (size_t v = 0; v < nv; ++v) {
     if (first[v] < 0 || escapes[v] || plan.alias_of[v] != static_cast<int>(v)) continue;
     const Value& val = g.values[v];
-    const size_t bytes = (static_cast<size_t>(shape_numel(val.shape)) * dtype_size(val.dtype) + kAlign - 1) /
-                         kAlign * kAlign;
+    const size_t bytes =
+        (static_cast<size_t>(shape_numel(val.shape)) * dtype_size(val.dtype) + kAlign - 1) / kAlign * kAlign;
     if (bytes == 0) continue;
     buffers.push_back({static_cast<int>(v), bytes, first[v], last[v]});
     plan.planned_bytes += bytes;

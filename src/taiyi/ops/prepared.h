@@ -28,8 +28,16 @@ class PreparedOp {
   virtual double flops() const = 0;           // per run, for flop_count()
 };
 
+// Compute precision of a prepared op: f32, or bf16 products with f32 accumulation and
+// f32 inputs/outputs (inputs are rounded to bf16 on the way in, weights once).
+// bf16 needs avx512_bf16 or AMX; bf16_supported() says whether oneDNN can run it here.
+bool bf16_supported();
+
 // conv2d of an x of shape x_shape with constant w (and bias, or undefined).
 std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,
-                                           const Conv2dParams& p);
+                                           const Conv2dParams& p, DType compute = DType::F32);
+// linear of an x of shape x_shape ([..., K], rows contiguous) with constant w [N, K] and bias.
+std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w, const Tensor& bias,
+                                           DType compute = DType::F32);
 
 }  // namespace taiyi::ops

@@ -13,9 +13,7 @@ namespace taiyi::pipeline {
 
 namespace {
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 // The UNet's timestep as diffusers hands it over: integer schedules as int64, others as float.
 Tensor timestep_tensor(double t) {
@@ -30,9 +28,11 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_dir, const Pip
   auto p = std::unique_ptr<Pipeline>(new Pipeline());
   p->model_dir_ = model_dir;
   p->options_ = options;
-  for (const auto& [component, expected] : std::vector<std::pair<std::string, std::string>>{
-           {"text_encoder", "BertModel"}, {"tokenizer", "BertTokenizer"}, {"unet", "UNet2DConditionModel"},
-           {"vae", "AutoencoderKL"}}) {
+  for (const auto& [component, expected] :
+       std::vector<std::pair<std::string, std::string>>{{"text_encoder", "BertModel"},
+                                                        {"tokenizer", "BertTokenizer"},
+                                                        {"unet", "UNet2DConditionModel"},
+                                                        {"vae", "AutoencoderKL"}}) {
     const std::string cls = folder.component_class(component);
     if (!cls.empty() && cls != expected && !(component == "tokenizer" && cls == "BertTokenizerFast"))
       throw Error(model_dir + "/model_index.json: " + component + " is a " + cls + ", taiyi supports " + expected);
@@ -41,23 +41,24 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_dir, const Pip
   p->text_encoder_ = models::BertModel::load(folder.component_dir("text_encoder"));
   p->unet_ = models::UNet2DConditionModel::load(folder.component_dir("unet"));
   p->vae_ = models::AutoencoderKL::load(folder.component_dir("vae"));
-  p->scheduler_config_ = std::make_unique<io::ConfigReader>(folder.component_config("scheduler", "scheduler_config.json"));
+  p->scheduler_config_ =
+      std::make_unique<io::ConfigReader>(folder.component_config("scheduler", "scheduler_config.json"));
   sched::scheduler_name_for_config(*p->scheduler_config_);  // refuse an unknown scheduler class now
   if (p->text_encoder_->config().hidden_size != p->unet_->config().cross_attention_dim[0])
-    throw Error(model_dir + ": the text encoder's hidden_size " + std::to_string(p->text_encoder_->config().hidden_size) +
-                " differs from the UNet's cross_attention_dim " +
-                std::to_string(p->unet_->config().cross_attention_dim[0]));
+    throw Error(
+        model_dir + ": the text encoder's hidden_size " + std::to_string(p->text_encoder_->config().hidden_size) +
+        " differs from the UNet's cross_attention_dim " + std::to_string(p->unet_->config().cross_attention_dim[0]));
+  const graph::CompileOptions compile = graph::compile_options(options.mode, options.compute);
   const Pipeline* self = p.get();
   p->text_fn_ = std::make_unique<graph::GraphFunction>(
       [self](const std::vector<Tensor>& in) { return std::vector<Tensor>{self->text_encoder_->forward(in[0])}; },
-      "text_encoder");
+      "text_encoder", compile);
   p->unet_fn_ = std::make_unique<graph::GraphFunction>(
-      [self](const std::vector<Tensor>& in) {
-        return std::vector<Tensor>{self->unet_->forward(in[0], in[1], in[2])};
-      },
-      "unet");
+      [self](const std::vector<Tensor>& in) { return std::vector<Tensor>{self->unet_->forward(in[0], in[1], in[2])}; },
+      "unet", compile);
   p->vae_decode_fn_ = std::make_unique<graph::GraphFunction>(
-      [self](const std::vector<Tensor>& in) { return std::vector<Tensor>{self->vae_->decode(in[0])}; }, "vae_decode");
+      [self](const std::vector<Tensor>& in) { return std::vector<Tensor>{self->vae_->decode(in[0])}; }, "vae_decode",
+      compile);
   return p;
 }
 
@@ -128,7 +129,8 @@ void Pipeline::validate(const GenerateRequest& r) const {
   if (w <= 0 || h <= 0 || w % f || h % f)
     throw Error("image size " + std::to_string(w) + "x" + std::to_string(h) + " is not a positive multiple of " +
                 std::to_string(f) + " in both width and height");
-  if (w > 16384 || h > 16384) throw Error("image size " + std::to_string(w) + "x" + std::to_string(h) + " is too large");
+  if (w > 16384 || h > 16384)
+    throw Error("image size " + std::to_string(w) + "x" + std::to_string(h) + " is too large");
   if (r.steps < 1 || r.steps > 1000) throw Error("steps must be between 1 and 1000, got " + std::to_string(r.steps));
   if (!std::isfinite(r.guidance_scale)) throw Error("guidance scale must be a finite number");
   if (!r.sampler.empty()) sched::make_scheduler(r.sampler, *scheduler_config_);

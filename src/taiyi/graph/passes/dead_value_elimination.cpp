@@ -6,7 +6,7 @@
 
 namespace taiyi::graph {
 
-bool dead_value_elimination(Graph& g) {
+bool dead_value_elimination(Graph& g, const CompileOptions&) {
   std::vector<bool> live(g.values.size(), false);
   for (int v : g.outputs) live[v] = true;
   for (size_t i = g.nodes.size(); i-- > 0;) {

@@ -11,17 +11,24 @@
 
 namespace taiyi::graph {
 
+// What the caller asks of the compiled graph.
+struct CompileOptions {
+  // Precision of convolutions and linears: f32, or bf16 products (f32 accumulation, f32
+  // activations between ops). bf16 where the CPU cannot run it falls back to f32.
+  DType compute = DType::F32;
+};
+
 struct Pass {
   const char* name;
-  bool (*run)(Graph& g);
+  bool (*run)(Graph& g, const CompileOptions& options);
 };
 
 // Removes nodes whose outputs no graph output depends on.
-bool dead_value_elimination(Graph& g);
+bool dead_value_elimination(Graph& g, const CompileOptions& options = {});
 
-// Binds each conv2d with constant weights to a prepared oneDNN primitive whose weights
-// are reordered once into its preferred layout.
-bool prepack_weights(Graph& g);
+// Binds each conv2d and linear with constant weights to a prepared oneDNN primitive whose
+// weights are reordered (and converted, for bf16) once into its preferred layout.
+bool prepack_weights(Graph& g, const CompileOptions& options = {});
 
 // The pipeline, in order:
 inline const std::vector<Pass>& default_passes() {
@@ -38,6 +45,7 @@ struct PassReport {
   double seconds = 0;
 };
 
-std::vector<PassReport> run_passes(Graph& g, const std::vector<Pass>& passes = default_passes());
+std::vector<PassReport> run_passes(Graph& g, const CompileOptions& options = {},
+                                   const std::vector<Pass>& passes = default_passes());
 
 }  // namespace taiyi::graph

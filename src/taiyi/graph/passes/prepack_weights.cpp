@@ -1,6 +1,6 @@
-// Weight pre-packing: a conv2d whose weight (and bias) are constants gets a prepared
-// oneDNN primitive, its weights reordered once into the primitive's layout, which the
-// executor runs instead of the eager op (that one reorders the weights on every call).
+// Weight pre-packing: a conv2d or linear whose weight (and bias) are constants gets a
+// prepared oneDNN primitive, its weights reordered once into the primitive's layout (and
+// converted once to bf16 when asked), which the executor runs instead of the eager op.
 #include "taiyi/graph/passes/passes.h"
 
 namespace taiyi::graph {
@@ -9,14 +9,19 @@ namespace {
 bool is_constant(const Graph& g, int v) { return v < 0 || g.values[v].kind == ValueKind::kConstant; }
 }  // namespace
 
-bool prepack_weights(Graph& g) {
+bool prepack_weights(Graph& g, const CompileOptions& options) {
+  const DType compute = options.compute == DType::BF16 && ops::bf16_supported() ? DType::BF16 : DType::F32;
   bool changed = false;
   for (Node& n : g.nodes) {
-    if (n.prepared || n.kind != ops::OpKind::kConv2d) continue;
+    if (n.prepared || (n.kind != ops::OpKind::kConv2d && n.kind != ops::OpKind::kLinear)) continue;
     if (!is_constant(g, n.inputs[1]) || !is_constant(g, n.inputs[2])) continue;
+    const Value& x = g.values[n.inputs[0]];
+    if (x.dtype != DType::F32 || x.strides != contiguous_strides(x.shape)) continue;  // strided: eager handles it
     const Tensor& w = g.values[n.inputs[1]].constant;
     const Tensor bias = n.inputs[2] >= 0 ? g.values[n.inputs[2]].constant : Tensor();
-    n.prepared = ops::prepare_conv2d(g.values[n.inputs[0]].shape, w, bias, n.attrs.conv);
+    if (w.dtype() != DType::F32) continue;
+    n.prepared = n.kind == ops::OpKind::kConv2d ? ops::prepare_conv2d(x.shape, w, bias, n.attrs.conv, compute)
+                                                : ops::prepare_linear(x.shape, w, bias, compute);
     changed = true;
   }
   return changed;

@@ -4,14 +4,14 @@
 
 namespace taiyi::graph {
 
-std::vector<PassReport> run_passes(Graph& g, const std::vector<Pass>& passes) {
+std::vector<PassReport> run_passes(Graph& g, const CompileOptions& options, const std::vector<Pass>& passes) {
   std::vector<PassReport> reports;
   for (const Pass& p : passes) {
     PassReport r;
     r.name = p.name;
     r.nodes_before = g.nodes.size();
     const auto t0 = std::chrono::steady_clock::now();
-    p.run(g);
+    p.run(g, options);
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     r.nodes_after = g.nodes.size();
     g.validate();

@@ -25,13 +25,15 @@ std::string format_name(const memory::desc& md) {
   if (md == memory::desc(d, md.data_type(), tag::nhwc)) return "nhwc";
   if (md == memory::desc(d, md.data_type(), tag::nChw8c)) return "nChw8c";
   if (md == memory::desc(d, md.data_type(), tag::nChw16c)) return "nChw16c";
+  if (md == memory::desc(d, md.data_type(), tag::nChw32c)) return "nChw32c";
   return "blocked";
 }
 
 class PreparedConv2d : public PreparedOp {
  public:
-  PreparedConv2d(const Shape& xs, const Tensor& w, const Tensor& bias, const Conv2dParams& p) {
+  PreparedConv2d(const Shape& xs, const Tensor& w, const Tensor& bias, const Conv2dParams& p, DType compute) {
     const auto f32 = memory::data_type::f32;
+    const auto cdt = compute == DType::BF16 ? memory::data_type::bf16 : f32;
     const dnnl::engine& eng = cpu::dnnl_cpu_engine();
     const int64_t cout = w.size(0), g = p.groups;
     const int64_t ho = (xs[2] + p.pad_top + p.pad_bottom - p.dilation_h * (w.size(2) - 1) - 1) / p.stride_h + 1;
@@ -47,8 +49,8 @@ class PreparedConv2d : public PreparedOp {
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     const dnnl::convolution_forward::desc desc(
-        dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, memory::desc(src_dims, f32, tag::any),
-        memory::desc(wei_dims, f32, tag::any), bias_md_, memory::desc(dst_dims, f32, tag::any),
+        dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, memory::desc(src_dims, cdt, tag::any),
+        memory::desc(wei_dims, cdt, tag::any), bias_md_, memory::desc(dst_dims, f32, tag::any),
         {p.stride_h, p.stride_w}, {p.dilation_h - 1, p.dilation_w - 1}, {p.pad_top, p.pad_left},
         {p.pad_bottom, p.pad_right});
     pd_ = dnnl::convolution_forward::primitive_desc(desc, attr, eng);
@@ -70,7 +72,8 @@ class PreparedConv2d : public PreparedOp {
     if (src_reorder_) to_blocked_ = dnnl::reorder(dnnl::reorder::primitive_desc(eng, user_src_, eng, pd_.src_desc()));
     if (dst_reorder_) to_plain_ = dnnl::reorder(dnnl::reorder::primitive_desc(eng, pd_.dst_desc(), eng, user_dst_));
     flops_ = 2.0 * xs[0] * cout * ho * wo * (xs[1] / g) * w.size(2) * w.size(3);
-    describe_ = std::string("conv2d ") + pd_.impl_info_str() + " " + format_name(pd_.src_desc());
+    describe_ = std::string("conv2d ") + (compute == DType::BF16 ? "bf16 " : "f32 ") + pd_.impl_info_str() + " " +
+                format_name(pd_.src_desc());
   }
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override {
@@ -112,9 +115,9 @@ class PreparedConv2d : public PreparedOp {
 }  // namespace
 
 std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,
-                                           const Conv2dParams& p) {
+                                           const Conv2dParams& p, DType compute) {
   try {
-    return std::make_unique<PreparedConv2d>(x_shape, w, bias, p);
+    return std::make_unique<PreparedConv2d>(x_shape, w, bias, p, compute);
   } catch (const dnnl::error& e) {
     throw Error(std::string("conv2d: oneDNN could not prepare a convolution (") + e.what() + ") for input " +
                 shape_str(x_shape) + ", weight " + w.describe());

@@ -1,0 +1,125 @@
+// Prepared linear (x @ w^T + bias) through oneDNN 2.6's matmul: the primitive is made
+// once for the traced input shape and strides (see ops/prepared.h).
+//
+// f32: the weight [N, K] is handed over as it is, a transposed [K, N] view (on AVX2
+// oneDNN's gemm runs that faster than its packed layout). bf16: the weight is
+// converted and packed once into the layout oneDNN picks; each call rounds the input
+// rows to bf16 in caller scratch; the output and the accumulation stay f32.
+#include <dnnl.hpp>
+#include <string>
+#include <unordered_map>
+
+#include "taiyi/ops/cpu/dnnl_context.h"
+#include "taiyi/ops/prepared.h"
+
+namespace taiyi::ops {
+
+namespace {
+
+using dnnl::memory;
+using tag = memory::format_tag;
+
+size_t round_up(size_t n) { return (n + 63) / 64 * 64; }
+
+class PreparedLinear : public PreparedOp {
+ public:
+  PreparedLinear(const Shape& xs, const Tensor& w, const Tensor& bias, DType compute) : bf16_(compute == DType::BF16) {
+    const auto f32 = memory::data_type::f32, bf16 = memory::data_type::bf16;
+    const dnnl::engine& eng = cpu::dnnl_cpu_engine();
+    k_ = xs.back();
+    n_ = w.size(0);
+    m_ = k_ > 0 ? shape_numel(xs) / k_ : 0;
+    user_src_ = memory::desc({m_, k_}, f32, tag::ab);
+    dst_ = memory::desc({m_, n_}, f32, tag::ab);
+    if (bias.defined()) {
+      bias_md_ = memory::desc({1, n_}, f32, tag::ab);
+      bias_ = bias.contiguous();
+    }
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    const memory::desc user_wei({k_, n_}, f32, tag::ba);  // w [N, K] row-major = [K, N] transposed
+    w_ = w.contiguous();
+    if (bf16_) {
+      src_ = memory::desc({m_, k_}, bf16, tag::ab);
+      pd_ = dnnl::matmul::primitive_desc(
+          dnnl::matmul::desc(src_, memory::desc({k_, n_}, bf16, tag::any), bias_md_, dst_), attr, eng);
+      weights_ = memory(pd_.weights_desc(), eng);
+      memory user_w = cpu::dnnl_wrap(user_wei, w_.data<float>());
+      dnnl::stream& strm = cpu::dnnl_cpu_stream();
+      dnnl::reorder(user_w, weights_).execute(strm, user_w, weights_);
+      strm.wait();
+      w_ = Tensor();  // the packed copy is all the primitive needs
+      to_bf16_ = dnnl::reorder(dnnl::reorder::primitive_desc(eng, user_src_, eng, src_));
+      src_bytes_ = round_up(src_.get_size());
+    } else {
+      src_ = user_src_;
+      pd_ = dnnl::matmul::primitive_desc(dnnl::matmul::desc(src_, user_wei, bias_md_, dst_), attr, eng);
+      weights_ = cpu::dnnl_wrap(user_wei, w_.data<float>());
+    }
+    matmul_ = dnnl::matmul(pd_);
+    pad_bytes_ = round_up(pd_.scratchpad_desc().get_size());
+    describe_ = std::string("linear ") + (bf16_ ? "bf16 " : "f32 ") + pd_.impl_info_str();
+  }
+
+  void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override {
+    const dnnl::engine& eng = cpu::dnnl_cpu_engine();
+    dnnl::stream& strm = cpu::dnnl_cpu_stream();
+    const Tensor x = in[0].contiguous();
+    memory user_src = cpu::dnnl_wrap(user_src_, x.data<float>());
+    memory src = bf16_ ? memory(src_, eng, scratch) : user_src;
+    if (bf16_) to_bf16_.execute(strm, user_src, src);
+    std::unordered_map<int, memory> args = {
+        {DNNL_ARG_SRC, src},
+        {DNNL_ARG_WEIGHTS, weights_},
+        {DNNL_ARG_DST, cpu::dnnl_wrap(dst_, out.data<float>())},
+        {DNNL_ARG_SCRATCHPAD, memory(pd_.scratchpad_desc(), eng, scratch + src_bytes_)}};
+    if (bias_.defined()) args.insert({DNNL_ARG_BIAS, cpu::dnnl_wrap(bias_md_, bias_.data<float>())});
+    matmul_.execute(strm, args);
+    strm.wait();
+  }
+
+  size_t scratch_bytes() const override { return src_bytes_ + pad_bytes_; }
+  size_t packed_weight_bytes() const override { return bf16_ ? pd_.weights_desc().get_size() : 0; }
+  std::string describe() const override { return describe_; }
+  double flops() const override { return 2.0 * m_ * n_ * k_; }
+
+ private:
+  bool bf16_;
+  int64_t m_ = 0, k_ = 0, n_ = 0;
+  memory::desc user_src_, src_, dst_, bias_md_;
+  dnnl::matmul::primitive_desc pd_;
+  dnnl::matmul matmul_;
+  dnnl::reorder to_bf16_;
+  memory weights_;
+  Tensor w_, bias_;
+  size_t src_bytes_ = 0, pad_bytes_ = 0;
+  std::string describe_;
+};
+
+}  // namespace
+
+std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w, const Tensor& bias, DType compute) {
+  try {
+    return std::make_unique<PreparedLinear>(x_shape, w, bias, compute);
+  } catch (const dnnl::error& e) {
+    throw Error(std::string("linear: oneDNN could not prepare a matmul (") + e.what() + ") for input " +
+                shape_str(x_shape) + ", weight " + w.describe());
+  }
+}
+
+bool bf16_supported() {
+  static const bool supported = [] {
+    try {
+      const auto bf16 = memory::data_type::bf16;
+      const dnnl::matmul::desc d(memory::desc({64, 64}, bf16, tag::ab), memory::desc({64, 64}, bf16, tag::any),
+                                 memory::desc({64, 64}, memory::data_type::f32, tag::ab));
+      const dnnl::matmul::primitive_desc pd(d, cpu::dnnl_cpu_engine());
+      return std::string(pd.impl_info_str()).rfind("ref", 0) != 0;  // a reference kernel is no bf16 support
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  }();
+  return supported;
+}
+
+}  // namespace taiyi::ops

@@ -150,6 +150,22 @@ TEST(CliErrors, BadFlagsAndFilesGiveOneClearLine) {
   }
 }
 
+TEST(CliBench, TextEncoderAndWholeTxt2Img) {
+  Result r = run({"bench", "text_encoder", "-m", fixture("tiny-taiyi"), "--context", "32", "--repeat", "1", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out.substr(r.out.rfind('{')));
+  EXPECT_EQ(j.at("batch"), 2);
+  EXPECT_GT(j.at("gflop").get<double>(), 0.0);
+  r = run({"bench", "txt2img", "-m", fixture("tiny-taiyi"), "-W", "64", "-H", "64", "--steps", "3", "--repeat", "1",
+           "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  j = nlohmann::json::parse(r.out.substr(r.out.rfind('{')));
+  EXPECT_EQ(j.at("unet_calls"), 4);  // PNDM: steps + 1 calls
+  EXPECT_GT(j.at("median_s").get<double>(), 0.0);
+  EXPECT_LE(j.at("parts_s").get<double>(), j.at("median_s").get<double>());
+  EXPECT_GT(j.at("first_run_compile_s").get<double>(), 0.0);
+}
+
 TEST(CliBench, PrintsJsonWithTimingFlopsAndMemory) {
   for (const char* mode : {"eager", "graph"}) {
     const Result r =

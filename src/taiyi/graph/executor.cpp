@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 
 namespace taiyi::graph {
 
@@ -26,11 +28,20 @@ Executor::Executor(Graph g) : g_(std::move(g)) {
       release_after_[last_use[v]].push_back(static_cast<int>(v));
 }
 
+// TAIYI_PROFILE_DETAIL=1: profile rows per op and output shape (and prepared kernel), not per op.
+static bool detailed_profile() {
+  static const bool on = [] {
+    const char* v = std::getenv("TAIYI_PROFILE_DETAIL");
+    return v && *v && std::string(v) != "0";
+  }();
+  return on;
+}
+
 std::string format_profile(const Profile& p, double total_s) {
   std::vector<std::pair<std::string, OpProfile>> rows(p.begin(), p.end());
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
   std::string out = "  op                       calls    seconds   share    GFLOP   GFLOP/s\n";
-  char line[160];
+  char line[512];
   for (const auto& [name, r] : rows) {
     std::snprintf(line, sizeof line, "  %-22s %7lld %10.4f %6.1f%% %8.1f %9.1f\n", name.c_str(),
                   static_cast<long long>(r.calls), r.seconds, total_s > 0 ? 100.0 * r.seconds / total_s : 0.0,
@@ -82,7 +93,12 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& inputs, Profile* pr
       const uint64_t f0 = ops::flop_count();
       const auto t0 = std::chrono::steady_clock::now();
       vals[n.output] = execute();
-      OpProfile& r = (*profile)[ops::op_name(n.kind)];
+      std::string key = ops::op_name(n.kind);
+      if (detailed_profile()) {
+        key.append(" ").append(shape_str(g_.values[n.output].shape));
+        if (n.prepared) key.append(" ").append(n.prepared->describe());
+      }
+      OpProfile& r = (*profile)[key];
       r.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       r.calls += 1;
       r.flops += static_cast<double>(ops::flop_count() - f0);

@@ -38,9 +38,15 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_dir, const Pip
       throw Error(model_dir + "/model_index.json: " + component + " is a " + cls + ", taiyi supports " + expected);
   }
   p->tokenizer_ = std::make_unique<text::BertTokenizer>(text::BertTokenizer::load(folder.component_dir("tokenizer")));
-  p->text_encoder_ = models::BertModel::load(folder.component_dir("text_encoder"));
-  p->unet_ = models::UNet2DConditionModel::load(folder.component_dir("unet"));
-  p->vae_ = models::AutoencoderKL::load(folder.component_dir("vae"));
+  if (options.random_weights) {
+    p->text_encoder_ = models::BertModel::random(folder.component_dir("text_encoder"), 1);
+    p->unet_ = models::UNet2DConditionModel::random(folder.component_dir("unet"), 2);
+    p->vae_ = models::AutoencoderKL::random(folder.component_dir("vae"), 3);
+  } else {
+    p->text_encoder_ = models::BertModel::load(folder.component_dir("text_encoder"));
+    p->unet_ = models::UNet2DConditionModel::load(folder.component_dir("unet"));
+    p->vae_ = models::AutoencoderKL::load(folder.component_dir("vae"));
+  }
   p->scheduler_config_ =
       std::make_unique<io::ConfigReader>(folder.component_config("scheduler", "scheduler_config.json"));
   sched::scheduler_name_for_config(*p->scheduler_config_);  // refuse an unknown scheduler class now

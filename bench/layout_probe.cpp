@@ -102,6 +102,14 @@ int main() {
   matmul_case("f32 packed weights (any)", f32, tag::any, 8192, 320, 1280);
   matmul_case("f32 plain, transposed", f32, tag::ba, 8192, 320, 1280);
   matmul_case("bf16 packed weights", bf16, tag::any, 8192, 320, 1280);
+  for (int k : {640, 1280}) {
+    matmul_case("f32 plain, K=N", f32, tag::ab, 2048, k, k);
+    matmul_case("f32 packed, K=N", f32, tag::any, 2048, k, k);
+    matmul_case("f32 transposed, K=N", f32, tag::ba, 2048, k, k);
+  }
+  matmul_case("f32 transposed geglu", f32, tag::ba, 2048, 640, 5120);
+  matmul_case("f32 plain geglu", f32, tag::ab, 2048, 640, 5120);
+  matmul_case("f32 packed geglu", f32, tag::any, 2048, 640, 5120);
 
   // The eager op as the model calls it today (NCHW in and out, weights reordered per call).
   {

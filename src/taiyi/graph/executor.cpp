@@ -74,10 +74,11 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& inputs, Profile* pr
     auto execute = [&] {
       const Value& v = g_.values[n.output];
       if (n.prepared) {
+        // A prepared op may write a dense non-NCHW order (channels-last): the value's strides say which.
         Tensor target = offset == MemoryPlan::kNotPlanned
-                            ? Tensor::empty(v.shape, v.dtype)
-                            : Tensor::from_storage(arena_, static_cast<size_t>(offset), v.shape,
-                                                   contiguous_strides(v.shape), v.dtype);
+                            ? Tensor::from_storage(Storage::allocate(shape_numel(v.shape) * dtype_size(v.dtype)), 0,
+                                                   v.shape, v.strides, v.dtype)
+                            : Tensor::from_storage(arena_, static_cast<size_t>(offset), v.shape, v.strides, v.dtype);
         n.prepared->run(args, target, scratch_->data());
         ops::add_flop_count(n.prepared->flops());
         return target;

@@ -33,9 +33,15 @@ class PreparedOp {
 // bf16 needs avx512_bf16 or AMX; bf16_supported() says whether oneDNN can run it here.
 bool bf16_supported();
 
+// Memory order of a prepared convolution's input or output, both dense: NCHW, or
+// channels-last (NHWC memory for an NCHW-shaped tensor: strides (HWC, 1, WC, C)).
+enum class Layout { kNCHW, kNHWC };
+Strides layout_strides(const Shape& nchw_shape, Layout layout);
+
 // conv2d of an x of shape x_shape with constant w (and bias, or undefined).
 std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,
-                                           const Conv2dParams& p, DType compute = DType::F32);
+                                           const Conv2dParams& p, DType compute = DType::F32,
+                                           Layout src_layout = Layout::kNCHW, Layout dst_layout = Layout::kNCHW);
 // linear of an x of shape x_shape ([..., K], rows contiguous) with constant w [N, K] and bias.
 std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                            DType compute = DType::F32);

@@ -26,6 +26,15 @@ struct Pass {
 // Removes nodes whose outputs no graph output depends on.
 bool dead_value_elimination(Graph& g, const CompileOptions& options = {});
 
+// Channels-last around the transformer blocks: a convolution whose output is only permuted to
+// [B, H, W, C] writes NHWC memory (the permute and the flattening reshape become views), and a
+// convolution reading a channels-last view reads it directly (the copy to NCHW goes).
+bool channels_last_transformers(Graph& g, const CompileOptions& options = {});
+
+// Whether prepack_weights will bind this node (a conv2d or linear with constant f32 weights and
+// an input it can read).
+bool will_prepack(const Graph& g, const Node& n);
+
 // Binds each conv2d and linear with constant weights to a prepared oneDNN primitive whose
 // weights are reordered (and converted, for bf16) once into its preferred layout.
 bool prepack_weights(Graph& g, const CompileOptions& options = {});
@@ -34,6 +43,7 @@ bool prepack_weights(Graph& g, const CompileOptions& options = {});
 inline const std::vector<Pass>& default_passes() {
   static const std::vector<Pass> passes = {
       {"dead_value_elimination", dead_value_elimination},
+      {"channels_last_transformers", channels_last_transformers},
       {"prepack_weights", prepack_weights},
   };
   return passes;

@@ -31,7 +31,9 @@ std::string format_name(const memory::desc& md) {
 
 class PreparedConv2d : public PreparedOp {
  public:
-  PreparedConv2d(const Shape& xs, const Tensor& w, const Tensor& bias, const Conv2dParams& p, DType compute) {
+  PreparedConv2d(const Shape& xs, const Tensor& w, const Tensor& bias, const Conv2dParams& p, DType compute,
+                 Layout src_layout, Layout dst_layout)
+      : src_layout_(src_layout) {
     const auto f32 = memory::data_type::f32;
     const auto cdt = compute == DType::BF16 ? memory::data_type::bf16 : f32;
     const dnnl::engine& eng = cpu::dnnl_cpu_engine();
@@ -42,8 +44,8 @@ class PreparedConv2d : public PreparedOp {
     const memory::dims dst_dims = {xs[0], cout, ho, wo};
     const memory::dims wei_dims = g == 1 ? memory::dims{cout, w.size(1), w.size(2), w.size(3)}
                                          : memory::dims{g, cout / g, w.size(1), w.size(2), w.size(3)};
-    user_src_ = memory::desc(src_dims, f32, tag::nchw);
-    user_dst_ = memory::desc(dst_dims, f32, tag::nchw);
+    user_src_ = memory::desc(src_dims, f32, src_layout == Layout::kNHWC ? tag::nhwc : tag::nchw);
+    user_dst_ = memory::desc(dst_dims, f32, dst_layout == Layout::kNHWC ? tag::nhwc : tag::nchw);
     const memory::desc user_wei(wei_dims, f32, g == 1 ? tag::oihw : tag::goihw);
     if (bias.defined()) bias_md_ = memory::desc({cout}, f32, tag::x);
     dnnl::primitive_attr attr;
@@ -79,7 +81,8 @@ class PreparedConv2d : public PreparedOp {
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override {
     const dnnl::engine& eng = cpu::dnnl_cpu_engine();
     dnnl::stream& strm = cpu::dnnl_cpu_stream();
-    const Tensor x = in[0].contiguous();
+    // The traced layout: NCHW contiguous, or the channels-last view the layout pass arranged.
+    const Tensor x = src_layout_ == Layout::kNCHW ? in[0].contiguous() : in[0];
     memory user_src = cpu::dnnl_wrap(user_src_, x.data<float>());
     memory user_dst = cpu::dnnl_wrap(user_dst_, out.data<float>());
     memory src = src_reorder_ ? memory(pd_.src_desc(), eng, scratch) : user_src;
@@ -100,6 +103,7 @@ class PreparedConv2d : public PreparedOp {
   double flops() const override { return flops_; }
 
  private:
+  Layout src_layout_;
   memory::desc user_src_, user_dst_, bias_md_;
   dnnl::convolution_forward::primitive_desc pd_;
   dnnl::convolution_forward conv_;
@@ -114,10 +118,16 @@ class PreparedConv2d : public PreparedOp {
 
 }  // namespace
 
+Strides layout_strides(const Shape& s, Layout layout) {
+  if (layout == Layout::kNCHW || s.size() != 4) return contiguous_strides(s);
+  return {s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]};
+}
+
 std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,
-                                           const Conv2dParams& p, DType compute) {
+                                           const Conv2dParams& p, DType compute, Layout src_layout,
+                                           Layout dst_layout) {
   try {
-    return std::make_unique<PreparedConv2d>(x_shape, w, bias, p, compute);
+    return std::make_unique<PreparedConv2d>(x_shape, w, bias, p, compute, src_layout, dst_layout);
   } catch (const dnnl::error& e) {
     throw Error(std::string("conv2d: oneDNN could not prepare a convolution (") + e.what() + ") for input " +
                 shape_str(x_shape) + ", weight " + w.describe());

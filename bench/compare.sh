@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Times taiyi and the engines a user would pick instead (bench/peers: PyTorch eager and
+# torch.compile, OpenVINO; pinned PyPI versions) on the same shapes and threads, one process
+# per point, one point at a time, and prints one table with each peer's time over taiyi's.
+#
+#   bench/compare.sh                       # unet only (the UNet step), all peers
+#   COMPONENTS="unet vae_decode text_encoder txt2img" bench/compare.sh
+#   PEERS="torch:eager_fp32 openvino:f32" REPEAT=3 bench/compare.sh
+#
+# Needs a built taiyi (scripts/build.sh) and the peers' venv (bench/peers/setup.sh; several GB,
+# made once per machine). Results (JSON lines) go to bench/out/<date>/; the table to stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COMPONENTS=${COMPONENTS:-unet}
+PEERS=${PEERS:-"torch:eager_fp32 torch:eager_bf16_cl torch:compile_bf16 openvino:default openvino:f32"}
+TAIYI_VARIANTS=${TAIYI_VARIANTS:-"graph:fp32 graph:bf16"}
+REPEAT=${REPEAT:-3}
+THREADS=${THREADS:-$(nproc)}
+WIDTH=${WIDTH:-512}
+HEIGHT=${HEIGHT:-512}
+CONTEXT=${CONTEXT:-512}
+STEPS=${STEPS:-20}
+taiyi=${TAIYI:-build/taiyi}
+[ -x "$taiyi" ] || taiyi=$(scripts/build.sh)
+PY=${PEER_PYTHON:-$(bench/peers/setup.sh | tail -1)}
+out=bench/out/$(date +%Y%m%d-%H%M%S)
+mkdir -p "$out"
+results="$out/results.jsonl"
+export PEER_THREADS=$THREADS OMP_NUM_THREADS=$THREADS
+
+run_point() {  # label, command...: keeps the last stdout line (JSON), tagged with the label
+  local label=$1
+  shift
+  echo "== $label" >&2
+  local line
+  if line=$("$@" 2>"$out/$(echo "$label" | tr ' /:' '___').log" | tail -1) && [ -n "$line" ]; then
+    python3 -c 'import json,sys; d=json.loads(sys.argv[2]); d["label"]=sys.argv[1]; print(json.dumps(d))' \
+      "$label" "$line" >>"$results"
+  else
+    echo "   failed (see $out)" >&2
+  fi
+}
+
+for comp in $COMPONENTS; do
+  for v in $TAIYI_VARIANTS; do
+    mode=${v%%:*}
+    dtype=${v##*:}
+    extra=()
+    [ "$comp" = txt2img ] && extra=(--steps "$STEPS" --repeat 1 --warmup 1) || extra=(--repeat "$REPEAT")
+    run_point "$comp taiyi $mode $dtype" "$taiyi" bench "$comp" --model configs/taiyi-v0.1 --random-weights \
+      --width "$WIDTH" --height "$HEIGHT" --context "$CONTEXT" --threads "$THREADS" --mode "$mode" \
+      --dtype "$dtype" "${extra[@]}" --json
+  done
+  for p in $PEERS; do
+    engine=${p%%:*}
+    variant=${p##*:}
+    [ "$comp" = txt2img ] && [ "$engine" = openvino ] && continue  # the harness has no OpenVINO pipeline
+    env=()
+    # The peers' README: jemalloc is PyTorch eager's best case; never with OpenVINO (its TBB aborts).
+    if [ "$engine" = torch ] && [ -e /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 ]; then
+      env=(env LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+        MALLOC_CONF=oversize_threshold:1,background_thread:true,dirty_decay_ms:-1,muzzy_decay_ms:-1)
+    fi
+    extra=(--repeat "$REPEAT")
+    [ "$comp" = txt2img ] && extra=(--steps "$STEPS" --repeat 1 --warmup 1)
+    run_point "$comp $engine $variant" "${env[@]}" "$PY" bench/peers/peer.py --engine "$engine" \
+      --variant "$variant" --component "$comp" --width "$WIDTH" --height "$HEIGHT" --context "$CONTEXT" "${extra[@]}"
+  done
+done
+python3 bench/compare_table.py "$results" | tee "$out/table.md"

@@ -1,12 +1,18 @@
 // attention against a naive per-head softmax(scale q k^T) v in double: odd and tiny shapes,
-// Lq != Lk, D != Dv, 1 and 8 heads, query counts that cross the tile size, strided views
-// (slices of a fused qkv), both ISA paths, and a check that memory does not grow with Lq x Lk.
+// Lq != Lk, D != Dv, 1 and 8 heads, lengths and head dims that cross every tile, block and tail
+// boundary of the fused AVX2 kernel (attention_f32_avx2.cpp: tiles of 4 keys or value channels by
+// 24 queries, blocks of 96 queries and 64 keys), scores whose max grows or shrinks sharply from one
+// key block to the next (the online softmax's rescaling), strided views (slices of a fused qkv),
+// cross-attention shapes, both ISA paths, and a check that memory does not grow with Lq x Lk.
 #include <gtest/gtest.h>
 #include <sys/resource.h>
 
 #include <cmath>
 #include <fstream>
+#include <iterator>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "op_testing.h"
 #include "taiyi/ops/cpu/cpu_isa.h"
@@ -52,6 +58,15 @@ struct AttnCase {
   int64_t d, dv;
 };
 
+// Runs the body with the portable kernels forced (or not), restoring the default even on failure.
+class KernelPath {
+ public:
+  explicit KernelPath(bool generic) { ops::cpu::set_force_generic_kernels(generic); }
+  ~KernelPath() { ops::cpu::set_force_generic_kernels(false); }
+  KernelPath(const KernelPath&) = delete;
+  KernelPath& operator=(const KernelPath&) = delete;
+};
+
 void check_case(const AttnCase& c, uint32_t seed) {
   SCOPED_TRACE("B=" + std::to_string(c.b) + " Lq=" + std::to_string(c.lq) + " Lk=" + std::to_string(c.lk) +
                " H=" + std::to_string(c.heads) + " D=" + std::to_string(c.d) + " Dv=" + std::to_string(c.dv));
@@ -82,9 +97,99 @@ TEST(Attention, MatchesNaiveSoftmax) {
 }
 
 TEST(Attention, PortableKernelPathMatches) {
-  ops::cpu::set_force_generic_kernels(true);
+  KernelPath generic(true);
   check_case({2, 37, 45, 4, 8, 8}, 100);
-  ops::cpu::set_force_generic_kernels(false);
+}
+
+// Every Lq and Lk of the lists against each other, each D and Dv (never equal) eight or nine times.
+// Lengths 1, 5, 17, 63, 64, 65 and 257 cross the query vectors (8), tiles (24) and blocks (96), the
+// key tiles (4) and blocks (64, the last up to 96 long); 97 and 161 keys end in a merged and a
+// separate last key block. Up to 65 queries the kernel reads K and V in place, at 300 it packs them.
+// D = 1 and 3 are shorter than a vector, 41 leaves a tail after the 8 x 8 transposes, and Dv = 1, 3
+// and 41 leave partly padded groups of 4 value channels.
+void check_odd_shapes() {
+  const int64_t query_lengths[] = {1, 5, 17, 63, 64, 65, 257, 300};
+  const int64_t key_lengths[] = {1, 5, 17, 63, 64, 65, 257, 97, 161};
+  const int64_t dims[] = {1, 3, 8, 40, 41, 80, 160};
+  uint32_t seed = 1000;
+  for (size_t i = 0; i < std::size(query_lengths); ++i)
+    for (size_t j = 0; j < std::size(key_lengths); ++j) {
+      const int64_t d = dims[(i + j) % 7];
+      int64_t dv = dims[(i + 2 * j + 3) % 7];
+      if (dv == d) dv = dims[(i + 2 * j + 4) % 7];
+      const int64_t b = (i + j) % 3 == 0 ? 2 : 1;
+      check_case({b, query_lengths[i], key_lengths[j], 2, d, dv}, seed += 3);
+    }
+}
+
+TEST(Attention, OddShapesCrossEveryTileBoundary) { check_odd_shapes(); }
+
+TEST(Attention, OddShapesCrossEveryTileBoundaryPortable) {
+  KernelPath generic(true);
+  check_odd_shapes();
+}
+
+// q k^T ramps along the keys: later key blocks raise (or lower) each query's max by far more than
+// the kernel lets a block outgrow the max it exponentiates against (2^32), so blocks are redone and
+// the output rescaled, over and over; the softmax ends up nearly one-hot.
+TEST(Attention, ScoresThatGrowOrShrinkAcrossKeyBlocks) {
+  const int64_t b = 1, lq = 50, lk = 300, d = 4, dv = 6;
+  for (const float direction : {1.0f, -1.0f}) {
+    SCOPED_TRACE(direction > 0 ? "growing" : "shrinking");
+    std::vector<float> qd(static_cast<size_t>(lq * d)), kd(static_cast<size_t>(lk * d));
+    const Tensor noise_q = random_tensor({lq, d}, 5, 0.5f, 1.5f), noise_k = random_tensor({lk, d}, 6, -0.2f, 0.2f);
+    for (int64_t i = 0; i < lq * d; ++i) qd[i] = static_cast<float>(noise_q.item(i));
+    for (int64_t j = 0; j < lk; ++j)
+      for (int64_t c = 0; c < d; ++c)
+        kd[j * d + c] = direction * (static_cast<float>(j) / 8.0f) + static_cast<float>(noise_k.item(j * d + c));
+    const Tensor q = Tensor::from_vector(qd, {b, lq, d}), k = Tensor::from_vector(kd, {b, lk, d});
+    const Tensor v = random_tensor({b, lk, dv}, 7);
+    for (const bool generic : {false, true}) {
+      KernelPath path(generic);
+      EXPECT_TRUE(all_close(ops::attention(q, k, v, 1, 1.0f), attention_reference(q, k, v, 1, 1.0)))
+          << (generic ? "portable" : "default") << " path";
+    }
+  }
+}
+
+// Self-attention on slices of one fused [B, L, 3C] projection at the UNet's head size of 40, with V
+// from a permuted [L, B, C] buffer (batch stride smaller than row stride), on both paths: 8 heads of
+// 150 queries (K and V read in place) and 2 heads of 300 (packed).
+TEST(Attention, StridedSlicesOfFusedQkvAtHeadSize40) {
+  for (const auto& [heads, l] : {std::pair<int, int64_t>{8, 150}, std::pair<int, int64_t>{2, 300}}) {
+    SCOPED_TRACE("heads " + std::to_string(heads) + ", L " + std::to_string(l));
+    const int64_t b = 2, c = heads * 40;
+    const Tensor qkv = random_tensor({b, l, 3 * c}, 21, -2.0f, 2.0f);
+    const Tensor q = qkv.slice(2, 0, c), k = qkv.slice(2, c, 2 * c);
+    const Tensor v = random_tensor({l, b, c}, 22).permute({1, 0, 2});
+    ASSERT_FALSE(q.is_contiguous());
+    ASSERT_FALSE(v.is_contiguous());
+    const std::vector<double> ref = attention_reference(q, k, v, heads, 1.0 / std::sqrt(40.0));
+    for (const bool generic : {false, true}) {
+      KernelPath path(generic);
+      EXPECT_TRUE(all_close(ops::attention(q, k, v, heads, 1.0f / std::sqrt(40.0f)), ref))
+          << (generic ? "portable" : "default") << " path";
+    }
+  }
+}
+
+// Cross-attention: many queries against a short context (CLIP's 77 tokens), and against Taiyi's
+// 512-token BERT context, checked on the first and last rows.
+TEST(Attention, CrossAttentionShapes) {
+  for (const bool generic : {false, true}) {
+    KernelPath path(generic);
+    SCOPED_TRACE(generic ? "portable" : "default");
+    check_case({2, 1000, 77, 2, 40, 40}, 30);
+    const int heads = 8;
+    const int64_t b = 2, lq = 1024, lk = 512, d = 40;
+    const Tensor q = random_tensor({b, lq, heads * d}, 31, -2.0f, 2.0f);
+    const Tensor k = random_tensor({b, lk, heads * d}, 32, -2.0f, 2.0f), v = random_tensor({b, lk, heads * d}, 33);
+    const float scale = 1.0f / std::sqrt(40.0f);
+    const Tensor out = ops::attention(q, k, v, heads, scale);
+    EXPECT_TRUE(all_close(out.slice(1, 0, 40), attention_reference(q, k, v, heads, scale, 0, 40), 1e-5, 1e-5));
+    EXPECT_TRUE(
+        all_close(out.slice(1, lq - 40, lq), attention_reference(q, k, v, heads, scale, lq - 40, lq), 1e-5, 1e-5));
+  }
 }
 
 TEST(Attention, StridedSlicesOfFusedQkv) {

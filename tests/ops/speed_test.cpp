@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <string>
 
 #include "op_testing.h"
 #include "taiyi/ops/ops.h"
@@ -35,16 +37,6 @@ TEST(Speed, DISABLED_UNetSizes) {
   const Tensor bias = random_tensor({320}, 3);
   report("conv2d 3x3 320->320 [2,320,64,64]", 5, [&] { ops::conv2d(x, w, bias, ops::Conv2dParams::same(1)); });
 
-  const Tensor q = random_tensor({2, 4096, 320}, 4), k = random_tensor({2, 4096, 320}, 5);
-  const Tensor v = random_tensor({2, 4096, 320}, 6);
-  report("attention B=2 H=8 L=4096 D=40", 3, [&] { ops::attention(q, k, v, 8, 1.0f / std::sqrt(40.0f)); });
-
-  const Tensor kc = random_tensor({2, 77, 320}, 7), vc = random_tensor({2, 77, 320}, 8);
-  report("attention B=2 H=8 Lq=4096 Lk=77 D=40", 5, [&] { ops::attention(q, kc, vc, 8, 0.158f); });
-
-  const Tensor qv = random_tensor({1, 4096, 512}, 9), kv = random_tensor({1, 4096, 512}, 10);
-  report("attention VAE B=1 H=1 L=4096 D=512", 3, [&] { ops::attention(qv, kv, kv, 1, 0.044f); });
-
   const Tensor xl = random_tensor({2, 4096, 320}, 11), wl = random_tensor({1280, 320}, 12),
                bl = random_tensor({1280}, 13);
   report("linear [8192,320] x [1280,320]^T", 5, [&] { ops::linear(xl, wl, bl); });
@@ -54,6 +46,33 @@ TEST(Speed, DISABLED_UNetSizes) {
   const Tensor gg = random_tensor({2, 4096, 2560}, 15);
   report("geglu [2,4096,2560]", 5, [&] { ops::geglu(gg); });
   report("silu [2,320,64,64]", 5, [&] { ops::silu(gn); });
+}
+
+// Every attention shape of the Taiyi UNet at 512x512 (batch 2 for guidance, 8 heads, BERT context of
+// 512 tokens) and the VAE's mid-block attention; FLOPs are 2 B H Lq Lk (D + Dv).
+TEST(Speed, DISABLED_AttentionShapes) {
+  struct AttnShape {
+    int64_t b, lq, lk;
+    int heads;
+    int64_t d;
+    int reps;
+  };
+  const AttnShape shapes[] = {
+      {2, 4096, 4096, 8, 40, 3}, {2, 1024, 1024, 8, 80, 5},  {2, 256, 256, 8, 160, 20}, {2, 64, 64, 8, 160, 50},
+      {2, 4096, 512, 8, 40, 5},  {2, 1024, 512, 8, 80, 10},  {2, 256, 512, 8, 160, 20}, {2, 64, 512, 8, 160, 50},
+      {2, 4096, 77, 8, 40, 10},  {1, 4096, 4096, 1, 512, 3},
+  };
+  uint32_t seed = 20;
+  for (const AttnShape& s : shapes) {
+    const int64_t c = s.heads * s.d;
+    const Tensor q = random_tensor({s.b, s.lq, c}, seed++), k = random_tensor({s.b, s.lk, c}, seed++);
+    const Tensor v = random_tensor({s.b, s.lk, c}, seed++);
+    const std::string name = "attention B=" + std::to_string(s.b) + " H=" + std::to_string(s.heads) +
+                             " Lq=" + std::to_string(s.lq) + " Lk=" + std::to_string(s.lk) +
+                             " D=" + std::to_string(s.d);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(s.d));
+    report(name.c_str(), s.reps, [&] { ops::attention(q, k, v, s.heads, scale); });
+  }
 }
 
 }  // namespace

@@ -1,8 +1,9 @@
-// Multi-head scaled dot-product attention, f32, tiled over query blocks.
+// Multi-head scaled dot-product attention, f32: the entry point, which picks the fused AVX2 kernel
+// (attention_f32_avx2.cpp) when the CPU has AVX2+FMA, and the portable path below otherwise.
 //
-// Follows torch.nn.functional.scaled_dot_product_attention without mask or dropout,
-// with diffusers' head packing (heads side by side in the channel dim). For each
-// (batch, head, block of queries), in parallel over all three:
+// Both follow torch.nn.functional.scaled_dot_product_attention without mask or dropout,
+// with diffusers' head packing (heads side by side in the channel dim). The portable path,
+// for each (batch, head, block of queries), in parallel over all three:
 //   S = scale * Q_blk K^T          (dnnl_sgemm, single-threaded inside our region)
 //   S = exp(S - rowmax(S))          (vectorised, see softmax_f32.cpp)
 //   O_blk = (S V) / rowsum          (dnnl_sgemm writes straight into the output)
@@ -15,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "taiyi/ops/cpu/attention_f32_kernels.h"
+#include "taiyi/ops/cpu/cpu_isa.h"
 #include "taiyi/ops/cpu/cpu_kernels.h"
 
 namespace taiyi::ops::cpu {
@@ -37,7 +40,7 @@ int64_t leading_dim(int64_t row_stride, int64_t rows, int64_t cols) {
 
 }  // namespace
 
-void attention_f32(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale, const Tensor& out) {
+void attention_f32_sgemm(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale, const Tensor& out) {
   const int64_t batch = q.size(0), lq = q.size(1), lk = k.size(1);
   const int64_t d = q.size(2) / heads, dv = v.size(2) / heads;
   const int64_t q_bs = q.stride(0), q_rs = leading_dim(q.stride(1), lq, d);
@@ -94,6 +97,14 @@ void attention_f32(const Tensor& q, const Tensor& k, const Tensor& v, int heads,
   if (failed)
     throw Error("attention: dnnl_sgemm failed with status " + std::to_string(failed) + " for q " + q.describe() +
                 ", k " + k.describe() + ", v " + v.describe());
+}
+
+void attention_f32(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale, const Tensor& out) {
+  if (cpu_has_avx2_fma()) {
+    attention_f32_avx2(q, k, v, heads, scale, out);
+  } else {
+    attention_f32_sgemm(q, k, v, heads, scale, out);
+  }
 }
 
 }  // namespace taiyi::ops::cpu

@@ -87,3 +87,48 @@ TEST(PrepackWeights, Bf16WhereSupportedElseF32) {
 
 }  // namespace
 }  // namespace taiyi::graph
+
+namespace taiyi::graph {
+namespace {
+
+// The epilogue of a prepared op, directly: out = (op(x) + residual) * scale, with the output in
+// NCHW or channels-last memory (the convolution's own post-ops or the reorder's), and in place
+// (out is the residual's memory).
+TEST(PreparedEpilogue, ResidualAndScaleInEveryLayout) {
+  using testing::max_abs_diff;
+  using testing::random_tensor;
+  const Tensor w = random_tensor({24, 16, 3, 3}, 1), b = random_tensor({24}, 2);
+  const Tensor x = random_tensor({2, 16, 7, 9}, 3), r = random_tensor({2, 24, 7, 9}, 4);
+  const Tensor want = ops::scale(ops::add(ops::conv2d(x, w, b, ops::Conv2dParams::same(1)), r), 0.75f);
+  ops::Epilogue e;
+  e.residual = true;
+  e.scale = 0.75f;
+  for (const ops::Layout dst : {ops::Layout::kNCHW, ops::Layout::kNHWC})
+    for (const bool in_place : {false, true}) {
+      SCOPED_TRACE(std::string(dst == ops::Layout::kNHWC ? "nhwc" : "nchw") + (in_place ? " in place" : ""));
+      const auto op = ops::prepare_conv2d(x.shape(), w, b, ops::Conv2dParams::same(1), DType::F32,
+                                          ops::Layout::kNCHW, dst, e);
+      const Strides st = ops::layout_strides(r.shape(), dst);
+      Tensor res = Tensor::from_storage(Storage::allocate(r.numel() * 4), 0, r.shape(), st, DType::F32);
+      res.copy_from(r);
+      Tensor out = in_place ? res
+                            : Tensor::from_storage(Storage::allocate(r.numel() * 4), 0, r.shape(), st, DType::F32);
+      std::vector<std::byte> scratch(op->scratch_bytes() + 64);
+      op->run({x, res}, out, scratch.data());
+      EXPECT_LE(max_abs_diff(out, want), 1e-5);
+    }
+  const Tensor wl = random_tensor({24, 16}, 5), bl = random_tensor({24}, 6);
+  const Tensor xl = random_tensor({3, 5, 16}, 7), rl = random_tensor({3, 5, 24}, 8);
+  const Tensor want_l = ops::scale(ops::add(ops::linear(xl, wl, bl), rl), 0.75f);
+  for (const bool in_place : {false, true}) {
+    const auto op = ops::prepare_linear(xl.shape(), wl, bl, DType::F32, e);
+    Tensor res = rl.clone();
+    Tensor out = in_place ? res : Tensor::empty(rl.shape());
+    std::vector<std::byte> scratch(op->scratch_bytes() + 64);
+    op->run({xl, res}, out, scratch.data());
+    EXPECT_LE(max_abs_diff(out, want_l), 1e-5) << (in_place ? "in place" : "");
+  }
+}
+
+}  // namespace
+}  // namespace taiyi::graph

@@ -107,6 +107,22 @@ TEST(GroupNorm, StridedInputAndPortablePath) {
   ops::cpu::set_force_generic_kernels(false);
 }
 
+// group_norm_silu == silu(group_norm) against the double reference, on both kernel paths.
+TEST(GroupNormSilu, MatchesReferenceOnBothPaths) {
+  const Tensor x = random_tensor({2, 12, 5, 7}, 11, -3.0f, 3.0f);
+  const Tensor gamma = random_tensor({12}, 12, 0.5f, 1.5f), beta = random_tensor({12}, 13);
+  std::vector<double> ref = group_norm_reference(x, 4, gamma, beta, 1e-5);
+  for (double& v : ref) v = v / (1.0 + std::exp(-v));
+  for (const bool generic : {false, true}) {
+    ops::cpu::set_force_generic_kernels(generic);
+    const Tensor y = ops::group_norm_silu(x, 4, gamma, beta, 1e-5f);
+    ops::cpu::set_force_generic_kernels(false);
+    EXPECT_TRUE(all_close(y, ref)) << (generic ? "portable" : "default") << " path";
+  }
+  EXPECT_TRUE(throws_error([&] { ops::group_norm_silu(x, 5, Tensor(), Tensor(), 1e-5f); },
+                           {"group_norm_silu", "12 channels", "5 groups"}));
+}
+
 TEST(GroupNorm, RejectsBadArguments) {
   const Tensor x = random_tensor({2, 6, 4, 4}, 1);
   EXPECT_TRUE(throws_error([&] { ops::group_norm(x, 4, Tensor(), Tensor(), 1e-5f); },

@@ -69,7 +69,13 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& inputs, Profile* pr
   for (size_t i = 0; i < g_.nodes.size(); ++i) {
     const Node& n = g_.nodes[i];
     args.clear();
-    for (int v : n.inputs) args.push_back(v >= 0 ? vals[v] : Tensor());
+    if (n.prepared) {
+      // A prepared op holds its weights: it reads x, and the residual of a fused epilogue (4th input).
+      args.push_back(vals[n.inputs[0]]);
+      if (n.inputs.size() > 3) args.push_back(vals[n.inputs[3]]);
+    } else {
+      for (int v : n.inputs) args.push_back(v >= 0 ? vals[v] : Tensor());
+    }
     const int64_t offset = plan_.offset[n.output];
     auto execute = [&] {
       const Value& v = g_.values[n.output];

@@ -52,4 +52,27 @@ void Graph::validate() const {
     if (!defined[v]) throw Error("graph: output %" + std::to_string(v) + " is never computed");
 }
 
+std::vector<std::vector<int>> Graph::readers() const {
+  std::vector<std::vector<int>> r(values.size());
+  for (size_t i = 0; i < nodes.size(); ++i)
+    for (int v : nodes[i].inputs)
+      if (v >= 0) r[v].push_back(static_cast<int>(i));
+  return r;
+}
+
+bool Graph::is_output(int v) const {
+  for (int o : outputs)
+    if (o == v) return true;
+  return false;
+}
+
+void Graph::remove_nodes(const std::vector<bool>& removed) {
+  std::vector<Node> kept;
+  kept.reserve(nodes.size());
+  for (size_t i = 0; i < nodes.size(); ++i)
+    if (!removed[i]) kept.push_back(std::move(nodes[i]));
+  nodes = std::move(kept);
+  for (size_t i = 0; i < nodes.size(); ++i) values[nodes[i].output].producer = static_cast<int>(i);
+}
+
 }  // namespace taiyi::graph

@@ -56,6 +56,12 @@ class Graph {
   std::string dump() const;
   // Throws if a node reads a value no earlier node or input defines.
   void validate() const;
+
+  // For passes: the nodes reading each value (a node reading a value twice is listed twice),
+  // whether a value is a graph output, and dropping nodes (keeping order and producers right).
+  std::vector<std::vector<int>> readers() const;
+  bool is_output(int v) const;
+  void remove_nodes(const std::vector<bool>& removed);
 };
 
 }  // namespace taiyi::graph

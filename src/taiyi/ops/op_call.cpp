@@ -29,6 +29,7 @@ const char* op_name(OpKind k) {
     case OpKind::kMatmul: return "matmul";
     case OpKind::kAttention: return "attention";
     case OpKind::kGroupNorm: return "group_norm";
+    case OpKind::kGroupNormSilu: return "group_norm_silu";
     case OpKind::kLayerNorm: return "layer_norm";
     case OpKind::kSoftmax: return "softmax";
     case OpKind::kSilu: return "silu";
@@ -72,11 +73,17 @@ Tensor run_op(OpKind kind, const std::vector<Tensor>& in, const OpAttrs& a) {
     return i < in.size() ? in[i] : kNone;
   };
   switch (kind) {
-    case OpKind::kConv2d: return conv2d(arg(0), arg(1), arg(2), a.conv);
-    case OpKind::kLinear: return linear(arg(0), arg(1), arg(2));
+    case OpKind::kConv2d:
+    case OpKind::kLinear: {
+      // A fused epilogue (graph/passes/fuse_residual_add.cpp) adds a residual 4th input and a scale.
+      Tensor r = kind == OpKind::kConv2d ? conv2d(arg(0), arg(1), arg(2), a.conv) : linear(arg(0), arg(1), arg(2));
+      if (in.size() > 3) r = add(r, in[3]);
+      return a.output_scale != 1.0f ? scale(r, a.output_scale) : r;
+    }
     case OpKind::kMatmul: return matmul(arg(0), arg(1));
     case OpKind::kAttention: return attention(arg(0), arg(1), arg(2), a.heads, a.scale);
     case OpKind::kGroupNorm: return group_norm(arg(0), a.groups, arg(1), arg(2), a.eps);
+    case OpKind::kGroupNormSilu: return group_norm_silu(arg(0), a.groups, arg(1), arg(2), a.eps);
     case OpKind::kLayerNorm: return layer_norm(arg(0), arg(1), arg(2), a.eps);
     case OpKind::kSoftmax: return softmax(arg(0));
     case OpKind::kSilu: return silu(arg(0));

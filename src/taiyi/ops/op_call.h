@@ -24,6 +24,7 @@ enum class OpKind : uint8_t {
   kMatmul,
   kAttention,
   kGroupNorm,
+  kGroupNormSilu,
   kLayerNorm,
   kSoftmax,
   kSilu,
@@ -56,8 +57,9 @@ bool is_view(OpKind k);
 struct OpAttrs {
   Conv2dParams conv;        // conv2d
   int heads = 0;            // attention
-  int groups = 0;           // group_norm
-  float eps = 0;            // group_norm, layer_norm
+  int groups = 0;           // group_norm(_silu)
+  float eps = 0;            // group_norm(_silu), layer_norm
+  float output_scale = 1;   // conv2d, linear: out = (op(x) + residual) * output_scale, residual the 4th input
   float scale = 0;          // attention, scale, add_scalar (the scalar), timestep_embedding
   float lo = 0, hi = 0;     // clamp
   float freq_shift = 0;     // timestep_embedding

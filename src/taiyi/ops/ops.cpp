@@ -308,8 +308,10 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads, f
 
 // ---- Normalisation ----
 
-Tensor group_norm(const Tensor& x, int groups, const Tensor& gamma, const Tensor& beta, float eps) {
-  constexpr const char* op = "group_norm";
+namespace {
+
+Tensor group_norm_impl(const char* op, OpKind kind, const Tensor& x, int groups, const Tensor& gamma,
+                       const Tensor& beta, float eps) {
   require_f32(op, "input", x);
   require_min_rank(op, "input", x, 2);
   const int64_t n = x.size(0), c = x.size(1);
@@ -321,14 +323,24 @@ Tensor group_norm(const Tensor& x, int groups, const Tensor& gamma, const Tensor
   OpAttrs attrs;
   attrs.groups = groups;
   attrs.eps = eps;
-  if (auto t = traced(OpKind::kGroupNorm, {x, gamma, beta}, attrs, x.shape())) return *t;
+  if (auto t = traced(kind, {x, gamma, beta}, attrs, x.shape())) return *t;
   const Tensor xc = x.contiguous();
   Tensor y = make_output(x.shape());
   const int64_t spatial = n * c > 0 ? x.numel() / (n * c) : 0;
   cpu::group_norm_f32(xc.data<float>(), data_or_null(gamma.defined() ? gamma.contiguous() : gamma),
                       data_or_null(beta.defined() ? beta.contiguous() : beta), y.data<float>(), n, c, spatial, groups,
-                      eps);
+                      eps, kind == OpKind::kGroupNormSilu);
   return y;
+}
+
+}  // namespace
+
+Tensor group_norm(const Tensor& x, int groups, const Tensor& gamma, const Tensor& beta, float eps) {
+  return group_norm_impl("group_norm", OpKind::kGroupNorm, x, groups, gamma, beta, eps);
+}
+
+Tensor group_norm_silu(const Tensor& x, int groups, const Tensor& gamma, const Tensor& beta, float eps) {
+  return group_norm_impl("group_norm_silu", OpKind::kGroupNormSilu, x, groups, gamma, beta, eps);
 }
 
 Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps) {

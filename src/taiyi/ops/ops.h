@@ -58,6 +58,8 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads, f
 
 // x [N, C, *], gamma/beta [C] (or undefined: no affine). Stats per (sample, group), biased variance.
 Tensor group_norm(const Tensor& x, int groups, const Tensor& gamma, const Tensor& beta, float eps);
+// silu(group_norm(x)) in one pass (what the graph compiler fuses the pair into).
+Tensor group_norm_silu(const Tensor& x, int groups, const Tensor& gamma, const Tensor& beta, float eps);
 // Over the last dim; gamma/beta [C] (or undefined).
 Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps);
 // Softmax over the last dim.

@@ -3,8 +3,11 @@
 // weights are reordered once into the layout that primitive prefers (blocked for
 // the direct convolution kernels), instead of on every call as in eager mode.
 //
-// run() reads contiguous NCHW / row-major inputs and writes a contiguous output,
-// the same values eager mode computes. `scratch` is caller-owned memory of at
+// run() reads its input x (inputs[0]; contiguous NCHW / row-major, or the layout
+// it was prepared for) and writes the output, the same values eager mode computes.
+// With a fused epilogue (Epilogue::residual), inputs[1] is a residual of the
+// output's shape and memory order: out = (op(x) + residual) * scale; `out` may be
+// the residual's own memory. `scratch` is caller-owned memory of at
 // least scratch_bytes(), shared by all prepared ops of a graph (they run one at
 // a time), so no call allocates.
 #pragma once
@@ -38,12 +41,20 @@ bool bf16_supported();
 enum class Layout { kNCHW, kNHWC };
 Strides layout_strides(const Shape& nchw_shape, Layout layout);
 
+// What a prepared conv2d or linear does after the product and bias, in the same pass
+// (oneDNN post-ops): add a residual (inputs[1] of run()) and multiply by a scale.
+struct Epilogue {
+  bool residual = false;
+  float scale = 1.0f;
+};
+
 // conv2d of an x of shape x_shape with constant w (and bias, or undefined).
 std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                            const Conv2dParams& p, DType compute = DType::F32,
-                                           Layout src_layout = Layout::kNCHW, Layout dst_layout = Layout::kNCHW);
+                                           Layout src_layout = Layout::kNCHW, Layout dst_layout = Layout::kNCHW,
+                                           const Epilogue& epilogue = {});
 // linear of an x of shape x_shape ([..., K], rows contiguous) with constant w [N, K] and bias.
 std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w, const Tensor& bias,
-                                           DType compute = DType::F32);
+                                           DType compute = DType::F32, const Epilogue& epilogue = {});
 
 }  // namespace taiyi::ops

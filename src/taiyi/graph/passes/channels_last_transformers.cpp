@@ -14,20 +14,6 @@ namespace {
 
 const std::vector<int> kToNhwc = {0, 2, 3, 1};
 
-std::vector<std::vector<int>> readers_of(const Graph& g) {
-  std::vector<std::vector<int>> readers(g.values.size());
-  for (size_t i = 0; i < g.nodes.size(); ++i)
-    for (int v : g.nodes[i].inputs)
-      if (v >= 0) readers[v].push_back(static_cast<int>(i));
-  return readers;
-}
-
-bool is_output(const Graph& g, int v) {
-  for (int o : g.outputs)
-    if (o == v) return true;
-  return false;
-}
-
 Strides permuted(const Strides& s, const std::vector<int>& dims) {
   Strides out(dims.size());
   for (size_t i = 0; i < dims.size(); ++i) out[i] = s[dims[i]];
@@ -38,10 +24,10 @@ Strides permuted(const Strides& s, const std::vector<int>& dims) {
 
 bool channels_last_transformers(Graph& g, const CompileOptions&) {
   bool changed = false;
-  auto readers = readers_of(g);
+  auto readers = g.readers();
   // (a) conv -> permute(0, 2, 3, 1): the convolution writes NHWC; the permute is then contiguous.
   for (Node& n : g.nodes) {
-    if (n.kind != ops::OpKind::kConv2d || !will_prepack(g, n) || is_output(g, n.output)) continue;
+    if (n.kind != ops::OpKind::kConv2d || !will_prepack(g, n) || g.is_output(n.output)) continue;
     const auto& rs = readers[n.output];
     if (rs.size() != 1) continue;
     Node& p = g.nodes[rs[0]];
@@ -55,7 +41,7 @@ bool channels_last_transformers(Graph& g, const CompileOptions&) {
   std::vector<bool> removed(g.nodes.size(), false);
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     Node& c = g.nodes[i];
-    if (c.kind != ops::OpKind::kContiguous || is_output(g, c.output)) continue;
+    if (c.kind != ops::OpKind::kContiguous || g.is_output(c.output)) continue;
     const Value& x = g.values[c.inputs[0]];
     if (x.shape.size() != 4 || x.strides != ops::layout_strides(x.shape, ops::Layout::kNHWC)) continue;
     const auto& rs = readers[c.output];
@@ -77,13 +63,7 @@ bool channels_last_transformers(Graph& g, const CompileOptions&) {
     removed[i] = true;
     changed = true;
   }
-  if (changed) {
-    std::vector<Node> kept;
-    for (size_t i = 0; i < g.nodes.size(); ++i)
-      if (!removed[i]) kept.push_back(std::move(g.nodes[i]));
-    g.nodes = std::move(kept);
-    for (size_t i = 0; i < g.nodes.size(); ++i) g.values[g.nodes[i].output].producer = static_cast<int>(i);
-  }
+  if (changed) g.remove_nodes(removed);
   return changed;
 }
 

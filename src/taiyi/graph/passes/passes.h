@@ -31,6 +31,13 @@ bool dead_value_elimination(Graph& g, const CompileOptions& options = {});
 // convolution reading a channels-last view reads it directly (the copy to NCHW goes).
 bool channels_last_transformers(Graph& g, const CompileOptions& options = {});
 
+// group_norm read only by a silu -> one group_norm_silu node.
+bool fuse_group_norm_silu(Graph& g, const CompileOptions& options = {});
+
+// add(conv2d or linear, residual) [-> scale] -> the op with a residual epilogue (4th input) and
+// attrs.output_scale, for ops prepack_weights will bind.
+bool fuse_residual_add(Graph& g, const CompileOptions& options = {});
+
 // Whether prepack_weights will bind this node (a conv2d or linear with constant f32 weights and
 // an input it can read).
 bool will_prepack(const Graph& g, const Node& n);
@@ -44,6 +51,8 @@ inline const std::vector<Pass>& default_passes() {
   static const std::vector<Pass> passes = {
       {"dead_value_elimination", dead_value_elimination},
       {"channels_last_transformers", channels_last_transformers},
+      {"fuse_group_norm_silu", fuse_group_norm_silu},
+      {"fuse_residual_add", fuse_residual_add},
       {"prepack_weights", prepack_weights},
   };
   return passes;

@@ -38,10 +38,13 @@ bool prepack_weights(Graph& g, const CompileOptions& options) {
     const Value& x = g.values[n.inputs[0]];
     const Tensor& w = g.values[n.inputs[1]].constant;
     const Tensor bias = n.inputs[2] >= 0 ? g.values[n.inputs[2]].constant : Tensor();
+    ops::Epilogue epilogue;  // set by fuse_residual_add
+    epilogue.residual = n.inputs.size() > 3;
+    epilogue.scale = n.attrs.output_scale;
     n.prepared = n.kind == ops::OpKind::kConv2d
                      ? ops::prepare_conv2d(x.shape, w, bias, n.attrs.conv, compute, layout_of(x),
-                                           layout_of(g.values[n.output]))
-                     : ops::prepare_linear(x.shape, w, bias, compute);
+                                           layout_of(g.values[n.output]), epilogue)
+                     : ops::prepare_linear(x.shape, w, bias, compute, epilogue);
     changed = true;
   }
   return changed;

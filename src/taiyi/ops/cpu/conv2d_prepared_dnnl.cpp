@@ -2,10 +2,14 @@
 // weights are made once (see ops/prepared.h); per call the NCHW input is reordered
 // into the primitive's layout in caller scratch, and the result reordered back.
 // Scratchpad mode "user" keeps oneDNN from allocating on each call too.
+// A fused epilogue (residual add, scale) rides on oneDNN post-ops: the residual is
+// copied into the output (unless it already is the output's memory) and summed in by
+// the convolution itself when it writes the plain layout, else by the reorder back.
 #include <dnnl.hpp>
 #include <string>
 #include <unordered_map>
 
+#include "taiyi/ops/cpu/cpu_kernels.h"
 #include "taiyi/ops/cpu/dnnl_context.h"
 #include "taiyi/ops/prepared.h"
 
@@ -32,8 +36,8 @@ std::string format_name(const memory::desc& md) {
 class PreparedConv2d : public PreparedOp {
  public:
   PreparedConv2d(const Shape& xs, const Tensor& w, const Tensor& bias, const Conv2dParams& p, DType compute,
-                 Layout src_layout, Layout dst_layout)
-      : src_layout_(src_layout) {
+                 Layout src_layout, Layout dst_layout, const Epilogue& epilogue)
+      : src_layout_(src_layout), epilogue_(epilogue) {
     const auto f32 = memory::data_type::f32;
     const auto cdt = compute == DType::BF16 ? memory::data_type::bf16 : f32;
     const dnnl::engine& eng = cpu::dnnl_cpu_engine();
@@ -50,12 +54,23 @@ class PreparedConv2d : public PreparedOp {
     if (bias.defined()) bias_md_ = memory::desc({cout}, f32, tag::x);
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    const dnnl::convolution_forward::desc desc(
-        dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, memory::desc(src_dims, cdt, tag::any),
-        memory::desc(wei_dims, cdt, tag::any), bias_md_, memory::desc(dst_dims, f32, tag::any),
-        {p.stride_h, p.stride_w}, {p.dilation_h - 1, p.dilation_w - 1}, {p.pad_top, p.pad_left},
-        {p.pad_bottom, p.pad_right});
-    pd_ = dnnl::convolution_forward::primitive_desc(desc, attr, eng);
+    auto conv_desc = [&](const memory::desc& dst) {
+      return dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+                                             memory::desc(src_dims, cdt, tag::any),
+                                             memory::desc(wei_dims, cdt, tag::any), bias_md_, dst,
+                                             {p.stride_h, p.stride_w}, {p.dilation_h - 1, p.dilation_w - 1},
+                                             {p.pad_top, p.pad_left}, {p.pad_bottom, p.pad_right});
+    };
+    pd_ = dnnl::convolution_forward::primitive_desc(conv_desc(memory::desc(dst_dims, f32, tag::any)), attr, eng);
+    const bool has_epilogue = epilogue.residual || epilogue.scale != 1.0f;
+    if (has_epilogue && pd_.dst_desc() == user_dst_) {
+      // The convolution writes the output's own layout: the epilogue goes into its post-ops.
+      dnnl::post_ops ops;
+      if (epilogue.residual) ops.append_sum(1.0f);
+      if (epilogue.scale != 1.0f) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_linear, epilogue.scale, 0.0f);
+      attr.set_post_ops(ops);
+      pd_ = dnnl::convolution_forward::primitive_desc(conv_desc(user_dst_), attr, eng);
+    }
     conv_ = dnnl::convolution_forward(pd_);
     // Weights: reordered once into memory this object owns.
     const Tensor wc = w.contiguous();
@@ -72,10 +87,20 @@ class PreparedConv2d : public PreparedOp {
     dst_bytes_ = dst_reorder_ ? round_up(pd_.dst_desc().get_size()) : 0;
     pad_bytes_ = round_up(pd_.scratchpad_desc().get_size());
     if (src_reorder_) to_blocked_ = dnnl::reorder(dnnl::reorder::primitive_desc(eng, user_src_, eng, pd_.src_desc()));
-    if (dst_reorder_) to_plain_ = dnnl::reorder(dnnl::reorder::primitive_desc(eng, pd_.dst_desc(), eng, user_dst_));
+    if (dst_reorder_) {
+      // The reorder back carries the epilogue: out = scale * conv + scale * out (out holding the residual).
+      dnnl::primitive_attr rattr;
+      if (epilogue.scale != 1.0f) rattr.set_output_scales(0, {epilogue.scale});
+      if (epilogue.residual) {
+        dnnl::post_ops ops;
+        ops.append_sum(epilogue.scale);
+        rattr.set_post_ops(ops);
+      }
+      to_plain_ = dnnl::reorder(dnnl::reorder::primitive_desc(eng, pd_.dst_desc(), eng, user_dst_, rattr));
+    }
     flops_ = 2.0 * xs[0] * cout * ho * wo * (xs[1] / g) * w.size(2) * w.size(3);
     describe_ = std::string("conv2d ") + (compute == DType::BF16 ? "bf16 " : "f32 ") + pd_.impl_info_str() + " " +
-                format_name(pd_.src_desc());
+                format_name(pd_.src_desc()) + (epilogue.residual ? " +residual" : "");
   }
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override {
@@ -84,6 +109,7 @@ class PreparedConv2d : public PreparedOp {
     // The traced layout: NCHW contiguous, or the channels-last view the layout pass arranged.
     const Tensor x = src_layout_ == Layout::kNCHW ? in[0].contiguous() : in[0];
     memory user_src = cpu::dnnl_wrap(user_src_, x.data<float>());
+    if (epilogue_.residual) cpu::copy_residual_into(in.at(1), out);
     memory user_dst = cpu::dnnl_wrap(user_dst_, out.data<float>());
     memory src = src_reorder_ ? memory(pd_.src_desc(), eng, scratch) : user_src;
     memory dst = dst_reorder_ ? memory(pd_.dst_desc(), eng, scratch + src_bytes_) : user_dst;
@@ -104,6 +130,7 @@ class PreparedConv2d : public PreparedOp {
 
  private:
   Layout src_layout_;
+  Epilogue epilogue_;
   memory::desc user_src_, user_dst_, bias_md_;
   dnnl::convolution_forward::primitive_desc pd_;
   dnnl::convolution_forward conv_;
@@ -125,9 +152,9 @@ Strides layout_strides(const Shape& s, Layout layout) {
 
 std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                            const Conv2dParams& p, DType compute, Layout src_layout,
-                                           Layout dst_layout) {
+                                           Layout dst_layout, const Epilogue& epilogue) {
   try {
-    return std::make_unique<PreparedConv2d>(x_shape, w, bias, p, compute, src_layout, dst_layout);
+    return std::make_unique<PreparedConv2d>(x_shape, w, bias, p, compute, src_layout, dst_layout, epilogue);
   } catch (const dnnl::error& e) {
     throw Error(std::string("conv2d: oneDNN could not prepare a convolution (") + e.what() + ") for input " +
                 shape_str(x_shape) + ", weight " + w.describe());

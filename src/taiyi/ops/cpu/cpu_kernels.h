@@ -30,9 +30,10 @@ void matmul_f32_dnnl(const Tensor& a, const Tensor& b, const Tensor& bias, const
 void attention_f32(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale, const Tensor& out);
 
 // ---- norm_f32.cpp ---- (contiguous x and y; gamma/beta may be null)
-// x [n, c, spatial]; statistics per (sample, group) in double, biased variance.
+// x [n, c, spatial]; statistics per (sample, group) in double, biased variance; with `silu`,
+// y = silu(group_norm(x)) in the same pass.
 void group_norm_f32(const float* x, const float* gamma, const float* beta, float* y, int64_t n, int64_t c,
-                    int64_t spatial, int64_t groups, float eps);
+                    int64_t spatial, int64_t groups, float eps, bool silu = false);
 // x [rows, c], normalised over c.
 void layer_norm_f32(const float* x, const float* gamma, const float* beta, float* y, int64_t rows, int64_t c,
                     float eps);
@@ -53,6 +54,9 @@ void geglu_f32(const float* x, float* y, int64_t rows, int64_t n);
 enum class BinaryOpF32 { kAdd, kSub, kMul };
 // a and b are views already broadcast to y's shape (stride 0 in broadcast dims); y contiguous.
 void binary_f32(BinaryOpF32 op, const Tensor& a, const Tensor& b, const Tensor& y);
+// out = residual before a fused epilogue sums into out; nothing when they share memory. Both
+// dense f32 of one shape, usually with the same strides (then a parallel memcpy).
+void copy_residual_into(const Tensor& residual, const Tensor& out);
 
 // ---- concat.cpp ---- (any dtype)
 // Contiguous xs of y's dtype, equal outside `dim`; y contiguous.

@@ -179,4 +179,21 @@ void binary_f32(BinaryOpF32 op, const Tensor& a, const Tensor& b, const Tensor& 
   }
 }
 
+void copy_residual_into(const Tensor& residual, const Tensor& out) {
+  if (residual.shape() != out.shape() || residual.dtype() != DType::F32 || out.dtype() != DType::F32)
+    throw Error("fused residual: residual " + residual.describe() + " does not match the output " + out.describe());
+  if (residual.data<float>() == out.data<float>() && residual.strides() == out.strides()) return;
+  if (residual.strides() != out.strides()) {
+    Tensor(out).copy_from(residual);  // a handle copy: the data is out's
+    return;
+  }
+  const float* src = residual.data<float>();
+  float* dst = out.data<float>();
+  const int64_t n = out.numel();
+  constexpr int64_t kBlock = 1 << 16;
+#pragma omp parallel for schedule(static) if (n > kBlock)
+  for (int64_t b = 0; b < (n + kBlock - 1) / kBlock; ++b)
+    std::copy(src + b * kBlock, src + std::min(n, (b + 1) * kBlock), dst + b * kBlock);
+}
+
 }  // namespace taiyi::ops::cpu

@@ -5,10 +5,13 @@
 // oneDNN's gemm runs that faster than its packed layout). bf16: the weight is
 // converted and packed once into the layout oneDNN picks; each call rounds the input
 // rows to bf16 in caller scratch; the output and the accumulation stay f32.
+// A fused epilogue is a post-op sum of the residual (copied into the output unless it
+// is the output's memory) and an eltwise_linear scale.
 #include <dnnl.hpp>
 #include <string>
 #include <unordered_map>
 
+#include "taiyi/ops/cpu/cpu_kernels.h"
 #include "taiyi/ops/cpu/dnnl_context.h"
 #include "taiyi/ops/prepared.h"
 
@@ -23,7 +26,8 @@ size_t round_up(size_t n) { return (n + 63) / 64 * 64; }
 
 class PreparedLinear : public PreparedOp {
  public:
-  PreparedLinear(const Shape& xs, const Tensor& w, const Tensor& bias, DType compute) : bf16_(compute == DType::BF16) {
+  PreparedLinear(const Shape& xs, const Tensor& w, const Tensor& bias, DType compute, const Epilogue& epilogue)
+      : bf16_(compute == DType::BF16), residual_(epilogue.residual) {
     const auto f32 = memory::data_type::f32, bf16 = memory::data_type::bf16;
     const dnnl::engine& eng = cpu::dnnl_cpu_engine();
     k_ = xs.back();
@@ -37,6 +41,12 @@ class PreparedLinear : public PreparedOp {
     }
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    if (epilogue.residual || epilogue.scale != 1.0f) {
+      dnnl::post_ops ops;
+      if (epilogue.residual) ops.append_sum(1.0f);
+      if (epilogue.scale != 1.0f) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_linear, epilogue.scale, 0.0f);
+      attr.set_post_ops(ops);
+    }
     const memory::desc user_wei({k_, n_}, f32, tag::ba);  // w [N, K] row-major = [K, N] transposed
     w_ = w.contiguous();
     if (bf16_) {
@@ -58,7 +68,8 @@ class PreparedLinear : public PreparedOp {
     }
     matmul_ = dnnl::matmul(pd_);
     pad_bytes_ = round_up(pd_.scratchpad_desc().get_size());
-    describe_ = std::string("linear ") + (bf16_ ? "bf16 " : "f32 ") + pd_.impl_info_str();
+    describe_ = std::string("linear ") + (bf16_ ? "bf16 " : "f32 ") + pd_.impl_info_str() +
+                (residual_ ? " +residual" : "");
   }
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override {
@@ -68,6 +79,7 @@ class PreparedLinear : public PreparedOp {
     memory user_src = cpu::dnnl_wrap(user_src_, x.data<float>());
     memory src = bf16_ ? memory(src_, eng, scratch) : user_src;
     if (bf16_) to_bf16_.execute(strm, user_src, src);
+    if (residual_) cpu::copy_residual_into(in.at(1), out);
     std::unordered_map<int, memory> args = {
         {DNNL_ARG_SRC, src},
         {DNNL_ARG_WEIGHTS, weights_},
@@ -84,7 +96,7 @@ class PreparedLinear : public PreparedOp {
   double flops() const override { return 2.0 * m_ * n_ * k_; }
 
  private:
-  bool bf16_;
+  bool bf16_, residual_;
   int64_t m_ = 0, k_ = 0, n_ = 0;
   memory::desc user_src_, src_, dst_, bias_md_;
   dnnl::matmul::primitive_desc pd_;
@@ -98,9 +110,10 @@ class PreparedLinear : public PreparedOp {
 
 }  // namespace
 
-std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w, const Tensor& bias, DType compute) {
+std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w, const Tensor& bias, DType compute,
+                                           const Epilogue& epilogue) {
   try {
-    return std::make_unique<PreparedLinear>(x_shape, w, bias, compute);
+    return std::make_unique<PreparedLinear>(x_shape, w, bias, compute, epilogue);
   } catch (const dnnl::error& e) {
     throw Error(std::string("linear: oneDNN could not prepare a matmul (") + e.what() + ") for input " +
                 shape_str(x_shape) + ", weight " + w.describe());

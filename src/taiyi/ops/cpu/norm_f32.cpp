@@ -42,6 +42,13 @@ TAIYI_ALWAYS_INLINE void affine_body(const float* x, float* y, int64_t n, float 
   for (int64_t i = 0; i < n; ++i) y[i] = ((x[i] - m_hi) - m_lo) * a + b;
 }
 
+// The same with SiLU applied on the way out (GroupNorm + SiLU in one pass over memory).
+TAIYI_ALWAYS_INLINE void affine_silu_body(const float* x, float* y, int64_t n, float m_hi, float m_lo, float a,
+                                          float b) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = silu_approx_f32(((x[i] - m_hi) - m_lo) * a + b);
+}
+
 // y = ((x - mean) * rstd) * gamma + beta, elementwise gamma/beta over the row.
 TAIYI_ALWAYS_INLINE void layer_norm_row_body(const float* x, const float* gamma, const float* beta, float* y, int64_t c,
                                              float eps) {
@@ -72,6 +79,13 @@ TAIYI_TARGET_AVX2_FMA void affine_avx2(const float* x, float* y, int64_t n, floa
 void affine_generic(const float* x, float* y, int64_t n, float m_hi, float m_lo, float a, float b) {
   affine_body(x, y, n, m_hi, m_lo, a, b);
 }
+TAIYI_TARGET_AVX2_FMA void affine_silu_avx2(const float* x, float* y, int64_t n, float m_hi, float m_lo, float a,
+                                            float b) {
+  affine_silu_body(x, y, n, m_hi, m_lo, a, b);
+}
+void affine_silu_generic(const float* x, float* y, int64_t n, float m_hi, float m_lo, float a, float b) {
+  affine_silu_body(x, y, n, m_hi, m_lo, a, b);
+}
 TAIYI_TARGET_AVX2_FMA void layer_norm_row_avx2(const float* x, const float* gamma, const float* beta, float* y,
                                                int64_t c, float eps) {
   layer_norm_row_body(x, gamma, beta, y, c, eps);
@@ -83,7 +97,7 @@ void layer_norm_row_generic(const float* x, const float* gamma, const float* bet
 }  // namespace
 
 void group_norm_f32(const float* x, const float* gamma, const float* beta, float* y, int64_t n, int64_t c,
-                    int64_t spatial, int64_t groups, float eps) {
+                    int64_t spatial, int64_t groups, float eps, bool silu) {
   const int64_t cg = c / groups, group_size = cg * spatial, tasks = n * groups;
   if (tasks == 0 || group_size == 0) return;
   const bool avx2 = cpu_has_avx2_fma();
@@ -98,10 +112,12 @@ void group_norm_f32(const float* x, const float* gamma, const float* beta, float
       const int64_t ch = g * cg + j;
       const float a = static_cast<float>(s.rstd * (gamma ? static_cast<double>(gamma[ch]) : 1.0));
       const float b = beta ? beta[ch] : 0.0f;
-      if (avx2)
-        affine_avx2(xg + j * spatial, yg + j * spatial, spatial, m_hi, m_lo, a, b);
+      const float* xc = xg + j * spatial;
+      float* yc = yg + j * spatial;
+      if (silu)
+        (avx2 ? affine_silu_avx2 : affine_silu_generic)(xc, yc, spatial, m_hi, m_lo, a, b);
       else
-        affine_generic(xg + j * spatial, yg + j * spatial, spatial, m_hi, m_lo, a, b);
+        (avx2 ? affine_avx2 : affine_generic)(xc, yc, spatial, m_hi, m_lo, a, b);
     }
   }
 }

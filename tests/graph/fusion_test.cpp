@@ -1,0 +1,122 @@
+// The fusion passes: fuse_group_norm_silu and fuse_residual_add. Each graph computes the same
+// before and after (and as eager mode), the pattern is gone, and look-alikes that must not
+// fuse (a second reader, a broadcasting add, a graph output in the middle) stay as they were.
+#include <gtest/gtest.h>
+
+#include "taiyi/graph/executor.h"
+#include "taiyi/graph/passes/passes.h"
+#include "taiyi/graph/tracer.h"
+#include "taiyi/nn/resnet.h"
+#include "taiyi/nn/transformer_2d.h"
+#include "test_util.h"
+
+namespace taiyi::graph {
+namespace {
+
+using testing::max_abs_diff;
+using testing::random_tensor;
+
+size_t residual_epilogues(const Graph& g) {
+  size_t n = 0;
+  for (const Node& node : g.nodes) n += node.inputs.size() > 3;
+  return n;
+}
+
+TEST(FuseGroupNormSilu, PairBecomesOneNode) {
+  const Tensor gamma = random_tensor({12}, 1), beta = random_tensor({12}, 2);
+  const auto fn = [&](const std::vector<Tensor>& in) {
+    const Tensor a = ops::silu(ops::group_norm(in[0], 4, gamma, beta, 1e-5f));  // fuses
+    const Tensor n2 = ops::group_norm(in[0], 3, Tensor(), Tensor(), 1e-6f);    // read twice: stays
+    const Tensor b = ops::add(ops::silu(n2), n2);
+    return std::vector<Tensor>{ops::add(a, b)};
+  };
+  Graph g = trace(fn, {{{2, 12, 5, 3}, DType::F32}});
+  const Tensor x = random_tensor({2, 12, 5, 3}, 3, -3.0f, 3.0f);
+  const Tensor want = fn({x})[0];
+  const Tensor before = Executor(g).run({x})[0];
+  EXPECT_TRUE(fuse_group_norm_silu(g));
+  g.validate();
+  EXPECT_EQ(g.count(ops::OpKind::kGroupNormSilu), 1u);
+  EXPECT_EQ(g.count(ops::OpKind::kGroupNorm), 1u);
+  EXPECT_EQ(g.count(ops::OpKind::kSilu), 1u);
+  const Tensor after = Executor(g).run({x})[0];
+  EXPECT_LE(max_abs_diff(after, before), 1e-6);
+  EXPECT_LE(max_abs_diff(after, want), 1e-6);
+  EXPECT_FALSE(fuse_group_norm_silu(g));
+}
+
+TEST(FuseGroupNormSilu, GraphOutputInTheMiddleStays) {
+  const auto fn = [&](const std::vector<Tensor>& in) {
+    const Tensor n = ops::group_norm(in[0], 2, Tensor(), Tensor(), 1e-5f);
+    return std::vector<Tensor>{ops::silu(n), n};
+  };
+  Graph g = trace(fn, {{{1, 4, 3, 3}, DType::F32}});
+  EXPECT_FALSE(fuse_group_norm_silu(g));
+}
+
+// conv + residual, residual + linear, a residual computed after the conv (as diffusers'
+// conv_shortcut), a scale folded in, and three look-alikes that stay: a broadcasting add (the
+// time embedding), a conv read twice, a weight computed in the graph.
+TEST(FuseResidualAdd, ConvAndLinearTakeTheResidual) {
+  const Tensor w1 = random_tensor({8, 8, 3, 3}, 1), b1 = random_tensor({8}, 2);
+  const Tensor ws = random_tensor({8, 8, 1, 1}, 3), wl = random_tensor({8, 8}, 4), bl = random_tensor({8}, 5);
+  const auto fn = [&](const std::vector<Tensor>& in) {
+    const Tensor x = in[0];
+    Tensor h = ops::conv2d(x, w1, b1, ops::Conv2dParams::same(1));
+    const Tensor shortcut = ops::conv2d(x, ws, Tensor(), ops::Conv2dParams::same(0));  // after the conv
+    h = ops::scale(ops::add(shortcut, h), 0.5f);                                       // fuses with the scale
+    h = ops::add(h, ops::reshape(in[1], {2, 8, 1, 1}));                                // broadcast: stays
+    const Tensor twice = ops::conv2d(h, w1, Tensor(), ops::Conv2dParams::same(1));     // read twice: stays
+    h = ops::add(ops::add(twice, h), twice);
+    const Tensor s = ops::reshape(ops::permute(h, {0, 2, 3, 1}), {2, 30, 8});
+    const Tensor t = ops::add(s, ops::linear(s, wl, bl));                              // fuses (residual first)
+    const Tensor u = ops::add(ops::linear(t, in[2], Tensor()), t);                     // weight an input: stays
+    return std::vector<Tensor>{u};
+  };
+  Graph g = trace(fn, {{{2, 8, 5, 6}, DType::F32}, {{2, 8}, DType::F32}, {{8, 8}, DType::F32}});
+  const Tensor x = random_tensor({2, 8, 5, 6}, 6), temb = random_tensor({2, 8}, 7), w = random_tensor({8, 8}, 8);
+  const Tensor want = fn({x, temb, w})[0];
+  const Tensor before = Executor(g).run({x, temb, w})[0];
+  const size_t adds = g.count(ops::OpKind::kAdd);
+  EXPECT_TRUE(fuse_residual_add(g));
+  g.validate();
+  EXPECT_EQ(residual_epilogues(g), 2u);
+  EXPECT_EQ(g.count(ops::OpKind::kAdd), adds - 2);
+  EXPECT_EQ(g.count(ops::OpKind::kScale), 0u);  // folded into the epilogue
+  // Unprepared, the fused nodes run the eager op and the add; prepared, oneDNN post-ops.
+  EXPECT_LE(max_abs_diff(Executor(g).run({x, temb, w})[0], before), 1e-5);
+  EXPECT_TRUE(prepack_weights(g));
+  const Executor ex(g);
+  EXPECT_LE(max_abs_diff(ex.run({x, temb, w})[0], want), 1e-4);
+  EXPECT_LE(max_abs_diff(ex.run({x, temb, w})[0], want), 1e-4);  // a replay gives the same
+  EXPECT_FALSE(fuse_residual_add(g));
+}
+
+// The real blocks: a ResnetBlock2D with a shortcut and a Transformer2DModel, through every
+// default pass, against eager mode.
+TEST(FuseResidualAdd, ResnetAndTransformerBlocksThroughAllPasses) {
+  nn::ParameterSet params;
+  const nn::ResnetBlock2D resnet(nn::Scope(params, "r"), 8, 16, 12, 4, 1e-5f, 1.0f);
+  nn::Transformer2DOptions o;
+  o.heads = 2;
+  o.dim_head = 8;
+  o.in_channels = 16;
+  o.cross_attention_dim = 12;
+  o.norm_groups = 4;
+  const nn::Transformer2DModel block(nn::Scope(params, "t"), o);
+  params.init_random(5);
+  const auto fn = [&](const std::vector<Tensor>& in) {
+    return std::vector<Tensor>{block(resnet(in[0], in[1]), in[2])};
+  };
+  Graph g = trace(fn, {{{2, 8, 6, 5}, DType::F32}, {{2, 12}, DType::F32}, {{2, 7, 12}, DType::F32}});
+  const Tensor x = random_tensor({2, 8, 6, 5}, 1), temb = random_tensor({2, 12}, 2), ctx = random_tensor({2, 7, 12}, 3);
+  const Tensor want = fn({x, temb, ctx})[0];
+  const auto reports = run_passes(g);
+  EXPECT_EQ(g.count(ops::OpKind::kGroupNormSilu), 2u);  // norm1 + silu, norm2 + silu
+  // conv2 + shortcut, attn1/attn2 to_out + input, ff + input, proj_out + input.
+  EXPECT_EQ(residual_epilogues(g), 5u);
+  EXPECT_LE(max_abs_diff(Executor(g).run({x, temb, ctx})[0], want), 1e-4);
+}
+
+}  // namespace
+}  // namespace taiyi::graph

@@ -184,6 +184,10 @@ TEST(CliBench, PrintsJsonWithTimingFlopsAndMemory) {
     EXPECT_GT(j.at("peak_rss_mb").get<double>(), 1.0);
     EXPECT_EQ(j.at("times_s").size(), 2u);
     EXPECT_FALSE(j.at("onednn_isa").get<std::string>().empty());
+    // The measured fp32 peak is always there (every x86-64 CPU runs an f32 convolution).
+    EXPECT_GT(j.at("machine_peak_gflop_per_s").get<double>(), 1.0);
+    EXPECT_GT(j.at("fraction_of_peak").get<double>(), 0.0);
+    EXPECT_NE(r.err.find("machine peak (measured"), std::string::npos);
   }
 }
 

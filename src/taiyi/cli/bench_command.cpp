@@ -20,6 +20,7 @@
 #include "taiyi/models/autoencoder_kl.h"
 #include "taiyi/models/bert_model.h"
 #include "taiyi/models/unet_2d_condition.h"
+#include "taiyi/ops/machine_peak.h"
 #include "taiyi/ops/ops.h"
 #include "taiyi/ops/runtime_info.h"
 #include "taiyi/pipeline/pipeline.h"
@@ -241,6 +242,11 @@ void run_bench(const BenchOptions& o) {
   }
   std::fprintf(stderr, "  median %.3f s, %.1f GFLOP, %.1f GFLOP/s, peak RSS %.0f MB\n", median, gflop, gflop / median,
                peak_rss_mb());
+  // The machine's peak at the precision the products ran in, measured now (after the timed runs).
+  const ops::MeasuredPeak peak = ops::measure_conv_peak(compute);
+  const double fraction = peak.supported && median > 0 ? gflop / median / peak.gflops : 0;
+  std::fprintf(stderr, "  machine peak (measured, %s, %s): %.1f GFLOP/s; this run: %.1f%% of it\n",
+               peak.shape.c_str(), peak.kernel.c_str(), peak.gflops, 100.0 * fraction);
   if (o.json) {
     nlohmann::json j = {{"component", o.component},
                         {"mode", graph::mode_name(mode)},
@@ -258,6 +264,9 @@ void run_bench(const BenchOptions& o) {
                         {"gflop", gflop},
                         {"gflop_per_s", gflop / median},
                         {"peak_rss_mb", peak_rss_mb()},
+                        {"machine_peak_gflop_per_s", peak.gflops},
+                        {"machine_peak_kernel", peak.kernel},
+                        {"fraction_of_peak", fraction},
                         {"load_s", load_s},
                         {"threads", ops::num_threads()},
                         {"cpu", ops::cpu_model_name()},

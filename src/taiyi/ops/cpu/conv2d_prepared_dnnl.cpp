@@ -11,6 +11,7 @@
 
 #include "taiyi/ops/cpu/cpu_kernels.h"
 #include "taiyi/ops/cpu/dnnl_context.h"
+#include "taiyi/ops/cpu/prepared_kernels.h"
 #include "taiyi/ops/prepared.h"
 
 namespace taiyi::ops {
@@ -150,9 +151,9 @@ Strides layout_strides(const Shape& s, Layout layout) {
   return {s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]};
 }
 
-std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,
-                                           const Conv2dParams& p, DType compute, Layout src_layout,
-                                           Layout dst_layout, const Epilogue& epilogue) {
+std::unique_ptr<PreparedOp> prepare_conv2d_dnnl(const Shape& x_shape, const Tensor& w, const Tensor& bias,
+                                                const Conv2dParams& p, DType compute, Layout src_layout,
+                                                Layout dst_layout, const Epilogue& epilogue) {
   try {
     return std::make_unique<PreparedConv2d>(x_shape, w, bias, p, compute, src_layout, dst_layout, epilogue);
   } catch (const dnnl::error& e) {

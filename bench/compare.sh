@@ -20,6 +20,7 @@ WIDTH=${WIDTH:-512}
 HEIGHT=${HEIGHT:-512}
 CONTEXT=${CONTEXT:-512}
 STEPS=${STEPS:-20}
+TXT2IMG_WARMUP=${TXT2IMG_WARMUP:-1}  # 0: one run per engine, first-run compile included
 taiyi=${TAIYI:-build/taiyi}
 [ -x "$taiyi" ] || taiyi=$(scripts/build.sh)
 PY=${PEER_PYTHON:-$(bench/peers/setup.sh | tail -1)}
@@ -46,7 +47,7 @@ for comp in $COMPONENTS; do
     mode=${v%%:*}
     dtype=${v##*:}
     extra=()
-    [ "$comp" = txt2img ] && extra=(--steps "$STEPS" --repeat 1 --warmup 1) || extra=(--repeat "$REPEAT")
+    [ "$comp" = txt2img ] && extra=(--steps "$STEPS" --repeat 1 --warmup "$TXT2IMG_WARMUP") || extra=(--repeat "$REPEAT")
     run_point "$comp taiyi $mode $dtype" "$taiyi" bench "$comp" --model configs/taiyi-v0.1 --random-weights \
       --width "$WIDTH" --height "$HEIGHT" --context "$CONTEXT" --threads "$THREADS" --mode "$mode" \
       --dtype "$dtype" "${extra[@]}" --json
@@ -62,7 +63,7 @@ for comp in $COMPONENTS; do
         MALLOC_CONF=oversize_threshold:1,background_thread:true,dirty_decay_ms:-1,muzzy_decay_ms:-1)
     fi
     extra=(--repeat "$REPEAT")
-    [ "$comp" = txt2img ] && extra=(--steps "$STEPS" --repeat 1 --warmup 1)
+    [ "$comp" = txt2img ] && extra=(--steps "$STEPS" --repeat 1 --warmup "$TXT2IMG_WARMUP")
     run_point "$comp $engine $variant" "${env[@]}" "$PY" bench/peers/peer.py --engine "$engine" \
       --variant "$variant" --component "$comp" --width "$WIDTH" --height "$HEIGHT" --context "$CONTEXT" "${extra[@]}"
   done

@@ -1,28 +1,72 @@
-"""Prints bench/compare.sh's results (JSON lines) as one Markdown table per component: seconds,
-and each engine's time over taiyi's best, so >1 means taiyi is faster.
-Usage: compare_table.py results.jsonl"""
+"""Prints bench/compare.sh's results (JSON lines) as one Markdown table per component, then the
+issue #6 targets: taiyi graph bf16 (or what it ran) against the fastest peer of any precision
+(>= 1.5x), taiyi graph fp32 against the fastest fp32 peer (>= 1.3x, UNet).
+Usage: compare_table.py results.jsonl [more.jsonl ...]"""
 import json
 import sys
 from collections import defaultdict
 
+FP32_PEERS = ("torch eager_fp32", "torch compile_fp32", "openvino f32")
+
 rows = defaultdict(list)
 machine = {}
-with open(sys.argv[1]) as f:
-    for line in f:
-        d = json.loads(line)
-        comp = d["label"].split()[0]
-        rows[comp].append(d)
-        machine.setdefault("cpu", d.get("cpu"))
-        if "onednn_isa" in d:
-            machine["isa"] = d["onednn_isa"]
+for path in sys.argv[1:]:
+    with open(path) as f:
+        for line in f:
+            d = json.loads(line)
+            comp = d["label"].split()[0]
+            rows[comp].append(d)
+            machine.setdefault("cpu", d.get("cpu"))
+            if "onednn_isa" in d:
+                machine["isa"] = d["onednn_isa"]
+            if d.get("machine_peak_gflop_per_s"):
+                machine.setdefault("peak", (d["machine_peak_gflop_per_s"], d.get("machine_peak_kernel", "")))
 print(f"CPU: {machine.get('cpu')}, oneDNN ISA: {machine.get('isa')}")
+if "peak" in machine:
+    print(f"Measured f32 conv peak: {machine['peak'][0]:.0f} GFLOP/s ({machine['peak'][1]})")
+
+
+def name(d):
+    return d["label"].split(" ", 1)[1]
+
+
+targets = []
 for comp, items in rows.items():
-    ours = [d for d in items if " taiyi " in d["label"]]
-    best = min((d["median_s"] for d in ours), default=None)
+    ours = {name(d): d for d in items if " taiyi " in d["label"]}
+    peers = [d for d in items if " taiyi " not in d["label"]]
+    best = min((d["median_s"] for d in ours.values()), default=None)
     print(f"\n### {comp}\n")
-    print("| engine | median s | peak RSS MB | peer / taiyi best |")
-    print("|---|---|---|---|")
+    print("| engine | median s | GFLOP/s | % of peak | setup / compile s | peak RSS MB | time / taiyi best |")
+    print("|---|---|---|---|---|---|---|")
     for d in sorted(items, key=lambda d: d["median_s"]):
         ratio = f"{d['median_s'] / best:.2f}" if best else "-"
         extra = f" (ran {d['dtype']})" if d.get("dtype") and d.get("dtype_requested") not in (None, d["dtype"]) else ""
-        print(f"| {d['label'].split(' ', 1)[1]}{extra} | {d['median_s']:.3f} | {d.get('peak_rss_mb', 0):.0f} | {ratio} |")
+        gf = f"{d['gflop_per_s']:.0f}" if d.get("gflop_per_s") else ""
+        frac = f"{100 * d['fraction_of_peak']:.0f}%" if d.get("fraction_of_peak") else ""
+        setup = d.get("setup_s", d.get("compile_s", d.get("first_run_compile_s")))
+        setup = f"{setup:.1f}" if isinstance(setup, (int, float)) else ""
+        print(f"| {name(d)}{extra} | {d['median_s']:.3f} | {gf} | {frac} | {setup} | "
+              f"{d.get('peak_rss_mb', 0):.0f} | {ratio} |")
+    if not peers:
+        continue
+    fastest = min(peers, key=lambda d: d["median_s"])
+    bf16 = ours.get("taiyi graph bf16")
+    if bf16:
+        targets.append((comp, "graph bf16 vs fastest peer", bf16, fastest, 1.5))
+    fp32_peers = [d for d in peers if name(d) in FP32_PEERS]
+    fp32 = ours.get("taiyi graph fp32")
+    if fp32 and fp32_peers:
+        targets.append((comp, "graph fp32 vs fastest fp32 peer", fp32, min(fp32_peers, key=lambda d: d["median_s"]),
+                        1.3))
+    if comp == "txt2img" and fp32 and "parts_s" in fp32:
+        print(f"\ntaiyi fp32 txt2img wall {fp32['median_s']:.1f} s vs parts {fp32['parts_s']:.1f} s "
+              f"({100 * (fp32['median_s'] / fp32['parts_s'] - 1):+.1f}%)")
+
+if targets:
+    print("\n### Targets (issue #6)\n")
+    print("| component | comparison | taiyi s | peer | peer s | speed-up | target | met |")
+    print("|---|---|---|---|---|---|---|---|")
+    for comp, what, ours_d, peer, want in targets:
+        x = peer["median_s"] / ours_d["median_s"]
+        print(f"| {comp} | {what} | {ours_d['median_s']:.3f} | {name(peer)} | {peer['median_s']:.3f} | {x:.2f}x | "
+              f">= {want}x | {'yes' if x >= want else 'no'} |")

@@ -28,12 +28,17 @@ const io::TensorMap& golden() {
   return g;
 }
 
-int max_u8_diff(const std::vector<uint8_t>& a, const Tensor& b) {
-  EXPECT_EQ(a.size(), static_cast<size_t>(b.numel()));
+int max_u8_diff(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
+  EXPECT_EQ(a.size(), b.size());
   int worst = 0;
-  for (size_t i = 0; i < a.size() && i < static_cast<size_t>(b.numel()); ++i)
-    worst = std::max(worst, std::abs(static_cast<int>(a[i]) - static_cast<int>(b.data<uint8_t>()[i])));
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i)
+    worst = std::max(worst, std::abs(static_cast<int>(a[i]) - static_cast<int>(b[i])));
   return worst;
+}
+
+int max_u8_diff(const std::vector<uint8_t>& a, const Tensor& b) {
+  const uint8_t* p = b.data<uint8_t>();
+  return max_u8_diff(a, std::vector<uint8_t>(p, p + b.numel()));
 }
 
 std::string text_of(const io::PngImage& img, const std::string& key) {
@@ -76,7 +81,7 @@ TEST(CliTxt2Img, SeededChinesePromptGivesDiffusersImageWithParameters) {
   EXPECT_NE(r.err.find("unet 5 x"), std::string::npos) << r.err;  // per-stage timings
 }
 
-TEST(CliTxt2Img, EagerAndGraphModesWriteTheSamePixels) {
+TEST(CliTxt2Img, EagerAndGraphModesWriteTheSameImage) {
   TempDir tmp("txt2img-modes");
   for (const char* mode : {"eager", "graph"}) {
     const auto r = run_taiyi({"txt2img", "-m", fixture("tiny-taiyi"), "-p", "小桥流水人家", "--steps", "3", "-s", "5",
@@ -84,7 +89,9 @@ TEST(CliTxt2Img, EagerAndGraphModesWriteTheSamePixels) {
     ASSERT_EQ(r.rc, 0) << r.err;
     EXPECT_NE(r.err.find(std::string(mode) + " mode"), std::string::npos) << r.err;
   }
-  EXPECT_EQ(io::read_png(tmp / "eager.png").pixels, io::read_png(tmp / "graph.png").pixels);
+  // Graph mode's kernels (Winograd convolutions, fused epilogues) round differently from eager's
+  // oneDNN direct convolutions: within one level of 255, as the golden image bound.
+  EXPECT_LE(max_u8_diff(io::read_png(tmp / "eager.png").pixels, io::read_png(tmp / "graph.png").pixels), 1);
 }
 
 TEST(CliTxt2Img, UserLatentsAndTheFoldersSampler) {

@@ -1,0 +1,275 @@
+// The Winograd F(4x4,3x3) prepared convolution against eager ops::conv2d (oneDNN's direct
+// convolution): odd and tiny sizes, partial tiles, channel counts off the 6 x 16 register tile,
+// padding 0..2, batch, all four src/dst layouts, bias or none, a residual (also in place), with
+// NaN-filled scratch and guard values after the scratch and the output. Also a DISABLED_ speed
+// comparison with the oneDNN prepared convolution at the UNet's sizes.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "op_testing.h"
+#include "taiyi/ops/cpu/conv2d_winograd_f32.h"
+#include "taiyi/ops/cpu/cpu_isa.h"
+#include "taiyi/ops/ops.h"
+#include "taiyi/ops/prepared.h"
+
+namespace taiyi::ops_test {
+namespace {
+
+using ops::Layout;
+
+constexpr size_t kGuardFloats = 64;
+constexpr float kGuard = 12345.678f;
+
+struct FreeBytes {
+  void operator()(std::byte* p) const { std::free(p); }
+};
+
+// 64-byte aligned scratch of `bytes`, NaN-filled (so reading scratch before writing it shows), with
+// kGuardFloats guard values after it.
+struct Scratch {
+  explicit Scratch(size_t bytes) : size(bytes) {
+    const size_t total = (bytes + kGuardFloats * sizeof(float) + 63) / 64 * 64;
+    mem.reset(static_cast<std::byte*>(std::aligned_alloc(64, total)));
+    std::memset(mem.get(), 0xff, bytes);
+    float* guard = reinterpret_cast<float*>(mem.get() + bytes);
+    std::fill(guard, guard + kGuardFloats, kGuard);
+  }
+  bool guard_intact() const {
+    const float* guard = reinterpret_cast<const float*>(mem.get() + size);
+    return std::all_of(guard, guard + kGuardFloats, [](float g) { return g == kGuard; });
+  }
+  size_t size;
+  std::unique_ptr<std::byte, FreeBytes> mem;
+};
+
+// A tensor of shape nchw stored densely in `layout`, followed by kGuardFloats guard values; filled
+// from `values` (NCHW-shaped, any strides) or with NaN.
+Tensor guarded_tensor(const Shape& nchw, Layout layout, const Tensor& values = Tensor()) {
+  const int64_t n = shape_numel(nchw);
+  auto storage = Storage::allocate(static_cast<size_t>(n + kGuardFloats) * sizeof(float));
+  float* p = reinterpret_cast<float*>(storage->data());
+  std::fill(p, p + n, NAN);
+  std::fill(p + n, p + n + kGuardFloats, kGuard);
+  Tensor t = Tensor::from_storage(storage, 0, nchw, ops::layout_strides(nchw, layout), DType::F32);
+  if (values.defined()) t.copy_from(values);
+  return t;
+}
+
+bool tensor_guard_intact(const Tensor& t) {
+  const float* p = reinterpret_cast<const float*>(t.storage()->data()) + t.numel();
+  return std::all_of(p, p + kGuardFloats, [](float g) { return g == kGuard; });
+}
+
+const char* layout_name(Layout l) { return l == Layout::kNHWC ? "nhwc" : "nchw"; }
+
+struct WinoCase {
+  int64_t n, cin, h, w, cout;
+  int pad;
+  bool bias;
+};
+
+enum class Residual { kNone, kSeparate, kInPlace };
+
+// Largest |got - expected| / max|expected| seen, for the record.
+double g_max_rel_err = 0.0;
+
+// F(4x4,3x3) rounds in the transform domain: B^T has entries up to 5, A^T up to 8 and G down to
+// 1/24, so each output carries rounding of terms ~100x larger than in direct summation. With
+// |x|, |w| <= 1 that gives errors of a few 1e-6 of the largest output; 5e-5 leaves room for
+// Cin = 256 sums and still catches any wrong tap, tile or channel (those are O(1) errors).
+constexpr double kRtol = 5e-5, kAtolFrac = 5e-5;
+
+void check_case(const WinoCase& c, Layout src_layout, Layout dst_layout, Residual residual, uint32_t seed) {
+  const ops::Conv2dParams p = ops::Conv2dParams::same(c.pad);
+  const Shape xs = {c.n, c.cin, c.h, c.w};
+  const Tensor x_nchw = random_tensor(xs, seed);
+  const Tensor w = random_tensor({c.cout, c.cin, 3, 3}, seed + 1);
+  const Tensor bias = c.bias ? random_tensor({c.cout}, seed + 2) : Tensor();
+  ASSERT_TRUE(ops::cpu::winograd_f32_applicable(xs, w, p));
+  const Tensor ref = ops::conv2d(x_nchw, w, bias, p);
+  const Shape ys = ref.shape();
+  std::vector<double> expected = values(ref);
+  Tensor res;
+  if (residual != Residual::kNone) {
+    res = guarded_tensor(ys, dst_layout, random_tensor(ys, seed + 3));
+    const std::vector<double> rv = values(res);
+    for (size_t i = 0; i < expected.size(); ++i) expected[i] += rv[i];
+  }
+  const Tensor x = guarded_tensor(xs, src_layout, x_nchw);
+  const auto op = ops::cpu::prepare_conv2d_winograd_f32(xs, w, bias, p, src_layout, dst_layout);
+  Scratch scratch(op->scratch_bytes());
+  const Tensor y = residual == Residual::kInPlace ? res : guarded_tensor(ys, dst_layout);
+  std::vector<Tensor> inputs = {x};
+  if (residual != Residual::kNone) inputs.push_back(res);
+  op->run(inputs, y, scratch.mem.get());
+  EXPECT_TRUE(scratch.guard_intact()) << "wrote past the scratch";
+  EXPECT_TRUE(tensor_guard_intact(y)) << "wrote past the output";
+  EXPECT_TRUE(all_close(y, expected, kRtol, kAtolFrac));
+  double max_abs = 0.0, max_err = 0.0;
+  const std::vector<double> got = values(y);
+  for (size_t i = 0; i < got.size(); ++i)
+    max_abs = std::max(max_abs, std::abs(expected[i])), max_err = std::max(max_err, std::abs(got[i] - expected[i]));
+  if (max_abs > 0) g_max_rel_err = std::max(g_max_rel_err, max_err / max_abs);
+  EXPECT_EQ(op->flops(), 2.0 * c.n * c.cout * ys[2] * ys[3] * c.cin * 9);
+}
+
+class Conv2dWinograd : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!ops::cpu::cpu_has_avx2_fma()) GTEST_SKIP() << "no AVX2+FMA";
+  }
+};
+
+TEST_F(Conv2dWinograd, MatchesDirectConvOnOddShapes) {
+  const WinoCase cases[] = {
+      {1, 1, 1, 1, 1, 1, true},      {2, 3, 2, 3, 5, 1, true},      {1, 8, 4, 4, 8, 1, false},
+      {3, 17, 5, 7, 3, 1, true},     {2, 3, 9, 13, 17, 1, true},    {1, 64, 8, 8, 64, 1, true},
+      {2, 17, 16, 17, 33, 1, false}, {1, 5, 13, 9, 7, 0, true},     {2, 4, 7, 5, 6, 2, true},
+      {1, 3, 3, 3, 2, 0, false},     {3, 9, 17, 16, 13, 1, true},   {1, 20, 64, 64, 24, 1, true},
+      {2, 33, 64, 9, 19, 1, true},   {1, 300, 12, 10, 70, 1, true}, {2, 16, 1, 64, 16, 1, true},
+      {1, 7, 10, 34, 9, 1, true},    {2, 5, 12, 40, 7, 2, false},   {1, 6, 9, 38, 5, 0, true},
+  };
+  uint32_t seed = 100;
+  for (const WinoCase& c : cases) {
+    SCOPED_TRACE("x [" + std::to_string(c.n) + "," + std::to_string(c.cin) + "," + std::to_string(c.h) + "," +
+                 std::to_string(c.w) + "] cout " + std::to_string(c.cout) + " pad " + std::to_string(c.pad));
+    check_case(c, Layout::kNCHW, Layout::kNCHW, Residual::kNone, seed);
+    seed += 10;
+  }
+}
+
+TEST_F(Conv2dWinograd, AllLayoutsAndResiduals) {
+  const WinoCase cases[] = {{2, 17, 9, 13, 11, 1, true},
+                            {1, 8, 16, 16, 24, 1, false},
+                            {3, 5, 7, 4, 9, 2, true},
+                            {2, 40, 32, 32, 30, 1, true}};
+  uint32_t seed = 1000;
+  for (const WinoCase& c : cases)
+    for (Layout src : {Layout::kNCHW, Layout::kNHWC})
+      for (Layout dst : {Layout::kNCHW, Layout::kNHWC})
+        for (Residual r : {Residual::kNone, Residual::kSeparate, Residual::kInPlace}) {
+          SCOPED_TRACE(std::string(layout_name(src)) + " -> " + layout_name(dst) + ", residual " +
+                       std::to_string(static_cast<int>(r)) + ", x [" + std::to_string(c.n) + "," +
+                       std::to_string(c.cin) + "," + std::to_string(c.h) + "," + std::to_string(c.w) + "]");
+          check_case(c, src, dst, r, seed);
+          seed += 10;
+        }
+}
+
+TEST_F(Conv2dWinograd, ManyBlocksAndThreadCounts) {
+  // More tiles than one block holds, several input-channel chunks, output channels over 240;
+  // once with one thread and once with the default count.
+  const WinoCase c = {2, 260, 36, 44, 250, 1, true};
+  const int threads = omp_get_max_threads();
+  check_case(c, Layout::kNCHW, Layout::kNCHW, Residual::kSeparate, 5000);
+  omp_set_num_threads(1);
+  check_case(c, Layout::kNHWC, Layout::kNCHW, Residual::kInPlace, 5010);
+  omp_set_num_threads(threads);
+  std::printf("winograd max |err| / max |expected| over the tests so far: %.3g\n", g_max_rel_err);
+}
+
+TEST_F(Conv2dWinograd, AsymmetricPadding) {
+  const Shape xs = {2, 6, 11, 10};
+  const ops::Conv2dParams p = {1, 1, 0, 2, 1, 0, 1, 1, 1};
+  const Tensor x = random_tensor(xs, 7), w = random_tensor({5, 6, 3, 3}, 8), bias = random_tensor({5}, 9);
+  const Tensor ref = ops::conv2d(x, w, bias, p);
+  const auto op = ops::cpu::prepare_conv2d_winograd_f32(xs, w, bias, p, Layout::kNCHW, Layout::kNCHW);
+  Scratch scratch(op->scratch_bytes());
+  const Tensor y = guarded_tensor(ref.shape(), Layout::kNCHW);
+  op->run({x}, y, scratch.mem.get());
+  EXPECT_TRUE(all_close(y, values(ref), kRtol, kAtolFrac));
+  EXPECT_TRUE(scratch.guard_intact());
+  EXPECT_TRUE(tensor_guard_intact(y));
+}
+
+TEST_F(Conv2dWinograd, ApplicableOnlyTo3x3Stride1) {
+  const Shape xs = {1, 4, 8, 8};
+  const Tensor w3 = random_tensor({4, 4, 3, 3}, 1), w1 = random_tensor({4, 4, 1, 1}, 2);
+  const Tensor wg = random_tensor({4, 2, 3, 3}, 3);
+  EXPECT_TRUE(ops::cpu::winograd_f32_applicable(xs, w3, ops::Conv2dParams::same(1)));
+  EXPECT_TRUE(ops::cpu::winograd_f32_applicable(xs, w3, ops::Conv2dParams::same(0)));
+  EXPECT_FALSE(ops::cpu::winograd_f32_applicable(xs, w3, ops::Conv2dParams::same(1, 2)));
+  EXPECT_FALSE(ops::cpu::winograd_f32_applicable(xs, w3, ops::Conv2dParams::same(3)));
+  EXPECT_FALSE(ops::cpu::winograd_f32_applicable(xs, w1, ops::Conv2dParams{}));
+  EXPECT_FALSE(ops::cpu::winograd_f32_applicable(xs, wg, {1, 1, 1, 1, 1, 1, 1, 1, 2}));
+  EXPECT_FALSE(ops::cpu::winograd_f32_applicable(xs, w3, {1, 1, 2, 2, 2, 2, 2, 2, 1}));
+  EXPECT_FALSE(ops::cpu::winograd_f32_applicable({1, 4, 8}, w3, ops::Conv2dParams::same(1)));
+  EXPECT_TRUE(
+      throws_error([&] { ops::cpu::prepare_conv2d_winograd_f32(xs, w1, Tensor(), {}, Layout::kNCHW, Layout::kNCHW); },
+                   {"winograd", "not applicable"}));
+}
+
+// Whether row i is in the comma-separated list `env` (all rows without one).
+bool selected(const char* env, size_t i) {
+  if (env == nullptr) return true;
+  for (const char* s = env; *s != '\0';) {
+    char* end = nullptr;
+    const long v = std::strtol(s, &end, 10);
+    if (end == s) {
+      ++s;
+      continue;
+    }
+    if (v == static_cast<long>(i)) return true;
+    s = end;
+  }
+  return false;
+}
+
+// Speed against the oneDNN prepared convolution (same interface) at the UNet's 3x3 convolutions.
+// Run with: ops_tests --gtest_also_run_disabled_tests --gtest_filter='*Winograd*Speed*'
+TEST_F(Conv2dWinograd, DISABLED_SpeedUNetShapes) {
+  struct SpeedShape {
+    int64_t n, cin, h, cout;
+    int reps;
+  };
+  const SpeedShape shapes[] = {
+      {2, 320, 64, 320, 8}, {2, 640, 64, 320, 6},   {2, 960, 64, 320, 5},
+      {2, 640, 32, 640, 8}, {2, 320, 32, 640, 10},  {2, 1280, 32, 640, 6},
+      {2, 960, 32, 640, 6}, {2, 1280, 16, 1280, 8}, {2, 1280, 8, 1280, 10},
+  };
+  const char* env = std::getenv("TAIYI_WINO_SHAPES");  // e.g. "0,5": only those rows
+  uint32_t seed = 1;
+  for (size_t si = 0; si < std::size(shapes); ++si) {
+    if (!selected(env, si)) continue;
+    const SpeedShape& s = shapes[si];
+    const Shape xs = {s.n, s.cin, s.h, s.h};
+    const Tensor x = random_tensor(xs, seed++), w = random_tensor({s.cout, s.cin, 3, 3}, seed++, -0.05f, 0.05f);
+    const Tensor bias = random_tensor({s.cout}, seed++);
+    const ops::Conv2dParams p = ops::Conv2dParams::same(1);
+    const Tensor y = Tensor::empty({s.n, s.cout, s.h, s.h});
+    const auto wino = ops::cpu::prepare_conv2d_winograd_f32(xs, w, bias, p, Layout::kNCHW, Layout::kNCHW);
+    const auto dnnl = ops::prepare_conv2d(xs, w, bias, p);
+    Scratch scratch(std::max(wino->scratch_bytes(), dnnl->scratch_bytes()));
+    // Alternate the two, so that load from other processes hits both alike; keep the best of each.
+    wino->run({x}, y, scratch.mem.get());
+    dnnl->run({x}, y, scratch.mem.get());
+    double tw = 1e30, td = 1e30;
+    const auto time_run = [&](const ops::PreparedOp& op) {
+      const auto t0 = std::chrono::steady_clock::now();
+      op.run({x}, y, scratch.mem.get());
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
+    for (int r = 0; r < s.reps; ++r) tw = std::min(tw, time_run(*wino)), td = std::min(td, time_run(*dnnl));
+    char name[64];
+    std::snprintf(name, sizeof(name), "[%lld,%lld,%lld,%lld]->%lld", static_cast<long long>(s.n),
+                  static_cast<long long>(s.cin), static_cast<long long>(s.h), static_cast<long long>(s.h),
+                  static_cast<long long>(s.cout));
+    std::printf(
+        "%-26s winograd %8.4f s %6.1f GFLOP/s | oneDNN %8.4f s %6.1f GFLOP/s | x%.2f  U %.1f MB (oneDNN %.1f)\n", name,
+        tw, wino->flops() * 1e-9 / tw, td, dnnl->flops() * 1e-9 / td, td / tw, wino->packed_weight_bytes() / 1e6,
+        dnnl->packed_weight_bytes() / 1e6);
+    std::fflush(stdout);
+  }
+}
+
+}  // namespace
+}  // namespace taiyi::ops_test

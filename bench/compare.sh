@@ -21,6 +21,7 @@ HEIGHT=${HEIGHT:-512}
 CONTEXT=${CONTEXT:-512}
 STEPS=${STEPS:-20}
 TXT2IMG_WARMUP=${TXT2IMG_WARMUP:-1}  # 0: one run per engine, first-run compile included
+POINT_TIMEOUT=${POINT_TIMEOUT:-3600}  # seconds per point; a peer past it is recorded as timed out
 taiyi=${TAIYI:-build/taiyi}
 [ -x "$taiyi" ] || taiyi=$(scripts/build.sh)
 PY=${PEER_PYTHON:-$(bench/peers/setup.sh | tail -1)}
@@ -34,11 +35,14 @@ run_point() {  # label, command...: keeps the last stdout line (JSON), tagged wi
   shift
   echo "== $label" >&2
   local line
-  if line=$("$@" 2>"$out/$(echo "$label" | tr ' /:' '___').log" | tail -1) && [ -n "$line" ]; then
+  if line=$(timeout "$POINT_TIMEOUT" "$@" 2>"$out/$(echo "$label" | tr ' /:' '___').log" | tail -1) &&
+    [ -n "$line" ]; then
     python3 -c 'import json,sys; d=json.loads(sys.argv[2]); d["label"]=sys.argv[1]; print(json.dumps(d))' \
       "$label" "$line" >>"$results"
   else
-    echo "   failed (see $out)" >&2
+    echo "   failed or timed out after ${POINT_TIMEOUT} s (see $out)" >&2
+    python3 -c 'import json,sys; print(json.dumps({"label": sys.argv[1], "failed": True, "timeout_s": int(sys.argv[2])}))' \
+      "$label" "$POINT_TIMEOUT" >>"$results"
   fi
 }
 

@@ -207,15 +207,19 @@ void run_bench(const BenchOptions& o) {
   double compile_s = 0;
   DType compute = DType::F32;
   size_t graph_nodes = 0;
-  double arena_mb = 0;
+  double arena_mb = 0, packed_mb = 0;
   if (mode == graph::Mode::kGraph) {
     if (compiled.compiles().empty()) compiled(inputs);  // --warmup 0: compile outside the timed runs
     compile_s = compiled.compiles().back().total_s;
     graph_nodes = compiled.compiles().back().nodes;
     const auto& stats = compiled.compiles().back();
-    std::fprintf(stderr, "  compile %.3f s (%zu nodes), activation arena %.0f MB (%.0f MB without reuse)\n", compile_s,
-                 graph_nodes, stats.arena_bytes / 1e6, stats.planned_bytes / 1e6);
+    std::fprintf(stderr,
+                 "  compile %.3f s (%zu nodes, trace %.2f s, passes %.2f s), activation arena %.0f MB (%.0f MB without "
+                 "reuse), packed weights %.0f MB\n",
+                 compile_s, graph_nodes, stats.trace_s, stats.passes_s, stats.arena_bytes / 1e6,
+                 stats.planned_bytes / 1e6, stats.packed_weight_bytes / 1e6);
     arena_mb = stats.arena_bytes / 1e6;
+    packed_mb = stats.packed_weight_bytes / 1e6;
     compute = stats.compute;
     if (options.compute == DType::BF16 && compute != DType::BF16)
       std::fprintf(stderr, "  bf16 is not available on this CPU (oneDNN isa %s): ran fp32\n",
@@ -253,6 +257,7 @@ void run_bench(const BenchOptions& o) {
                         {"compile_s", compile_s},
                         {"graph_nodes", graph_nodes},
                         {"arena_mb", arena_mb},
+                        {"packed_weight_mb", packed_mb},
                         {"dtype", compute == DType::BF16 ? "bf16" : "fp32"},
                         {"dtype_requested", o.dtype},
                         {"width", o.width},

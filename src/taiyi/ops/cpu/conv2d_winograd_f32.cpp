@@ -1,20 +1,24 @@
-// Winograd F(4x4, 3x3) convolution for AVX2+FMA (Lavin & Gray 2016, "Fast Algorithms for
-// Convolutional Neural Networks", the F(4x4,3x3) matrices with points 0, +-1, +-2, infinity):
-//   Y = A^T [ (G g G^T) .* (B^T d B) ] A     per 6x6 input tile d, 3x3 filter g, 4x4 output tile Y,
-// summed over input channels, which turns the convolution into 36 independent matrix products, one
-// per transform-domain position p:  M_p [Cout x tiles] = U_p [Cout x Cin] . V_p [Cin x tiles].
+// Winograd F(MxM, 3x3) convolution for AVX2+FMA, M = 4 or 2 (Lavin & Gray 2016, "Fast Algorithms
+// for Convolutional Neural Networks"; F(4x4,3x3) with points 0, +-1, +-2, infinity, F(2x2,3x3) with
+// 0, +-1, infinity):
+//   Y = A^T [ (G g G^T) .* (B^T d B) ] A     per a x a input tile d (a = M + 2), 3x3 filter g, MxM output tile Y,
+// summed over input channels, which turns the convolution into a^2 (36 or 16) independent matrix
+// products, one per transform-domain position p:  M_p [Cout x tiles] = U_p [Cout x Cin] . V_p [Cin x tiles].
+// F(4,3) does 36 multiply-adds per 16 outputs (4x fewer than direct) with weights 36/9 = 4x as big;
+// F(2,3) 16 per 4 (2.25x fewer), weights 16/9 = 1.78x, and rounds less (coefficients 0, +-1/2, +-1).
+// One implementation, templated on M: only the 1-D transforms and the strip (de)interleaves differ.
 //
 // The tiles (n, tile row, tile column, flattened) go in blocks of up to kMaxBlockTiles. For each
 // block, all threads together
-//   1. transform the input: V [36][tiles/16][Cin][16]   (8 tiles in the vector lanes),
-//   2. run the 36 products, split over positions, with a 6 x 16 register tile (6 output channels
+//   1. transform the input: V [a^2][tiles/16][Cin][16]   (8 tiles in the vector lanes),
+//   2. run the a^2 products, split over positions, with a 6 x 16 register tile (6 output channels
 //      broadcast from U, 16 tiles loaded from V: 12 accumulators), blocked GotoBLAS-style so a
-//      kc x 16 panel of V stays in L1 and a 240 x kc block of U in L2;  M [Cout][36][tiles],
+//      kc x 16 panel of V stays in L1 and a 240 x kc block of U in L2;  M [Cout][a^2][tiles],
 //   3. transform the output, add bias and residual, and write it straight into `out`.
-// U is made once at prepare time, [36][Cout/6][Cin][6] (Cout padded to 6 with zeros). Tiles in the
-// lanes make both transforms vertical vector code; for NCHW a row of 8 tiles is a 34-column strip
-// of the input (de-interleaved by 4) and a 32-column strip of the output (re-interleaved), other
-// cases (edges, tiles across rows, channels-last) gather and scatter element by element.
+// U is made once at prepare time, [a^2][Cout/6][Cin][6] (Cout padded to 6 with zeros). Tiles in the
+// lanes make both transforms vertical vector code; for NCHW a row of 8 tiles is an (8M + 2)-column
+// strip of the input (de-interleaved by M) and an 8M-column strip of the output (re-interleaved),
+// other cases (edges, tiles across rows, channels-last) gather and scatter element by element.
 // What made it fast on a 2-core Zen 3 (besides the register tile): V and M strides that are not
 // multiples of 4 KiB, software prefetch of the input strips and of the next block of U (both come
 // from memory), and no vmaskmovps at the image edges (slow on AMD).
@@ -37,15 +41,15 @@
 namespace taiyi::ops::cpu {
 namespace {
 
-constexpr int kPos = 36;           // transform-domain positions, 6 x 6
 constexpr int kLanes = 8;          // tiles per vector
 constexpr int kMr = 6;             // output channels of a register tile
 constexpr int kNr = 16;            // tiles of a register tile
 constexpr int64_t kKc = 256;       // input channels per L1 panel of V (kc x 16 floats = 16 KiB)
 constexpr int64_t kMcPanels = 40;  // output-channel panels per L2 block of U (240 x 256 floats = 240 KiB)
-// Tiles per block: the transformed block V (36 x Cin x tiles floats) goes through L3, and each block
-// reads all of U once, so bigger blocks read the weights less often. kVBudgetFloats caps V. (On the
-// 2-core Zen 3 measured, 256 beat 128 and 64 at [2,320,64,64] -> 320; a 32 MiB cap was no better.)
+// Tiles per block: the transformed block V (a^2 x Cin x tiles floats) goes through L3, and each
+// block reads all of U once, so bigger blocks read the weights less often. kVBudgetFloats caps V.
+// (On the 2-core Zen 3 measured, 256 beat 128 and 64 at [2,320,64,64] -> 320 with F(4,3); a 32 MiB
+// cap was no better.)
 constexpr int64_t kMaxBlockTiles = 256;
 constexpr int64_t kPrefetchChannels = 4;              // how far ahead the input transform prefetches
 constexpr int64_t kVBudgetFloats = int64_t{4} << 20;  // 16 MiB
@@ -63,63 +67,128 @@ AlignedFloats aligned_floats(size_t n) {
   return AlignedFloats(static_cast<float*>(p));
 }
 
-// ---- 1-D transforms on 6 (or 4) vectors ----
+// ---- What depends on the output tile edge M ----
+// G (the filter transform, applied in double at prepare time), the tile order in the lanes of the
+// NCHW fast paths (see deinterleave / interleave) and the name.
+template <int M>
+struct Tiling;
 
-// v = B^T d:  B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]
-TAIYI_TARGET_AVX2_FMA inline void input_1d(const __m256 d[6], __m256 v[6]) {
-  const __m256 four = _mm256_set1_ps(4.0f), five = _mm256_set1_ps(5.0f), two = _mm256_set1_ps(2.0f);
-  const __m256 t1 = _mm256_fnmadd_ps(four, d[2], d[4]);  // d4 - 4 d2
-  const __m256 t2 = _mm256_fnmadd_ps(four, d[1], d[3]);  // d3 - 4 d1
-  const __m256 t3 = _mm256_sub_ps(d[4], d[2]);
-  const __m256 t4 = _mm256_mul_ps(two, _mm256_sub_ps(d[3], d[1]));
-  v[0] = _mm256_fmadd_ps(four, d[0], _mm256_fnmadd_ps(five, d[2], d[4]));
-  v[1] = _mm256_add_ps(t1, t2);
-  v[2] = _mm256_sub_ps(t1, t2);
-  v[3] = _mm256_add_ps(t3, t4);
-  v[4] = _mm256_sub_ps(t3, t4);
-  v[5] = _mm256_fmadd_ps(four, d[1], _mm256_fnmadd_ps(five, d[3], d[5]));
+template <>
+struct Tiling<4> {
+  // G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
+  static constexpr double kG[6][3] = {{0.25, 0, 0},
+                                      {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                      {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                      {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                      {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                      {0, 0, 1}};
+  // 4x4 transposes inside 128-bit halves (no lane crossing) put tile kLaneTile[l] of 8 in lane l.
+  static constexpr int kLaneTile[kLanes] = {0, 2, 4, 6, 1, 3, 5, 7};
+  static constexpr const char* kName = "winograd_f43:avx2";
+};
+
+template <>
+struct Tiling<2> {
+  // G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
+  static constexpr double kG[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  // Even / odd shuffles inside 128-bit halves put tile kLaneTile[l] of 8 in lane l.
+  static constexpr int kLaneTile[kLanes] = {0, 1, 4, 5, 2, 3, 6, 7};
+  static constexpr const char* kName = "winograd_f23:avx2";
+};
+
+// ---- 1-D transforms on M + 2 vectors ----
+
+// v = B^T d.
+//   M = 4: B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]
+//   M = 2: B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
+template <int M>
+TAIYI_TARGET_AVX2_FMA inline void input_1d(const __m256* d, __m256* v) {
+  if constexpr (M == 4) {
+    const __m256 four = _mm256_set1_ps(4.0f), five = _mm256_set1_ps(5.0f), two = _mm256_set1_ps(2.0f);
+    const __m256 t1 = _mm256_fnmadd_ps(four, d[2], d[4]);  // d4 - 4 d2
+    const __m256 t2 = _mm256_fnmadd_ps(four, d[1], d[3]);  // d3 - 4 d1
+    const __m256 t3 = _mm256_sub_ps(d[4], d[2]);
+    const __m256 t4 = _mm256_mul_ps(two, _mm256_sub_ps(d[3], d[1]));
+    v[0] = _mm256_fmadd_ps(four, d[0], _mm256_fnmadd_ps(five, d[2], d[4]));
+    v[1] = _mm256_add_ps(t1, t2);
+    v[2] = _mm256_sub_ps(t1, t2);
+    v[3] = _mm256_add_ps(t3, t4);
+    v[4] = _mm256_sub_ps(t3, t4);
+    v[5] = _mm256_fmadd_ps(four, d[1], _mm256_fnmadd_ps(five, d[3], d[5]));
+  } else {
+    static_assert(M == 2);
+    v[0] = _mm256_sub_ps(d[0], d[2]);
+    v[1] = _mm256_add_ps(d[1], d[2]);
+    v[2] = _mm256_sub_ps(d[2], d[1]);
+    v[3] = _mm256_sub_ps(d[1], d[3]);
+  }
 }
 
-// o = A^T m:  A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
-TAIYI_TARGET_AVX2_FMA inline void output_1d(const __m256 m[6], __m256 o[4]) {
-  const __m256 s12 = _mm256_add_ps(m[1], m[2]), d12 = _mm256_sub_ps(m[1], m[2]);
-  const __m256 s34 = _mm256_add_ps(m[3], m[4]), d34 = _mm256_sub_ps(m[3], m[4]);
-  o[0] = _mm256_add_ps(_mm256_add_ps(m[0], s12), s34);
-  o[1] = _mm256_fmadd_ps(_mm256_set1_ps(2.0f), d34, d12);
-  o[2] = _mm256_fmadd_ps(_mm256_set1_ps(4.0f), s34, s12);
-  o[3] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.0f), d34, d12), m[5]);
+// o = A^T m.
+//   M = 4: A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
+//   M = 2: A^T = [1 1 1 0; 0 1 -1 -1]
+template <int M>
+TAIYI_TARGET_AVX2_FMA inline void output_1d(const __m256* m, __m256* o) {
+  if constexpr (M == 4) {
+    const __m256 s12 = _mm256_add_ps(m[1], m[2]), d12 = _mm256_sub_ps(m[1], m[2]);
+    const __m256 s34 = _mm256_add_ps(m[3], m[4]), d34 = _mm256_sub_ps(m[3], m[4]);
+    o[0] = _mm256_add_ps(_mm256_add_ps(m[0], s12), s34);
+    o[1] = _mm256_fmadd_ps(_mm256_set1_ps(2.0f), d34, d12);
+    o[2] = _mm256_fmadd_ps(_mm256_set1_ps(4.0f), s34, s12);
+    o[3] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.0f), d34, d12), m[5]);
+  } else {
+    static_assert(M == 2);
+    o[0] = _mm256_add_ps(_mm256_add_ps(m[0], m[1]), m[2]);
+    o[1] = _mm256_sub_ps(_mm256_sub_ps(m[1], m[2]), m[3]);
+  }
 }
 
 // ---- Tiles in lanes, NCHW rows ----
-// A row of 8 tiles is 32 floats, 4 per tile; the 4x4 transposes inside 128-bit halves (no lane
-// crossing) put tile kLaneTile[l] of the 8 in lane l. Every path uses this order.
-constexpr int kLaneTile[kLanes] = {0, 2, 4, 6, 1, 3, 5, 7};
+// A row of 8 tiles is 8M floats, M per tile; every path puts tile Tiling<M>::kLaneTile[l] in lane l.
 
-// d[j][l] = s[4 kLaneTile[l] + j], j = 0..5, from s[0..36).
-TAIYI_TARGET_AVX2_FMA inline void deinterleave_6(const float* s, __m256 d[6]) {
-  const __m256 q0 = _mm256_loadu_ps(s), q1 = _mm256_loadu_ps(s + 8), q2 = _mm256_loadu_ps(s + 16),
-               q3 = _mm256_loadu_ps(s + 24);
-  const __m256 u0 = _mm256_unpacklo_ps(q0, q1), u1 = _mm256_unpackhi_ps(q0, q1);
-  const __m256 u2 = _mm256_unpacklo_ps(q2, q3), u3 = _mm256_unpackhi_ps(q2, q3);
-  d[0] = _mm256_shuffle_ps(u0, u2, 0x44);
-  d[1] = _mm256_shuffle_ps(u0, u2, 0xEE);
-  d[2] = _mm256_shuffle_ps(u1, u3, 0x44);
-  d[3] = _mm256_shuffle_ps(u1, u3, 0xEE);
-  const __m256 r0 = _mm256_loadu_ps(s + 4), r1 = _mm256_loadu_ps(s + 12), r2 = _mm256_loadu_ps(s + 20),
-               r3 = _mm256_loadu_ps(s + 28);
-  const __m256 w0 = _mm256_unpacklo_ps(r0, r1), w2 = _mm256_unpacklo_ps(r2, r3);
-  d[4] = _mm256_shuffle_ps(w0, w2, 0x44);
-  d[5] = _mm256_shuffle_ps(w0, w2, 0xEE);
+// d[j][l] = s[M kLaneTile[l] + j], j = 0..M+1, from s[0..8M+4).
+template <int M>
+TAIYI_TARGET_AVX2_FMA inline void deinterleave(const float* s, __m256* d) {
+  if constexpr (M == 4) {
+    const __m256 q0 = _mm256_loadu_ps(s), q1 = _mm256_loadu_ps(s + 8), q2 = _mm256_loadu_ps(s + 16),
+                 q3 = _mm256_loadu_ps(s + 24);
+    const __m256 u0 = _mm256_unpacklo_ps(q0, q1), u1 = _mm256_unpackhi_ps(q0, q1);
+    const __m256 u2 = _mm256_unpacklo_ps(q2, q3), u3 = _mm256_unpackhi_ps(q2, q3);
+    d[0] = _mm256_shuffle_ps(u0, u2, 0x44);
+    d[1] = _mm256_shuffle_ps(u0, u2, 0xEE);
+    d[2] = _mm256_shuffle_ps(u1, u3, 0x44);
+    d[3] = _mm256_shuffle_ps(u1, u3, 0xEE);
+    const __m256 r0 = _mm256_loadu_ps(s + 4), r1 = _mm256_loadu_ps(s + 12), r2 = _mm256_loadu_ps(s + 20),
+                 r3 = _mm256_loadu_ps(s + 28);
+    const __m256 w0 = _mm256_unpacklo_ps(r0, r1), w2 = _mm256_unpacklo_ps(r2, r3);
+    d[4] = _mm256_shuffle_ps(w0, w2, 0x44);
+    d[5] = _mm256_shuffle_ps(w0, w2, 0xEE);
+  } else {
+    static_assert(M == 2);
+    const __m256 q0 = _mm256_loadu_ps(s), q1 = _mm256_loadu_ps(s + 8);
+    const __m256 r0 = _mm256_loadu_ps(s + 2), r1 = _mm256_loadu_ps(s + 10);
+    d[0] = _mm256_shuffle_ps(q0, q1, 0x88);  // s0 s2 s8 s10 | s4 s6 s12 s14
+    d[1] = _mm256_shuffle_ps(q0, q1, 0xDD);
+    d[2] = _mm256_shuffle_ps(r0, r1, 0x88);
+    d[3] = _mm256_shuffle_ps(r0, r1, 0xDD);
+  }
 }
 
-// The inverse for 4 values per tile: s[4 kLaneTile[l] + j] = d[j][l], s[0..32).
-TAIYI_TARGET_AVX2_FMA inline void interleave_4(const __m256 d[4], __m256 q[4]) {
-  const __m256 e0 = _mm256_unpacklo_ps(d[0], d[1]), e1 = _mm256_unpackhi_ps(d[0], d[1]);
-  const __m256 e2 = _mm256_unpacklo_ps(d[2], d[3]), e3 = _mm256_unpackhi_ps(d[2], d[3]);
-  q[0] = _mm256_shuffle_ps(e0, e2, 0x44);
-  q[1] = _mm256_shuffle_ps(e0, e2, 0xEE);
-  q[2] = _mm256_shuffle_ps(e1, e3, 0x44);
-  q[3] = _mm256_shuffle_ps(e1, e3, 0xEE);
+// The inverse for M values per tile: s[M kLaneTile[l] + j] = d[j][l], as M vectors q of s[0..8M).
+template <int M>
+TAIYI_TARGET_AVX2_FMA inline void interleave(const __m256* d, __m256* q) {
+  if constexpr (M == 4) {
+    const __m256 e0 = _mm256_unpacklo_ps(d[0], d[1]), e1 = _mm256_unpackhi_ps(d[0], d[1]);
+    const __m256 e2 = _mm256_unpacklo_ps(d[2], d[3]), e3 = _mm256_unpackhi_ps(d[2], d[3]);
+    q[0] = _mm256_shuffle_ps(e0, e2, 0x44);
+    q[1] = _mm256_shuffle_ps(e0, e2, 0xEE);
+    q[2] = _mm256_shuffle_ps(e1, e3, 0x44);
+    q[3] = _mm256_shuffle_ps(e1, e3, 0xEE);
+  } else {
+    static_assert(M == 2);
+    q[0] = _mm256_unpacklo_ps(d[0], d[1]);
+    q[1] = _mm256_unpackhi_ps(d[0], d[1]);
+  }
 }
 
 // ---- The 6 x 16 register tile:  c[6][16] (+)= u[kc][6]^T . v[kc][16] ----
@@ -158,8 +227,14 @@ struct Strides4 {
 
 Strides4 strides4(const Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
+template <int M>
 class WinogradConv2dF32 : public PreparedOp {
  public:
+  static constexpr int kA = M + 2;          // input tile edge
+  static constexpr int kPos = kA * kA;      // transform-domain positions
+  static constexpr int kStripVecs = M + 1;  // vectors of 8 columns covering an input strip of 8M + 2
+  static constexpr const int* kLaneTile = Tiling<M>::kLaneTile;
+
   WinogradConv2dF32(const Shape& xs, const Tensor& w, const Tensor& bias, const Conv2dParams& p, Layout src_layout,
                     Layout dst_layout)
       : n_(xs[0]), cin_(xs[1]), h_(xs[2]), w_(xs[3]), cout_(w.size(0)), pt_(p.pad_top), pl_(p.pad_left) {
@@ -167,8 +242,8 @@ class WinogradConv2dF32 : public PreparedOp {
     wo_ = w_ + p.pad_left + p.pad_right - 2;
     if (ho_ < 1 || wo_ < 1)
       throw Error("conv2d winograd: input " + shape_str(xs) + " is too small for a 3x3 kernel with this padding");
-    th_ = (ho_ + 3) / 4;
-    tw_ = (wo_ + 3) / 4;
+    th_ = (ho_ + M - 1) / M;
+    tw_ = (wo_ + M - 1) / M;
     nt_ = n_ * th_ * tw_;
     const int64_t max_tiles =
         std::max<int64_t>(kNr, std::min<int64_t>(kMaxBlockTiles, kVBudgetFloats / (kPos * cin_) / kNr * kNr));
@@ -181,7 +256,7 @@ class WinogradConv2dF32 : public PreparedOp {
     // Split the products over positions, and over output channels too when there are many threads.
     cout_chunks_ = threads_ <= 4 ? 1 : std::min<int64_t>(npanels_, (4 * threads_ + kPos - 1) / kPos);
     // One cache line more than the data between positions of V and output channels of M: the
-    // transforms touch all 36 positions at once, which at a multiple of 4 KiB apart would all fall
+    // transforms touch all positions at once, which at a multiple of 4 KiB apart would all fall
     // in one L1 set (and two L2 sets).
     v_pos_ = tb_ * cin_ + kNr;
     m_row_ = kPos * tb_ + kNr;
@@ -194,7 +269,7 @@ class WinogradConv2dF32 : public PreparedOp {
       std::memcpy(bias_.data(), b.data<float>(), static_cast<size_t>(cout_) * sizeof(float));
     }
     flops_ = 2.0 * n_ * cout_ * ho_ * wo_ * cin_ * 9;
-    describe_ = std::string("conv2d f32 winograd_f43:avx2 ") + (src_layout == Layout::kNHWC ? "nhwc" : "nchw") +
+    describe_ = std::string("conv2d f32 ") + Tiling<M>::kName + (src_layout == Layout::kNHWC ? " nhwc" : " nchw") +
                 (dst_layout == Layout::kNHWC ? "->nhwc" : "");
   }
 
@@ -212,7 +287,7 @@ class WinogradConv2dF32 : public PreparedOp {
   };
   Tile tile(int64_t t) const {
     const int64_t per_image = th_ * tw_, r = t % per_image;
-    return {t / per_image, r / tw_ * 4, r % tw_ * 4};
+    return {t / per_image, r / tw_ * M, r % tw_ * M};
   }
 
   void tiles_from(int64_t first, Tile tiles[kLanes]) const;
@@ -233,69 +308,75 @@ class WinogradConv2dF32 : public PreparedOp {
   std::string describe_;
 };
 
-void WinogradConv2dF32::transform_weights(const Tensor& w) {
-  // U = G g G^T in double, G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1].
-  static constexpr double kG[6][3] = {{0.25, 0, 0},
-                                      {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-                                      {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-                                      {1.0 / 24, 1.0 / 12, 1.0 / 6},
-                                      {1.0 / 24, -1.0 / 12, 1.0 / 6},
-                                      {0, 0, 1}};
+template <int M>
+void WinogradConv2dF32<M>::transform_weights(const Tensor& w) {
+  // U = G g G^T in double. Parallel over panels of kMr output channels, each of which owns (and
+  // first-touches) its own [cin][kMr] slice of every position: the UNet's compile time is mostly
+  // this loop and its page faults.
+  const auto& kG = Tiling<M>::kG;
   const size_t floats = static_cast<size_t>(kPos * npanels_ * kMr * cin_);
   u_ = aligned_floats(floats);
-  std::memset(u_.get(), 0, floats * sizeof(float));
   const float* g = w.data<float>();
-  for (int64_t co = 0; co < cout_; ++co)
-    for (int64_t ci = 0; ci < cin_; ++ci) {
-      const float* k = g + (co * cin_ + ci) * 9;
-      double gk[6][3];  // G g
-      for (int a = 0; a < 6; ++a)
-        for (int j = 0; j < 3; ++j) gk[a][j] = kG[a][0] * k[j] + kG[a][1] * k[3 + j] + kG[a][2] * k[6 + j];
-      for (int a = 0; a < 6; ++a)
-        for (int b = 0; b < 6; ++b) {
-          const double u = gk[a][0] * kG[b][0] + gk[a][1] * kG[b][1] + gk[a][2] * kG[b][2];
-          const int64_t pos = a * 6 + b;
-          u_[static_cast<size_t>(((pos * npanels_ + co / kMr) * cin_ + ci) * kMr + co % kMr)] = static_cast<float>(u);
-        }
-    }
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t panel = 0; panel < npanels_; ++panel) {
+    for (int64_t pos = 0; pos < kPos; ++pos)
+      std::memset(&u_[static_cast<size_t>((pos * npanels_ + panel) * cin_ * kMr)], 0,
+                  static_cast<size_t>(cin_ * kMr) * sizeof(float));
+    for (int64_t co = panel * kMr; co < std::min(cout_, (panel + 1) * kMr); ++co)
+      for (int64_t ci = 0; ci < cin_; ++ci) {
+        const float* k = g + (co * cin_ + ci) * 9;
+        double gk[kA][3];  // G g
+        for (int a = 0; a < kA; ++a)
+          for (int j = 0; j < 3; ++j) gk[a][j] = kG[a][0] * k[j] + kG[a][1] * k[3 + j] + kG[a][2] * k[6 + j];
+        for (int a = 0; a < kA; ++a)
+          for (int b = 0; b < kA; ++b) {
+            const double u = gk[a][0] * kG[b][0] + gk[a][1] * kG[b][1] + gk[a][2] * kG[b][2];
+            const int64_t pos = a * kA + b;
+            u_[static_cast<size_t>(((pos * npanels_ + panel) * cin_ + ci) * kMr + co % kMr)] = static_cast<float>(u);
+          }
+      }
+  }
 }
 
 // The tiles first, first + 1, ..., first + 7 (in order; zero lanes past the last tile).
-void WinogradConv2dF32::tiles_from(int64_t first, Tile tiles[kLanes]) const {
+template <int M>
+void WinogradConv2dF32<M>::tiles_from(int64_t first, Tile tiles[kLanes]) const {
   Tile t = tile(std::min(first, nt_ - 1));
   for (int k = 0; k < kLanes; ++k) {
     tiles[k] = first + k < nt_ ? t : Tile{-1, 0, 0};
-    if ((t.x += 4) >= tw_ * 4) {
+    if ((t.x += M) >= tw_ * M) {
       t.x = 0;
-      if ((t.y += 4) >= th_ * 4) t.y = 0, ++t.n;
+      if ((t.y += M) >= th_ * M) t.y = 0, ++t.n;
     }
   }
 }
 
 // V[p][g/2][ci][(g%2)*8 + lane] = (B^T d B)[p] of tile t0 + 8g + kLaneTile[lane], input channel ci.
-TAIYI_TARGET_AVX2_FMA void WinogradConv2dF32::input_transform(const float* x, const Strides4& sx, int64_t t0,
-                                                              int64_t ci, int64_t g, float* v) const {
+template <int M>
+TAIYI_TARGET_AVX2_FMA void WinogradConv2dF32<M>::input_transform(const float* x, const Strides4& sx, int64_t t0,
+                                                                 int64_t ci, int64_t g, float* v) const {
   const int64_t first = t0 + g * kLanes, pos_stride = v_pos_;
   float* dst = v + ((g / 2) * cin_ + ci) * kNr + (g % 2) * kLanes;
   const Tile t = tile(std::min(first, nt_ - 1));
-  if (sx.w == 1 && first + kLanes <= nt_ && t.x / 4 + kLanes <= tw_) {
-    // 8 tiles of one row: B^T along the height on a 34-column strip of 6 input rows (zero outside
-    // the image), then B^T along the width on the strip, de-interleaved.
-    alignas(32) float strip[6][40];
+  if (sx.w == 1 && first + kLanes <= nt_ && t.x / M + kLanes <= tw_) {
+    // 8 tiles of one row: B^T along the height on an (8M + 2)-column strip of M + 2 input rows (zero
+    // outside the image), then B^T along the width on the strip, de-interleaved.
+    alignas(32) float strip[kA][8 * kStripVecs];
     // Offsets from x; columns outside [0, w) read as zero. Vectors that stick out of the row are
     // loaded whole from the tensor's memory and masked (masked loads, vmaskmovps, are ~10x slower
     // on AMD Zen); only at the very start or end of the tensor are they built element by element.
     const int64_t extent = (n_ - 1) * sx.n + (cin_ - 1) * sx.c + (h_ - 1) * sx.h + w_;
-    const int64_t xc = t.n * sx.n + ci * sx.c, x0 = t.x - pl_, x_end = std::min(w_, x0 + 34);
+    const int64_t xc = t.n * sx.n + ci * sx.c, x0 = t.x - pl_, x_end = std::min(w_, x0 + 8 * M + 2);
     // Consecutive items read the same strip of the next input channels, 16 KiB apart for a 64x64
     // image, which the hardware does not prefetch: ask for the strip a few channels ahead.
     if (ci + kPrefetchChannels < cin_)
-      for (int i = 0; i < 6; ++i) {
+      for (int i = 0; i < kA; ++i) {
         const int64_t yy = t.y - pt_ + i, off = xc + kPrefetchChannels * sx.c + yy * sx.h + std::max<int64_t>(x0, 0);
         if (yy >= 0 && yy < h_)
-          for (int64_t c = 0; c < 40; c += 16) _mm_prefetch(reinterpret_cast<const char*>(x + off + c), _MM_HINT_T0);
+          for (int64_t c = 0; c < 8 * kStripVecs; c += 16)
+            _mm_prefetch(reinterpret_cast<const char*>(x + off + c), _MM_HINT_T0);
       }
-    for (int k = 0; k < 5; ++k) {
+    for (int k = 0; k < kStripVecs; ++k) {
       const int64_t c0 = x0 + 8 * k;
       const __m256i col =
           _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(c0)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -303,8 +384,8 @@ TAIYI_TARGET_AVX2_FMA void WinogradConv2dF32::input_transform(const float* x, co
           _mm256_castsi256_ps(_mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), col),
                                                   _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(x_end)), col)));
       const bool whole = c0 >= 0 && c0 + 8 <= x_end;
-      __m256 rows[6], r[6];
-      for (int i = 0; i < 6; ++i) {
+      __m256 rows[kA], r[kA];
+      for (int i = 0; i < kA; ++i) {
         const int64_t yy = t.y - pt_ + i, off = xc + yy * sx.h + c0;
         if (yy < 0 || yy >= h_) {
           rows[i] = _mm256_setzero_ps();
@@ -318,53 +399,54 @@ TAIYI_TARGET_AVX2_FMA void WinogradConv2dF32::input_transform(const float* x, co
           rows[i] = _mm256_load_ps(e);
         }
       }
-      input_1d(rows, r);
-      for (int a = 0; a < 6; ++a) _mm256_store_ps(&strip[a][8 * k], r[a]);
+      input_1d<M>(rows, r);
+      for (int a = 0; a < kA; ++a) _mm256_store_ps(&strip[a][8 * k], r[a]);
     }
-    for (int a = 0; a < 6; ++a) {
-      __m256 d[6], r[6];
-      deinterleave_6(strip[a], d);
-      input_1d(d, r);
-      for (int b = 0; b < 6; ++b) _mm256_store_ps(dst + (a * 6 + b) * pos_stride, r[b]);
+    for (int a = 0; a < kA; ++a) {
+      __m256 d[kA], r[kA];
+      deinterleave<M>(strip[a], d);
+      input_1d<M>(d, r);
+      for (int b = 0; b < kA; ++b) _mm256_store_ps(dst + (a * kA + b) * pos_stride, r[b]);
     }
     return;
   }
   // Any other case (tiles across rows, past the last tile, any strides): gather element by element.
   Tile tiles[kLanes];
   tiles_from(first, tiles);
-  alignas(32) float d[6][6][kLanes];
+  alignas(32) float d[kA][kA][kLanes];
   for (int l = 0; l < kLanes; ++l) {
     const Tile& tl = tiles[kLaneTile[l]];
     const float* xc = x + std::max<int64_t>(tl.n, 0) * sx.n + ci * sx.c;
-    for (int i = 0; i < 6; ++i) {
+    for (int i = 0; i < kA; ++i) {
       const int64_t yy = tl.y - pt_ + i;
       const bool row_in = tl.n >= 0 && yy >= 0 && yy < h_;
-      for (int j = 0; j < 6; ++j) {
+      for (int j = 0; j < kA; ++j) {
         const int64_t xx = tl.x - pl_ + j;
         d[i][j][l] = row_in && xx >= 0 && xx < w_ ? xc[yy * sx.h + xx * sx.w] : 0.0f;
       }
     }
   }
-  __m256 tmp[6][6];  // tmp[a][j] = (B^T d)[a][j]
-  for (int j = 0; j < 6; ++j) {
-    __m256 col[6], r[6];
-    for (int i = 0; i < 6; ++i) col[i] = _mm256_load_ps(d[i][j]);
-    input_1d(col, r);
-    for (int a = 0; a < 6; ++a) tmp[a][j] = r[a];
+  __m256 tmp[kA][kA];  // tmp[a][j] = (B^T d)[a][j]
+  for (int j = 0; j < kA; ++j) {
+    __m256 col[kA], r[kA];
+    for (int i = 0; i < kA; ++i) col[i] = _mm256_load_ps(d[i][j]);
+    input_1d<M>(col, r);
+    for (int a = 0; a < kA; ++a) tmp[a][j] = r[a];
   }
-  for (int a = 0; a < 6; ++a) {
-    __m256 r[6];
-    input_1d(tmp[a], r);
-    for (int b = 0; b < 6; ++b) _mm256_store_ps(dst + (a * 6 + b) * pos_stride, r[b]);
+  for (int a = 0; a < kA; ++a) {
+    __m256 r[kA];
+    input_1d<M>(tmp[a], r);
+    for (int b = 0; b < kA; ++b) _mm256_store_ps(dst + (a * kA + b) * pos_stride, r[b]);
   }
 }
 
 // M[i*6 .. i*6+5][p][tiles] = U_p[panel i] . V_p for panels [i0, i1).
-// U is read once per block, mostly from memory (it is 4x the weights); the block of U a step
-// needs next is prefetched into L2 a little at each register tile of the current step, or the
-// first pass over a block would wait on memory.
-TAIYI_TARGET_AVX2_FMA void WinogradConv2dF32::products(int64_t p, int64_t i0, int64_t i1, int64_t panels_of_tiles,
-                                                       const float* v, float* m) const {
+// U is read once per block, mostly from memory (it is 1.78x or 4x the weights); the block of U a
+// step needs next is prefetched into L2 a little at each register tile of the current step, or
+// the first pass over a block would wait on memory.
+template <int M>
+TAIYI_TARGET_AVX2_FMA void WinogradConv2dF32<M>::products(int64_t p, int64_t i0, int64_t i1, int64_t panels_of_tiles,
+                                                          const float* v, float* m) const {
   const float* up = u_.get() + p * npanels_ * cin_ * kMr;
   const float* vp = v + p * v_pos_;
   for (int64_t k0 = 0; k0 < cin_; k0 += kc_) {
@@ -394,51 +476,53 @@ TAIYI_TARGET_AVX2_FMA void WinogradConv2dF32::products(int64_t p, int64_t i0, in
 }
 
 // out[tile t0 + 8g + kLaneTile[lane]][co] = A^T M A + bias (+ residual), for the tiles of the block.
-TAIYI_TARGET_AVX2_FMA void WinogradConv2dF32::output_transform(const float* m, int64_t t0, int64_t nt_block, int64_t co,
-                                                               int64_t g, const float* res, const Strides4& sr,
-                                                               float* y, const Strides4& sy) const {
+template <int M>
+TAIYI_TARGET_AVX2_FMA void WinogradConv2dF32<M>::output_transform(const float* m, int64_t t0, int64_t nt_block,
+                                                                  int64_t co, int64_t g, const float* res,
+                                                                  const Strides4& sr, float* y,
+                                                                  const Strides4& sy) const {
   const float* mc = m + co * m_row_ + g * kLanes;
-  __m256 tmp[4][6];  // tmp[r][b] = (A^T M)[r][b]
-  for (int b = 0; b < 6; ++b) {
-    __m256 col[6], o[4];
-    for (int a = 0; a < 6; ++a) col[a] = _mm256_load_ps(mc + (a * 6 + b) * tb_);
-    output_1d(col, o);
-    for (int r = 0; r < 4; ++r) tmp[r][b] = o[r];
+  __m256 tmp[M][kA];  // tmp[r][b] = (A^T M)[r][b]
+  for (int b = 0; b < kA; ++b) {
+    __m256 col[kA], o[M];
+    for (int a = 0; a < kA; ++a) col[a] = _mm256_load_ps(mc + (a * kA + b) * tb_);
+    output_1d<M>(col, o);
+    for (int r = 0; r < M; ++r) tmp[r][b] = o[r];
   }
   const __m256 bias = _mm256_set1_ps(bias_[static_cast<size_t>(co)]);
-  __m256 o[4][4];  // o[r][c]: output row r, column c of each lane's tile
-  for (int r = 0; r < 4; ++r) {
-    output_1d(tmp[r], o[r]);
-    for (int c = 0; c < 4; ++c) o[r][c] = _mm256_add_ps(o[r][c], bias);
+  __m256 o[M][M];  // o[r][c]: output row r, column c of each lane's tile
+  for (int r = 0; r < M; ++r) {
+    output_1d<M>(tmp[r], o[r]);
+    for (int c = 0; c < M; ++c) o[r][c] = _mm256_add_ps(o[r][c], bias);
   }
   const int64_t first = t0 + g * kLanes;
   const Tile t = tile(first);
-  if (sy.w == 1 && (res == nullptr || sr.w == 1) && g * kLanes + kLanes <= nt_block && t.x / 4 + kLanes <= tw_ &&
-      t.y + 4 <= ho_ && t.x + 4 * kLanes <= wo_) {
-    // 8 whole tiles of one row: 4 output rows of 32 columns, re-interleaved.
+  if (sy.w == 1 && (res == nullptr || sr.w == 1) && g * kLanes + kLanes <= nt_block && t.x / M + kLanes <= tw_ &&
+      t.y + M <= ho_ && t.x + M * kLanes <= wo_) {
+    // 8 whole tiles of one row: M output rows of 8M columns, re-interleaved.
     float* yp = y + t.n * sy.n + co * sy.c + t.y * sy.h + t.x;
     const float* rp = res == nullptr ? nullptr : res + t.n * sr.n + co * sr.c + t.y * sr.h + t.x;
-    for (int r = 0; r < 4; ++r) {
-      __m256 q[4];
-      interleave_4(o[r], q);
-      for (int k = 0; k < 4; ++k) {
+    for (int r = 0; r < M; ++r) {
+      __m256 q[M];
+      interleave<M>(o[r], q);
+      for (int k = 0; k < M; ++k) {
         if (rp != nullptr) q[k] = _mm256_add_ps(q[k], _mm256_loadu_ps(rp + r * sr.h + 8 * k));
         _mm256_storeu_ps(yp + r * sy.h + 8 * k, q[k]);
       }
     }
     return;
   }
-  alignas(32) float ob[4][4][kLanes];
-  for (int r = 0; r < 4; ++r)
-    for (int c = 0; c < 4; ++c) _mm256_store_ps(ob[r][c], o[r][c]);
+  alignas(32) float ob[M][M][kLanes];
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < M; ++c) _mm256_store_ps(ob[r][c], o[r][c]);
   Tile tiles[kLanes];
   tiles_from(first, tiles);
   for (int l = 0; l < kLanes; ++l) {
     const int k = kLaneTile[l];
     if (g * kLanes + k >= nt_block) continue;
     const Tile& tl = tiles[k];
-    const int rows = static_cast<int>(std::min<int64_t>(4, ho_ - tl.y));
-    const int cols = static_cast<int>(std::min<int64_t>(4, wo_ - tl.x));
+    const int rows = static_cast<int>(std::min<int64_t>(M, ho_ - tl.y));
+    const int cols = static_cast<int>(std::min<int64_t>(M, wo_ - tl.x));
     for (int r = 0; r < rows; ++r)
       for (int c = 0; c < cols; ++c) {
         const int64_t yy = tl.y + r, xx = tl.x + c;
@@ -449,7 +533,8 @@ TAIYI_TARGET_AVX2_FMA void WinogradConv2dF32::output_transform(const float* m, i
   }
 }
 
-void WinogradConv2dF32::run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const {
+template <int M>
+void WinogradConv2dF32<M>::run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const {
   const float* x = in[0].data<float>();
   const Strides4 sx = strides4(in[0]), sy = strides4(out);
   const bool has_res = in.size() > 1 && in[1].defined();
@@ -465,7 +550,7 @@ void WinogradConv2dF32::run(const std::vector<Tensor>& in, const Tensor& out, st
     const int64_t panels_of_tiles = (nt_block + kNr - 1) / kNr;
     const int64_t in_groups = panels_of_tiles * 2, out_groups = (nt_block + kLanes - 1) / kLanes;
     // Input channels innermost: consecutive items write consecutive cache lines of V at each
-    // position (36 streams), instead of 36 lines scattered over the block.
+    // position (a^2 streams), instead of a^2 lines scattered over the block.
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < cin_ * in_groups; ++item) input_transform(x, sx, t0, item % cin_, item / cin_, v);
 #pragma omp for schedule(static)
@@ -491,11 +576,14 @@ bool winograd_f32_applicable(const Shape& x_shape, const Tensor& w, const Conv2d
 }
 
 std::unique_ptr<PreparedOp> prepare_conv2d_winograd_f32(const Shape& x_shape, const Tensor& w, const Tensor& bias,
-                                                        const Conv2dParams& p, Layout src_layout, Layout dst_layout) {
+                                                        const Conv2dParams& p, Layout src_layout, Layout dst_layout,
+                                                        int tile) {
+  if (tile != 2 && tile != 4) throw Error("conv2d winograd: tile must be 2 or 4, got " + std::to_string(tile));
   if (!winograd_f32_applicable(x_shape, w, p))
     throw Error("conv2d winograd: not applicable to input " + shape_str(x_shape) + ", weight " + w.describe() +
                 " (needs AVX2+FMA, a 3x3 f32 kernel, stride 1, dilation 1, groups 1, padding <= 2)");
-  return std::make_unique<WinogradConv2dF32>(x_shape, w, bias, p, src_layout, dst_layout);
+  if (tile == 2) return std::make_unique<WinogradConv2dF32<2>>(x_shape, w, bias, p, src_layout, dst_layout);
+  return std::make_unique<WinogradConv2dF32<4>>(x_shape, w, bias, p, src_layout, dst_layout);
 }
 
 }  // namespace taiyi::ops::cpu
@@ -505,7 +593,7 @@ std::unique_ptr<PreparedOp> prepare_conv2d_winograd_f32(const Shape& x_shape, co
 namespace taiyi::ops::cpu {
 bool winograd_f32_applicable(const Shape&, const Tensor&, const Conv2dParams&) { return false; }
 std::unique_ptr<PreparedOp> prepare_conv2d_winograd_f32(const Shape& x_shape, const Tensor&, const Tensor&,
-                                                        const Conv2dParams&, Layout, Layout) {
+                                                        const Conv2dParams&, Layout, Layout, int) {
   throw Error("conv2d winograd: needs AVX2+FMA, not available for input " + shape_str(x_shape));
 }
 }  // namespace taiyi::ops::cpu

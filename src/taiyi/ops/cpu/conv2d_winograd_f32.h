@@ -1,13 +1,16 @@
-// Winograd F(4x4, 3x3) convolution, f32, for AVX2+FMA, as a prepared op (see ops/prepared.h).
+// Winograd F(4x4, 3x3) and F(2x2, 3x3) convolution, f32, for AVX2+FMA, as a prepared op (see
+// ops/prepared.h).
 //
 // Replaces oneDNN's direct convolution (oneDNN 2.6 has Winograd only for AVX-512) for the 3x3,
-// stride-1 convolutions of the UNet: each 4x4 output tile costs 36 multiply-adds per (cin, cout)
-// pair instead of 144. The weights are transformed once, at prepare time; run() takes an optional
-// residual (inputs[1], of the output's shape and layout, possibly the output's own memory) that is
-// added in the output transform, so a ResNet block's skip connection costs no extra pass.
+// stride-1 convolutions of the UNet: with tile 4 each 4x4 output tile costs 36 multiply-adds per
+// (cin, cout) pair instead of 144, and the transformed weights take 36/9 = 4x the memory of w; with
+// tile 2 each 2x2 tile costs 16 instead of 36 (2.25x fewer) for 16/9 = 1.78x the memory. The
+// weights are transformed once, at prepare time; run() takes an optional residual (inputs[1], of
+// the output's shape and layout, possibly the output's own memory) that is added in the output
+// transform, so a ResNet block's skip connection costs no extra pass.
 //
 //   if (cpu::cpu_has_avx2_fma() && cpu::winograd_f32_applicable(x_shape, w, p))
-//     op = cpu::prepare_conv2d_winograd_f32(x_shape, w, bias, p, Layout::kNCHW, Layout::kNCHW);
+//     op = cpu::prepare_conv2d_winograd_f32(x_shape, w, bias, p, Layout::kNCHW, Layout::kNCHW, /*tile=*/4);
 //   op->run({x}, y, scratch);             // y = conv(x) + bias
 //   op->run({x, skip}, skip, scratch);    // skip = conv(x) + bias + skip, in place
 #pragma once
@@ -18,14 +21,17 @@
 
 namespace taiyi::ops::cpu {
 
-// True when the convolution of an x of shape x_shape with w under p is one Winograd F(4x4,3x3)
+// True when the convolution of an x of shape x_shape with w under p is one Winograd (either tile)
 // takes: 4-D f32, a 3x3 kernel, stride 1, dilation 1, groups 1, each padding in [0, 2], and the
 // CPU has AVX2 and FMA.
 bool winograd_f32_applicable(const Shape& x_shape, const Tensor& w, const Conv2dParams& p);
 
 // The prepared convolution; bias may be undefined. Only call when winograd_f32_applicable().
-// Scratch does not depend on the thread count; the transformed weights take 4x the memory of w.
+// tile: the output tile edge, 4 (F(4x4,3x3), transformed weights 4x the memory of w, describe()
+// "winograd_f43:avx2") or 2 (F(2x2,3x3), 1.78x, "winograd_f23:avx2"; for small images, where the
+// weights dominate the memory). Scratch does not depend on the thread count.
 std::unique_ptr<PreparedOp> prepare_conv2d_winograd_f32(const Shape& x_shape, const Tensor& w, const Tensor& bias,
-                                                        const Conv2dParams& p, Layout src_layout, Layout dst_layout);
+                                                        const Conv2dParams& p, Layout src_layout, Layout dst_layout,
+                                                        int tile = 4);
 
 }  // namespace taiyi::ops::cpu

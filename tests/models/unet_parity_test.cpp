@@ -61,7 +61,9 @@ TEST_P(UNetParity, MatchesDiffusers) {
   const Tensor out = mode == "eager" ? eager : unet_graph_for(folder)({sample, t, ctx})[0];
   EXPECT_LE(max_abs_diff(out, g.at(name + "/noise_pred")), 1e-4) << folder << " " << name;
   if (mode == "graph") {
-    EXPECT_EQ(max_abs_diff(out, eager), 0.0);
+    // Graph mode's Winograd convolutions and fused epilogues round differently from eager's
+    // direct convolutions (F(4x4,3x3): ~1e-5 relative per conv); the same model otherwise.
+    EXPECT_LE(max_abs_diff(out, eager), 2e-5);
   }
 }
 

@@ -4,6 +4,9 @@
 // (the generator feeds the initial latents and every step's noise).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdlib>
+
 #include <map>
 
 #include "taiyi/graph/graph_function.h"
@@ -114,9 +117,14 @@ TEST(Pipeline, GraphModeGivesEagerModesImageAndCompilesOncePerSignature) {
   const auto second = p.generate(r);
   EXPECT_EQ(p.compiles().size(), compiled);  // nothing new to compile
   EXPECT_EQ(second.timings.compile_s, 0.0);
-  EXPECT_EQ(first.pixels, eager.pixels);
-  EXPECT_EQ(max_abs_diff(first.latents, eager.latents), 0.0);
-  EXPECT_EQ(second.pixels, first.pixels);
+  // Winograd convolutions and fused epilogues round differently from eager mode's kernels.
+  EXPECT_LE(max_abs_diff(first.latents, eager.latents), 1e-4);
+  int worst = 0;
+  for (size_t i = 0; i < first.pixels.size(); ++i)
+    worst = std::max(worst, std::abs(static_cast<int>(first.pixels[i]) - static_cast<int>(eager.pixels[i])));
+  EXPECT_LE(worst, 1);
+  EXPECT_EQ(second.pixels, first.pixels);  // a replay is bit-exact
+  EXPECT_EQ(max_abs_diff(second.latents, first.latents), 0.0);
   for (const auto& c : p.compiles()) EXPECT_GT(c.nodes, 0u) << c.function;
 }
 

@@ -1,12 +1,17 @@
-// prepack_weights: convolutions with constant weights run through a prepared oneDNN
-// primitive (weights reordered once); the graph computes the same before and after.
+// prepack_weights: convolutions and linears with constant weights run through a prepared kernel
+// (weights packed once); the graph computes the same before and after. Also the prepared ops'
+// epilogues and prepare_conv2d's choice of kernel.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
+#include <vector>
 
 #include "taiyi/graph/executor.h"
 #include "taiyi/graph/passes/passes.h"
 #include "taiyi/graph/tracer.h"
+#include "taiyi/ops/cpu/cpu_isa.h"
 #include "test_util.h"
 
 namespace taiyi::graph {
@@ -35,8 +40,9 @@ TEST(PrepackWeights, PreparedConvolutionsComputeTheSame) {
   for (const Node& n : g.nodes) prepared += n.prepared != nullptr;
   EXPECT_EQ(prepared, 3u);  // the three convolutions with constant weights
   const Executor ex(g);
-  EXPECT_LE(max_abs_diff(ex.run({x, wk})[0], before), 1e-5);
-  EXPECT_LE(max_abs_diff(ex.run({x, wk})[0], fn({x, wk})[0]), 1e-5);
+  // The 3x3 stride-1 convolution runs as Winograd F(2x2,3x3): rounding ~1e-6 of the output's scale.
+  EXPECT_LE(max_abs_diff(ex.run({x, wk})[0], before), 1e-4);
+  EXPECT_LE(max_abs_diff(ex.run({x, wk})[0], fn({x, wk})[0]), 1e-4);
   EXPECT_FALSE(prepack_weights(g));  // nothing left to do
 }
 
@@ -113,8 +119,8 @@ TEST(PreparedEpilogue, ResidualAndScaleInEveryLayout) {
       res.copy_from(r);
       Tensor out = in_place ? res
                             : Tensor::from_storage(Storage::allocate(r.numel() * 4), 0, r.shape(), st, DType::F32);
-      std::vector<std::byte> scratch(op->scratch_bytes() + 64);
-      op->run({x, res}, out, scratch.data());
+      const auto scratch = Storage::allocate(op->scratch_bytes() + 64);  // 64-byte aligned, as the arena
+      op->run({x, res}, out, scratch->data());
       EXPECT_LE(max_abs_diff(out, want), 1e-5);
     }
   const Tensor wl = random_tensor({24, 16}, 5), bl = random_tensor({24}, 6);
@@ -124,10 +130,56 @@ TEST(PreparedEpilogue, ResidualAndScaleInEveryLayout) {
     const auto op = ops::prepare_linear(xl.shape(), wl, bl, DType::F32, e);
     Tensor res = rl.clone();
     Tensor out = in_place ? res : Tensor::empty(rl.shape());
-    std::vector<std::byte> scratch(op->scratch_bytes() + 64);
-    op->run({xl, res}, out, scratch.data());
+    const auto scratch = Storage::allocate(op->scratch_bytes() + 64);
+    op->run({xl, res}, out, scratch->data());
     EXPECT_LE(max_abs_diff(out, want_l), 1e-5) << (in_place ? "in place" : "");
   }
+}
+
+}  // namespace
+}  // namespace taiyi::graph
+
+namespace taiyi::graph {
+namespace {
+
+// prepare_conv2d's choice of kernel: Winograd F(4x4,3x3) at >= 32x32 outputs, F(2x2,3x3) below,
+// oneDNN for anything else (stride 2, 1x1) and for everything under TAIYI_WINOGRAD=0; each
+// computes the eager convolution.
+TEST(PrepareConv2d, PicksWinogradTileByOutputSize) {
+  using testing::max_abs_diff;
+  using testing::random_tensor;
+  if (!ops::cpu::cpu_has_avx2_fma()) GTEST_SKIP() << "the Winograd kernels need AVX2+FMA";
+  const Tensor w = random_tensor({8, 8, 3, 3}, 1), b = random_tensor({8}, 2);
+  struct Case {
+    int64_t size;
+    ops::Conv2dParams p;
+    const char* kernel;
+  };
+  const ops::Conv2dParams stride2{2, 2, 1, 1, 1, 1, 1, 1, 1};
+  const Case cases[] = {{32, ops::Conv2dParams::same(1), "winograd_f43"},
+                        {16, ops::Conv2dParams::same(1), "winograd_f23"},
+                        {8, ops::Conv2dParams::same(1), "winograd_f23"},
+                        {32, stride2, "jit"}};
+  for (const char* env : {"", "0", "large"}) {
+    if (*env)
+      setenv("TAIYI_WINOGRAD", env, 1);
+    else
+      unsetenv("TAIYI_WINOGRAD");
+    for (const Case& c : cases) {
+      const Tensor x = random_tensor({1, 8, c.size, c.size}, 3);
+      const auto op = ops::prepare_conv2d(x.shape(), w, b, c.p);
+      std::string want = c.kernel;
+      if (std::string(env) == "0" || (std::string(env) == "large" && c.size < 32)) want = "jit";
+      EXPECT_NE(op->describe().find(want), std::string::npos)
+          << "TAIYI_WINOGRAD=" << env << " size " << c.size << ": " << op->describe();
+      const Tensor want_y = ops::conv2d(x, w, b, c.p);
+      Tensor y = Tensor::empty(want_y.shape());
+      const auto scratch = Storage::allocate(op->scratch_bytes() + 64);  // 64-byte aligned, as the arena
+      op->run({x}, y, scratch->data());
+      EXPECT_LE(max_abs_diff(y, want_y), 1e-4);
+    }
+  }
+  unsetenv("TAIYI_WINOGRAD");
 }
 
 }  // namespace

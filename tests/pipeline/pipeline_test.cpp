@@ -117,8 +117,9 @@ TEST(Pipeline, GraphModeGivesEagerModesImageAndCompilesOncePerSignature) {
   const auto second = p.generate(r);
   EXPECT_EQ(p.compiles().size(), compiled);  // nothing new to compile
   EXPECT_EQ(second.timings.compile_s, 0.0);
-  // Winograd convolutions and fused epilogues round differently from eager mode's kernels.
-  EXPECT_LE(max_abs_diff(first.latents, eager.latents), 1e-4);
+  // Winograd convolutions and fused epilogues round differently from eager mode's kernels, and
+  // the sampler carries the difference through every step: the golden runs' latent bound.
+  EXPECT_LE(max_abs_diff(first.latents, eager.latents), 2e-3);
   int worst = 0;
   for (size_t i = 0; i < first.pixels.size(); ++i)
     worst = std::max(worst, std::abs(static_cast<int>(first.pixels[i]) - static_cast<int>(eager.pixels[i])));

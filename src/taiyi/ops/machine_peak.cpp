@@ -20,11 +20,11 @@ MeasuredPeak measure_conv_peak(DType compute) {
   const auto op = prepare_conv2d_dnnl(xs, w, Tensor(), Conv2dParams::same(1), compute, Layout::kNCHW, Layout::kNCHW,
                                       Epilogue{});
   Tensor out = Tensor::empty({2, 256, 64, 64});
-  std::vector<std::byte> scratch(op->scratch_bytes() + 64);
+  const auto scratch = Storage::allocate(op->scratch_bytes() + 64);
   double best = 1e30;
   for (int i = 0; i < 10; ++i) {  // the first run faults in the pages; best of the rest
     const auto t0 = std::chrono::steady_clock::now();
-    op->run({x}, out, scratch.data());
+    op->run({x}, out, scratch->data());
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (i > 0) best = std::min(best, s);
   }

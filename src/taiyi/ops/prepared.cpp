@@ -2,11 +2,11 @@
 //
 // f32 3x3 stride-1 convolutions go to our Winograd kernels (conv2d_winograd_f32.cpp; oneDNN 2.6
 // has Winograd only for AVX-512): F(4x4, 3x3) at 32x32 outputs and above (2.8-3.2x oneDNN's
-// direct AVX2 kernel on the UNet's shapes, weights 4x their memory), F(2x2, 3x3) at 16x16 (2.2x,
-// weights 1.78x). The 8x8 layers stay with oneDNN: F(2x2, 3x3) is 2x faster there too, but those
-// layers hold 1 GB of the UNet's weights and take only ~0.7 s of a step. Everything else, bf16
-// included, goes to oneDNN. TAIYI_WINOGRAD=all takes 8x8 too (F(2x2, 3x3)); TAIYI_WINOGRAD=0 turns
-// Winograd off (A/B runs).
+// direct AVX2 kernel on the UNet's shapes, weights 4x their memory), F(2x2, 3x3) below (2.2x at
+// 16x16, 2x at 8x8, weights 1.78x: F(4x4, 3x3) would take 4x the memory of the layers that hold
+// most of the UNet's weights). Everything else, bf16 included, goes to oneDNN.
+// TAIYI_WINOGRAD=0 turns Winograd off (A/B runs); TAIYI_WINOGRAD=large keeps it to >= 32x32
+// outputs (less memory: the 16x16 and 8x8 layers' weights stay 1x).
 #include "taiyi/ops/prepared.h"
 
 #include <cstdlib>
@@ -19,15 +19,14 @@ namespace taiyi::ops {
 
 namespace {
 
-enum class WinogradPolicy { kOff, kLarge, kAll };
+enum class WinogradPolicy { kOff, kLarge, kAll };  // kAll: the default
 
 WinogradPolicy winograd_policy() {
   const char* v = std::getenv("TAIYI_WINOGRAD");
-  if (!v) return WinogradPolicy::kLarge;
-  const std::string s(v);
+  const std::string s = v ? v : "";
   if (s == "0" || s == "off") return WinogradPolicy::kOff;
-  if (s == "all") return WinogradPolicy::kAll;
-  return WinogradPolicy::kLarge;
+  if (s == "large") return WinogradPolicy::kLarge;
+  return WinogradPolicy::kAll;
 }
 
 // The Winograd output tile for this convolution (4 or 2), or 0 for oneDNN.
@@ -37,8 +36,7 @@ int winograd_tile(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, 
   if (policy == WinogradPolicy::kOff) return 0;
   const int64_t ho = x_shape[2] + p.pad_top + p.pad_bottom - 2, wo = x_shape[3] + p.pad_left + p.pad_right - 2;
   if (ho * wo >= 32 * 32) return 4;
-  if (ho * wo >= 16 * 16 || policy == WinogradPolicy::kAll) return 2;
-  return 0;
+  return policy == WinogradPolicy::kAll ? 2 : 0;
 }
 
 }  // namespace

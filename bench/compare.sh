@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 COMPONENTS=${COMPONENTS:-unet}
 PEERS=${PEERS:-"torch:eager_fp32 torch:eager_bf16_cl torch:compile_bf16 openvino:default openvino:f32"}
-TAIYI_VARIANTS=${TAIYI_VARIANTS:-"graph:fp32 graph:bf16"}
+TAIYI_VARIANTS=${TAIYI_VARIANTS-"graph:fp32 graph:bf16"}  # set but empty: peers only
 REPEAT=${REPEAT:-3}
 THREADS=${THREADS:-$(nproc)}
 WIDTH=${WIDTH:-512}

@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -255,6 +256,55 @@ TEST(Safetensors, WrittenMixedDtypesReadBackZeroCopy) {
     EXPECT_FALSE(t.storage()->owned()) << name << " was copied: written misaligned";
     EXPECT_EQ(t.item(2), 3.0) << name;
   }
+}
+
+}  // namespace
+}  // namespace taiyi::io
+
+namespace taiyi::io {
+namespace {
+
+size_t resident_bytes() {  // this process's resident memory now, from /proc/self/statm
+  std::ifstream f("/proc/self/statm");
+  size_t total = 0, resident = 0;
+  f >> total >> resident;
+  return resident * static_cast<size_t>(sysconf(_SC_PAGESIZE));
+}
+
+// Weights read from a checkpoint are views of its mapping: releasing their pages (what graph mode
+// does with weights it has packed) takes them out of resident memory, and the next read brings the
+// same values back from the file. Memory the process owns is never released.
+TEST(Safetensors, FileBackedWeightPagesCanBeReleased) {
+  test::ScratchDir dir;
+  const std::string path = dir.path("big.safetensors");
+  const int64_t n = 8 << 20;  // 32 MiB of f32
+  {
+    Tensor w = Tensor::empty({n});
+    float* d = w.data<float>();
+    for (int64_t i = 0; i < n; ++i) d[i] = static_cast<float>(i % 1000) * 0.5f;
+    write_safetensors(path, {{"w", w}});
+  }
+  const TensorMap m = read_tensor_file(path);
+  const Tensor& w = m.at("w");
+  ASSERT_TRUE(w.storage()->file_backed());
+  auto checksum = [&] {
+    double s = 0;
+    const float* d = w.data<float>();
+    for (int64_t i = 0; i < n; ++i) s += d[i];
+    return s;
+  };
+  const double sum = checksum();  // every page resident now
+  const size_t before = resident_bytes();
+  const size_t released = w.storage()->release_pages(w.byte_offset(), static_cast<size_t>(n) * 4);
+  EXPECT_GE(released, static_cast<size_t>(n) * 4 - 2 * static_cast<size_t>(sysconf(_SC_PAGESIZE)));
+  EXPECT_LE(resident_bytes() + (24u << 20), before);  // at least 24 of the 32 MiB left memory
+  EXPECT_EQ(checksum(), sum);                         // and read back from the file as they were
+
+  Tensor owned = Tensor::empty({1024 * 1024});
+  owned.data<float>()[5000] = 7.0f;
+  EXPECT_FALSE(owned.storage()->file_backed());
+  EXPECT_EQ(owned.storage()->release_pages(0, 4 << 20), 0u);
+  EXPECT_EQ(owned.data<float>()[5000], 7.0f);
 }
 
 }  // namespace

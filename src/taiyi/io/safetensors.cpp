@@ -111,7 +111,7 @@ TensorMap read_safetensors(const std::string& path) {
   parse_metadata(path, h);
   std::byte* data = const_cast<std::byte*>(h.file->data()) + h.data_start;
   // One borrowed storage for the whole data section; every aligned tensor is a view of it.
-  auto section = Storage::borrow(data, static_cast<size_t>(h.data_size), h.file);
+  auto section = Storage::borrow_file_pages(data, static_cast<size_t>(h.data_size), h.file);
 
   struct Range {
     uint64_t begin, end;

@@ -187,7 +187,7 @@ std::shared_ptr<Storage> ZipArchive::read(const Entry& e) const {
   const std::string where = file_->path() + ": zip entry '" + e.name + "'";
   if (e.method == 0) {
     // Zero-copy: the mapping is read-only; the Storage API takes a mutable pointer but nothing writes weights.
-    return Storage::borrow(const_cast<std::byte*>(src), static_cast<size_t>(e.size), file_);
+    return Storage::borrow_file_pages(const_cast<std::byte*>(src), static_cast<size_t>(e.size), file_);
   }
 
   if (e.size / kMaxDeflateRatio > e.compressed_size + 1)

@@ -1,5 +1,8 @@
 #include "taiyi/tensor/tensor.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -82,6 +85,23 @@ std::shared_ptr<Storage> Storage::borrow(void* data, size_t bytes, std::shared_p
   s->owned_ = false;
   s->keep_alive_ = std::move(keep_alive);
   return s;
+}
+
+std::shared_ptr<Storage> Storage::borrow_file_pages(void* data, size_t bytes, std::shared_ptr<const void> keep_alive) {
+  std::shared_ptr<Storage> s = borrow(data, bytes, std::move(keep_alive));
+  s->file_backed_ = true;
+  return s;
+}
+
+size_t Storage::release_pages(size_t offset, size_t bytes) const {
+  if (!file_backed_ || offset >= bytes_) return 0;
+  bytes = std::min(bytes, bytes_ - offset);
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data_ + offset), end = begin + bytes;
+  const uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;  // whole pages only
+  if (last <= first) return 0;
+  if (madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED) != 0) return 0;  // only advice
+  return last - first;
 }
 
 std::shared_ptr<Storage> Storage::meta(size_t bytes) {

@@ -47,6 +47,9 @@ class Storage {
   static std::shared_ptr<Storage> allocate(size_t bytes);
   // Borrowed: `data` stays valid as long as `keep_alive` lives.
   static std::shared_ptr<Storage> borrow(void* data, size_t bytes, std::shared_ptr<const void> keep_alive);
+  // Borrowed from a read-only file mapping (a checkpoint): release_pages() may drop its pages
+  // from memory, since the next access reads them back from the file.
+  static std::shared_ptr<Storage> borrow_file_pages(void* data, size_t bytes, std::shared_ptr<const void> keep_alive);
   // Meta: a size and no bytes. Graph tracing computes with tensors over meta storages
   // (shapes, strides, dtypes only); reading their data throws.
   static std::shared_ptr<Storage> meta(size_t bytes);
@@ -59,6 +62,13 @@ class Storage {
   size_t bytes() const { return bytes_; }
   bool owned() const { return owned_; }
   bool is_meta() const { return meta_; }
+  bool file_backed() const { return file_backed_; }
+
+  // For a file-backed storage: the whole pages inside [offset, offset + bytes) leave the
+  // process's resident memory (madvise DONTNEED; their contents stay in the file and come back
+  // on the next access). Graph mode calls it on weights it has packed into its own layout.
+  // Any other storage is left alone. Returns the bytes released.
+  size_t release_pages(size_t offset, size_t bytes) const;
 
  private:
   Storage() = default;
@@ -66,6 +76,7 @@ class Storage {
   size_t bytes_ = 0;
   bool owned_ = false;
   bool meta_ = false;
+  bool file_backed_ = false;
   std::shared_ptr<const void> keep_alive_;
 };
 

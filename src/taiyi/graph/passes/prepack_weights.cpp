@@ -1,6 +1,6 @@
 // Weight pre-packing: a conv2d or linear whose weight (and bias) are constants gets a
-// prepared oneDNN primitive, its weights reordered once into the primitive's layout (and
-// converted once to bf16 when asked), which the executor runs instead of the eager op.
+// prepared kernel, its weights packed once into the kernel's layout (and converted once to
+// bf16 when asked), which the executor runs instead of the eager op.
 #include "taiyi/graph/passes/passes.h"
 
 namespace taiyi::graph {
@@ -45,6 +45,11 @@ bool prepack_weights(Graph& g, const CompileOptions& options) {
                      ? ops::prepare_conv2d(x.shape, w, bias, n.attrs.conv, compute, layout_of(x),
                                            layout_of(g.values[n.output]), epilogue)
                      : ops::prepare_linear(x.shape, w, bias, compute, epilogue);
+    // A convolution's prepared kernel holds its own copy of the weights (blocked or Winograd):
+    // the checkpoint's pages of them can leave memory (eager mode or a new signature's trace
+    // reads them back from the file). Linears read f32 weights in place, so theirs stay.
+    if (n.kind == ops::OpKind::kConv2d && w.is_contiguous())
+      w.storage()->release_pages(w.byte_offset(), static_cast<size_t>(w.numel()) * dtype_size(w.dtype()));
     changed = true;
   }
   return changed;

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <vector>
 
 #include "taiyi/ops/cpu/prepared_kernels.h"
 

@@ -1,14 +1,18 @@
 // BertTokenizer against transformers 4.44's slow BertTokenizer: the 26 golden prompts of
 // tests/fixtures/golden/tokenizer.{json,safetensors} (pieces, ids, untruncated lengths), plus the error paths
 // (invalid UTF-8, broken tokenizer folders) and inputs no golden covers (overrides, long and hostile text).
+// The tokenizer.json fallback (folders without vocab.txt) is held to the vocab.txt folder and the same goldens.
 #include "taiyi/text/bert_tokenizer.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -70,11 +74,16 @@ std::string error_of(F&& f) {
 class TokenizerCopy {
  public:
   TokenizerCopy() {
+    static int serial = 0;  // several copies may live in one test
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() / ("taiyi_text_" + std::to_string(::getpid()) + "_" + info->name());
+    dir_ = fs::temp_directory_path() /
+           ("taiyi_text_" + std::to_string(::getpid()) + "_" + info->name() + "_" + std::to_string(serial++));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
-    for (const auto& e : fs::directory_iterator(kTokenizerDir)) fs::copy_file(e.path(), dir_ / e.path().filename());
+    for (const auto& e : fs::directory_iterator(kTokenizerDir)) {
+      fs::copy_file(e.path(), dir_ / e.path().filename());
+      fs::permissions(dir_ / e.path().filename(), fs::perms::owner_write, fs::perm_options::add);  // fixtures are r/o
+    }
   }
   ~TokenizerCopy() { fs::remove_all(dir_); }
   std::string dir() const { return dir_.string(); }
@@ -339,6 +348,350 @@ TEST(BertTokenizer, AnyUnicodeNeverCrashes) {
     const std::vector<int64_t> ids = tokenizer().encode(s);
     ASSERT_EQ(static_cast<int64_t>(ids.size()), tokenizer().model_max_length());
     for (int64_t id : ids) ASSERT_NO_THROW(tokenizer().id_to_token(id));
+  }
+}
+
+// ---- tokenizer.json instead of vocab.txt (the folder recent transformers saves) ----
+
+// tests/fixtures/data/bert-chinese-vocab.txt (the tiny model's vocab.txt) as load_vocab reads it: one token per
+// "\n"-terminated line (the file has no "\r"; U+2028 is a token, not a line end), id = line index.
+const nlohmann::json& chinese_vocab() {
+  static const nlohmann::json vocab = [] {
+    std::ifstream f(fixture("data/bert-chinese-vocab.txt"), std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    const std::string bytes = ss.str();
+    nlohmann::json v = nlohmann::json::object();
+    int64_t index = 0;
+    size_t start = 0;
+    for (size_t i = 0; i < bytes.size(); ++i)
+      if (bytes[i] == '\n') {
+        v[bytes.substr(start, i - start)] = index++;
+        start = i + 1;
+      }
+    if (start < bytes.size()) v[bytes.substr(start)] = index++;
+    return v;
+  }();
+  return vocab;
+}
+
+nlohmann::json added_token_json(const std::string& content, int64_t id, bool special = true) {
+  return {{"id", id},        {"content", content},     {"single_word", false}, {"lstrip", false},
+          {"rstrip", false}, {"normalized", !special}, {"special", special}};
+}
+
+// The tokenizer.json that `tokenizers` writes for a BERT WordPiece vocabulary.
+nlohmann::json tokenizer_json(const nlohmann::json& vocab) {
+  nlohmann::json added = nlohmann::json::array();
+  for (const char* tok : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"})
+    added.push_back(added_token_json(tok, vocab.at(tok).get<int64_t>()));
+  nlohmann::json j;
+  j["version"] = "1.0";
+  j["truncation"] = nullptr;
+  j["padding"] = nullptr;
+  j["added_tokens"] = added;
+  j["normalizer"] = {{"type", "BertNormalizer"},
+                     {"clean_text", true},
+                     {"handle_chinese_chars", true},
+                     {"strip_accents", nullptr},
+                     {"lowercase", true}};
+  j["pre_tokenizer"] = {{"type", "BertPreTokenizer"}};
+  j["post_processor"] = nullptr;
+  j["decoder"] = {{"type", "WordPiece"}, {"prefix", "##"}, {"cleanup", true}};
+  j["model"] = {{"type", "WordPiece"},
+                {"unk_token", "[UNK]"},
+                {"continuing_subword_prefix", "##"},
+                {"max_input_chars_per_word", 100},
+                {"vocab", vocab}};
+  return j;
+}
+
+// tokenizer_config.json as transformers 5 saves it next to tokenizer.json (the tiny model's model_max_length).
+nlohmann::json tokenizers_backend_config() {
+  return {{"backend", "tokenizers"},
+          {"cls_token", "[CLS]"},
+          {"do_lower_case", true},
+          {"mask_token", "[MASK]"},
+          {"model_max_length", 32},
+          {"pad_token", "[PAD]"},
+          {"sep_token", "[SEP]"},
+          {"strip_accents", nullptr},
+          {"tokenize_chinese_chars", true},
+          {"tokenizer_class", "BertTokenizer"},
+          {"unk_token", "[UNK]"}};
+}
+
+// A scratch folder with tokenizer.json and tokenizer_config.json only.
+class TokenizerJsonFolder : public TokenizerCopy {
+ public:
+  explicit TokenizerJsonFolder(const nlohmann::json& tokenizer,
+                               const nlohmann::json& config = tokenizers_backend_config()) {
+    fs::remove(path("vocab.txt"));
+    fs::remove(path("special_tokens_map.json"));
+    write_tokenizer(tokenizer);
+    write_config(config);
+  }
+  void write_tokenizer(const nlohmann::json& j) const { std::ofstream(path("tokenizer.json")) << j.dump(); }
+  std::string tokenizer_path() const { return path("tokenizer.json"); }
+};
+
+// Prompts beyond the goldens: Chinese, mixed case, accents, punctuation, special tokens, a prompt longer than
+// model_max_length.
+std::vector<std::string> parity_prompts() {
+  std::vector<std::string> out;
+  for (const auto& p : prompts()) out.push_back(p.at("prompt").get<std::string>());
+  std::string long_prompt;
+  for (int i = 0; i < 20; ++i) long_prompt += "山水画 Mountain River, ";
+  out.insert(out.end(),
+             {"飞流直下三千尺，疑是银河落九天。", "A Photo Of THE Great Wall 长城 at SunSet",
+              "Café DÉJÀ vu, naïve façade, Ångström, crème brûlée", "Straße İstanbul ΣΊΣΥΦΟΣ",
+              "你好，世界！Hello... world?! (test) [x] {y} #tag @me 100% a-b_c", "[MASK] 山水 [SEP] x[CLS]y [Mask]",
+              "ＡＢＣ全角　ｘｙｚ", "\t line\nbreaks\r\n and  spaces ", long_prompt});
+  return out;
+}
+
+// Both folders must give the same pieces, ids and untruncated lengths.
+void expect_same_tokenizer(const BertTokenizer& got, const BertTokenizer& want) {
+  EXPECT_EQ(got.vocab_size(), want.vocab_size());
+  EXPECT_EQ(got.model_max_length(), want.model_max_length());
+  EXPECT_EQ(got.pad_id(), want.pad_id());
+  EXPECT_EQ(got.unk_id(), want.unk_id());
+  EXPECT_EQ(got.cls_id(), want.cls_id());
+  EXPECT_EQ(got.sep_id(), want.sep_id());
+  EXPECT_EQ(got.mask_id(), want.mask_id());
+  for (const std::string& prompt : parity_prompts()) {
+    SCOPED_TRACE(prompt);
+    EXPECT_EQ(got.tokenize(prompt), want.tokenize(prompt));
+    EXPECT_EQ(got.encode(prompt), want.encode(prompt));
+    EXPECT_EQ(got.count_ids(prompt), want.count_ids(prompt));
+  }
+}
+
+TEST(BertTokenizerJson, FolderWithoutVocabTxtMatchesVocabTxtFolder) {
+  TokenizerJsonFolder folder(tokenizer_json(chinese_vocab()));
+  const BertTokenizer t = BertTokenizer::load(folder.dir());
+  EXPECT_EQ(t.vocab_size(), 21128u);
+  EXPECT_EQ(t.token_id("\u2028"), 343);
+  EXPECT_EQ(t.id_to_token(13502), "##\u2028");
+  expect_same_tokenizer(t, tokenizer());
+  // The long prompt is truncated to model_max_length, [SEP] last.
+  const std::string long_prompt = parity_prompts().back();
+  ASSERT_GT(t.count_ids(long_prompt), t.model_max_length());
+  const std::vector<int64_t> ids = t.encode(long_prompt);
+  ASSERT_EQ(static_cast<int64_t>(ids.size()), t.model_max_length());
+  EXPECT_EQ(ids.back(), t.sep_id());
+  // And against transformers' own ids.
+  const Tensor& golden_ids = golden().input_ids;
+  for (size_t i = 0; i < prompts().size(); ++i) {
+    SCOPED_TRACE("prompt " + std::to_string(i));
+    const int64_t* row = golden_ids.data<int64_t>() + i * static_cast<size_t>(golden_ids.size(1));
+    EXPECT_EQ(t.encode(prompts()[i].at("prompt").get<std::string>()),
+              std::vector<int64_t>(row, row + golden_ids.size(1)));
+  }
+}
+
+TEST(BertTokenizerJson, VocabTxtWinsWhenBothExist) {
+  TokenizerCopy copy;  // vocab.txt folder plus a tokenizer.json that would fail to load
+  std::ofstream(copy.path("tokenizer.json")) << R"({"model": {"type": "BPE", "vocab": {"x": 0}}})";
+  expect_same_tokenizer(BertTokenizer::load(copy.dir()), tokenizer());
+}
+
+// Each normalizer option stands in for a missing tokenizer_config.json key, and loses to a present one: both
+// folders are checked against a vocab.txt folder whose config says the same.
+TEST(BertTokenizerJson, NormalizerFillsKeysTheConfigLeavesOut) {
+  struct Case {
+    const char* config_key;
+    const char* normalizer_key;
+    bool value;  // of both keys
+    bool cased;  // do_lower_case false in every folder (strip_accents true only shows without lowercasing)
+    std::vector<std::string> prompts;
+  };
+  const std::vector<Case> cases = {
+      {"do_lower_case", "lowercase", false, false, {"A Photo Of THE Great Wall", "Café DÉJÀ vu"}},
+      {"strip_accents", "strip_accents", false, false, {"café déjà vu naïve", "Ångström"}},
+      {"strip_accents", "strip_accents", true, true, {"Café DÉJÀ vu naïve", "Ångström"}},
+      {"tokenize_chinese_chars", "handle_chinese_chars", false, false, {"飞流直下三千尺", "山水 画"}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::string(c.normalizer_key) + (c.value ? " true" : " false") + (c.cased ? ", cased" : ""));
+    auto vocab_txt_folder = [&](bool set_key) {
+      TokenizerCopy copy;
+      nlohmann::json config = copy.config();
+      if (c.cased) config["do_lower_case"] = false;
+      if (set_key) config[c.config_key] = c.value;
+      copy.write_config(config);
+      return BertTokenizer::load(copy.dir());
+    };
+    const BertTokenizer want = vocab_txt_folder(true);
+    const BertTokenizer defaults = vocab_txt_folder(false);
+
+    nlohmann::json tok = tokenizer_json(chinese_vocab());
+    nlohmann::json config = tokenizers_backend_config();
+    if (c.cased) {
+      tok["normalizer"]["lowercase"] = false;
+      config["do_lower_case"] = false;
+    }
+    tok["normalizer"][c.normalizer_key] = c.value;
+    // The config spells out BertTokenizer's default (null for strip_accents): it wins over the normalizer.
+    TokenizerJsonFolder config_wins(tok, config);
+    const BertTokenizer got_default = BertTokenizer::load(config_wins.dir());
+    config.erase(c.config_key);
+    TokenizerJsonFolder from_normalizer(tok, config);
+    const BertTokenizer got = BertTokenizer::load(from_normalizer.dir());
+    bool differs = false;  // the case must be able to fail
+    for (const std::string& prompt : c.prompts) {
+      SCOPED_TRACE(prompt);
+      EXPECT_EQ(got.tokenize(prompt), want.tokenize(prompt));
+      EXPECT_EQ(got.encode(prompt), want.encode(prompt));
+      EXPECT_EQ(got_default.tokenize(prompt), defaults.tokenize(prompt));
+      differs |= want.tokenize(prompt) != defaults.tokenize(prompt);
+    }
+    EXPECT_TRUE(differs);
+  }
+}
+
+TEST(BertTokenizerJson, ModelSettingsAreRead) {
+  nlohmann::json tok = tokenizer_json(chinese_vocab());
+  tok["model"]["max_input_chars_per_word"] = 5;
+  tok["model"]["unk_token"] = "[unused1]";  // stands in for the config's unk_token, which is left out
+  nlohmann::json config = tokenizers_backend_config();
+  config.erase("unk_token");
+  TokenizerJsonFolder folder(tok, config);
+  const BertTokenizer t = BertTokenizer::load(folder.dir());
+  EXPECT_EQ(t.unk_id(), 1);
+  EXPECT_EQ(t.tokenize("river mountain"), (std::vector<std::string>{"river", "[unused1]"}));
+}
+
+// tokenizer.json's added tokens behave as the same tokens given to a vocab.txt folder (added_tokens.json, and
+// special-token flags from special_tokens_map.json).
+TEST(BertTokenizerJson, AddedTokensAreRegistered) {
+  TokenizerCopy reference;
+  std::ofstream(reference.path("added_tokens.json")) << R"({"taiyi": 21128})";
+  nlohmann::json map = io::read_json_file(reference.path("special_tokens_map.json"));
+  map["mask_token"] = {{"content", "[MASK]"}, {"lstrip", true}, {"rstrip", true}};
+  std::ofstream(reference.path("special_tokens_map.json")) << map.dump();
+  const BertTokenizer want = BertTokenizer::load(reference.dir());
+
+  nlohmann::json tok = tokenizer_json(chinese_vocab());
+  for (auto& a : tok["added_tokens"])
+    if (a["content"] == "[MASK]") a["lstrip"] = a["rstrip"] = true;
+  tok["added_tokens"].push_back(added_token_json("taiyi", 21128, false));
+  TokenizerJsonFolder folder(tok);
+  const BertTokenizer t = BertTokenizer::load(folder.dir());
+  EXPECT_EQ(t.token_id("taiyi"), 21128);
+  EXPECT_EQ(t.id_to_token(21128), "taiyi");
+  EXPECT_EQ(t.vocab_size(), 21128u);
+  for (const std::string prompt : {"a Taiyi painting", "ataiyib", "山 [MASK]\u3000水", "x [MASK] taiyi[MASK]y"}) {
+    SCOPED_TRACE(prompt);
+    EXPECT_EQ(t.tokenize(prompt), want.tokenize(prompt));
+    EXPECT_EQ(t.encode(prompt), want.encode(prompt));
+  }
+  EXPECT_EQ(t.tokenize("山 [MASK]\u3000水"), (std::vector<std::string>{"山", "[MASK]", "水"}));
+}
+
+// Every broken tokenizer.json throws an Error naming the file and the problem.
+TEST(BertTokenizerJson, BrokenFileThrowsNamingIt) {
+  const nlohmann::json tiny_vocab = {{"[PAD]", 0},  {"[UNK]", 1}, {"[CLS]", 2}, {"[SEP]", 3},
+                                     {"[MASK]", 4}, {"a", 5},     {"##b", 6}};
+  {
+    TokenizerJsonFolder ok(tokenizer_json(tiny_vocab));  // the base of every case loads
+    EXPECT_EQ(BertTokenizer::load(ok.dir()).tokenize("ab A"), (std::vector<std::string>{"a", "##b", "a"}));
+  }
+  struct Case {
+    const char* what;
+    std::function<void(nlohmann::json&)> edit;
+    std::string expect;  // in the message besides the path
+  };
+  using J = nlohmann::json;
+  const std::vector<Case> cases = {
+      {"model.type BPE", [](J& j) { j["model"]["type"] = "BPE"; }, "BPE"},
+      {"model.type missing", [](J& j) { j["model"].erase("type"); }, "model.type"},
+      {"no model", [](J& j) { j.erase("model"); }, "model"},
+      {"model not an object", [](J& j) { j["model"] = J::array(); }, "model"},
+      {"model.vocab missing", [](J& j) { j["model"].erase("vocab"); }, "model.vocab"},
+      {"model.vocab a list",
+       [](J& j) {
+         j["model"]["vocab"] = J::array({"[PAD]", "a"});
+       },
+       "model.vocab"},
+      {"model.vocab empty", [](J& j) { j["model"]["vocab"] = J::object(); }, "empty"},
+      {"vocab id a string", [](J& j) { j["model"]["vocab"]["a"] = "5"; }, "integer"},
+      {"vocab id a float", [](J& j) { j["model"]["vocab"]["a"] = 5.5; }, "integer"},
+      {"vocab id negative", [](J& j) { j["model"]["vocab"]["a"] = -1; }, "outside"},
+      {"vocab id past u32", [](J& j) { j["model"]["vocab"]["a"] = int64_t{1} << 32; }, "outside"},
+      {"vocab ids collide", [](J& j) { j["model"]["vocab"]["##b"] = 5; }, "share id 5"},
+      {"unk_token not a string", [](J& j) { j["model"]["unk_token"] = 1; }, "model.unk_token"},
+      {"prefix not ##", [](J& j) { j["model"]["continuing_subword_prefix"] = "@@"; }, "continuing_subword_prefix"},
+      {"max chars negative", [](J& j) { j["model"]["max_input_chars_per_word"] = -3; }, "max_input_chars_per_word"},
+      {"normalizer missing", [](J& j) { j.erase("normalizer"); }, "normalizer"},
+      {"normalizer null", [](J& j) { j["normalizer"] = nullptr; }, "normalizer"},
+      {"normalizer Lowercase",
+       [](J& j) {
+         j["normalizer"] = {{"type", "Lowercase"}};
+       },
+       "Lowercase"},
+      {"normalizer untyped", [](J& j) { j["normalizer"].erase("type"); }, "normalizer.type"},
+      {"lowercase not a bool", [](J& j) { j["normalizer"]["lowercase"] = "yes"; }, "normalizer.lowercase"},
+      {"strip_accents not a bool", [](J& j) { j["normalizer"]["strip_accents"] = 0; }, "normalizer.strip_accents"},
+      {"clean_text false", [](J& j) { j["normalizer"]["clean_text"] = false; }, "clean_text"},
+      {"added_tokens not a list", [](J& j) { j["added_tokens"] = J::object(); }, "added_tokens"},
+      {"added token without id", [](J& j) { j["added_tokens"][0].erase("id"); }, "added_tokens[0]"},
+      {"added token id a string", [](J& j) { j["added_tokens"][0]["id"] = "0"; }, "added_tokens[0].id"},
+      {"added token id negative", [](J& j) { j["added_tokens"][1]["id"] = -7; }, "outside"},
+      {"added token flag not a bool", [](J& j) { j["added_tokens"][0]["lstrip"] = 1; }, "lstrip"},
+      {"added token content missing", [](J& j) { j["added_tokens"][0].erase("content"); }, "content"},
+      {"added token vs vocab id", [](J& j) { j["added_tokens"][0]["id"] = 9; }, "model.vocab gives it 0"},
+      {"added token takes a vocab id", [](J& j) { j["added_tokens"].push_back(added_token_json("<x>", 5)); },
+       "which model.vocab gives to \"a\""},
+      {"added tokens share an id", [](J& j) { j["added_tokens"].push_back(added_token_json("<x>", 0)); },
+       "already taken"},
+      {"added token listed twice", [](J& j) { j["added_tokens"].push_back(j["added_tokens"][0]); }, "already taken"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    nlohmann::json j = tokenizer_json(tiny_vocab);
+    c.edit(j);
+    TokenizerJsonFolder folder(j);
+    const std::string msg = error_of([&] { BertTokenizer::load(folder.dir()); });
+    EXPECT_NE(msg.find(folder.tokenizer_path()), std::string::npos) << msg;
+    EXPECT_NE(msg.find(c.expect), std::string::npos) << msg;
+  }
+
+  // Not JSON at all, JSON but not an object, and no tokenizer.json and no vocab.txt.
+  TokenizerJsonFolder folder(tokenizer_json(tiny_vocab));
+  for (const std::string text : {R"({"model": {"type": "WordPiece", "vocab": {"a": 0,)", "[1, 2]", ""}) {
+    SCOPED_TRACE(text);
+    std::ofstream(folder.tokenizer_path()) << text;
+    const std::string msg = error_of([&] { BertTokenizer::load(folder.dir()); });
+    EXPECT_NE(msg.find(folder.tokenizer_path()), std::string::npos) << msg;
+  }
+  fs::remove(folder.tokenizer_path());
+  const std::string msg = error_of([&] { BertTokenizer::load(folder.dir()); });
+  EXPECT_NE(msg.find("vocab.txt"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("tokenizer.json"), std::string::npos) << msg;
+}
+
+// Manual check against a folder that transformers 5 saved (e.g. /tmp/taiyi-rand/tokenizer, built from the same
+// Chinese vocabulary): TAIYI_TOKENIZER_JSON_DIR=<folder> ./text_tests --gtest_filter='*SavedByTransformers*'.
+TEST(BertTokenizerJson, FolderSavedByTransformers) {
+  const char* dir = std::getenv("TAIYI_TOKENIZER_JSON_DIR");
+  if (!dir) GTEST_SKIP() << "set TAIYI_TOKENIZER_JSON_DIR to a tokenizer folder with tokenizer.json";
+  TokenizerJsonFolder folder(io::read_json_file(std::string(dir) + "/tokenizer.json"),
+                             io::read_json_file(std::string(dir) + "/tokenizer_config.json"));
+  const BertTokenizer t = BertTokenizer::load(folder.dir());
+  EXPECT_EQ(t.vocab_size(), tokenizer().vocab_size());
+  // `tokenizers` reads vocab.txt lines with a Unicode-aware trim, so the U+2028 lines became "" and "##".
+  size_t differ = 0;
+  for (int64_t id = 0; id < static_cast<int64_t>(tokenizer().vocab_size()); ++id)
+    if (t.id_to_token(id) != tokenizer().id_to_token(id)) {
+      ++differ;
+      EXPECT_TRUE(id == 343 || id == 13502) << id << " " << t.id_to_token(id);
+    }
+  EXPECT_LE(differ, 2u);
+  for (const std::string& prompt : parity_prompts()) {
+    SCOPED_TRACE(prompt);
+    EXPECT_EQ(t.tokenize(prompt), tokenizer().tokenize(prompt));
+    EXPECT_EQ(t.encode(prompt, tokenizer().model_max_length()), tokenizer().encode(prompt));
   }
 }
 

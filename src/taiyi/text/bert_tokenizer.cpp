@@ -276,6 +276,134 @@ constexpr SpecialAttr kSpecialAttrs[] = {{"bos_token", nullptr},  {"eos_token", 
                                          {"sep_token", "[SEP]"},  {"pad_token", "[PAD]"}, {"cls_token", "[CLS]"},
                                          {"mask_token", "[MASK]"}};
 
+// A JSON value for an error message, cut short (a wrong-typed vocabulary can be megabytes).
+std::string brief(const nlohmann::json& v) {
+  std::string s = v.dump();
+  return s.size() > 80 ? s.substr(0, 77) + "..." : s;
+}
+
+// What tokenizer.json (the `tokenizers` library's Tokenizer serialization, `model` a WordPiece and `normalizer` a
+// BertNormalizer) tells the slow BertTokenizer: the vocabulary vocab.txt would hold, the defaults of the init
+// arguments the normalizer mirrors, and the added tokens.
+struct TokenizerJson {
+  std::unordered_map<std::string, int64_t> vocab;
+  std::optional<std::string> unk_token;
+  size_t max_input_chars_per_word = 100;
+  bool lowercase = true;
+  bool handle_chinese_chars = true;
+  int strip_accents = -1;                        // as BertTokenizer::strip_accents_
+  std::vector<BertTokenizer::AddedToken> added;  // "added_tokens", in file order
+};
+
+TokenizerJson read_tokenizer_json(const std::string& path) {
+  const nlohmann::json j = io::read_json_file(path);  // names the file on unreadable or malformed JSON
+  auto fail = [&](const std::string& key, const std::string& what) { return Error(path + ": '" + key + "': " + what); };
+  // tokenizers stores ids as u32.
+  constexpr int64_t kIdLimit = int64_t{1} << 32;
+  auto read_id = [&](const nlohmann::json& v, const std::string& key) -> int64_t {
+    if (!v.is_number_integer()) throw fail(key, "expected an integer id, got " + brief(v));
+    if (v.is_number_unsigned() ? v.get<uint64_t>() >= static_cast<uint64_t>(kIdLimit)
+                               : (v.get<int64_t>() < 0 || v.get<int64_t>() >= kIdLimit))
+      throw fail(key, "id " + v.dump() + " is outside [0, 2^32)");
+    return v.get<int64_t>();
+  };
+  auto optional_bool = [&](const nlohmann::json& obj, const std::string& prefix, const char* name, bool& dst) {
+    if (!obj.contains(name)) return;
+    const nlohmann::json& v = obj.at(name);
+    if (!v.is_boolean()) throw fail(prefix + name, "expected true or false, got " + brief(v));
+    dst = v.get<bool>();
+  };
+  TokenizerJson out;
+
+  if (!j.contains("model")) throw Error(path + ": missing 'model' (the WordPiece vocabulary)");
+  const nlohmann::json& model = j.at("model");
+  if (!model.is_object()) throw fail("model", "expected an object, got " + brief(model));
+  if (!model.contains("type")) throw Error(path + ": missing 'model.type' (BertTokenizer needs \"WordPiece\")");
+  if (model.at("type") != "WordPiece")
+    throw fail("model.type", brief(model.at("type")) + " is not supported (BertTokenizer needs \"WordPiece\")");
+  if (!model.contains("vocab")) throw Error(path + ": missing 'model.vocab' (the WordPiece vocabulary)");
+  const nlohmann::json& vocab = model.at("vocab");
+  if (!vocab.is_object()) throw fail("model.vocab", "expected an object {token: id}, got " + brief(vocab));
+  if (vocab.empty()) throw fail("model.vocab", "empty vocabulary");
+  std::unordered_map<int64_t, const std::string*> token_of_id;
+  out.vocab.reserve(vocab.size());
+  for (const auto& [token, id] : vocab.items()) {
+    const int64_t i = read_id(id, "model.vocab");
+    auto [it, fresh] = token_of_id.emplace(i, &token);
+    if (!fresh)
+      throw fail("model.vocab", "tokens " + nlohmann::json(*it->second).dump() + " and " +
+                                    nlohmann::json(token).dump() + " share id " + std::to_string(i));
+    out.vocab.emplace(token, i);
+  }
+  if (model.contains("unk_token")) {
+    const nlohmann::json& v = model.at("unk_token");
+    if (!v.is_string() || v.get<std::string>().empty())
+      throw fail("model.unk_token", "expected a non-empty string, got " + brief(v));
+    out.unk_token = v.get<std::string>();
+  }
+  if (model.contains("continuing_subword_prefix")) {
+    const nlohmann::json& v = model.at("continuing_subword_prefix");
+    if (v != "##")
+      throw fail("model.continuing_subword_prefix",
+                 brief(v) + " is not supported (BertTokenizer's WordPiece marks word pieces with \"##\")");
+  }
+  if (model.contains("max_input_chars_per_word")) {
+    const nlohmann::json& v = model.at("max_input_chars_per_word");
+    if (!v.is_number_integer() || (!v.is_number_unsigned() && v.get<int64_t>() < 0))
+      throw fail("model.max_input_chars_per_word", "expected a non-negative integer, got " + brief(v));
+    out.max_input_chars_per_word = v.get<size_t>();
+  }
+
+  if (!j.contains("normalizer") || j.at("normalizer").is_null())
+    throw Error(path + ": missing 'normalizer' (BertTokenizer needs a \"BertNormalizer\")");
+  const nlohmann::json& norm = j.at("normalizer");
+  if (!norm.is_object()) throw fail("normalizer", "expected an object, got " + brief(norm));
+  if (!norm.contains("type") || norm.at("type") != "BertNormalizer")
+    throw fail("normalizer.type", (norm.contains("type") ? brief(norm.at("type")) : std::string("a missing type")) +
+                                      " is not supported (BertTokenizer needs \"BertNormalizer\")");
+  bool clean_text = true;
+  optional_bool(norm, "normalizer.", "clean_text", clean_text);
+  if (!clean_text)
+    throw fail("normalizer.clean_text", "false is not supported (BertTokenizer always drops control characters)");
+  optional_bool(norm, "normalizer.", "lowercase", out.lowercase);
+  optional_bool(norm, "normalizer.", "handle_chinese_chars", out.handle_chinese_chars);
+  if (norm.contains("strip_accents") && !norm.at("strip_accents").is_null()) {
+    bool strip = false;
+    optional_bool(norm, "normalizer.", "strip_accents", strip);
+    out.strip_accents = strip ? 1 : 0;
+  }
+
+  if (j.contains("added_tokens") && !j.at("added_tokens").is_null()) {
+    const nlohmann::json& added = j.at("added_tokens");
+    if (!added.is_array()) throw fail("added_tokens", "expected a list of tokens, got " + brief(added));
+    std::unordered_map<int64_t, size_t> by_id;
+    std::unordered_map<std::string, size_t> by_content;
+    for (size_t k = 0; k < added.size(); ++k) {
+      const std::string key = "added_tokens[" + std::to_string(k) + "]";
+      const nlohmann::json& e = added[k];
+      if (!e.is_object() || !e.contains("id"))
+        throw fail(key, "expected {\"id\": ..., \"content\": ...}, got " + brief(e));
+      std::optional<BertTokenizer::AddedToken> tok = parse_token(e, path, key, false);  // set: e is an object
+      tok->id = read_id(e.at("id"), key + ".id");
+      const std::string content = nlohmann::json(tok->content).dump();
+      if (auto it = by_id.find(tok->id); it != by_id.end())
+        throw fail(key, content + " has id " + std::to_string(tok->id) + ", already taken by " +
+                            nlohmann::json(out.added[it->second].content).dump());
+      if (by_content.count(tok->content)) throw fail(key, content + " is listed twice");
+      if (auto it = out.vocab.find(tok->content); it != out.vocab.end() && it->second != tok->id)
+        throw fail(key, content + " has id " + std::to_string(tok->id) + " but model.vocab gives it " +
+                            std::to_string(it->second));
+      if (auto it = token_of_id.find(tok->id); it != token_of_id.end() && *it->second != tok->content)
+        throw fail(key, content + " has id " + std::to_string(tok->id) + ", which model.vocab gives to " +
+                            nlohmann::json(*it->second).dump());
+      by_id[tok->id] = out.added.size();
+      by_content[tok->content] = out.added.size();
+      out.added.push_back(*tok);
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 BertTokenizer BertTokenizer::load(const std::string& tokenizer_dir) {
@@ -284,17 +412,28 @@ BertTokenizer BertTokenizer::load(const std::string& tokenizer_dir) {
   t.dir_ = tokenizer_dir;
 
   // vocab.txt as load_vocab reads it: text mode with universal newlines, so lines end at "\n", "\r\n" or "\r"
-  // (never at U+2028, which is a token of the Chinese vocab), and index = line number.
+  // (never at U+2028, which is a token of the Chinese vocab), and index = line number. Without it, tokenizer.json.
   const std::string vocab_path = (fs::path(tokenizer_dir) / "vocab.txt").string();
-  bool found = false;
-  const std::string vocab_bytes = read_file(vocab_path, &found);
-  if (!found) throw Error(vocab_path + ": cannot open the WordPiece vocabulary (BertTokenizer needs vocab.txt)");
-  try {
-    decode_utf8(vocab_bytes, "the file");
-  } catch (const Error& e) {
-    throw Error(vocab_path + ": " + e.what());
-  }
-  {
+  const std::string json_path = (fs::path(tokenizer_dir) / "tokenizer.json").string();
+  std::error_code ec;
+  std::optional<TokenizerJson> tokenizer_json;
+  if (!fs::exists(vocab_path, ec) && fs::exists(json_path, ec)) {
+    tokenizer_json = read_tokenizer_json(json_path);
+    t.vocab_ = std::move(tokenizer_json->vocab);
+    for (const auto& [tok, id] : t.vocab_) t.ids_to_tokens_[id] = tok;
+    t.max_input_chars_per_word_ = tokenizer_json->max_input_chars_per_word;
+  } else {
+    bool found = false;
+    const std::string vocab_bytes = read_file(vocab_path, &found);
+    if (!found)
+      throw Error(
+          vocab_path +
+          ": cannot open the WordPiece vocabulary (BertTokenizer needs vocab.txt, or tokenizer.json without it)");
+    try {
+      decode_utf8(vocab_bytes, "the file");
+    } catch (const Error& e) {
+      throw Error(vocab_path + ": " + e.what());
+    }
     int64_t index = 0;
     size_t start = 0, i = 0;
     const size_t n = vocab_bytes.size();
@@ -318,11 +457,19 @@ BertTokenizer BertTokenizer::load(const std::string& tokenizer_dir) {
   if (!fs::exists(config_path))
     throw Error(config_path + ": not found; the tokenizer needs its model_max_length to pad prompts");
   const io::ConfigReader config = io::ConfigReader::load(config_path);
-  t.do_lower_case_ = config.get<bool>("do_lower_case", true);
+  // A key the config spells out wins (null: BertTokenizer's default); tokenizer.json's normalizer fills the others.
+  auto config_bool = [&](const char* key, bool fallback) {
+    return config.json().contains(key) ? config.get<bool>(key, true) : fallback;
+  };
+  t.do_lower_case_ = config_bool("do_lower_case", tokenizer_json ? tokenizer_json->lowercase : true);
   t.do_basic_tokenize_ = config.get<bool>("do_basic_tokenize", true);
-  t.tokenize_chinese_chars_ = config.get<bool>("tokenize_chinese_chars", true);
+  t.tokenize_chinese_chars_ =
+      config_bool("tokenize_chinese_chars", tokenizer_json ? tokenizer_json->handle_chinese_chars : true);
   t.do_split_on_punc_ = config.get<bool>("do_split_on_punc", true);
-  if (config.has("strip_accents")) t.strip_accents_ = config.get<bool>("strip_accents", false) ? 1 : 0;
+  if (config.has("strip_accents"))
+    t.strip_accents_ = config.get<bool>("strip_accents", false) ? 1 : 0;
+  else if (tokenizer_json && !config.json().contains("strip_accents"))
+    t.strip_accents_ = tokenizer_json->strip_accents;
   if (config.get<bool>("split_special_tokens", false))
     config.fail("split_special_tokens", "true is not supported (Taiyi's tokenizer keeps special tokens whole)");
   for (const char* side : {"truncation_side", "padding_side"}) {
@@ -365,6 +512,8 @@ BertTokenizer BertTokenizer::load(const std::string& tokenizer_dir) {
   for (const SpecialAttr& a : kSpecialAttrs) {
     if (config.json().contains(a.key))
       specials[a.key] = parse_token(config.json().at(a.key), config_path, a.key, true);
+    else if (tokenizer_json && tokenizer_json->unk_token && std::string(a.key) == "unk_token")
+      specials[a.key] = AddedToken{*tokenizer_json->unk_token, 0, false, false, false, false, true};
     else if (a.bert_default)
       specials[a.key] = AddedToken{a.bert_default, 0, false, false, false, false, true};
     else
@@ -382,6 +531,16 @@ BertTokenizer BertTokenizer::load(const std::string& tokenizer_dir) {
     read_additional(config.json().at("additional_special_tokens"), config_path);
 
   std::vector<AddedToken> decoder;  // added tokens with explicit ids, in file order
+  // Special-token attributes resolve to the decoder's AddedToken of the same content (its flags win).
+  auto resolve_specials = [&] {
+    auto resolve = [&](AddedToken& s) {
+      for (const AddedToken& d : decoder)
+        if (d.content == s.content) s = d;
+    };
+    for (auto& [key, tok] : specials)
+      if (tok) resolve(*tok);
+    for (AddedToken& tok : additional) resolve(tok);
+  };
   if (config.has("added_tokens_decoder")) {
     const nlohmann::json& dec = config.json().at("added_tokens_decoder");
     if (!dec.is_object()) config.fail("added_tokens_decoder", "expected an object {id: token}, got " + dec.dump());
@@ -397,14 +556,7 @@ BertTokenizer BertTokenizer::load(const std::string& tokenizer_dir) {
       }
       decoder.push_back(*tok);
     }
-    // Special-token attributes resolve to the decoder's AddedToken of the same content (its flags win).
-    auto resolve = [&](AddedToken& s) {
-      for (const AddedToken& d : decoder)
-        if (d.content == s.content) s = d;
-    };
-    for (auto& [key, tok] : specials)
-      if (tok) resolve(*tok);
-    for (AddedToken& tok : additional) resolve(tok);
+    resolve_specials();
   } else {
     const std::string map_path = (fs::path(tokenizer_dir) / "special_tokens_map.json").string();
     if (fs::exists(map_path)) {
@@ -426,6 +578,17 @@ BertTokenizer BertTokenizer::load(const std::string& tokenizer_dir) {
         decode_utf8(content, added_path + ": token");
         decoder.push_back(a);
       }
+    }
+    // The legacy loader's last source: tokenizer.json's "added_tokens", keyed by id like added_tokens_decoder.
+    if (tokenizer_json && !tokenizer_json->added.empty()) {
+      for (const AddedToken& a : tokenizer_json->added) {
+        auto same_id = std::find_if(decoder.begin(), decoder.end(), [&](const AddedToken& d) { return d.id == a.id; });
+        if (same_id != decoder.end())
+          *same_id = a;
+        else
+          decoder.push_back(a);
+      }
+      resolve_specials();
     }
   }
 
@@ -524,11 +687,11 @@ const std::string& BertTokenizer::id_to_token(int64_t id) const {
               std::to_string(max_id + 1) + ")");
 }
 
-// WordpieceTokenizer.tokenize: greedy longest-match-first, "##" on non-initial pieces, > 100 chars -> [UNK].
+// WordpieceTokenizer.tokenize: greedy longest-match-first, "##" on non-initial pieces, > 100 chars (or
+// tokenizer.json's max_input_chars_per_word) -> [UNK].
 void BertTokenizer::wordpiece(const U32& text, std::vector<std::string>& out) const {
-  constexpr size_t kMaxInputCharsPerWord = 100;
   for (const U32& word : py_split(text)) {
-    if (word.size() > kMaxInputCharsPerWord) {
+    if (word.size() > max_input_chars_per_word_) {
       out.push_back(unk_token_);
       continue;
     }

@@ -142,7 +142,7 @@ TEST(PreparedEpilogue, ResidualAndScaleInEveryLayout) {
 namespace taiyi::graph {
 namespace {
 
-// prepare_conv2d's choice of kernel: Winograd F(4x4,3x3) at >= 32x32 outputs, F(2x2,3x3) below,
+// prepare_conv2d's choice of kernel: Winograd F(4x4,3x3) at >= 16x16 outputs, F(2x2,3x3) below,
 // oneDNN for anything else (stride 2, 1x1) and for everything under TAIYI_WINOGRAD=0; each
 // computes the eager convolution.
 TEST(PrepareConv2d, PicksWinogradTileByOutputSize) {
@@ -157,10 +157,10 @@ TEST(PrepareConv2d, PicksWinogradTileByOutputSize) {
   };
   const ops::Conv2dParams stride2{2, 2, 1, 1, 1, 1, 1, 1, 1};
   const Case cases[] = {{32, ops::Conv2dParams::same(1), "winograd_f43"},
-                        {16, ops::Conv2dParams::same(1), "winograd_f23"},
+                        {16, ops::Conv2dParams::same(1), "winograd_f43"},
                         {8, ops::Conv2dParams::same(1), "winograd_f23"},
                         {32, stride2, "jit"}};
-  for (const char* env : {"", "0", "large"}) {
+  for (const char* env : {"", "0"}) {
     if (*env)
       setenv("TAIYI_WINOGRAD", env, 1);
     else
@@ -169,7 +169,7 @@ TEST(PrepareConv2d, PicksWinogradTileByOutputSize) {
       const Tensor x = random_tensor({1, 8, c.size, c.size}, 3);
       const auto op = ops::prepare_conv2d(x.shape(), w, b, c.p);
       std::string want = c.kernel;
-      if (std::string(env) == "0" || (std::string(env) == "large" && c.size < 32)) want = "jit";
+      if (std::string(env) == "0") want = "jit";
       EXPECT_NE(op->describe().find(want), std::string::npos)
           << "TAIYI_WINOGRAD=" << env << " size " << c.size << ": " << op->describe();
       const Tensor want_y = ops::conv2d(x, w, b, c.p);

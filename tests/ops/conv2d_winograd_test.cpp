@@ -222,10 +222,15 @@ TEST_P(Conv2dWinograd, DescribesTileAndWeightMemory) {
   const Tensor w = random_tensor({12, 8, 3, 3}, 4);
   const auto op = ops::cpu::prepare_conv2d_winograd_f32(xs, w, Tensor(), ops::Conv2dParams::same(1), Layout::kNHWC,
                                                         Layout::kNCHW, GetParam());
-  const int a = GetParam() + 2;
   EXPECT_EQ(op->describe(),
             std::string("conv2d f32 ") + (GetParam() == 2 ? "winograd_f23:avx2" : "winograd_f43:avx2") + " nhwc");
-  EXPECT_EQ(op->packed_weight_bytes(), static_cast<size_t>(a * a * 12 * 8) * sizeof(float));  // 12 = 2 panels of 6
+  // The weights keep their size (reordered, not pre-transformed): 12 = 2 panels of 6, 13 pads to 18.
+  EXPECT_EQ(op->packed_weight_bytes(), static_cast<size_t>(12 * 8 * 9) * sizeof(float));
+  const Tensor w13 = random_tensor({13, 8, 3, 3}, 5);
+  EXPECT_EQ(ops::cpu::prepare_conv2d_winograd_f32(xs, w13, Tensor(), ops::Conv2dParams::same(1), Layout::kNCHW,
+                                                  Layout::kNCHW, GetParam())
+                ->packed_weight_bytes(),
+            static_cast<size_t>(18 * 8 * 9) * sizeof(float));
   EXPECT_TRUE(throws_error(
       [&] {
         ops::cpu::prepare_conv2d_winograd_f32(xs, w, Tensor(), ops::Conv2dParams::same(1), Layout::kNCHW, Layout::kNCHW,

@@ -1,12 +1,10 @@
 // ops::prepare_conv2d: picks the kernel a convolution is bound to at compile time.
 //
 // f32 3x3 stride-1 convolutions go to our Winograd kernels (conv2d_winograd_f32.cpp; oneDNN 2.6
-// has Winograd only for AVX-512): F(4x4, 3x3) at 32x32 outputs and above (2.8-3.2x oneDNN's
-// direct AVX2 kernel on the UNet's shapes, weights 4x their memory), F(2x2, 3x3) below (2.2x at
-// 16x16, 2x at 8x8, weights 1.78x: F(4x4, 3x3) would take 4x the memory of the layers that hold
-// most of the UNet's weights). Everything else, bf16 included, goes to oneDNN.
-// TAIYI_WINOGRAD=0 turns Winograd off (A/B runs); TAIYI_WINOGRAD=large keeps it to >= 32x32
-// outputs (less memory: the 16x16 and 8x8 layers' weights stay 1x).
+// has Winograd only for AVX-512): F(4x4, 3x3) at 16x16 outputs and above (2.5-3x oneDNN's direct
+// AVX2 kernel on the UNet's shapes), F(2x2, 3x3) below (about 1.7-1.9x at 8x8, where F(4x4, 3x3)
+// has too few tiles per weight). Both keep the weights at their own size. Everything else, bf16
+// included, goes to oneDNN. TAIYI_WINOGRAD=0 turns Winograd off (A/B runs).
 #include "taiyi/ops/prepared.h"
 
 #include <cstdlib>
@@ -19,24 +17,17 @@ namespace taiyi::ops {
 
 namespace {
 
-enum class WinogradPolicy { kOff, kLarge, kAll };  // kAll: the default
-
-WinogradPolicy winograd_policy() {
+bool winograd_enabled() {
   const char* v = std::getenv("TAIYI_WINOGRAD");
   const std::string s = v ? v : "";
-  if (s == "0" || s == "off") return WinogradPolicy::kOff;
-  if (s == "large") return WinogradPolicy::kLarge;
-  return WinogradPolicy::kAll;
+  return !(s == "0" || s == "off");
 }
 
 // The Winograd output tile for this convolution (4 or 2), or 0 for oneDNN.
 int winograd_tile(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute) {
-  if (compute != DType::F32 || !cpu::winograd_f32_applicable(x_shape, w, p)) return 0;
-  const WinogradPolicy policy = winograd_policy();
-  if (policy == WinogradPolicy::kOff) return 0;
+  if (compute != DType::F32 || !winograd_enabled() || !cpu::winograd_f32_applicable(x_shape, w, p)) return 0;
   const int64_t ho = x_shape[2] + p.pad_top + p.pad_bottom - 2, wo = x_shape[3] + p.pad_left + p.pad_right - 2;
-  if (ho * wo >= 32 * 32) return 4;
-  return policy == WinogradPolicy::kAll ? 2 : 0;
+  return ho * wo >= 16 * 16 ? 4 : 2;
 }
 
 }  // namespace

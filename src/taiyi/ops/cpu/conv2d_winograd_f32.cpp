@@ -4,29 +4,38 @@
 //   Y = A^T [ (G g G^T) .* (B^T d B) ] A     per a x a input tile d (a = M + 2), 3x3 filter g, MxM output tile Y,
 // summed over input channels, which turns the convolution into a^2 (36 or 16) independent matrix
 // products, one per transform-domain position p:  M_p [Cout x tiles] = U_p [Cout x Cin] . V_p [Cin x tiles].
-// F(4,3) does 36 multiply-adds per 16 outputs (4x fewer than direct) with weights 36/9 = 4x as big;
-// F(2,3) 16 per 4 (2.25x fewer), weights 16/9 = 1.78x, and rounds less (coefficients 0, +-1/2, +-1).
+// F(4,3) does 36 multiply-adds per 16 outputs (4x fewer than direct), F(2,3) 16 per 4 (2.25x fewer)
+// and rounds less (coefficients 0, +-1/2, +-1).
 // One implementation, templated on M: only the 1-D transforms and the strip (de)interleaves differ.
 //
 // The tiles (n, tile row, tile column, flattened) go in blocks of up to kMaxBlockTiles. For each
 // block, all threads together
 //   1. transform the input: V [a^2][tiles/16][Cin][16]   (8 tiles in the vector lanes),
-//   2. run the a^2 products, split over positions, with a 6 x 16 register tile (6 output channels
-//      broadcast from U, 16 tiles loaded from V: 12 accumulators), blocked GotoBLAS-style so a
-//      kc x 16 panel of V stays in L1 and a 240 x kc block of U in L2;  M [Cout][a^2][tiles],
+//   2. run the a^2 products with a 6 x 16 register tile (6 output channels broadcast from U, 16 tiles
+//      loaded from V: 12 accumulators); each thread owns a range of output channels, which it takes
+//      kS panels of 6 and kc input channels at a time: it transforms that slice of the weights into
+//      U for one row of a positions (an L2-sized buffer) and runs those a products against V over
+//      all tiles of the block (a kc x 16 panel of V stays in L1);  M [Cout][a^2][tiles],
 //   3. transform the output, add bias and residual, and write it straight into `out`.
-// U is made once at prepare time, [a^2][Cout/6][Cin][6] (Cout padded to 6 with zeros). Tiles in the
+// The weights are kept as they came, only reordered once at prepare time to [Cout/6][9][Cin][6]
+// (Cout padded to 6 with zeros), so they take the memory of w and not 4x (F43) or 1.78x (F23) as a
+// pre-transformed U would; making U on the fly from that order is a few vector multiply-adds per 8
+// weights of contiguous memory, which costs roughly 10-25% of the products' time at the UNet's
+// shapes (measured by skipping it; the least at large images, where each weight meets the most
+// tiles). Against U pre-transformed once (4x / 1.78x the weights' memory, 2.5 GB more for the
+// UNet), F(4,3) is about 10% slower at 64x64 and 32x32 and no slower at 16x16. Tiles in the
 // lanes make both transforms vertical vector code; for NCHW a row of 8 tiles is an (8M + 2)-column
 // strip of the input (de-interleaved by M) and an 8M-column strip of the output (re-interleaved),
 // other cases (edges, tiles across rows, channels-last) gather and scatter element by element.
 // What made it fast on a 2-core Zen 3 (besides the register tile): V and M strides that are not
-// multiples of 4 KiB, software prefetch of the input strips and of the next block of U (both come
-// from memory), and no vmaskmovps at the image edges (slow on AMD).
+// multiples of 4 KiB, software prefetch of the input strips (they come from memory), and no
+// vmaskmovps at the image edges (slow on AMD).
 #include "taiyi/ops/cpu/conv2d_winograd_f32.h"
 
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -44,12 +53,15 @@ namespace {
 constexpr int kLanes = 8;          // tiles per vector
 constexpr int kMr = 6;             // output channels of a register tile
 constexpr int kNr = 16;            // tiles of a register tile
-constexpr int64_t kKc = 256;       // input channels per L1 panel of V (kc x 16 floats = 16 KiB)
-constexpr int64_t kMcPanels = 40;  // output-channel panels per L2 block of U (240 x 256 floats = 240 KiB)
-// Tiles per block: the transformed block V (a^2 x Cin x tiles floats) goes through L3, and each
-// block reads all of U once, so bigger blocks read the weights less often. kVBudgetFloats caps V.
-// (On the 2-core Zen 3 measured, 256 beat 128 and 64 at [2,320,64,64] -> 320 with F(4,3); a 32 MiB
-// cap was no better.)
+constexpr int64_t kKc = 128;  // input channels per L1 panel of V (kc x 16 floats = 8 KiB)
+// Output-channel panels per slice of U: the slice of the weights (16 x 6 x 128 x 9 floats) and one
+// row of U made from it (a x 16 x 6 x 128) mostly stay in L2 while the row's a products run. (On the
+// 2-core Zen 3 measured, 16 x 128 did best of 4 x 256, 8 x 256, 8 x 128, 12 x 96, 16 x 128 and
+// 32 x 64, by less than that machine's noise of about 10%.)
+constexpr int64_t kS = 16;
+// Tiles per block: the transformed block V (a^2 x Cin x tiles floats) goes through L3 (it is read
+// once per slice of U), and each block transforms all the weights once, so bigger blocks transform
+// them less often. kVBudgetFloats caps V.
 constexpr int64_t kMaxBlockTiles = 256;
 constexpr int64_t kPrefetchChannels = 4;              // how far ahead the input transform prefetches
 constexpr int64_t kVBudgetFloats = int64_t{4} << 20;  // 16 MiB
@@ -253,8 +265,6 @@ class WinogradConv2dF32 : public PreparedOp {
     const int64_t chunks = (cin_ + kKc - 1) / kKc;
     kc_ = (cin_ + chunks - 1) / chunks;
     threads_ = std::max(1, omp_get_max_threads());
-    // Split the products over positions, and over output channels too when there are many threads.
-    cout_chunks_ = threads_ <= 4 ? 1 : std::min<int64_t>(npanels_, (4 * threads_ + kPos - 1) / kPos);
     // One cache line more than the data between positions of V and output channels of M: the
     // transforms touch all positions at once, which at a multiple of 4 KiB apart would all fall
     // in one L1 set (and two L2 sets).
@@ -262,7 +272,8 @@ class WinogradConv2dF32 : public PreparedOp {
     m_row_ = kPos * tb_ + kNr;
     v_floats_ = static_cast<size_t>(kPos * v_pos_);
     m_floats_ = static_cast<size_t>(npanels_ * kMr * m_row_);
-    transform_weights(w.contiguous());
+    u_floats_ = static_cast<size_t>(kA * kS * kMr * kc_);
+    reorder_weights(w.contiguous());
     bias_.assign(static_cast<size_t>(cout_), 0.0f);
     if (bias.defined()) {
       const Tensor b = bias.contiguous();
@@ -274,10 +285,11 @@ class WinogradConv2dF32 : public PreparedOp {
   }
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override;
-  size_t scratch_bytes() const override { return round_up64(v_floats_ * sizeof(float)) + m_floats_ * sizeof(float); }
-  size_t packed_weight_bytes() const override {
-    return static_cast<size_t>(kPos * npanels_ * kMr * cin_) * sizeof(float);
+  size_t scratch_bytes() const override {
+    return round_up64(v_floats_ * sizeof(float)) + round_up64(m_floats_ * sizeof(float)) +
+           static_cast<size_t>(threads_) * round_up64(u_floats_ * sizeof(float));
   }
+  size_t packed_weight_bytes() const override { return static_cast<size_t>(npanels_ * kMr * 9 * cin_) * sizeof(float); }
   std::string describe() const override { return describe_; }
   double flops() const override { return flops_; }
 
@@ -291,50 +303,78 @@ class WinogradConv2dF32 : public PreparedOp {
   }
 
   void tiles_from(int64_t first, Tile tiles[kLanes]) const;
-  void transform_weights(const Tensor& w);
+  void reorder_weights(const Tensor& w);
+  void transform_weights(int a, int64_t i0, int64_t ns, int64_t k0, int64_t kc, float* u) const;
   void input_transform(const float* x, const Strides4& sx, int64_t t0, int64_t ci, int64_t g, float* v) const;
-  void products(int64_t p, int64_t i0, int64_t i1, int64_t panels_of_tiles, const float* v, float* m) const;
+  void products(int64_t i0, int64_t i1, int64_t panels_of_tiles, const float* v, float* m, float* u) const;
   void output_transform(const float* m, int64_t t0, int64_t nt_block, int64_t co, int64_t g, const float* res,
                         const Strides4& sr, float* y, const Strides4& sy) const;
 
   int64_t n_, cin_, h_, w_, cout_, pt_, pl_, ho_ = 0, wo_ = 0, th_ = 0, tw_ = 0, nt_ = 0;
-  int64_t nblocks_ = 0, tb_ = 0, npanels_ = 0, kc_ = 0, cout_chunks_ = 1;
+  int64_t nblocks_ = 0, tb_ = 0, npanels_ = 0, kc_ = 0;
   int64_t v_pos_ = 0, m_row_ = 0;  // floats between positions of V, output channels of M
   int threads_ = 1;
-  size_t v_floats_ = 0, m_floats_ = 0;
-  AlignedFloats u_;
+  size_t v_floats_ = 0, m_floats_ = 0, u_floats_ = 0;  // u: one thread's slice of U
+  AlignedFloats g_;  // the weights, [Cout/6][9][Cin][6]
   std::vector<float> bias_;
   double flops_ = 0;
   std::string describe_;
 };
 
 template <int M>
-void WinogradConv2dF32<M>::transform_weights(const Tensor& w) {
-  // U = G g G^T in double. Parallel over panels of kMr output channels, each of which owns (and
-  // first-touches) its own [cin][kMr] slice of every position: the UNet's compile time is mostly
-  // this loop and its page faults.
-  const auto& kG = Tiling<M>::kG;
-  const size_t floats = static_cast<size_t>(kPos * npanels_ * kMr * cin_);
-  u_ = aligned_floats(floats);
-  const float* g = w.data<float>();
-#pragma omp parallel for schedule(dynamic, 1)
+void WinogradConv2dF32<M>::reorder_weights(const Tensor& w) {
+  // Parallel over panels, each of which first-touches its own part (page faults are most of it).
+  g_ = aligned_floats(static_cast<size_t>(npanels_ * 9 * cin_ * kMr));
+  const float* src = w.data<float>();
+#pragma omp parallel for schedule(static)
   for (int64_t panel = 0; panel < npanels_; ++panel) {
-    for (int64_t pos = 0; pos < kPos; ++pos)
-      std::memset(&u_[static_cast<size_t>((pos * npanels_ + panel) * cin_ * kMr)], 0,
-                  static_cast<size_t>(cin_ * kMr) * sizeof(float));
-    for (int64_t co = panel * kMr; co < std::min(cout_, (panel + 1) * kMr); ++co)
-      for (int64_t ci = 0; ci < cin_; ++ci) {
-        const float* k = g + (co * cin_ + ci) * 9;
-        double gk[kA][3];  // G g
-        for (int a = 0; a < kA; ++a)
-          for (int j = 0; j < 3; ++j) gk[a][j] = kG[a][0] * k[j] + kG[a][1] * k[3 + j] + kG[a][2] * k[6 + j];
-        for (int a = 0; a < kA; ++a)
-          for (int b = 0; b < kA; ++b) {
-            const double u = gk[a][0] * kG[b][0] + gk[a][1] * kG[b][1] + gk[a][2] * kG[b][2];
-            const int64_t pos = a * kA + b;
-            u_[static_cast<size_t>(((pos * npanels_ + panel) * cin_ + ci) * kMr + co % kMr)] = static_cast<float>(u);
-          }
-      }
+    float* dst = &g_[static_cast<size_t>(panel * 9 * cin_ * kMr)];
+    for (int64_t tap = 0; tap < 9; ++tap)
+      for (int64_t ci = 0; ci < cin_; ++ci)
+        for (int64_t r = 0; r < kMr; ++r) {
+          const int64_t co = panel * kMr + r;
+          dst[(tap * cin_ + ci) * kMr + r] = co < cout_ ? src[(co * cin_ + ci) * 9 + tap] : 0.0f;
+        }
+  }
+}
+
+// u[b][i - i0][0 .. kc)[6] = (G g G^T)[a][b] of panels [i0, i0 + ns), input channels [k0, k0 + kc):
+// row a of U, from the reordered weights. In that order the 9 taps of a panel's slice are 9
+// contiguous runs of kc x 6 floats, so the transform is vertical vector code over them.
+template <int M>
+TAIYI_TARGET_AVX2_FMA void WinogradConv2dF32<M>::transform_weights(int a, int64_t i0, int64_t ns, int64_t k0,
+                                                                   int64_t kc, float* u) const {
+  const auto& kG = Tiling<M>::kG;
+  const float ga0 = static_cast<float>(kG[a][0]), ga1 = static_cast<float>(kG[a][1]),
+              ga2 = static_cast<float>(kG[a][2]);
+  float gb[kA][3];
+  for (int b = 0; b < kA; ++b)
+    for (int j = 0; j < 3; ++j) gb[b][j] = static_cast<float>(kG[b][j]);
+  const int64_t len = kc * kMr, tap_stride = cin_ * kMr, slice = ns * len;
+  for (int64_t i = 0; i < ns; ++i) {
+    const float* g = g_.get() + (i0 + i) * 9 * tap_stride + k0 * kMr;
+    float* dst = u + i * len;
+    int64_t e = 0;
+    for (; e + kLanes <= len; e += kLanes) {
+      __m256 t[3];  // (G g)[a][j] = ga0 g[0][j] + ga1 g[1][j] + ga2 g[2][j]
+      for (int j = 0; j < 3; ++j)
+        t[j] = _mm256_fmadd_ps(
+            _mm256_set1_ps(ga2), _mm256_loadu_ps(g + (6 + j) * tap_stride + e),
+            _mm256_fmadd_ps(_mm256_set1_ps(ga1), _mm256_loadu_ps(g + (3 + j) * tap_stride + e),
+                            _mm256_mul_ps(_mm256_set1_ps(ga0), _mm256_loadu_ps(g + j * tap_stride + e))));
+      for (int b = 0; b < kA; ++b)
+        _mm256_storeu_ps(dst + b * slice + e,
+                         _mm256_fmadd_ps(_mm256_set1_ps(gb[b][2]), t[2],
+                                         _mm256_fmadd_ps(_mm256_set1_ps(gb[b][1]), t[1],
+                                                         _mm256_mul_ps(_mm256_set1_ps(gb[b][0]), t[0]))));
+    }
+    for (; e < len; ++e) {  // the same arithmetic, one weight at a time
+      float t[3];
+      for (int j = 0; j < 3; ++j)
+        t[j] = std::fma(ga2, g[(6 + j) * tap_stride + e],
+                        std::fma(ga1, g[(3 + j) * tap_stride + e], ga0 * g[j * tap_stride + e]));
+      for (int b = 0; b < kA; ++b) dst[b * slice + e] = std::fma(gb[b][2], t[2], std::fma(gb[b][1], t[1], gb[b][0] * t[0]));
+    }
   }
 }
 
@@ -440,37 +480,27 @@ TAIYI_TARGET_AVX2_FMA void WinogradConv2dF32<M>::input_transform(const float* x,
   }
 }
 
-// M[i*6 .. i*6+5][p][tiles] = U_p[panel i] . V_p for panels [i0, i1).
-// U is read once per block, mostly from memory (it is 1.78x or 4x the weights); the block of U a
-// step needs next is prefetched into L2 a little at each register tile of the current step, or
-// the first pass over a block would wait on memory.
+// M[i*6 .. i*6+5][p][tiles] = U_p[panel i] . V_p for panels [i0, i1) and every position p, with u
+// (u_floats_) for the slices of U.
 template <int M>
-TAIYI_TARGET_AVX2_FMA void WinogradConv2dF32<M>::products(int64_t p, int64_t i0, int64_t i1, int64_t panels_of_tiles,
-                                                          const float* v, float* m) const {
-  const float* up = u_.get() + p * npanels_ * cin_ * kMr;
-  const float* vp = v + p * v_pos_;
-  for (int64_t k0 = 0; k0 < cin_; k0 += kc_) {
-    const int64_t kc = std::min(kc_, cin_ - k0);
-    for (int64_t ib = i0; ib < i1; ib += kMcPanels) {
-      const int64_t ie = std::min(i1, ib + kMcPanels);
-      // The next step's block: panels [nb, ne) of position np, input channels [nk, nk + nkc).
-      int64_t np = p, nk = k0, nb = ib + kMcPanels;
-      if (nb >= i1) nb = i0, nk += kc_;
-      if (nk >= cin_) nk = 0, ++np;
-      const int64_t ne = std::min(i1, nb + kMcPanels), nkc = std::min(kc_, cin_ - nk);
-      const float* next = np < kPos ? u_.get() + (np * npanels_ + nb) * cin_ * kMr + nk * kMr : nullptr;
-      const int64_t panel_lines = (nkc * kMr + 15) / 16, lines = next != nullptr ? (ne - nb) * panel_lines : 0;
-      const int64_t calls = panels_of_tiles * (ie - ib);
-      int64_t call = 0, line = 0;
-      for (int64_t j = 0; j < panels_of_tiles; ++j)
-        for (int64_t i = ib; i < ie; ++i, ++call) {
-          for (const int64_t line_end = (call + 1) * lines / calls; line < line_end; ++line)
-            _mm_prefetch(
-                reinterpret_cast<const char*>(next + line / panel_lines * cin_ * kMr + line % panel_lines * 16),
-                _MM_HINT_T1);
-          gemm_6x16(up + (i * cin_ + k0) * kMr, vp + (j * cin_ + k0) * kNr, kc,
-                    m + i * kMr * m_row_ + p * tb_ + j * kNr, m_row_, k0 > 0);
+TAIYI_TARGET_AVX2_FMA void WinogradConv2dF32<M>::products(int64_t i0, int64_t i1, int64_t panels_of_tiles,
+                                                          const float* v, float* m, float* u) const {
+  for (int64_t ib = i0; ib < i1; ib += kS) {
+    const int64_t ns = std::min(kS, i1 - ib);
+    for (int64_t k0 = 0; k0 < cin_; k0 += kc_) {
+      const int64_t kc = std::min(kc_, cin_ - k0), slice = ns * kc * kMr;
+      for (int a = 0; a < kA; ++a) {
+        transform_weights(a, ib, ns, k0, kc, u);
+        for (int b = 0; b < kA; ++b) {
+          const int64_t p = a * kA + b;
+          const float* up = u + b * slice;
+          const float* vp = v + p * v_pos_ + k0 * kNr;
+          for (int64_t j = 0; j < panels_of_tiles; ++j)
+            for (int64_t i = 0; i < ns; ++i)
+              gemm_6x16(up + i * kc * kMr, vp + j * cin_ * kNr, kc, m + (ib + i) * kMr * m_row_ + p * tb_ + j * kNr,
+                        m_row_, k0 > 0);
         }
+      }
     }
   }
 }
@@ -543,7 +573,7 @@ void WinogradConv2dF32<M>::run(const std::vector<Tensor>& in, const Tensor& out,
   float* y = out.data<float>();
   float* v = reinterpret_cast<float*>(scratch);
   float* m = reinterpret_cast<float*>(scratch + round_up64(v_floats_ * sizeof(float)));
-  const int64_t panels_per_chunk = (npanels_ + cout_chunks_ - 1) / cout_chunks_;
+  std::byte* u_scratch = scratch + round_up64(v_floats_ * sizeof(float)) + round_up64(m_floats_ * sizeof(float));
 #pragma omp parallel num_threads(threads_)
   for (int64_t b = 0; b < nblocks_; ++b) {
     const int64_t t0 = b * tb_, nt_block = std::min(tb_, nt_ - t0);
@@ -553,11 +583,12 @@ void WinogradConv2dF32<M>::run(const std::vector<Tensor>& in, const Tensor& out,
     // position (a^2 streams), instead of a^2 lines scattered over the block.
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < cin_ * in_groups; ++item) input_transform(x, sx, t0, item % cin_, item / cin_, v);
-#pragma omp for schedule(static)
-    for (int64_t item = 0; item < kPos * cout_chunks_; ++item) {
-      const int64_t p = item % kPos, i0 = item / kPos * panels_per_chunk;
-      products(p, i0, std::min(npanels_, i0 + panels_per_chunk), panels_of_tiles, v, m);
+    {  // Each thread its own output channels (and so its own slice of the weights to transform).
+      const int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();
+      float* u = reinterpret_cast<float*>(u_scratch + static_cast<size_t>(tid) * round_up64(u_floats_ * sizeof(float)));
+      products(npanels_ * tid / nth, npanels_ * (tid + 1) / nth, panels_of_tiles, v, m, u);
     }
+#pragma omp barrier
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < cout_ * out_groups; ++item)
       output_transform(m, t0, nt_block, item / out_groups, item % out_groups, res, sr, y, sy);

@@ -3,9 +3,9 @@
 //
 // Replaces oneDNN's direct convolution (oneDNN 2.6 has Winograd only for AVX-512) for the 3x3,
 // stride-1 convolutions of the UNet: with tile 4 each 4x4 output tile costs 36 multiply-adds per
-// (cin, cout) pair instead of 144, and the transformed weights take 36/9 = 4x the memory of w; with
-// tile 2 each 2x2 tile costs 16 instead of 36 (2.25x fewer) for 16/9 = 1.78x the memory. The
-// weights are transformed once, at prepare time; run() takes an optional residual (inputs[1], of
+// (cin, cout) pair instead of 144; with tile 2 each 2x2 tile costs 16 instead of 36 (2.25x fewer).
+// The weights keep the memory of w (reordered once, at prepare time; they are transformed slice by
+// slice as the products need them); run() takes an optional residual (inputs[1], of
 // the output's shape and layout, possibly the output's own memory) that is added in the output
 // transform, so a ResNet block's skip connection costs no extra pass.
 //
@@ -27,9 +27,9 @@ namespace taiyi::ops::cpu {
 bool winograd_f32_applicable(const Shape& x_shape, const Tensor& w, const Conv2dParams& p);
 
 // The prepared convolution; bias may be undefined. Only call when winograd_f32_applicable().
-// tile: the output tile edge, 4 (F(4x4,3x3), transformed weights 4x the memory of w, describe()
-// "winograd_f43:avx2") or 2 (F(2x2,3x3), 1.78x, "winograd_f23:avx2"; for small images, where the
-// weights dominate the memory). Scratch does not depend on the thread count.
+// tile: the output tile edge, 4 (F(4x4,3x3), describe() "winograd_f43:avx2") or 2 (F(2x2,3x3),
+// "winograd_f23:avx2"; faster for small images, where each weight meets few tiles). Scratch grows
+// with the thread count (omp_get_max_threads() at prepare time) by one L2-sized slice per thread.
 std::unique_ptr<PreparedOp> prepare_conv2d_winograd_f32(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                                         const Conv2dParams& p, Layout src_layout, Layout dst_layout,
                                                         int tile = 4);

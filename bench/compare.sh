@@ -9,6 +9,12 @@
 #
 # Needs a built taiyi (scripts/build.sh) and the peers' venv (bench/peers/setup.sh; several GB,
 # made once per machine). Results (JSON lines) go to bench/out/<date>/; the table to stdout.
+#
+# txt2img loads a model folder from disk in both engines, as a user does (the load is not timed;
+# peak RSS includes it): TXT2IMG_MODEL, by default bench/out/taiyi-random, a Taiyi-shaped pipeline
+# of random weights that diffusers writes (save_pretrained, safetensors, 4.2 GB) the first time.
+# TXT2IMG_MODEL= (empty) builds random weights in memory instead, in both engines.
+# The other components always use random weights built in memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COMPONENTS=${COMPONENTS:-unet}
@@ -22,6 +28,7 @@ CONTEXT=${CONTEXT:-512}
 STEPS=${STEPS:-20}
 TXT2IMG_WARMUP=${TXT2IMG_WARMUP:-1}  # 0: one run per engine, first-run compile included
 POINT_TIMEOUT=${POINT_TIMEOUT:-3600}  # seconds per point; a peer past it is recorded as timed out
+TXT2IMG_MODEL=${TXT2IMG_MODEL-bench/out/taiyi-random}
 taiyi=${TAIYI:-build/taiyi}
 [ -x "$taiyi" ] || taiyi=$(scripts/build.sh)
 PY=${PEER_PYTHON:-$(bench/peers/setup.sh | tail -1)}
@@ -29,6 +36,18 @@ out=bench/out/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
 results="$out/results.jsonl"
 export PEER_THREADS=$THREADS OMP_NUM_THREADS=$THREADS
+if [[ " $COMPONENTS " == *" txt2img "* ]] && [ -n "$TXT2IMG_MODEL" ] && [ ! -f "$TXT2IMG_MODEL/model_index.json" ]; then
+  echo "== writing the random Taiyi pipeline to $TXT2IMG_MODEL (diffusers save_pretrained)" >&2
+  "$PY" bench/peers/peer.py --engine torch --variant eager_fp32 --component txt2img --context "$CONTEXT" \
+    --save-model "$TXT2IMG_MODEL" 2>"$out/save_model.log"
+fi
+txt2img_model() {  # the model arguments of a txt2img point: taiyi, peer
+  if [ -z "$TXT2IMG_MODEL" ]; then
+    [ "$1" = taiyi ] && echo "--model configs/taiyi-v0.1 --random-weights"
+  else
+    echo "--model $TXT2IMG_MODEL"
+  fi
+}
 
 run_point() {  # label, command...: keeps the last stdout line (JSON), tagged with the label
   local label=$1
@@ -50,9 +69,13 @@ for comp in $COMPONENTS; do
   for v in $TAIYI_VARIANTS; do
     mode=${v%%:*}
     dtype=${v##*:}
-    extra=()
-    [ "$comp" = txt2img ] && extra=(--steps "$STEPS" --repeat 1 --warmup "$TXT2IMG_WARMUP") || extra=(--repeat "$REPEAT")
-    run_point "$comp taiyi $mode $dtype" "$taiyi" bench "$comp" --model configs/taiyi-v0.1 --random-weights \
+    model=(--model configs/taiyi-v0.1 --random-weights)
+    extra=(--repeat "$REPEAT")
+    if [ "$comp" = txt2img ]; then
+      read -r -a model <<<"$(txt2img_model taiyi)"
+      extra=(--steps "$STEPS" --repeat 1 --warmup "$TXT2IMG_WARMUP")
+    fi
+    run_point "$comp taiyi $mode $dtype" "$taiyi" bench "$comp" "${model[@]}" \
       --width "$WIDTH" --height "$HEIGHT" --context "$CONTEXT" --threads "$THREADS" --mode "$mode" \
       --dtype "$dtype" "${extra[@]}" --json
   done
@@ -67,7 +90,10 @@ for comp in $COMPONENTS; do
         MALLOC_CONF=oversize_threshold:1,background_thread:true,dirty_decay_ms:-1,muzzy_decay_ms:-1)
     fi
     extra=(--repeat "$REPEAT")
-    [ "$comp" = txt2img ] && extra=(--steps "$STEPS" --repeat 1 --warmup "$TXT2IMG_WARMUP")
+    if [ "$comp" = txt2img ]; then
+      read -r -a model <<<"$(txt2img_model peer)"
+      extra=(--steps "$STEPS" --repeat 1 --warmup "$TXT2IMG_WARMUP" "${model[@]}")
+    fi
     run_point "$comp $engine $variant" "${env[@]}" "$PY" bench/peers/peer.py --engine "$engine" \
       --variant "$variant" --component "$comp" --width "$WIDTH" --height "$HEIGHT" --context "$CONTEXT" "${extra[@]}"
   done

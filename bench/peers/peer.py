@@ -231,14 +231,22 @@ def txt2img(args):
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import BertConfig, BertModel, BertTokenizer
-    torch.manual_seed(0)
-    tok = BertTokenizer(VOCAB, model_max_length=args.context)
-    pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL(**config(args, "vae")), text_encoder=BertModel(BertConfig(**config(args, "text_encoder"))),
-        tokenizer=tok, unet=UNet2DConditionModel(**config(args, "unet")),
-        scheduler=PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if args.model:  # a model folder on disk, loaded the way a user loads one
+        pipe = StableDiffusionPipeline.from_pretrained(args.model, safety_checker=None, feature_extractor=None,
+                                                       requires_safety_checker=False)
+    else:
+        torch.manual_seed(0)
+        tok = BertTokenizer(VOCAB, model_max_length=args.context)
+        pipe = StableDiffusionPipeline(
+            vae=AutoencoderKL(**config(args, "vae")),
+            text_encoder=BertModel(BertConfig(**config(args, "text_encoder"))),
+            tokenizer=tok, unet=UNet2DConditionModel(**config(args, "unet")),
+            scheduler=PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                    skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if args.save_model:  # write the random pipeline as a diffusers folder (safetensors) and stop
+        pipe.save_pretrained(args.save_model, safe_serialization=True)
+        return None, 0.0
     v = args.variant
     if v in ("eager_bf16_cl", "compile_bf16"):
         pipe.to(torch.bfloat16)
@@ -275,6 +283,8 @@ def main():
     ap.add_argument("--context", type=int, default=512, help="text tokens (Taiyi: 512, SD 1.5: 77)")
     ap.add_argument("--steps", type=int, default=20, help="txt2img only")
     ap.add_argument("--config", help="a diffusers model folder whose <part>/config.json to use (default: Taiyi)")
+    ap.add_argument("--model", help="txt2img: load this diffusers folder (from_pretrained) instead of random weights")
+    ap.add_argument("--save-model", help="txt2img: save the random pipeline to this folder and exit")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/taiyi-peers/openvino"))
@@ -290,6 +300,9 @@ def main():
         if args.engine != "torch":
             raise SystemExit("txt2img is measured for the torch peer only")
         run, setup = txt2img(args)
+        if args.save_model:
+            print(f"saved the random pipeline to {args.save_model}", file=sys.stderr)
+            return
     elif args.engine == "torch":
         module, inputs = build(args)
         run, setup = torch_forward(args, module, inputs)

@@ -33,6 +33,22 @@ inline double max_abs_diff(const Tensor& a, const Tensor& b) {
   return m;
 }
 
+// ||a - b|| / ||b|| (L2 over all elements); shapes must match.
+inline double relative_l2(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.shape(), b.shape()) << a.describe() << " vs " << b.describe();
+  if (a.shape() != b.shape()) return INFINITY;
+  const Tensor ac = a.to(DType::F32).contiguous(), bc = b.to(DType::F32).contiguous();
+  const float* pa = ac.data<float>();
+  const float* pb = bc.data<float>();
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < ac.numel(); ++i) {
+    const double d = static_cast<double>(pa[i]) - pb[i];
+    num += d * d;
+    den += static_cast<double>(pb[i]) * pb[i];
+  }
+  return std::isnan(num) ? INFINITY : std::sqrt(num / std::max(den, 1e-300));
+}
+
 inline Tensor random_tensor(const Shape& shape, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
   Tensor t = Tensor::empty(shape);
   std::mt19937 rng(seed);

@@ -91,6 +91,42 @@ TEST(PrepackWeights, Bf16WhereSupportedElseF32) {
   }
 }
 
+// TAIYI_BF16_EMULATE=1 on a CPU without bf16: the f32 kernels compute exactly what f32 products
+// of bf16-rounded inputs and weights give (the eager ops on rounded copies), with the graph as
+// traced and with channels-last convolutions, and with a fused residual (which stays f32).
+TEST(PrepackWeights, Bf16EmulationRoundsInputsAndWeights) {
+  if (ops::bf16_supported()) GTEST_SKIP() << "this CPU runs bf16 itself; emulation applies only without it";
+  const auto round = [](const Tensor& t) { return ops::cast(ops::cast(t, DType::BF16), DType::F32); };
+  const Tensor w = random_tensor({32, 8, 3, 3}, 1), wl = random_tensor({16, 32}, 2), bl = random_tensor({16}, 4);
+  const auto fn = [&](const std::vector<Tensor>& in) {
+    const Tensor h = ops::add(ops::conv2d(in[0], w, Tensor(), ops::Conv2dParams::same(1)), in[1]);
+    return std::vector<Tensor>{ops::linear(in[2], wl, bl), h};
+  };
+  const Tensor x = random_tensor({1, 8, 6, 6}, 3), r = random_tensor({1, 32, 6, 6}, 5), xl = random_tensor({3, 32}, 6);
+  const Tensor want_h = ops::add(ops::conv2d(round(x), round(w), Tensor(), ops::Conv2dParams::same(1)), r);
+  const Tensor want_l = ops::linear(round(xl), round(wl), bl);
+  const auto plain = fn({x, r, xl});
+  setenv("TAIYI_BF16_EMULATE", "1", 1);
+  for (const bool channels_last : {false, true}) {
+    Graph g = trace(fn, {{{1, 8, 6, 6}, DType::F32}, {{1, 32, 6, 6}, DType::F32}, {{3, 32}, DType::F32}});
+    if (channels_last) channels_last_transformers(g);
+    fuse_residual_add(g);
+    CompileOptions bf16;
+    bf16.compute = DType::BF16;
+    prepack_weights(g, bf16);
+    size_t emulated = 0;
+    for (const Node& n : g.nodes)
+      emulated += n.prepared && n.prepared->describe().find("(bf16 emulated)") != std::string::npos;
+    EXPECT_EQ(emulated, 2u);
+    const auto got = Executor(g).run({x, r, xl});
+    EXPECT_LE(max_abs_diff(got[1], want_h), 1e-5) << "channels_last " << channels_last;
+    EXPECT_LE(max_abs_diff(got[0], want_l), 1e-5) << "channels_last " << channels_last;
+    EXPECT_GT(max_abs_diff(got[1], plain[1]), 1e-4) << "channels_last " << channels_last;  // rounded
+    EXPECT_GT(max_abs_diff(got[0], plain[0]), 1e-4) << "channels_last " << channels_last;
+  }
+  unsetenv("TAIYI_BF16_EMULATE");
+}
+
 }  // namespace
 }  // namespace taiyi::graph
 

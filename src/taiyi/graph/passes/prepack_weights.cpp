@@ -1,7 +1,17 @@
 // Weight pre-packing: a conv2d or linear whose weight (and bias) are constants gets a
 // prepared kernel, its weights packed once into the kernel's layout (and converted once to
 // bf16 when asked), which the executor runs instead of the eager op.
+//
+// TAIYI_BF16_EMULATE=1 with bf16 asked on a CPU without bf16: instead of the plain f32 fallback,
+// the f32 kernels get weights rounded to bf16 and round their input to bf16 on every run (round to
+// nearest even, as oneDNN's reorders do), which is the arithmetic of oneDNN's bf16 kernels up to
+// the order of the f32 accumulation. A measuring tool for bf16's error where bf16 cannot run
+// (bench/RESULTS.md); slower than f32, never the default.
+#include <cstdlib>
+#include <string>
+
 #include "taiyi/graph/passes/passes.h"
+#include "taiyi/ops/ops.h"
 
 namespace taiyi::graph {
 
@@ -15,6 +25,42 @@ ops::Layout layout_of(const Value& v) {
              ? ops::Layout::kNHWC
              : ops::Layout::kNCHW;
 }
+
+bool bf16_emulation_requested() {
+  const char* v = std::getenv("TAIYI_BF16_EMULATE");
+  return v != nullptr && *v != '\0' && std::string(v) != "0";
+}
+
+// x rounded to bf16 and back, as a dense f32 copy.
+Tensor round_to_bf16(const Tensor& x) { return ops::cast(ops::cast(x, DType::BF16), DType::F32); }
+
+// An f32 prepared kernel (made from bf16-rounded weights) whose input is rounded to bf16 first,
+// into the front of the scratch, with the input's own strides (inputs here are dense: row-major
+// or channels-last). The residual of an epilogue stays f32, as in oneDNN's bf16 kernels.
+class Bf16Emulated : public ops::PreparedOp {
+ public:
+  Bf16Emulated(std::shared_ptr<const ops::PreparedOp> inner, const Value& x)
+      : inner_(std::move(inner)), x_bytes_((static_cast<size_t>(shape_numel(x.shape)) * sizeof(float) + 63) / 64 * 64) {}
+  void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override {
+    const Tensor& x = in[0];
+    const int64_t n = x.numel();
+    const float* src = x.data<float>();
+    float* dst = reinterpret_cast<float*>(scratch);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(f32_to_bf16(src[i]));
+    std::vector<Tensor> args = in;
+    args[0] = Tensor::from_storage(Storage::borrow(dst, x_bytes_, nullptr), 0, x.shape(), x.strides(), DType::F32);
+    inner_->run(args, out, scratch + x_bytes_);
+  }
+  size_t scratch_bytes() const override { return x_bytes_ + inner_->scratch_bytes(); }
+  size_t packed_weight_bytes() const override { return inner_->packed_weight_bytes(); }
+  std::string describe() const override { return inner_->describe() + " (bf16 emulated)"; }
+  double flops() const override { return inner_->flops(); }
+
+ private:
+  std::shared_ptr<const ops::PreparedOp> inner_;
+  size_t x_bytes_;
+};
 
 }  // namespace
 
@@ -32,19 +78,22 @@ bool will_prepack(const Graph& g, const Node& n) {
 
 bool prepack_weights(Graph& g, const CompileOptions& options) {
   const DType compute = options.compute == DType::BF16 && ops::bf16_supported() ? DType::BF16 : DType::F32;
+  const bool emulate = options.compute == DType::BF16 && compute == DType::F32 && bf16_emulation_requested();
   bool changed = false;
   for (Node& n : g.nodes) {
     if (n.prepared || !will_prepack(g, n)) continue;
     const Value& x = g.values[n.inputs[0]];
     const Tensor& w = g.values[n.inputs[1]].constant;
+    const Tensor w_packed = emulate ? round_to_bf16(w) : w;
     const Tensor bias = n.inputs[2] >= 0 ? g.values[n.inputs[2]].constant : Tensor();
     ops::Epilogue epilogue;  // set by fuse_residual_add
     epilogue.residual = n.inputs.size() > 3;
     epilogue.scale = n.attrs.output_scale;
     n.prepared = n.kind == ops::OpKind::kConv2d
-                     ? ops::prepare_conv2d(x.shape, w, bias, n.attrs.conv, compute, layout_of(x),
+                     ? ops::prepare_conv2d(x.shape, w_packed, bias, n.attrs.conv, compute, layout_of(x),
                                            layout_of(g.values[n.output]), epilogue)
-                     : ops::prepare_linear(x.shape, w, bias, compute, epilogue);
+                     : ops::prepare_linear(x.shape, w_packed, bias, compute, epilogue);
+    if (emulate) n.prepared = std::make_shared<Bf16Emulated>(std::move(n.prepared), x);
     // A convolution's prepared kernel holds its own copy of the weights (blocked or Winograd):
     // the checkpoint's pages of them can leave memory (eager mode or a new signature's trace
     // reads them back from the file). Linears read f32 weights in place, so theirs stay.

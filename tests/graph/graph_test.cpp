@@ -112,5 +112,38 @@ TEST(GraphFunction, CompilesOncePerSignature) {
   EXPECT_THROW(parse_mode("static"), Error);
 }
 
+// Functions that take turns share one workspace: it grows to the largest arena + scratch, not
+// their sum, and each call still computes what eager mode does, whatever ran in between (graph
+// outputs live outside the workspace, so earlier results stay intact).
+TEST(GraphFunction, FunctionsTakingTurnsShareOneWorkspace) {
+  const Block block;
+  const auto big_fn = [&](const std::vector<Tensor>& in) { return std::vector<Tensor>{block(in[0])}; };
+  const auto small_fn = [&](const std::vector<Tensor>& in) {
+    return std::vector<Tensor>{ops::silu(ops::scale(ops::add(in[0], in[0]), 0.5f))};
+  };
+  const auto workspace = std::make_shared<Workspace>();
+  GraphFunction big(big_fn, "big", {}, workspace), small(small_fn, "small", {}, workspace);
+  const Tensor x = random_tensor({2, 4, 8, 8}, 11), y = random_tensor({3, 40}, 12);
+  const Tensor want_big = big_fn({x})[0], want_small = small_fn({y})[0];
+  const Tensor s1 = small({y})[0];
+  const size_t after_small = workspace->bytes();
+  const Tensor b1 = big({x})[0];
+  const size_t after_big = workspace->bytes();
+  const Tensor s2 = small({y})[0];
+  const Tensor b2 = big({x})[0];
+  for (const Tensor& t : {s1, s2}) EXPECT_LE(max_abs_diff(t, want_small), 1e-6);
+  for (const Tensor& t : {b1, b2}) EXPECT_LE(max_abs_diff(t, want_big), 1e-5);
+  // Each on its own would need: the shared one holds the larger, not the sum.
+  const auto own_big = std::make_shared<Workspace>(), own_small = std::make_shared<Workspace>();
+  GraphFunction(big_fn, "big", {}, own_big)({x});
+  GraphFunction(small_fn, "small", {}, own_small)({y});
+  EXPECT_GT(own_small->bytes(), 0u);
+  EXPECT_GT(own_big->bytes(), own_small->bytes());
+  EXPECT_GE(own_big->bytes(), big.compiles()[0].arena_bytes);
+  EXPECT_EQ(after_small, own_small->bytes());
+  EXPECT_EQ(after_big, own_big->bytes());
+  EXPECT_EQ(workspace->bytes(), own_big->bytes());  // the small function reuses the big one's memory
+}
+
 }  // namespace
 }  // namespace taiyi::graph

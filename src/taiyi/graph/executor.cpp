@@ -8,14 +8,24 @@
 
 namespace taiyi::graph {
 
-Executor::Executor(Graph g) : g_(std::move(g)) {
+std::shared_ptr<Storage> Workspace::reserve(size_t bytes) {
+  if (!mem_ || mem_->bytes() < bytes) {
+    mem_.reset();  // free the smaller block first
+    mem_ = Storage::allocate(bytes);
+  }
+  return mem_;
+}
+
+Executor::Executor(Graph g, std::shared_ptr<Workspace> workspace)
+    : g_(std::move(g)), workspace_(workspace ? std::move(workspace) : std::make_shared<Workspace>()) {
   g_.validate();
   plan_ = plan_memory(g_);
-  arena_ = Storage::allocate(plan_.arena_bytes);
   size_t scratch = 0;
   for (const Node& n : g_.nodes)
     if (n.prepared) scratch = std::max(scratch, n.prepared->scratch_bytes());
-  scratch_ = Storage::allocate(scratch);
+  scratch_offset_ = (plan_.arena_bytes + 63) / 64 * 64;
+  workspace_bytes_ = scratch_offset_ + scratch;
+  workspace_->reserve(workspace_bytes_);  // at compile time, not in the first run
   std::vector<int> last_use(g_.values.size(), -1);
   for (size_t i = 0; i < g_.nodes.size(); ++i)
     for (int v : g_.nodes[i].inputs)
@@ -65,6 +75,8 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& inputs, Profile* pr
                   dtype_name(spec.dtype) + shape_str(spec.shape));
     vals[g_.inputs[i]] = inputs[i];
   }
+  const std::shared_ptr<Storage> arena = workspace_->reserve(workspace_bytes_);
+  std::byte* scratch = arena->data() + scratch_offset_;
   std::vector<Tensor> args;
   for (size_t i = 0; i < g_.nodes.size(); ++i) {
     const Node& n = g_.nodes[i];
@@ -84,14 +96,14 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& inputs, Profile* pr
         Tensor target = offset == MemoryPlan::kNotPlanned
                             ? Tensor::from_storage(Storage::allocate(shape_numel(v.shape) * dtype_size(v.dtype)), 0,
                                                    v.shape, v.strides, v.dtype)
-                            : Tensor::from_storage(arena_, static_cast<size_t>(offset), v.shape, v.strides, v.dtype);
-        n.prepared->run(args, target, scratch_->data());
+                            : Tensor::from_storage(arena, static_cast<size_t>(offset), v.shape, v.strides, v.dtype);
+        n.prepared->run(args, target, scratch);
         ops::add_flop_count(n.prepared->flops());
         return target;
       }
       if (offset == MemoryPlan::kNotPlanned) return ops::run_op(n.kind, args, n.attrs);
       Tensor target =
-          Tensor::from_storage(arena_, static_cast<size_t>(offset), v.shape, contiguous_strides(v.shape), v.dtype);
+          Tensor::from_storage(arena, static_cast<size_t>(offset), v.shape, contiguous_strides(v.shape), v.dtype);
       const Tensor r = ops::run_op_into(n.kind, args, n.attrs, target);
       if (r.storage() != target.storage() || r.byte_offset() != target.byte_offset()) target.copy_from(r);
       return target;

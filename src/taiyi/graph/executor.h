@@ -1,6 +1,10 @@
 // Replays a Graph on real tensors. Nodes run in order and write into one arena
 // planned by plan_memory (allocated once, reused by every run); graph outputs get
 // fresh memory so they outlive the run. Not reentrant: one run at a time.
+//
+// Executors that never run at the same time can share one Workspace for their arenas and
+// scratch (the pipeline's text encoder, UNet and VAE do): it grows to the largest of them
+// instead of holding their sum.
 #pragma once
 
 #include <map>
@@ -21,9 +25,22 @@ struct OpProfile {
 using Profile = std::map<std::string, OpProfile>;
 std::string format_profile(const Profile& p, double total_s);
 
+// Memory for the arenas and scratch of executors that take turns. Not thread-safe.
+class Workspace {
+ public:
+  // At least `bytes`, 64-byte aligned. A larger request than any before replaces the memory, so
+  // only the executor running now may hold views of it.
+  std::shared_ptr<Storage> reserve(size_t bytes);
+  size_t bytes() const { return mem_ ? mem_->bytes() : 0; }
+
+ private:
+  std::shared_ptr<Storage> mem_;
+};
+
 class Executor {
  public:
-  explicit Executor(Graph g);
+  // workspace: shared with other executors that never run while this one does; null: its own.
+  explicit Executor(Graph g, std::shared_ptr<Workspace> workspace = nullptr);
   // Inputs must match the traced shapes and dtypes (throws naming the input otherwise).
   // With `profile`, each node is timed and its time added under its op's name.
   std::vector<Tensor> run(const std::vector<Tensor>& inputs, Profile* profile = nullptr) const;
@@ -33,8 +50,8 @@ class Executor {
  private:
   Graph g_;
   MemoryPlan plan_;
-  std::shared_ptr<Storage> arena_;
-  std::shared_ptr<Storage> scratch_;             // shared by prepared ops (one runs at a time)
+  std::shared_ptr<Workspace> workspace_;  // the arena, then the scratch prepared ops share (one runs at a time)
+  size_t scratch_offset_ = 0, workspace_bytes_ = 0;
   std::vector<std::vector<int>> release_after_;  // per node: values whose last reader it is
 };
 

@@ -65,7 +65,7 @@ std::vector<Tensor> GraphFunction::operator()(const std::vector<Tensor>& inputs,
     const double t2 = now_s();
     stats.nodes = g.nodes.size();
     for (const auto& v : g.values) stats.constants += v.kind == ValueKind::kConstant && v.constant.defined();
-    auto ex = std::make_unique<Executor>(std::move(g));
+    auto ex = std::make_unique<Executor>(std::move(g), workspace_);
     stats.arena_bytes = ex->memory_plan().arena_bytes;
     stats.planned_bytes = ex->memory_plan().planned_bytes;
     stats.trace_s = t1 - t0;

@@ -39,8 +39,14 @@ struct CompileStats {
 
 class GraphFunction {
  public:
-  GraphFunction(TraceFn fn, std::string name, CompileOptions options = {})
-      : fn_(std::move(fn)), name_(std::move(name)), options_(options) {}
+  // workspace: arenas and scratch shared with other functions that never run while this one does
+  // (its own signatures always share one); null: its own.
+  GraphFunction(TraceFn fn, std::string name, CompileOptions options = {},
+                std::shared_ptr<Workspace> workspace = nullptr)
+      : fn_(std::move(fn)),
+        name_(std::move(name)),
+        options_(options),
+        workspace_(workspace ? std::move(workspace) : std::make_shared<Workspace>()) {}
   std::vector<Tensor> operator()(const std::vector<Tensor>& inputs, Profile* profile = nullptr);
 
   // Compiles each call's signature that has not been seen yet; stats of every compile so far.
@@ -54,6 +60,7 @@ class GraphFunction {
   TraceFn fn_;
   std::string name_;
   CompileOptions options_;
+  std::shared_ptr<Workspace> workspace_;
   std::map<Signature, std::unique_ptr<Executor>> cache_;
   std::vector<CompileStats> compiles_;
 };

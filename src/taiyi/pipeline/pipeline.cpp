@@ -56,15 +56,17 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_dir, const Pip
         " differs from the UNet's cross_attention_dim " + std::to_string(p->unet_->config().cross_attention_dim[0]));
   const graph::CompileOptions compile = graph::compile_options(options.mode, options.compute);
   const Pipeline* self = p.get();
+  // The three run one after another: one workspace, as big as the largest of their arenas.
+  const auto workspace = std::make_shared<graph::Workspace>();
   p->text_fn_ = std::make_unique<graph::GraphFunction>(
       [self](const std::vector<Tensor>& in) { return std::vector<Tensor>{self->text_encoder_->forward(in[0])}; },
-      "text_encoder", compile);
+      "text_encoder", compile, workspace);
   p->unet_fn_ = std::make_unique<graph::GraphFunction>(
       [self](const std::vector<Tensor>& in) { return std::vector<Tensor>{self->unet_->forward(in[0], in[1], in[2])}; },
-      "unet", compile);
+      "unet", compile, workspace);
   p->vae_decode_fn_ = std::make_unique<graph::GraphFunction>(
       [self](const std::vector<Tensor>& in) { return std::vector<Tensor>{self->vae_->decode(in[0])}; }, "vae_decode",
-      compile);
+      compile, workspace);
   return p;
 }
 

@@ -22,7 +22,7 @@
 // pre-transformed U would; making U on the fly from that order is a few vector multiply-adds per 8
 // weights of contiguous memory, which costs roughly 10-25% of the products' time at the UNet's
 // shapes (measured by skipping it; the least at large images, where each weight meets the most
-// tiles). Against U pre-transformed once (4x / 1.78x the weights' memory, 2.5 GB more for the
+// tiles). Against U pre-transformed once (4x / 1.78x the weights' memory, 2.3 GB more for the
 // UNet), F(4,3) is about 10% slower at 64x64 and 32x32 and no slower at 16x16. Tiles in the
 // lanes make both transforms vertical vector code; for NCHW a row of 8 tiles is an (8M + 2)-column
 // strip of the input (de-interleaved by M) and an 8M-column strip of the output (re-interleaved),

@@ -81,8 +81,9 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& inputs, Profile* pr
   for (size_t i = 0; i < g_.nodes.size(); ++i) {
     const Node& n = g_.nodes[i];
     args.clear();
-    if (n.prepared) {
-      // A prepared op holds its weights: it reads x, and the residual of a fused epilogue (4th input).
+    if (n.prepared && n.kind != ops::OpKind::kAttention) {
+      // A prepared conv2d or linear holds its weights: it reads x, and the residual of a fused
+      // epilogue (4th input). A prepared attention reads all its inputs.
       args.push_back(vals[n.inputs[0]]);
       if (n.inputs.size() > 3) args.push_back(vals[n.inputs[3]]);
     } else {

@@ -53,6 +53,18 @@ std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w
                                            const Conv2dParams& p, DType compute = DType::F32,
                                            Layout src_layout = Layout::kNCHW, Layout dst_layout = Layout::kNCHW,
                                            const Epilogue& epilogue = {});
+// How a prepared op computes in bf16: on the CPU's bf16 instructions through oneDNN, or
+// emulated (f32 kernels on operands rounded to bf16; for measuring bf16's error where the CPU has
+// no bf16, see TAIYI_BF16_EMULATE in graph/passes/prepack_weights.cpp).
+enum class Bf16Arithmetic { kNative, kEmulated };
+
+// ops::attention(q, k, v, heads, scale) for inputs of these shapes (any strides: run() takes
+// inputs [q, k, v]), with both matrix products in bf16 (f32 accumulation) and an f32 softmax.
+// kNative needs bf16_supported(). Scratch is O(threads x block x Lk), never Lq x Lk per head.
+bool prepared_attention_applicable(const Shape& q, const Shape& k, const Shape& v, int heads);
+std::unique_ptr<PreparedOp> prepare_attention_bf16(const Shape& q, const Shape& k, const Shape& v, int heads,
+                                                   float scale, Bf16Arithmetic how);
+
 // linear of an x of shape x_shape ([..., K], rows contiguous) with constant w [N, K] and bias.
 std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                            DType compute = DType::F32, const Epilogue& epilogue = {});

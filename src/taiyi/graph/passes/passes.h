@@ -46,6 +46,14 @@ bool will_prepack(const Graph& g, const Node& n);
 // weights are reordered (and converted, for bf16) once into its preferred layout.
 bool prepack_weights(Graph& g, const CompileOptions& options = {});
 
+// Whether TAIYI_BF16_EMULATE asks for bf16's arithmetic on f32 kernels where the CPU has no bf16
+// (prepack_weights.cpp).
+bool bf16_emulation_requested();
+
+// With bf16 asked (and runnable, or emulated): binds each attention node to the prepared kernel
+// whose matrix products run in bf16 (ops::prepare_attention_bf16). Its run() reads q, k and v.
+bool bf16_attention(Graph& g, const CompileOptions& options = {});
+
 // The pipeline, in order:
 inline const std::vector<Pass>& default_passes() {
   static const std::vector<Pass> passes = {
@@ -54,6 +62,7 @@ inline const std::vector<Pass>& default_passes() {
       {"fuse_group_norm_silu", fuse_group_norm_silu},
       {"fuse_residual_add", fuse_residual_add},
       {"prepack_weights", prepack_weights},
+      {"bf16_attention", bf16_attention},
   };
   return passes;
 }

@@ -26,11 +26,6 @@ ops::Layout layout_of(const Value& v) {
              : ops::Layout::kNCHW;
 }
 
-bool bf16_emulation_requested() {
-  const char* v = std::getenv("TAIYI_BF16_EMULATE");
-  return v != nullptr && *v != '\0' && std::string(v) != "0";
-}
-
 // x rounded to bf16 and back, as a dense f32 copy.
 Tensor round_to_bf16(const Tensor& x) { return ops::cast(ops::cast(x, DType::BF16), DType::F32); }
 
@@ -63,6 +58,11 @@ class Bf16Emulated : public ops::PreparedOp {
 };
 
 }  // namespace
+
+bool bf16_emulation_requested() {
+  const char* v = std::getenv("TAIYI_BF16_EMULATE");
+  return v != nullptr && *v != '\0' && std::string(v) != "0";
+}
 
 bool will_prepack(const Graph& g, const Node& n) {
   if (n.kind != ops::OpKind::kConv2d && n.kind != ops::OpKind::kLinear) return false;

@@ -1,0 +1,169 @@
+// The prepared bf16 attention (ops/cpu/attention_prepared_dnnl.cpp) against a reference in double
+// that rounds as the kernel does: q, k, v to bf16, scores in full precision, probabilities
+// 2^(log2(e) (s - max)) rounded to bf16 (with the kernel's exp2_nonpositive_f32, itself checked
+// against std::exp2 here) and normalised by their rounded sum. Emulated arithmetic (f32
+// matmuls on bf16-rounded values) runs on every CPU; native bf16 where oneDNN has it. Shapes cross
+// the query-block boundary (full blocks plus a tail), D != Dv, 1 to 8 heads, Lq = Lk = 1, strided
+// views; the result stays within bf16's error of f32 attention; scratch grows with L, not L x L.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "op_testing.h"
+#include "taiyi/ops/cpu/vector_math_f32.h"
+#include "taiyi/ops/ops.h"
+#include "taiyi/ops/prepared.h"
+#include "taiyi/tensor/dtype.h"
+
+namespace taiyi::ops_test {
+namespace {
+
+constexpr float kLog2e = 1.44269504088896341f;
+
+double round_bf16(double x) { return bf16_to_f32(f32_to_bf16(static_cast<float>(x))); }
+
+std::vector<double> bf16_attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, int heads,
+                                             float scale) {
+  const int64_t b = q.size(0), lq = q.size(1), lk = k.size(1);
+  const int64_t d = q.size(2) / heads, dv = v.size(2) / heads;
+  std::vector<double> qv = values(q), kv = values(k), vv = values(v);
+  for (auto* xs : {&qv, &kv, &vv})
+    for (double& x : *xs) x = round_bf16(x);
+  std::vector<double> out(static_cast<size_t>(b * lq * heads * dv));
+  std::vector<double> s(static_cast<size_t>(lk));
+  for (int64_t n = 0; n < b; ++n)
+    for (int64_t i = 0; i < lq; ++i)
+      for (int h = 0; h < heads; ++h) {
+        double mx = -INFINITY;
+        for (int64_t j = 0; j < lk; ++j) {
+          double dot = 0.0;
+          for (int64_t c = 0; c < d; ++c)
+            dot += qv[(n * lq + i) * heads * d + h * d + c] * kv[(n * lk + j) * heads * d + h * d + c];
+          s[j] = static_cast<float>(scale * kLog2e * dot);  // the kernel's matmul output scale
+          mx = std::max(mx, s[j]);
+        }
+        double sum = 0.0;
+        for (int64_t j = 0; j < lk; ++j) {
+          s[j] = round_bf16(ops::cpu::exp2_nonpositive_f32(static_cast<float>(s[j] - mx)));
+          sum += s[j];
+        }
+        for (int64_t c = 0; c < dv; ++c) {
+          double acc = 0.0;
+          for (int64_t j = 0; j < lk; ++j) acc += s[j] * vv[(n * lk + j) * heads * dv + h * dv + c];
+          out[(n * lq + i) * heads * dv + h * dv + c] = acc / sum;
+        }
+      }
+  return out;
+}
+
+Tensor run_prepared(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale,
+                    ops::Bf16Arithmetic how) {
+  const auto op = ops::prepare_attention_bf16(q.shape(), k.shape(), v.shape(), heads, scale, how);
+  Tensor out = Tensor::empty({q.size(0), q.size(1), v.size(2)});
+  std::vector<std::byte> scratch(op->scratch_bytes() + 64);
+  auto* aligned = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) / 64 * 64);
+  op->run({q, k, v}, out, aligned);
+  EXPECT_DOUBLE_EQ(op->flops(), 2.0 * q.size(0) * q.size(1) * k.size(1) * (q.size(2) + v.size(2)));
+  return out;
+}
+
+struct Case {
+  Shape q, k, v;
+  int heads;
+};
+
+// Block rows are 256K / Lk clamped to [32, 256] and to Lq: Lk = 2048 gives blocks of 128, so
+// Lq = 300 is two full blocks and a tail of 44; Lk = 77 gives one block of all queries.
+const std::vector<Case> kCases = {
+    {{1, 300, 16}, {1, 2048, 16}, {1, 2048, 8}, 1},  // full blocks + tail, Dv != D
+    {{2, 64, 64}, {2, 64, 64}, {2, 64, 64}, 8},      // self-attention, 8 heads of 8
+    {{2, 50, 80}, {2, 77, 80}, {2, 77, 80}, 2},      // cross-attention, D = 40
+    {{1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 1},            // one query, one key, D = 1
+    {{1, 33, 6}, {1, 5, 6}, {1, 5, 9}, 3},           // D = 2, Dv = 3
+};
+
+void check_cases(ops::Bf16Arithmetic how) {
+  uint32_t seed = 1;
+  for (const Case& c : kCases) {
+    const Tensor q = random_tensor(c.q, seed++, -2.0f, 2.0f), k = random_tensor(c.k, seed++, -2.0f, 2.0f);
+    const Tensor v = random_tensor(c.v, seed++);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.q[2] / c.heads));
+    const Tensor got = run_prepared(q, k, v, c.heads, scale, how);
+    const std::string what = "q " + shape_str(c.q) + " k " + shape_str(c.k) + " v " + shape_str(c.v);
+    // The same roundings as the kernel: what remains is the f32 accumulation order, and the odd
+    // probability that rounds the other way when the kernel's exp and the reference's differ in
+    // the last bit (one bf16 ulp, 2^-8, of one weight out of Lk).
+    EXPECT_TRUE(all_close(got, bf16_attention_reference(q, k, v, c.heads, scale), 1e-4, 2e-4)) << what;
+    // Against f32 attention: bf16's error, and not less (the roundings happen).
+    const Tensor f32 = ops::attention(q, k, v, c.heads, scale);
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < f32.numel(); ++i) {
+      num += (got.item(i) - f32.item(i)) * (got.item(i) - f32.item(i));
+      den += f32.item(i) * f32.item(i);
+    }
+    EXPECT_LT(std::sqrt(num / den), 2e-2) << what;
+    if (c.k[1] > 1) {
+      EXPECT_GT(std::sqrt(num / den), 1e-4) << what;
+    }
+  }
+}
+
+TEST(AttentionBf16, Exp2OfNonPositiveIsWithinItsBound) {
+  double worst = 0.0;
+  for (double x = -130.0; x <= 0.0; x += 1.0 / 4096 + 1e-7) {
+    const float xf = static_cast<float>(x);
+    const double want = std::exp2(std::max(static_cast<double>(xf), -126.0));
+    worst = std::max(worst, std::abs(ops::cpu::exp2_nonpositive_f32(xf) / want - 1.0));
+  }
+  EXPECT_LT(worst, 3e-6);
+  EXPECT_NEAR(ops::cpu::exp2_nonpositive_f32(-0.0f), 1.0, 3e-6);
+  EXPECT_NEAR(ops::cpu::exp2_nonpositive_f32(-1e30f), std::exp2(-126.0), 3e-6 * std::exp2(-126.0));
+}
+
+TEST(AttentionBf16, EmulatedMatchesTheRoundedReference) { check_cases(ops::Bf16Arithmetic::kEmulated); }
+
+TEST(AttentionBf16, NativeMatchesTheRoundedReference) {
+  if (!ops::bf16_supported()) GTEST_SKIP() << "oneDNN has no bf16 matmul on this CPU (needs avx512_bf16 or AMX)";
+  check_cases(ops::Bf16Arithmetic::kNative);
+}
+
+TEST(AttentionBf16, ReadsStridedViews) {
+  // q and k as channel slices of one fused [B, L, 3C] projection, v permuted from [L, B, C].
+  const int64_t b = 2, l = 70, c = 24;
+  const int heads = 3;
+  const Tensor qkv = random_tensor({b, l, 3 * c}, 11);
+  const Tensor q = qkv.slice(2, 0, c), k = qkv.slice(2, c, 2 * c);
+  const Tensor v = random_tensor({l, b, c}, 12).permute({1, 0, 2});
+  const float scale = 0.35f;
+  const Tensor got = run_prepared(q, k, v, heads, scale, ops::Bf16Arithmetic::kEmulated);
+  EXPECT_TRUE(all_close(got, bf16_attention_reference(q, k, v, heads, scale), 1e-4, 2e-4));
+}
+
+TEST(AttentionBf16, ScratchGrowsWithLengthNotItsSquare) {
+  // The UNet's largest self-attention, 2 x 8 heads at 64x64 latents: all scores at once would be
+  // 2 * 8 * 4096^2 floats (1 GiB). The kernel holds bf16 copies of q, k, v and, per thread, one
+  // block of scores: doubling L doubles the scratch, it does not quadruple it.
+  const auto scratch = [](int64_t l) {
+    return ops::prepare_attention_bf16({2, l, 320}, {2, l, 320}, {2, l, 320}, 8, 0.158f,
+                                       ops::Bf16Arithmetic::kEmulated)
+        ->scratch_bytes();
+  };
+  const double all_scores = 2.0 * 8 * 4096 * 4096 * sizeof(float);
+  EXPECT_LT(static_cast<double>(scratch(4096)), all_scores / 16);
+  EXPECT_LT(static_cast<double>(scratch(8192)), 2.5 * static_cast<double>(scratch(4096)));
+}
+
+TEST(AttentionBf16, RefusesShapesItCannotRun) {
+  EXPECT_FALSE(ops::prepared_attention_applicable({2, 4, 8}, {2, 5, 8}, {2, 6, 8}, 2));  // Lk != Lv
+  EXPECT_FALSE(ops::prepared_attention_applicable({2, 4, 8}, {2, 5, 8}, {2, 5, 8}, 3));  // 8 % 3
+  EXPECT_FALSE(ops::prepared_attention_applicable({2, 0, 8}, {2, 5, 8}, {2, 5, 8}, 2));  // empty
+  EXPECT_TRUE(ops::prepared_attention_applicable({2, 4, 8}, {2, 5, 8}, {2, 5, 6}, 2));
+  EXPECT_THROW(ops::prepare_attention_bf16({2, 4, 8}, {1, 5, 8}, {1, 5, 8}, 2, 1.0f, ops::Bf16Arithmetic::kEmulated),
+               Error);
+}
+
+}  // namespace
+}  // namespace taiyi::ops_test

@@ -301,7 +301,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "Seed of the random weights");
   cmd->add_flag("--json", o->json, "Print one JSON object as the last stdout line");
   cmd->add_option("--dtype", o->dtype,
-                  "fp32, or bf16 convolutions and linears (graph mode; f32 fallback on CPUs "
+                  "fp32, or bf16 convolutions, linears and attention (graph mode; f32 fallback on CPUs "
                   "without bf16)")
       ->capture_default_str();
   cmd->add_option("--mode", o->mode, "eager or graph")->capture_default_str();

@@ -110,7 +110,7 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("-o,--output", o->output, "Output tensors (.safetensors)")->required();
   cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
   cmd->add_option("--dtype", o->dtype,
-                  "fp32, or bf16 convolutions and linears (graph mode; f32 fallback on CPUs "
+                  "fp32, or bf16 convolutions, linears and attention (graph mode; f32 fallback on CPUs "
                   "without bf16)")
       ->capture_default_str();
   cmd->add_option("--mode", o->mode, "eager (op by op) or graph (traced, optimised, replayed)")->capture_default_str();

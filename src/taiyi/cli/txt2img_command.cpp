@@ -169,7 +169,7 @@ void add_txt2img_command(CLI::App& app) {
   cmd->add_option("--save-raw", o->save_raw, "Also save float tensors: latents and image (NHWC, [0, 1])");
   cmd->add_flag("-q,--quiet", o->quiet, "No progress or timings on stderr");
   cmd->add_option("--dtype", o->dtype,
-                  "fp32, or bf16 convolutions and linears (graph mode; f32 fallback on CPUs "
+                  "fp32, or bf16 convolutions, linears and attention (graph mode; f32 fallback on CPUs "
                   "without bf16)")
       ->capture_default_str();
   cmd->add_option("--mode", o->mode, "eager (op by op) or graph (compiled once per shape, then replayed)")

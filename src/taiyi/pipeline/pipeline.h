@@ -66,7 +66,7 @@ struct GenerateResult {
 
 struct PipelineOptions {
   graph::Mode mode = graph::Mode::kGraph;  // graph: each component compiled once per input signature
-  DType compute = DType::F32;              // bf16: convolutions and linears in bf16 (graph mode)
+  DType compute = DType::F32;              // bf16: convolutions, linears, attention in bf16 (graph mode)
   bool random_weights = false;             // configs only, seeded random weights (benchmarks)
 };
 

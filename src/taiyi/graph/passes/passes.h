@@ -13,8 +13,8 @@ namespace taiyi::graph {
 
 // What the caller asks of the compiled graph.
 struct CompileOptions {
-  // Precision of convolutions and linears: f32, or bf16 products (f32 accumulation, f32
-  // activations between ops). bf16 where the CPU cannot run it falls back to f32.
+  // Precision of convolutions, linears and attention's products: f32, or bf16 products (f32
+  // accumulation, f32 activations between ops). bf16 where the CPU cannot run it falls back to f32.
   DType compute = DType::F32;
 };
 

@@ -127,6 +127,16 @@ TEST(Pipeline, GraphModeGivesEagerModesImageAndCompilesOncePerSignature) {
   EXPECT_EQ(second.pixels, first.pixels);  // a replay is bit-exact
   EXPECT_EQ(max_abs_diff(second.latents, first.latents), 0.0);
   for (const auto& c : p.compiles()) EXPECT_GT(c.nodes, 0u) << c.function;
+  // The UNet keeps the K and V projections of the text context between steps (two per
+  // cross-attention); the replay above was bit-exact with them.
+  for (const auto& c : p.compiles()) {
+    if (c.function == "unet") {
+      EXPECT_GT(c.kept_nodes, 0u);
+      EXPECT_EQ(c.kept_nodes % 2, 0u);
+    } else {
+      EXPECT_EQ(c.kept_nodes, 0u) << c.function;
+    }
+  }
 }
 
 TEST(Pipeline, SeededRunsRepeatAndDifferentSeedsDiffer) {

@@ -104,6 +104,9 @@ void run_txt2img_bench(const BenchOptions& o) {
       last = t;
     }
   }
+  for (const auto& c : pipe->compiles())
+    std::fprintf(stderr, "  compiled %s: %zu nodes, %zu kept between calls, %.3f s\n", c.function.c_str(), c.nodes,
+                 c.kept_nodes, c.total_s);
   const double median = median_of(times);
   const double parts = last.text_encoder_s + last.unet_s + last.vae_s;
   std::fprintf(stderr, "  median %.3f s; parts (text + unet + vae) %.3f s; peak RSS %.0f MB\n", median, parts,

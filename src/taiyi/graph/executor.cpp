@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 namespace taiyi::graph {
@@ -16,10 +17,47 @@ std::shared_ptr<Storage> Workspace::reserve(size_t bytes) {
   return mem_;
 }
 
-Executor::Executor(Graph g, std::shared_ptr<Workspace> workspace)
-    : g_(std::move(g)), workspace_(workspace ? std::move(workspace) : std::make_shared<Workspace>()) {
+namespace {
+
+// The nodes whose outputs depend only on the given inputs and constants, and that are worth
+// keeping: not views (those are free to redo, and a view of an input would keep the caller's
+// memory), not graph outputs (the caller owns those). Views of kept values are recomputed.
+std::vector<bool> nodes_to_keep(const Graph& g, const std::vector<int>& repeated_inputs) {
+  std::vector<bool> invariant(g.values.size(), false), keep(g.nodes.size(), false);
+  for (size_t v = 0; v < g.values.size(); ++v) invariant[v] = g.values[v].kind == ValueKind::kConstant;
+  for (int i : repeated_inputs) invariant[g.inputs.at(static_cast<size_t>(i))] = true;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const Node& n = g.nodes[i];
+    bool inv = true;
+    for (int v : n.inputs) inv = inv && (v < 0 || invariant[v]);
+    invariant[n.output] = inv;
+    keep[i] = inv && !node_is_alias(g, n) && !g.is_output(n.output);
+  }
+  return keep;
+}
+
+bool same_content(const Tensor& a, const Tensor& b) {
+  if (a.shape() != b.shape() || a.dtype() != b.dtype()) return false;
+  const Tensor ac = a.contiguous(), bc = b.contiguous();
+  return std::memcmp(ac.raw_data(), bc.raw_data(), static_cast<size_t>(ac.numel()) * dtype_size(ac.dtype())) == 0;
+}
+
+}  // namespace
+
+Executor::Executor(Graph g, std::shared_ptr<Workspace> workspace, std::vector<int> repeated_inputs)
+    : g_(std::move(g)),
+      workspace_(workspace ? std::move(workspace) : std::make_shared<Workspace>()),
+      repeated_inputs_(std::move(repeated_inputs)) {
   g_.validate();
-  plan_ = plan_memory(g_);
+  for (int i : repeated_inputs_)
+    if (i < 0 || static_cast<size_t>(i) >= g_.inputs.size())
+      throw Error("graph: repeated input " + std::to_string(i) + " of a graph with " +
+                  std::to_string(g_.inputs.size()) + " inputs");
+  kept_ = nodes_to_keep(g_, repeated_inputs_);
+  std::vector<bool> own_memory(g_.values.size(), false);
+  for (size_t i = 0; i < g_.nodes.size(); ++i) own_memory[g_.nodes[i].output] = kept_[i];
+  plan_ = plan_memory(g_, &own_memory);
+  kept_values_.resize(g_.values.size());
   size_t scratch = 0;
   for (const Node& n : g_.nodes)
     if (n.prepared) scratch = std::max(scratch, n.prepared->scratch_bytes());
@@ -37,6 +75,8 @@ Executor::Executor(Graph g, std::shared_ptr<Workspace> workspace)
     if (last_use[v] >= 0 && !keep[v] && g_.values[v].kind == ValueKind::kNode)
       release_after_[last_use[v]].push_back(static_cast<int>(v));
 }
+
+size_t Executor::kept_nodes() const { return static_cast<size_t>(std::count(kept_.begin(), kept_.end(), true)); }
 
 // TAIYI_PROFILE_DETAIL=1: profile rows per op and output shape (and prepared kernel), not per op.
 static bool detailed_profile() {
@@ -75,11 +115,25 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& inputs, Profile* pr
                   dtype_name(spec.dtype) + shape_str(spec.shape));
     vals[g_.inputs[i]] = inputs[i];
   }
+  // Kept outputs serve this run when every repeated input has the content of the last run's.
+  bool reuse = kept_valid_ && !repeated_inputs_.empty();
+  for (size_t k = 0; reuse && k < repeated_inputs_.size(); ++k)
+    reuse = same_content(inputs[repeated_inputs_[k]], repeated_copy_[k]);
+  if (!reuse && !repeated_inputs_.empty()) {
+    kept_valid_ = false;  // until this run has computed them
+    repeated_copy_.clear();
+    for (int i : repeated_inputs_) repeated_copy_.push_back(inputs[i].contiguous().clone());
+  }
+  reused_runs_ += reuse;
   const std::shared_ptr<Storage> arena = workspace_->reserve(workspace_bytes_);
   std::byte* scratch = arena->data() + scratch_offset_;
   std::vector<Tensor> args;
   for (size_t i = 0; i < g_.nodes.size(); ++i) {
     const Node& n = g_.nodes[i];
+    if (reuse && kept_[i]) {
+      vals[n.output] = kept_values_[n.output];
+      continue;
+    }
     args.clear();
     if (n.prepared && n.kind != ops::OpKind::kAttention) {
       // A prepared conv2d or linear holds its weights: it reads x, and the residual of a fused
@@ -125,8 +179,10 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& inputs, Profile* pr
     } else {
       vals[n.output] = execute();
     }
+    if (kept_[i]) kept_values_[n.output] = vals[n.output];
     for (int v : release_after_[i]) vals[v] = Tensor();
   }
+  if (!repeated_inputs_.empty()) kept_valid_ = true;
   std::vector<Tensor> out;
   for (int v : g_.outputs) out.push_back(vals[v]);
   return out;

@@ -2,6 +2,11 @@
 // planned by plan_memory (allocated once, reused by every run); graph outputs get
 // fresh memory so they outlive the run. Not reentrant: one run at a time.
 //
+// Repeated inputs (positions given at construction): the nodes computed from those inputs and
+// constants alone keep their outputs, in memory of their own, from one run to the next, and run
+// again only when a repeated input's content differs from the previous run's (compared byte for
+// byte with a copy, so a caller may reuse or overwrite its tensors freely).
+//
 // Executors that never run at the same time can share one Workspace for their arenas and
 // scratch (the pipeline's text encoder, UNet and VAE do): it grows to the largest of them
 // instead of holding their sum.
@@ -40,12 +45,16 @@ class Workspace {
 class Executor {
  public:
   // workspace: shared with other executors that never run while this one does; null: its own.
-  explicit Executor(Graph g, std::shared_ptr<Workspace> workspace = nullptr);
+  explicit Executor(Graph g, std::shared_ptr<Workspace> workspace = nullptr, std::vector<int> repeated_inputs = {});
   // Inputs must match the traced shapes and dtypes (throws naming the input otherwise).
   // With `profile`, each node is timed and its time added under its op's name.
   std::vector<Tensor> run(const std::vector<Tensor>& inputs, Profile* profile = nullptr) const;
   const Graph& graph() const { return g_; }
   const MemoryPlan& memory_plan() const { return plan_; }
+  // Nodes whose outputs are kept between runs (computed from repeated inputs and constants).
+  size_t kept_nodes() const;
+  // Runs so far that reused the kept outputs instead of computing them.
+  int64_t reused_runs() const { return reused_runs_; }
 
  private:
   Graph g_;
@@ -53,6 +62,13 @@ class Executor {
   std::shared_ptr<Workspace> workspace_;  // the arena, then the scratch prepared ops share (one runs at a time)
   size_t scratch_offset_ = 0, workspace_bytes_ = 0;
   std::vector<std::vector<int>> release_after_;  // per node: values whose last reader it is
+  // Repeated inputs: their positions, which nodes' outputs are kept, and between runs the inputs'
+  // contents and the kept outputs (valid once a run has computed them all).
+  std::vector<int> repeated_inputs_;
+  std::vector<bool> kept_;  // per node
+  mutable std::vector<Tensor> repeated_copy_, kept_values_;
+  mutable bool kept_valid_ = false;
+  mutable int64_t reused_runs_ = 0;
 };
 
 }  // namespace taiyi::graph

@@ -65,9 +65,10 @@ std::vector<Tensor> GraphFunction::operator()(const std::vector<Tensor>& inputs,
     const double t2 = now_s();
     stats.nodes = g.nodes.size();
     for (const auto& v : g.values) stats.constants += v.kind == ValueKind::kConstant && v.constant.defined();
-    auto ex = std::make_unique<Executor>(std::move(g), workspace_);
+    auto ex = std::make_unique<Executor>(std::move(g), workspace_, options_.repeated_inputs);
     stats.arena_bytes = ex->memory_plan().arena_bytes;
     stats.planned_bytes = ex->memory_plan().planned_bytes;
+    stats.kept_nodes = ex->kept_nodes();
     stats.trace_s = t1 - t0;
     stats.passes_s = t2 - t1;
     stats.total_s = now_s() - t0;

@@ -33,6 +33,7 @@ struct CompileStats {
   size_t nodes = 0, constants = 0;
   size_t arena_bytes = 0, planned_bytes = 0;  // activation arena vs the sum of its buffers
   size_t prepared_ops = 0, packed_weight_bytes = 0;
+  size_t kept_nodes = 0;  // nodes whose outputs are kept between calls (CompileOptions::repeated_inputs)
   DType compute = DType::F32;  // what the matrix products run in (bf16 may have fallen back to f32)
   std::vector<PassReport> passes;
 };

@@ -31,7 +31,7 @@ bool node_is_alias(const Graph& g, const Node& n) {
   }
 }
 
-MemoryPlan plan_memory(const Graph& g) {
+MemoryPlan plan_memory(const Graph& g, const std::vector<bool>* own_memory) {
   const size_t nv = g.values.size();
   MemoryPlan plan;
   plan.offset.assign(nv, MemoryPlan::kNotPlanned);
@@ -53,6 +53,9 @@ MemoryPlan plan_memory(const Graph& g) {
   // A graph output (or a view of one) must outlive the run: its base is not planned.
   std::vector<bool> escapes(nv, false);
   for (int v : g.outputs) escapes[plan.alias_of[v]] = true;
+  if (own_memory)
+    for (size_t v = 0; v < nv && v < own_memory->size(); ++v)
+      if ((*own_memory)[v]) escapes[plan.alias_of[v]] = true;
 
   struct Buffer {
     int value;

@@ -23,6 +23,8 @@ struct MemoryPlan {
 // True when the node's output is a view of its first input's memory (no copy at run time).
 bool node_is_alias(const Graph& g, const Node& n);
 
-MemoryPlan plan_memory(const Graph& g);
+// own_memory[v] (when given): value v, and any view of it, is not planned either, like a graph
+// output (the executor keeps such values between runs).
+MemoryPlan plan_memory(const Graph& g, const std::vector<bool>* own_memory = nullptr);
 
 }  // namespace taiyi::graph

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <random>
 
@@ -61,9 +62,15 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model_dir, const Pip
   p->text_fn_ = std::make_unique<graph::GraphFunction>(
       [self](const std::vector<Tensor>& in) { return std::vector<Tensor>{self->text_encoder_->forward(in[0])}; },
       "text_encoder", compile, workspace);
+  // The text context is the same at every step of an image: the cross-attention K and V
+  // projections of it are computed once per prompt instead of once per step
+  // (TAIYI_KEEP_CONTEXT=0 turns that off, for A/B runs).
+  graph::CompileOptions unet_compile = compile;
+  const char* keep = std::getenv("TAIYI_KEEP_CONTEXT");
+  if (keep == nullptr || std::string(keep) != "0") unet_compile.repeated_inputs = {2};
   p->unet_fn_ = std::make_unique<graph::GraphFunction>(
       [self](const std::vector<Tensor>& in) { return std::vector<Tensor>{self->unet_->forward(in[0], in[1], in[2])}; },
-      "unet", compile, workspace);
+      "unet", unet_compile, workspace);
   p->vae_decode_fn_ = std::make_unique<graph::GraphFunction>(
       [self](const std::vector<Tensor>& in) { return std::vector<Tensor>{self->vae_->decode(in[0])}; }, "vae_decode",
       compile, workspace);

@@ -16,6 +16,10 @@ struct CompileOptions {
   // Precision of convolutions, linears and attention's products: f32, or bf16 products (f32
   // accumulation, f32 activations between ops). bf16 where the CPU cannot run it falls back to f32.
   DType compute = DType::F32;
+  // Positions of inputs that usually repeat from one call to the next (the UNet's text context
+  // during sampling). The executor keeps what is computed from them and constants alone (the
+  // cross-attention K and V projections) and reruns it only when such an input's content changes.
+  std::vector<int> repeated_inputs;
 };
 
 struct Pass {

@@ -98,9 +98,9 @@ TEST(CliEval, Bf16WhereSupportedElseAnFp32Fallback) {
   io::write_safetensors(tmp / "in.safetensors", {{"sample", g.at(c + "sample")},
                                                   {"timestep", g.at(c + "timestep")},
                                                   {"encoder_hidden_states", g.at(c + "encoder_hidden_states")}});
-  // bf16's arithmetic (bf16 inputs to every convolution and linear, f32 accumulation): oneDNN's
-  // kernels where the CPU has bf16, else the f32 kernels on bf16-rounded weights and inputs
-  // (TAIYI_BF16_EMULATE=1). Measured on this fixture (tools/bf16_error.py): relative L2 1.1-1.4e-2,
+  // bf16's arithmetic (bf16 inputs to every convolution, linear and attention product, f32
+  // accumulation): oneDNN's kernels where the CPU has bf16, else the f32 kernels on bf16-rounded
+  // weights and inputs (TAIYI_BF16_EMULATE=1). Measured on this fixture (tools/bf16_error.py): relative L2 1.1-1.4e-2,
   // max |diff| 2.9-4.1e-2 on outputs up to ~2.2, as expected of about 25 product layers in a row each
   // adding a relative error of order 2^-9 (sqrt(25) x 2.8e-3 = 1.4e-2). Bound: 3e-2 relative L2
   // (2x the worst case seen) and 1e-1 max; below 1e-4 would mean nothing was rounded.

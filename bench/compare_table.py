@@ -1,8 +1,11 @@
 """Prints bench/compare.sh's results (JSON lines) as one Markdown table per component, then the
 issue #6 targets: taiyi graph bf16 (or what it ran) against the fastest peer of any precision
 (>= 1.5x), taiyi graph fp32 against the fastest fp32 peer (>= 1.3x, UNet).
+A point measured in several rounds (compare.sh ROUNDS > 1) counts with the median of its rounds'
+medians, and each target also shows the range of its per-round speed-ups.
 Usage: compare_table.py results.jsonl [more.jsonl ...]"""
 import json
+import statistics
 import sys
 from collections import defaultdict
 
@@ -25,6 +28,23 @@ for path in sys.argv[1:]:
                 machine["isa"] = d["onednn_isa"]
             if d.get("machine_peak_gflop_per_s"):
                 machine.setdefault("peak", (d["machine_peak_gflop_per_s"], d.get("machine_peak_kernel", "")))
+
+
+def merge_rounds(items):
+    """One entry per label: the median over rounds of median_s, with each round's median kept."""
+    by_label = defaultdict(list)
+    for d in items:
+        by_label[d["label"]].append(d)
+    merged = []
+    for same in by_label.values():
+        d = dict(same[-1])
+        d["rounds"] = {x.get("round", 1): x["median_s"] for x in same}
+        d["median_s"] = statistics.median(x["median_s"] for x in same)
+        merged.append(d)
+    return merged
+
+
+rows = {comp: merge_rounds(items) for comp, items in rows.items()}
 print(f"CPU: {machine.get('cpu')}, oneDNN ISA: {machine.get('isa')}")
 if "peak" in machine:
     print(f"Measured f32 conv peak: {machine['peak'][0]:.0f} GFLOP/s ({machine['peak'][1]})")
@@ -75,9 +95,13 @@ for comp, items in rows.items():
 
 if targets:
     print("\n### Targets (issue #6)\n")
-    print("| component | comparison | taiyi s | peer | peer s | speed-up | target | met |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| component | comparison | taiyi s | peer | peer s | speed-up | per round | target | met |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for comp, what, ours_d, peer, want in targets:
         x = peer["median_s"] / ours_d["median_s"]
+        # Per round: that round's taiyi against that round's fastest run of the same peer.
+        common = sorted(set(ours_d["rounds"]) & set(peer["rounds"]))
+        per_round = [peer["rounds"][r] / ours_d["rounds"][r] for r in common]
+        spread = f"{min(per_round):.2f}-{max(per_round):.2f}x ({len(per_round)})" if len(per_round) > 1 else ""
         print(f"| {comp} | {what} | {ours_d['median_s']:.3f} | {name(peer)} | {peer['median_s']:.3f} | {x:.2f}x | "
-              f">= {want}x | {'yes' if x >= want else 'no'} |")
+              f"{spread} | >= {want}x | {'yes' if x >= want else 'no'} |")

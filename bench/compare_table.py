@@ -83,7 +83,7 @@ for comp, items in rows.items():
         targets.append((comp, f"{name(best_ours)} vs fastest peer", best_ours, fastest, 1.5, peers))
     fp32_peers = [d for d in peers if name(d) in FP32_PEERS]
     fp32 = ours.get("taiyi graph fp32")
-    if fp32 and fp32_peers:
+    if comp == "unet" and fp32 and fp32_peers:  # the fp32 target is the UNet's
         targets.append((comp, "graph fp32 vs fastest fp32 peer", fp32, min(fp32_peers, key=lambda d: d["median_s"]),
                         1.3, fp32_peers))
     if comp == "txt2img" and fp32 and "parts_s" in fp32:

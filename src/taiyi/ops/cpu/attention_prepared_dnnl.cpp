@@ -15,9 +15,10 @@
 //            bf16's 2^-8 steps anyway: about 1.5e9 per second per Zen 3 core with AVX2)
 //        out_blk = P V                        matmul, f32 output written in place into out
 //        out_blk /= l
-//      S and P are block x Lk per thread: scratch never holds B*H*Lq*Lk scores (the f32 path's
-//      flash kernel keeps an online softmax instead; here the exact softmax of a block costs one
-//      extra pass over S, small next to the products at D = 40).
+//      S and P are block x Lk per thread: scratch never holds B*H*Lq*Lk scores. The f32 path's
+//      flash kernel keeps an online softmax over blocks of keys instead; here whole rows of keys
+//      make 2 large matmul calls per block rather than 2 per key block (oneDNN's per-call cost is
+//      microseconds), and the block's S (1 MiB at Lk = 4096) stays in L2 for the one extra pass.
 // The row sum is taken over the rounded probabilities, so the weights of each output row sum to 1.
 //
 // Bf16Arithmetic::kEmulated runs the same code with f32 matmuls on f32 buffers that hold

@@ -179,7 +179,13 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& inputs, Profile* pr
     } else {
       vals[n.output] = execute();
     }
-    if (kept_[i]) kept_values_[n.output] = vals[n.output];
+    if (kept_[i]) {
+      // An eager op may hand back its input unchanged: never keep a view of the caller's memory.
+      Tensor& kept = kept_values_[n.output];
+      kept = vals[n.output];
+      for (const Tensor& in : inputs)
+        if (kept.storage() == in.storage()) kept = kept.clone();
+    }
     for (int v : release_after_[i]) vals[v] = Tensor();
   }
   if (!repeated_inputs_.empty()) kept_valid_ = true;

@@ -70,9 +70,7 @@ TAIYI_ALWAYS_INLINE void round_row_body(const float* src, int64_t stride, T* dst
 // p[i] = bf16(2^(s[i] - max(s))) for i < n >= 1; returns the sum of the rounded p.
 template <typename T>
 TAIYI_ALWAYS_INLINE float softmax_numerators_body(const float* s, T* p, int64_t n) {
-  float m = s[0];
-#pragma omp simd reduction(max : m)
-  for (int64_t i = 0; i < n; ++i) m = s[i] > m ? s[i] : m;
+  const float m = cpu::row_max_f32(s, n);
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; ++i) {

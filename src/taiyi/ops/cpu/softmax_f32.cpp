@@ -10,9 +10,7 @@ namespace taiyi::ops::cpu {
 namespace {
 
 TAIYI_ALWAYS_INLINE float exp_minus_max_body(float* x, int64_t n) {
-  float m = x[0];
-#pragma omp simd reduction(max : m)
-  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  const float m = row_max_f32(x, n);
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; ++i) {

@@ -52,6 +52,14 @@ TAIYI_ALWAYS_INLINE float exp_approx_f32(float x) {
   return p * two_n;
 }
 
+// max(x[0..n)) for n >= 1, vectorised (a reduction GCC vectorises despite -ftrapping-math).
+TAIYI_ALWAYS_INLINE float row_max_f32(const float* x, int64_t n) {
+  float m = x[0];
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
 // 2^x for x <= 0 (and -0.0), where it needs far fewer operations than exp_approx_f32: relative
 // error 2.7e-6 (a degree-4 fit of 2^f on [-1/2, 1/2]), x below -126 taken as -126. For the
 // probabilities of the bf16 attention, which are rounded to bf16 (relative step 2^-8) right after.

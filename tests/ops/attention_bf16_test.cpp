@@ -1,4 +1,5 @@
-// The prepared bf16 attention (ops/cpu/attention_prepared_dnnl.cpp) against a reference in double
+// The prepared bf16 attention (ops/cpu/attention_prepared_dnnl.cpp, and the AVX512-BF16 kernel of
+// attention_bf16_avx512.cpp where the CPU has it) against a reference in double
 // that rounds as the kernel does: q, k, v to bf16, scores in full precision, probabilities
 // 2^(log2(e) (s - max)) rounded to bf16 (with the kernel's exp2_nonpositive_f32, itself checked
 // against std::exp2 here) and normalised by their rounded sum. Emulated arithmetic (f32
@@ -9,13 +10,17 @@
 
 #include <cmath>
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "op_testing.h"
+#include "taiyi/ops/cpu/cpu_isa.h"
+#include "taiyi/ops/cpu/prepared_kernels.h"
 #include "taiyi/ops/cpu/vector_math_f32.h"
 #include "taiyi/ops/ops.h"
 #include "taiyi/ops/prepared.h"
+#include "taiyi/ops/runtime_info.h"
 #include "taiyi/tensor/dtype.h"
 
 namespace taiyi::ops_test {
@@ -59,9 +64,21 @@ std::vector<double> bf16_attention_reference(const Tensor& q, const Tensor& k, c
   return out;
 }
 
-Tensor run_prepared(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale,
-                    ops::Bf16Arithmetic how) {
-  const auto op = ops::prepare_attention_bf16(q.shape(), k.shape(), v.shape(), heads, scale, how);
+// How a case's op is made: through ops::prepare_attention_bf16 (which picks the kernel), or the
+// AVX512-BF16 kernel itself.
+enum class Kernel { kEmulated, kNative, kAvx512 };
+
+std::unique_ptr<ops::PreparedOp> prepare(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale,
+                                         Kernel kernel) {
+  if (kernel == Kernel::kAvx512)
+    return ops::cpu::prepare_attention_bf16_avx512(q.shape(), k.shape(), v.shape(), heads, scale);
+  return ops::prepare_attention_bf16(
+      q.shape(), k.shape(), v.shape(), heads, scale,
+      kernel == Kernel::kNative ? ops::Bf16Arithmetic::kNative : ops::Bf16Arithmetic::kEmulated);
+}
+
+Tensor run_prepared(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale, Kernel kernel) {
+  const auto op = prepare(q, k, v, heads, scale, kernel);
   Tensor out = Tensor::empty({q.size(0), q.size(1), v.size(2)});
   std::vector<std::byte> scratch(op->scratch_bytes() + 64);
   auto* aligned = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) / 64 * 64);
@@ -75,23 +92,28 @@ struct Case {
   int heads;
 };
 
-// Block rows are 256K / Lk clamped to [32, 256] and to Lq: Lk = 2048 gives blocks of 128, so
-// Lq = 300 is two full blocks and a tail of 44; Lk = 77 gives one block of all queries.
+// oneDNN path: block rows are 256K / Lk clamped to [32, 256] and to Lq: Lk = 2048 gives blocks of
+// 128, so Lq = 300 is two full blocks and a tail of 44; Lk = 77 gives one block of all queries.
+// AVX512-BF16 kernel: 16 queries a task (300 = 18 x 16 + 12), keys padded to 8 (77 -> 80, 5 -> 8)
+// and packed for V in blocks of 64 (2048 = 32 full blocks, 77 = one full and a part), D padded to
+// even (1, 3), Dv to 8 (3, 8, 40 = 16 + 16 + 8).
 const std::vector<Case> kCases = {
     {{1, 300, 16}, {1, 2048, 16}, {1, 2048, 8}, 1},  // full blocks + tail, Dv != D
     {{2, 64, 64}, {2, 64, 64}, {2, 64, 64}, 8},      // self-attention, 8 heads of 8
     {{2, 50, 80}, {2, 77, 80}, {2, 77, 80}, 2},      // cross-attention, D = 40
     {{1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 1},            // one query, one key, D = 1
     {{1, 33, 6}, {1, 5, 6}, {1, 5, 9}, 3},           // D = 2, Dv = 3
+    {{1, 17, 9}, {1, 131, 9}, {1, 131, 120}, 3},     // D = 3, Dv = 40, keys 131 = 2 x 64 + 3
+    {{2, 40, 320}, {2, 70, 320}, {2, 70, 320}, 2},   // D = Dv = 160 (the UNet's 16x16 level)
 };
 
-void check_cases(ops::Bf16Arithmetic how) {
+void check_cases(Kernel kernel) {
   uint32_t seed = 1;
   for (const Case& c : kCases) {
     const Tensor q = random_tensor(c.q, seed++, -2.0f, 2.0f), k = random_tensor(c.k, seed++, -2.0f, 2.0f);
     const Tensor v = random_tensor(c.v, seed++);
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.q[2] / c.heads));
-    const Tensor got = run_prepared(q, k, v, c.heads, scale, how);
+    const Tensor got = run_prepared(q, k, v, c.heads, scale, kernel);
     const std::string what = "q " + shape_str(c.q) + " k " + shape_str(c.k) + " v " + shape_str(c.v);
     // The same roundings as the kernel: what remains is the f32 accumulation order, and the odd
     // probability that rounds the other way when the kernel's exp and the reference's differ in
@@ -123,11 +145,35 @@ TEST(AttentionBf16, Exp2OfNonPositiveIsWithinItsBound) {
   EXPECT_NEAR(ops::cpu::exp2_nonpositive_f32(-1e30f), std::exp2(-126.0), 3e-6 * std::exp2(-126.0));
 }
 
-TEST(AttentionBf16, EmulatedMatchesTheRoundedReference) { check_cases(ops::Bf16Arithmetic::kEmulated); }
+TEST(AttentionBf16, EmulatedMatchesTheRoundedReference) { check_cases(Kernel::kEmulated); }
 
 TEST(AttentionBf16, NativeMatchesTheRoundedReference) {
   if (!ops::bf16_supported()) GTEST_SKIP() << "oneDNN has no bf16 matmul on this CPU (needs avx512_bf16 or AMX)";
-  check_cases(ops::Bf16Arithmetic::kNative);
+  check_cases(Kernel::kNative);
+}
+
+TEST(AttentionBf16, Avx512KernelMatchesTheRoundedReference) {
+  if (!ops::cpu::cpu_has_avx512_bf16()) GTEST_SKIP() << "this CPU has no avx512_bf16";
+  check_cases(Kernel::kAvx512);
+  // Scores over a wide range (|s| up to ~50 before the scale): most probabilities round to 0 or
+  // underflow, one key dominates a row; and strided views.
+  const Tensor q = random_tensor({2, 45, 64}, 21, -6.0f, 6.0f), k = random_tensor({2, 93, 64}, 22, -6.0f, 6.0f);
+  const Tensor v = random_tensor({2, 93, 64}, 23);
+  EXPECT_TRUE(all_close(run_prepared(q, k, v, 1, 0.5f, Kernel::kAvx512), bf16_attention_reference(q, k, v, 1, 0.5f),
+                        1e-4, 2e-4));
+  const Tensor qkv = random_tensor({2, 70, 72}, 24);
+  const Tensor qs = qkv.slice(2, 0, 24), ks = qkv.slice(2, 24, 48);
+  const Tensor vs = random_tensor({70, 2, 24}, 25).permute({1, 0, 2});
+  EXPECT_TRUE(all_close(run_prepared(qs, ks, vs, 3, 0.35f, Kernel::kAvx512),
+                        bf16_attention_reference(qs, ks, vs, 3, 0.35f), 1e-4, 2e-4));
+}
+
+TEST(AttentionBf16, NativePicksTheAvx512KernelWithoutAmx) {
+  if (!ops::bf16_supported() || !ops::cpu::cpu_has_avx512_bf16()) GTEST_SKIP() << "needs avx512_bf16";
+  const auto op = ops::prepare_attention_bf16({2, 64, 80}, {2, 77, 80}, {2, 77, 80}, 2, 0.15f,
+                                              ops::Bf16Arithmetic::kNative);
+  const bool amx = ops::onednn_isa() == "avx512_core_amx";
+  EXPECT_EQ(op->describe().find("avx512_bf16 (") != std::string::npos, !amx) << op->describe();
 }
 
 TEST(AttentionBf16, ReadsStridedViews) {
@@ -138,7 +184,7 @@ TEST(AttentionBf16, ReadsStridedViews) {
   const Tensor q = qkv.slice(2, 0, c), k = qkv.slice(2, c, 2 * c);
   const Tensor v = random_tensor({l, b, c}, 12).permute({1, 0, 2});
   const float scale = 0.35f;
-  const Tensor got = run_prepared(q, k, v, heads, scale, ops::Bf16Arithmetic::kEmulated);
+  const Tensor got = run_prepared(q, k, v, heads, scale, Kernel::kEmulated);
   EXPECT_TRUE(all_close(got, bf16_attention_reference(q, k, v, heads, scale), 1e-4, 2e-4));
 }
 

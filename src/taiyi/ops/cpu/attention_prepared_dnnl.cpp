@@ -28,6 +28,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <dnnl.hpp>
 #include <string>
@@ -35,6 +36,7 @@
 
 #include "taiyi/ops/cpu/cpu_isa.h"
 #include "taiyi/ops/cpu/dnnl_context.h"
+#include "taiyi/ops/cpu/prepared_kernels.h"
 #include "taiyi/ops/cpu/vector_math_f32.h"
 #include "taiyi/ops/prepared.h"
 #include "taiyi/tensor/dtype.h"
@@ -276,6 +278,14 @@ class PreparedAttention : public PreparedOp {
   std::string describe_;
 };
 
+// Native bf16 attention runs our vdpbf16ps kernel where the CPU has avx512_bf16 but no AMX (on AMX
+// oneDNN's tile matmuls are the faster products); TAIYI_ATTENTION=dnnl keeps oneDNN (A/B runs).
+bool use_avx512_bf16_kernel(float scale) {
+  const char* env = std::getenv("TAIYI_ATTENTION");
+  if (env && std::string(env) == "dnnl") return false;
+  return cpu::attention_bf16_avx512_applicable(scale) && dnnl::get_effective_cpu_isa() != dnnl::cpu_isa::avx512_core_amx;
+}
+
 }  // namespace
 
 bool prepared_attention_applicable(const Shape& q, const Shape& k, const Shape& v, int heads) {
@@ -289,6 +299,8 @@ std::unique_ptr<PreparedOp> prepare_attention_bf16(const Shape& q, const Shape& 
   if (!prepared_attention_applicable(q, k, v, heads))
     throw Error("attention: cannot prepare bf16 attention for q " + shape_str(q) + ", k " + shape_str(k) + ", v " +
                 shape_str(v) + " with " + std::to_string(heads) + " heads");
+  if (how == Bf16Arithmetic::kNative && use_avx512_bf16_kernel(scale))
+    return cpu::prepare_attention_bf16_avx512(q, k, v, heads, scale);
   try {
     return std::make_unique<PreparedAttention>(q, k, v, heads, scale, how);
   } catch (const dnnl::error& e) {

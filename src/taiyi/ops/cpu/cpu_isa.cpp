@@ -15,6 +15,17 @@ bool detect_avx2_fma() {
 #endif
 }
 
+bool detect_avx512_bf16() {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
 std::atomic<bool> g_force_generic{false};
 
 }  // namespace
@@ -22,6 +33,11 @@ std::atomic<bool> g_force_generic{false};
 bool cpu_has_avx2_fma() {
   static const bool has = detect_avx2_fma();
   return has && !g_force_generic.load(std::memory_order_relaxed);
+}
+
+bool cpu_has_avx512_bf16() {
+  static const bool has = detect_avx512_bf16();
+  return has;
 }
 
 void set_force_generic_kernels(bool force) { g_force_generic.store(force, std::memory_order_relaxed); }

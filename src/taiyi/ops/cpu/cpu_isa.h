@@ -20,6 +20,10 @@ namespace taiyi::ops::cpu {
 
 // True when the CPU and the OS support AVX2 and FMA (GCC's and Clang's builtin checks XCR0 too).
 bool cpu_has_avx2_fma();
+// True when the CPU and the OS support AVX-512 F/BW/VL/DQ and AVX512-BF16 (vdpbf16ps); the
+// hand-written bf16 kernels use intrinsics under a target attribute (attention_bf16_avx512.cpp).
+// Not affected by set_force_generic_kernels: bf16 has no portable path to compare with.
+bool cpu_has_avx512_bf16();
 // Forces (or lifts the forcing of) the portable path; for tests that cover both paths.
 void set_force_generic_kernels(bool force);
 

@@ -1,0 +1,62 @@
+// Times the prepared bf16 attention (ops::prepare_attention_bf16, native) on every attention shape
+// of the Taiyi UNet at 512x512 (batch 2 for guidance, 8 heads, 512 context tokens), the VAE's
+// mid-block attention and BERT's, and prints seconds and GFLOP/s per shape: the kernel-level view
+// behind `taiyi bench unet --profile`. TAIYI_ATTENTION=dnnl times oneDNN's matmuls instead of the
+// AVX512-BF16 kernel.
+//   build/bench/attention_bench [reps]
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "taiyi/ops/ops.h"
+#include "taiyi/ops/prepared.h"
+#include "taiyi/tensor/tensor.h"
+
+int main(int argc, char** argv) {
+  using namespace taiyi;
+  const int reps = argc > 1 ? std::atoi(argv[1]) : 5;
+  if (!ops::bf16_supported()) {
+    std::fprintf(stderr, "attention_bench: this CPU has no bf16 (avx512_bf16 or AMX)\n");
+    return 1;
+  }
+  struct Case {
+    int64_t b, lq, lk;
+    int heads;
+    int64_t d;
+  };
+  const Case cases[] = {{2, 4096, 4096, 8, 40}, {2, 4096, 512, 8, 40}, {2, 1024, 1024, 8, 80},
+                        {2, 1024, 512, 8, 80},  {2, 256, 256, 8, 160}, {2, 256, 512, 8, 160},
+                        {2, 64, 64, 8, 160},    {1, 4096, 4096, 1, 512}, {2, 512, 512, 12, 64}};
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
+  const auto random = [&](const Shape& s) {
+    Tensor t = Tensor::empty(s);
+    float* p = t.data<float>();
+    for (int64_t i = 0; i < t.numel(); ++i) p[i] = dist(rng);
+    return t;
+  };
+  for (const Case& c : cases) {
+    const Tensor q = random({c.b, c.lq, c.heads * c.d}), k = random({c.b, c.lk, c.heads * c.d});
+    const Tensor v = random({c.b, c.lk, c.heads * c.d});
+    const auto op = ops::prepare_attention_bf16(q.shape(), k.shape(), v.shape(), c.heads,
+                                                1.0f / std::sqrt(static_cast<float>(c.d)), ops::Bf16Arithmetic::kNative);
+    Tensor out = Tensor::empty({c.b, c.lq, c.heads * c.d});
+    const auto scratch = Storage::allocate(op->scratch_bytes() + 64);
+    double best = 1e30;
+    for (int r = 0; r <= reps; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      op->run({q, k, v}, out, scratch->data());
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (r > 0) best = std::min(best, s);  // run 0 warms up
+    }
+    std::printf("B=%lld H=%d Lq=%-5lld Lk=%-5lld D=%-4lld %9.2f ms %7.1f GFLOP/s  %s\n", static_cast<long long>(c.b),
+                c.heads, static_cast<long long>(c.lq), static_cast<long long>(c.lk), static_cast<long long>(c.d),
+                best * 1e3, op->flops() * 1e-9 / best, op->describe().c_str());
+  }
+  return 0;
+}

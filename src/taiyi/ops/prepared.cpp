@@ -4,13 +4,16 @@
 // has Winograd only for AVX-512): F(4x4, 3x3) at 16x16 outputs and above (2.5-3x oneDNN's direct
 // AVX2 kernel on the UNet's shapes), F(2x2, 3x3) below (about 1.7-1.9x at 8x8, where F(4x4, 3x3)
 // has too few tiles per weight). Both keep the weights at their own size. Everything else, bf16
-// included, goes to oneDNN. TAIYI_WINOGRAD=0 turns Winograd off (A/B runs).
+// included, goes to oneDNN, except bf16 3x3 convolutions on CPUs with avx512_bf16 and no AMX (AMD
+// Zen 4), which go to our bf16 F(2x2,3x3) kernel (conv2d_winograd_bf16_avx512.cpp). TAIYI_WINOGRAD=0
+// turns Winograd off (A/B runs).
 #include "taiyi/ops/prepared.h"
 
 #include <cstdlib>
 #include <string>
 
 #include "taiyi/ops/cpu/conv2d_winograd_f32.h"
+#include "taiyi/ops/cpu/dnnl_context.h"
 #include "taiyi/ops/cpu/prepared_kernels.h"
 
 namespace taiyi::ops {
@@ -30,6 +33,14 @@ int winograd_tile(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, 
   return ho * wo >= 16 * 16 ? 4 : 2;
 }
 
+// bf16 3x3 convolutions go to our F(2x2,3x3) AVX512-BF16 kernel where oneDNN has no AMX (there its
+// direct kernel is already at the machine's bf16 peak, so only fewer products help), when both
+// channel counts are large enough for the products to dominate the transforms.
+bool winograd_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute) {
+  return compute == DType::BF16 && winograd_enabled() && x_shape.size() == 4 && x_shape[1] >= 16 &&
+         w.size(0) >= 16 && cpu::winograd_bf16_avx512_applicable(x_shape, w, p) && !cpu::dnnl_uses_amx();
+}
+
 }  // namespace
 
 std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,
@@ -40,6 +51,8 @@ std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w
     // The Winograd kernels fuse the residual; an output scale (always 1 in SD) stays with oneDNN.
     return cpu::prepare_conv2d_winograd_f32(x_shape, w, bias, p, src_layout, dst_layout, tile);
   }
+  if (epilogue.scale == 1.0f && winograd_bf16(x_shape, w, p, compute))
+    return cpu::prepare_conv2d_winograd_bf16_avx512(x_shape, w, bias, p, src_layout, dst_layout);
   return prepare_conv2d_dnnl(x_shape, w, bias, p, compute, src_layout, dst_layout, epilogue);
 }
 

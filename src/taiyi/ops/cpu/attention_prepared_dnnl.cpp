@@ -283,7 +283,7 @@ class PreparedAttention : public PreparedOp {
 bool use_avx512_bf16_kernel(float scale) {
   const char* env = std::getenv("TAIYI_ATTENTION");
   if (env && std::string(env) == "dnnl") return false;
-  return cpu::attention_bf16_avx512_applicable(scale) && dnnl::get_effective_cpu_isa() != dnnl::cpu_isa::avx512_core_amx;
+  return cpu::attention_bf16_avx512_applicable(scale) && !cpu::dnnl_uses_amx();
 }
 
 }  // namespace

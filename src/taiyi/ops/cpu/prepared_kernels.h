@@ -15,6 +15,14 @@ std::unique_ptr<PreparedOp> prepare_conv2d_dnnl(const Shape& x_shape, const Tens
 
 namespace cpu {
 
+// conv2d_winograd_bf16_avx512.cpp: Winograd F(2x2,3x3) with bf16 products on AVX512-BF16, for CPUs
+// with avx512_bf16 and no AMX; weights transformed once (16/9 of their elements, in bf16); a
+// residual (inputs[1]) is added in the output transform. Any input and output strides.
+bool winograd_bf16_avx512_applicable(const Shape& x_shape, const Tensor& w, const Conv2dParams& p);
+std::unique_ptr<PreparedOp> prepare_conv2d_winograd_bf16_avx512(const Shape& x_shape, const Tensor& w,
+                                                                const Tensor& bias, const Conv2dParams& p,
+                                                                Layout src_layout, Layout dst_layout);
+
 // attention_bf16_avx512.cpp: bf16 attention on vdpbf16ps, for CPUs with avx512_bf16 and no AMX.
 // Needs cpu_has_avx512_bf16() and scale > 0 (attention_bf16_avx512_applicable).
 bool attention_bf16_avx512_applicable(float scale);

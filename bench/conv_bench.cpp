@@ -1,0 +1,70 @@
+// Times the prepared convolution (ops::prepare_conv2d, the kernel graph mode would bind) on the 3x3
+// stride-1 convolutions of the Taiyi UNet at 512x512 (batch 2) and of the VAE decoder, against
+// oneDNN's direct convolution (TAIYI_WINOGRAD=0), taking turns; prints milliseconds and
+// direct-equivalent GFLOP/s of each.
+//   build/bench/conv_bench [fp32|bf16] [reps] [first row] [last row]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <random>
+#include <string>
+
+#include "taiyi/ops/ops.h"
+#include "taiyi/ops/prepared.h"
+#include "taiyi/tensor/tensor.h"
+
+int main(int argc, char** argv) {
+  using namespace taiyi;
+  const DType compute = argc > 1 && std::string(argv[1]) == "bf16" ? DType::BF16 : DType::F32;
+  const int reps = argc > 2 ? std::atoi(argv[2]) : 5;
+  if (compute == DType::BF16 && !ops::bf16_supported()) {
+    std::fprintf(stderr, "conv_bench: this CPU has no bf16 (avx512_bf16 or AMX)\n");
+    return 1;
+  }
+  struct Case {
+    int64_t n, cin, h, cout;
+  };
+  const Case cases[] = {{2, 320, 64, 320},   {2, 640, 64, 320},   {2, 960, 64, 320},  {2, 640, 32, 640},
+                        {2, 1280, 32, 640},  {2, 1280, 16, 1280}, {2, 2560, 16, 1280}, {2, 1280, 8, 1280},
+                        {2, 2560, 8, 1280},  {1, 512, 64, 512},   {1, 512, 128, 512}, {1, 256, 256, 256},
+                        {1, 128, 512, 128},  {1, 256, 512, 128}};
+  const int first = argc > 3 ? std::atoi(argv[3]) : 0;
+  const int last = argc > 4 ? std::atoi(argv[4]) : static_cast<int>(std::size(cases)) - 1;
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  const auto random = [&](const Shape& s, float scale) {
+    Tensor t = Tensor::empty(s);
+    float* p = t.data<float>();
+    for (int64_t i = 0; i < t.numel(); ++i) p[i] = scale * dist(rng);
+    return t;
+  };
+  for (int i = first; i <= last && i < static_cast<int>(std::size(cases)); ++i) {
+    const Case& c = cases[i];
+    const Shape xs = {c.n, c.cin, c.h, c.h};
+    const Tensor x = random(xs, 1.0f), w = random({c.cout, c.cin, 3, 3}, 0.05f), b = random({c.cout}, 0.1f);
+    const ops::Conv2dParams p = ops::Conv2dParams::same(1);
+    Tensor y = Tensor::empty({c.n, c.cout, c.h, c.h});
+    std::unique_ptr<ops::PreparedOp> op[2];
+    op[0] = ops::prepare_conv2d(xs, w, b, p, compute);
+    setenv("TAIYI_WINOGRAD", "0", 1);
+    op[1] = ops::prepare_conv2d(xs, w, b, p, compute);
+    unsetenv("TAIYI_WINOGRAD");
+    const auto scratch = Storage::allocate(std::max(op[0]->scratch_bytes(), op[1]->scratch_bytes()) + 64);
+    double best[2] = {1e30, 1e30};
+    for (int r = 0; r <= reps; ++r)
+      for (int k = 0; k < 2; ++k) {
+        const auto t0 = std::chrono::steady_clock::now();
+        op[k]->run({x}, y, scratch->data());
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (r > 0) best[k] = std::min(best[k], s);
+      }
+    std::printf("%2d [%lld,%lld,%lld,%lld]->%-5lld %8.2f ms %7.1f GFLOP/s  %-44s | %8.2f ms %7.1f GFLOP/s  %s\n", i,
+                static_cast<long long>(c.n), static_cast<long long>(c.cin), static_cast<long long>(c.h),
+                static_cast<long long>(c.h), static_cast<long long>(c.cout), best[0] * 1e3,
+                op[0]->flops() * 1e-9 / best[0], op[0]->describe().c_str(), best[1] * 1e3,
+                op[1]->flops() * 1e-9 / best[1], op[1]->describe().c_str());
+  }
+  return 0;
+}

@@ -1,0 +1,243 @@
+// The bf16 Winograd F(2x2,3x3) prepared convolution for AVX512-BF16 (conv2d_winograd_bf16_avx512.cpp)
+// against a reference in double that rounds where the kernel does (the transformed input B^T d B,
+// computed in f32 in the kernel's order, and the transformed weights G g G^T to bf16, nearest even), and against the f32 convolution
+// within bf16's error: odd and tiny sizes, partial tiles and groups of 16 and 32 tiles, channel
+// counts off the 8-channel panels and odd, padding 0..2 and asymmetric, batch, all four src/dst
+// layouts, bias or none, a residual (also in place), several blocks, one thread and the default
+// count, NaN-filled scratch and guard values after the scratch and the output. Skipped on CPUs
+// without avx512_bf16.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "guarded_buffers.h"
+#include "op_testing.h"
+#include "taiyi/ops/cpu/cpu_isa.h"
+#include "taiyi/ops/cpu/dnnl_context.h"
+#include "taiyi/ops/cpu/prepared_kernels.h"
+#include "taiyi/ops/ops.h"
+#include "taiyi/ops/prepared.h"
+#include "taiyi/tensor/dtype.h"
+
+namespace taiyi::ops_test {
+namespace {
+
+using ops::Layout;
+
+double round_bf16(double x) { return bf16_to_f32(f32_to_bf16(static_cast<float>(x))); }
+
+// conv2d(x, w) + bias by F(2x2,3x3) in double with V and U rounded to bf16: [N, Cout, Ho, Wo] values.
+std::vector<double> winograd_bf16_reference(const Tensor& x, const Tensor& w, const Tensor& bias,
+                                            const ops::Conv2dParams& p) {
+  static const double kG[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  static const double kAt[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+  const int64_t n = x.size(0), cin = x.size(1), h = x.size(2), wd = x.size(3), cout = w.size(0);
+  const int64_t ho = h + p.pad_top + p.pad_bottom - 2, wo = wd + p.pad_left + p.pad_right - 2;
+  const std::vector<double> xv = values(x), wv = values(w);
+  const std::vector<double> bv = bias.defined() ? values(bias) : std::vector<double>(static_cast<size_t>(cout), 0.0);
+  std::vector<double> u(static_cast<size_t>(cout * cin * 16));
+  for (int64_t co = 0; co < cout; ++co)
+    for (int64_t ci = 0; ci < cin; ++ci) {
+      const double* g = &wv[static_cast<size_t>((co * cin + ci) * 9)];
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) {
+          double s = 0;
+          for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) s += kG[a][i] * g[i * 3 + j] * kG[b][j];
+          u[static_cast<size_t>((co * cin + ci) * 16 + a * 4 + b)] = round_bf16(s);
+        }
+    }
+  std::vector<double> out(static_cast<size_t>(n * cout * ho * wo));
+  std::vector<double> v(static_cast<size_t>(cin * 16));
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t ty = 0; ty < (ho + 1) / 2; ++ty)
+      for (int64_t tx = 0; tx < (wo + 1) / 2; ++tx) {
+        for (int64_t ci = 0; ci < cin; ++ci) {
+          double d[4][4];
+          for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 4; ++j) {
+              const int64_t yy = 2 * ty - p.pad_top + i, xx = 2 * tx - p.pad_left + j;
+              d[i][j] = yy >= 0 && yy < h && xx >= 0 && xx < wd ? xv[static_cast<size_t>(((b * cin + ci) * h + yy) * wd + xx)]
+                                                                : 0.0;
+            }
+          // B^T d B in f32 in the kernel's order (along the height, then the width), so that the
+          // rounding to bf16 sees the same f32 values.
+          float t[4][4], vt[4][4];
+          const auto bt = [](const float* e, int stride, float* o, int ostride) {
+            o[0] = e[0] - e[2 * stride];
+            o[ostride] = e[stride] + e[2 * stride];
+            o[2 * ostride] = e[2 * stride] - e[stride];
+            o[3 * ostride] = e[stride] - e[3 * stride];
+          };
+          float df[4][4];
+          for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 4; ++j) df[i][j] = static_cast<float>(d[i][j]);
+          for (int j = 0; j < 4; ++j) bt(&df[0][j], 4, &t[0][j], 4);
+          for (int a = 0; a < 4; ++a) bt(t[a], 1, vt[a], 1);
+          for (int a = 0; a < 4; ++a)
+            for (int c = 0; c < 4; ++c) v[static_cast<size_t>(ci * 16 + a * 4 + c)] = round_bf16(vt[a][c]);
+        }
+        for (int64_t co = 0; co < cout; ++co) {
+          double m[16] = {};
+          for (int64_t ci = 0; ci < cin; ++ci)
+            for (int pos = 0; pos < 16; ++pos)
+              m[pos] += u[static_cast<size_t>((co * cin + ci) * 16 + pos)] * v[static_cast<size_t>(ci * 16 + pos)];
+          for (int r = 0; r < 2; ++r)
+            for (int c = 0; c < 2; ++c) {
+              const int64_t yy = 2 * ty + r, xx = 2 * tx + c;
+              if (yy >= ho || xx >= wo) continue;
+              double s = bv[static_cast<size_t>(co)];
+              for (int a = 0; a < 4; ++a)
+                for (int e = 0; e < 4; ++e) s += kAt[r][a] * m[a * 4 + e] * kAt[c][e];
+              out[static_cast<size_t>(((b * cout + co) * ho + yy) * wo + xx)] = s;
+            }
+        }
+      }
+  return out;
+}
+
+struct Case {
+  int64_t n, cin, h, w, cout;
+  int pad;
+  bool bias;
+};
+
+enum class Residual { kNone, kSeparate, kInPlace };
+
+std::string case_name(const Case& c) {
+  return "x [" + std::to_string(c.n) + "," + std::to_string(c.cin) + "," + std::to_string(c.h) + "," +
+         std::to_string(c.w) + "] cout " + std::to_string(c.cout) + " pad " + std::to_string(c.pad);
+}
+
+void check_case(const Case& c, const ops::Conv2dParams& p, Layout src_layout, Layout dst_layout, Residual residual,
+                uint32_t seed) {
+  const Shape xs = {c.n, c.cin, c.h, c.w};
+  const Tensor x_nchw = random_tensor(xs, seed);
+  const Tensor w = random_tensor({c.cout, c.cin, 3, 3}, seed + 1);
+  const Tensor bias = c.bias ? random_tensor({c.cout}, seed + 2) : Tensor();
+  ASSERT_TRUE(ops::cpu::winograd_bf16_avx512_applicable(xs, w, p));
+  std::vector<double> expected = winograd_bf16_reference(x_nchw, w, bias, p);
+  const Tensor f32 = ops::conv2d(x_nchw, w, bias, p);
+  const Shape ys = f32.shape();
+  std::vector<double> expected_f32 = values(f32);
+  Tensor res;
+  if (residual != Residual::kNone) {
+    res = guarded_tensor(ys, dst_layout, random_tensor(ys, seed + 3));
+    const std::vector<double> rv = values(res);
+    for (size_t i = 0; i < expected.size(); ++i) expected[i] += rv[i], expected_f32[i] += rv[i];
+  }
+  const Tensor x = guarded_tensor(xs, src_layout, x_nchw);
+  const auto op = ops::cpu::prepare_conv2d_winograd_bf16_avx512(xs, w, bias, p, src_layout, dst_layout);
+  Scratch scratch(op->scratch_bytes());
+  const Tensor y = residual == Residual::kInPlace ? res : guarded_tensor(ys, dst_layout);
+  std::vector<Tensor> inputs = {x};
+  if (residual != Residual::kNone) inputs.push_back(res);
+  op->run(inputs, y, scratch.mem.get());
+  EXPECT_TRUE(scratch.guard_intact()) << "wrote past the scratch";
+  EXPECT_TRUE(tensor_guard_intact(y)) << "wrote past the output";
+  // The same roundings as the kernel: what remains is the f32 accumulation of up to 9 Cin terms.
+  const std::vector<double> got = values(y);
+  double max_abs = 0, max_err = 0, num = 0, den = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    max_abs = std::max(max_abs, std::abs(expected[i]));
+    max_err = std::max(max_err, std::abs(got[i] - expected[i]));
+    num += (got[i] - expected_f32[i]) * (got[i] - expected_f32[i]);
+    den += expected_f32[i] * expected_f32[i];
+  }
+  EXPECT_LE(max_err, 2e-5 * max_abs + 1e-6) << "max |expected| " << max_abs;
+  // Against f32: bf16's error (and not less: the roundings happen). |x|, |w| <= 1 uniform.
+  if (residual == Residual::kNone && got.size() >= 32) {
+    EXPECT_LT(std::sqrt(num / den), 1.5e-2);
+    EXPECT_GT(std::sqrt(num / den), 1e-4);
+  }
+  EXPECT_EQ(op->flops(), 2.0 * c.n * c.cout * ys[2] * ys[3] * c.cin * 9);
+}
+
+class Conv2dWinogradBf16 : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!ops::cpu::cpu_has_avx512_bf16()) GTEST_SKIP() << "no avx512_bf16";
+  }
+};
+
+TEST_F(Conv2dWinogradBf16, MatchesTheRoundedReferenceOnOddShapes) {
+  const Case cases[] = {
+      {1, 1, 1, 1, 1, 1, true},      {2, 3, 2, 3, 5, 1, true},     {1, 8, 4, 4, 8, 1, false},
+      {3, 17, 5, 7, 3, 1, true},     {2, 3, 9, 13, 17, 1, true},   {1, 64, 8, 8, 64, 1, true},
+      {2, 17, 16, 17, 33, 1, false}, {1, 5, 13, 9, 7, 0, true},    {2, 4, 7, 5, 6, 2, true},
+      {1, 3, 3, 3, 2, 0, false},     {3, 9, 17, 16, 13, 1, true},  {1, 20, 64, 64, 24, 1, true},
+      {2, 33, 64, 9, 19, 1, true},   {1, 300, 12, 10, 70, 1, true}, {2, 16, 1, 64, 16, 1, true},
+      {1, 7, 10, 34, 9, 1, true},    {2, 5, 12, 40, 7, 2, false},
+  };
+  uint32_t seed = 100;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(case_name(c));
+    check_case(c, ops::Conv2dParams::same(c.pad), Layout::kNCHW, Layout::kNCHW, Residual::kNone, seed);
+    seed += 10;
+  }
+}
+
+TEST_F(Conv2dWinogradBf16, AllLayoutsAndResiduals) {
+  const Case cases[] = {{2, 17, 9, 13, 11, 1, true}, {1, 8, 16, 16, 24, 1, false}, {2, 40, 32, 32, 30, 1, true}};
+  uint32_t seed = 1000;
+  for (const Case& c : cases)
+    for (Layout src : {Layout::kNCHW, Layout::kNHWC})
+      for (Layout dst : {Layout::kNCHW, Layout::kNHWC})
+        for (Residual r : {Residual::kNone, Residual::kSeparate, Residual::kInPlace}) {
+          SCOPED_TRACE(std::string(layout_name(src)) + " -> " + layout_name(dst) + ", residual " +
+                       std::to_string(static_cast<int>(r)) + ", " + case_name(c));
+          check_case(c, ops::Conv2dParams::same(c.pad), src, dst, r, seed);
+          seed += 10;
+        }
+}
+
+TEST_F(Conv2dWinogradBf16, ManyBlocksThreadCountsAndAsymmetricPadding) {
+  // 2 x 18 x 22 = 792 tiles: two blocks of up to 512; output channels over 8 panels.
+  const Case c = {2, 130, 36, 44, 75, 1, true};
+  const int threads = omp_get_max_threads();
+  check_case(c, ops::Conv2dParams::same(1), Layout::kNCHW, Layout::kNCHW, Residual::kSeparate, 5000);
+  omp_set_num_threads(1);
+  check_case(c, ops::Conv2dParams::same(1), Layout::kNHWC, Layout::kNCHW, Residual::kInPlace, 5010);
+  omp_set_num_threads(threads);
+  const ops::Conv2dParams asym = {1, 1, 0, 2, 1, 0, 1, 1, 1};
+  check_case({2, 6, 11, 10, 5, 1, true}, asym, Layout::kNCHW, Layout::kNCHW, Residual::kNone, 5020);
+}
+
+TEST_F(Conv2dWinogradBf16, ApplicabilityAndKernelChoice) {
+  const Shape xs = {1, 32, 8, 8};
+  const Tensor w3 = random_tensor({32, 32, 3, 3}, 1), w1 = random_tensor({32, 32, 1, 1}, 2);
+  EXPECT_TRUE(ops::cpu::winograd_bf16_avx512_applicable(xs, w3, ops::Conv2dParams::same(1)));
+  EXPECT_FALSE(ops::cpu::winograd_bf16_avx512_applicable(xs, w3, ops::Conv2dParams::same(1, 2)));
+  EXPECT_FALSE(ops::cpu::winograd_bf16_avx512_applicable(xs, w1, ops::Conv2dParams{}));
+  EXPECT_FALSE(ops::cpu::winograd_bf16_avx512_applicable(xs, w3, {1, 1, 2, 2, 2, 2, 2, 2, 1}));
+  EXPECT_TRUE(throws_error(
+      [&] { ops::cpu::prepare_conv2d_winograd_bf16_avx512(xs, w1, Tensor(), {}, Layout::kNCHW, Layout::kNCHW); },
+      {"winograd", "not applicable"}));
+  if (!ops::bf16_supported()) return;
+  // prepare_conv2d in bf16: this kernel where oneDNN has no AMX, for 3x3 stride-1 convolutions of
+  // at least 16 channels in and out; oneDNN otherwise and under TAIYI_WINOGRAD=0.
+  const auto kernel = [&](const Shape& x, const Tensor& w, const ops::Conv2dParams& p) {
+    return ops::prepare_conv2d(x, w, Tensor(), p, DType::BF16)->describe();
+  };
+  const bool want = !ops::cpu::dnnl_uses_amx();
+  EXPECT_EQ(kernel(xs, w3, ops::Conv2dParams::same(1)).find("winograd_f23:avx512_bf16") != std::string::npos, want);
+  EXPECT_EQ(kernel(xs, w3, ops::Conv2dParams::same(1, 2)).find("winograd"), std::string::npos);
+  EXPECT_EQ(kernel({1, 8, 8, 8}, random_tensor({32, 8, 3, 3}, 3), ops::Conv2dParams::same(1)).find("winograd"),
+            std::string::npos);
+  setenv("TAIYI_WINOGRAD", "0", 1);
+  EXPECT_EQ(kernel(xs, w3, ops::Conv2dParams::same(1)).find("winograd"), std::string::npos);
+  unsetenv("TAIYI_WINOGRAD");
+  // Weights: 16 positions of Cin (padded to even) x Cout (padded to 8) bf16.
+  const auto op = ops::cpu::prepare_conv2d_winograd_bf16_avx512({1, 5, 8, 8}, random_tensor({9, 5, 3, 3}, 4), Tensor(),
+                                                                ops::Conv2dParams::same(1), Layout::kNCHW, Layout::kNHWC);
+  EXPECT_EQ(op->packed_weight_bytes(), size_t{16} * 6 * 16 * 2);
+  EXPECT_EQ(op->describe(), "conv2d bf16 winograd_f23:avx512_bf16 nchw->nhwc");
+}
+
+}  // namespace
+}  // namespace taiyi::ops_test

@@ -18,10 +18,11 @@
 //      values of each tile are fetched by gathers with zero masks for the padding, B^T d B is
 //      vertical adds, and channel pairs are rounded to bf16 and interleaved into
 //      V [16 p][tiles/32][Cin/2][32 tiles][2 ci];
-//   2. each take whole panels of 8 output channels (their slice of U, 16 x Cin x 16 bytes, stays
-//      in L2) and run, per 32 tiles, the 16 products with an 8 x 32 register tile (16 accumulators;
-//      per pair of input channels 2 loads of V, 8 broadcasts of U, 16 vdpbf16ps) into an L1 buffer,
-//      then the output transform A^T M A, bias and residual, scattered straight into `out`.
+//   2. take (chunk of panels of 8 output channels, group of 32 tiles) items, the chunk's slice of U
+//      within 512 KiB so that it stays in L2 across groups, and run for each panel the 16 products
+//      with an 8 x 32 register tile (16 accumulators; per pair of input channels 2 loads of V, 8
+//      broadcasts of U, 16 vdpbf16ps) into an L1 buffer, then the output transform A^T M A, bias
+//      and residual, straight into `out` (contiguous NCHW rows by permutes and stores, else scatters).
 #include <immintrin.h>
 #include <omp.h>
 
@@ -53,6 +54,8 @@ constexpr int kNr = 32;      // tiles of a register tile (a group)
 // kVBudgetBytes; bigger blocks mean fewer barriers.
 constexpr int64_t kMaxBlockTiles = 512;
 constexpr int64_t kVBudgetBytes = int64_t{8} << 20;
+// Weights of the panels a thread runs against one group of V at a time (half the L2 of a Zen 4 core).
+constexpr int64_t kUChunkBytes = int64_t{512} << 10;
 
 size_t round_up64(size_t bytes) { return (bytes + 63) / 64 * 64; }
 
@@ -107,6 +110,8 @@ class WinogradConv2dBf16 : public PreparedOp {
     // 16 positions at once, which at a multiple of 4 KiB apart would fall into one L1 set.
     v_pos_ = tb_ / kNr * cin2_ * kNr + kLanes;
     threads_ = std::max(1, omp_get_max_threads());
+    // Panels per chunk: their slice of U (16 x Cin x 16 bytes a panel) within kUChunkBytes.
+    chunk_panels_ = std::clamp<int64_t>(kUChunkBytes / (kPos * cin2_ * kMr * 4), 1, npanels_);
     transform_weights(w.contiguous());
     bias_.assign(static_cast<size_t>(npanels_ * kMr), 0.0f);
     if (bias.defined()) {
@@ -140,7 +145,7 @@ class WinogradConv2dBf16 : public PreparedOp {
                    const float* res, const Strides4& sr, float* y, const Strides4& sy) const;
 
   int64_t n_, cin_, h_, w_, cout_, pt_, pl_, ho_ = 0, wo_ = 0, th_ = 0, tw_ = 0, nt_ = 0;
-  int64_t cin2_ = 0, npanels_ = 0, nblocks_ = 0, tb_ = 0, v_pos_ = 0;
+  int64_t cin2_ = 0, npanels_ = 0, nblocks_ = 0, tb_ = 0, v_pos_ = 0, chunk_panels_ = 1;
   int threads_ = 1;
   std::unique_ptr<uint32_t[], AlignedFree> u_;  // [panel][p][cin / 2][8] pairs of bf16
   std::vector<float> bias_;
@@ -317,11 +322,60 @@ TAIYI_TARGET_AVX512_BF16 void WinogradConv2dBf16::panel_group(int64_t panel, int
   for (int half = 0; half < 2; ++half) {
     const int64_t first = group * kNr + half * kLanes;  // within the block
     if (first >= nt_block) break;
-    // Each lane's tile: image n, top-left output pixel; offsets of its 4 outputs in y and res.
+    const int64_t t_first = t0 + first, r0 = t_first % (th_ * tw_);
+    // A^T M A + bias of output channel co (row r of the panel), for this half's 16 tiles.
+    const auto outputs = [&](int64_t r, __m512 (&o)[2][2]) TAIYI_TARGET_AVX512_BF16 {
+      __m512 tmp[2][4];  // (A^T M)[row][b]
+      for (int b = 0; b < 4; ++b) {
+        __m512 col[4], ob[2];
+        for (int a = 0; a < 4; ++a) col[a] = _mm512_load_ps(mt + ((a * 4 + b) * kMr + r) * kNr + half * kLanes);
+        output_1d(col, ob);
+        tmp[0][b] = ob[0];
+        tmp[1][b] = ob[1];
+      }
+      const __m512 bias = _mm512_set1_ps(bias_[static_cast<size_t>(panel * kMr + r)]);
+      for (int rr = 0; rr < 2; ++rr) {
+        output_1d(tmp[rr], o[rr]);
+        for (auto& e : o[rr]) e = _mm512_add_ps(e, bias);
+      }
+    };
+    if (sy.w == 1 && (res == nullptr || sr.w == 1) && first + kLanes <= nt_block && r0 % tw_ + kLanes <= tw_) {
+      // 16 tiles of one tile row, contiguous output rows (NCHW): each of the 2 rows is 32 columns,
+      // the two columns of the tiles interleaved by permutes; stores masked at the right and bottom
+      // edges (odd output sizes).
+      const int64_t n = t_first / (th_ * tw_), oy0 = r0 / tw_ * 2, ox0 = r0 % tw_ * 2;
+      const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+      const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+      const auto cols = [&](int64_t c) {
+        const int64_t k = std::clamp<int64_t>(wo_ - (ox0 + c), 0, 16);
+        return static_cast<__mmask16>((1u << k) - 1u);
+      };
+      const __mmask16 m0 = cols(0), m16 = cols(16);
+      const int rows = static_cast<int>(std::min<int64_t>(2, ho_ - oy0));
+      for (int64_t r = 0; r < co_end; ++r) {
+        const int64_t co = panel * kMr + r;
+        __m512 o[2][2];
+        outputs(r, o);
+        for (int rr = 0; rr < rows; ++rr) {
+          __m512 q0 = _mm512_permutex2var_ps(o[rr][0], lo, o[rr][1]), q1 = _mm512_permutex2var_ps(o[rr][0], hi, o[rr][1]);
+          float* yp = y + n * sy.n + co * sy.c + (oy0 + rr) * sy.h + ox0;
+          if (res != nullptr) {
+            const float* rp = res + n * sr.n + co * sr.c + (oy0 + rr) * sr.h + ox0;
+            q0 = _mm512_add_ps(q0, _mm512_maskz_loadu_ps(m0, rp));
+            q1 = _mm512_add_ps(q1, _mm512_maskz_loadu_ps(m16, rp + 16));
+          }
+          _mm512_mask_storeu_ps(yp, m0, q0);
+          _mm512_mask_storeu_ps(yp + 16, m16, q1);
+        }
+      }
+      continue;
+    }
+    // Any other case: each lane's tile (image n, top-left output pixel) and the offsets of its 4
+    // outputs in y and res, scattered and gathered.
     alignas(64) int32_t oy[kLanes], ores[kLanes], ty[kLanes], tx[kLanes];
     __mmask16 live = 0;
     for (int l = 0; l < kLanes; ++l) {
-      const int64_t t = t0 + first + l, r = t % (th_ * tw_), n = t / (th_ * tw_);
+      const int64_t t = t_first + l, r = t % (th_ * tw_), n = t / (th_ * tw_);
       const bool in = first + l < nt_block;
       live |= static_cast<__mmask16>(in ? 1u << l : 0u);
       ty[l] = static_cast<int32_t>(r / tw_ * 2);
@@ -344,26 +398,16 @@ TAIYI_TARGET_AVX512_BF16 void WinogradConv2dBf16::panel_group(int64_t panel, int
       }
     for (int64_t r = 0; r < co_end; ++r) {
       const int64_t co = panel * kMr + r;
-      __m512 tmp[2][4];  // (A^T M)[row][b]
-      for (int b = 0; b < 4; ++b) {
-        __m512 col[4], o[2];
-        for (int a = 0; a < 4; ++a) col[a] = _mm512_load_ps(mt + ((a * 4 + b) * kMr + r) * kNr + half * kLanes);
-        output_1d(col, o);
-        tmp[0][b] = o[0];
-        tmp[1][b] = o[1];
-      }
-      const __m512 bias = _mm512_set1_ps(bias_[static_cast<size_t>(co)]);
-      for (int rr = 0; rr < 2; ++rr) {
-        __m512 o[2];
-        output_1d(tmp[rr], o);
+      __m512 o[2][2];
+      outputs(r, o);
+      for (int rr = 0; rr < 2; ++rr)
         for (int c = 0; c < 2; ++c) {
-          __m512 val = _mm512_add_ps(o[c], bias);
+          __m512 val = o[rr][c];
           if (res != nullptr)
             val = _mm512_add_ps(val, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask[rr][c], roff[rr][c],
                                                               res + co * sr.c, 4));
           _mm512_mask_i32scatter_ps(y + co * sy.c, mask[rr][c], off[rr][c], val, 4);
         }
-      }
     }
   }
 }
@@ -401,10 +445,15 @@ void WinogradConv2dBf16::run(const std::vector<Tensor>& in, const Tensor& out, s
               std::memset(v + pos * v_pos_ + (g / 2) * cin2_ * kNr + k * kNr + kLanes, 0, kLanes * 4);
         }
       }
-      // Panel-major: a thread keeps its panels' slices of U in L2 across the groups.
+      // Items (chunk of panels, group): the chunk's slice of U stays in L2 across the groups of a
+      // thread, and each group's V in L2 across the chunk's panels.
+      const int64_t panel_chunks = (npanels_ + chunk_panels_ - 1) / chunk_panels_;
 #pragma omp for schedule(static)
-      for (int64_t item = 0; item < npanels_ * groups; ++item)
-        panel_group(item / groups, t0, nt_block, item % groups, v, mt, res, sr, y, sy);
+      for (int64_t item = 0; item < panel_chunks * groups; ++item) {
+        const int64_t p0 = item / groups * chunk_panels_, p1 = std::min(npanels_, p0 + chunk_panels_);
+        for (int64_t panel = p0; panel < p1; ++panel)
+          panel_group(panel, t0, nt_block, item % groups, v, mt, res, sr, y, sy);
+      }
     }
   }
 }

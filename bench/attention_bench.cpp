@@ -3,7 +3,7 @@
 // mid-block attention and BERT's, and prints seconds and GFLOP/s per shape: the kernel-level view
 // behind `taiyi bench unet --profile`. TAIYI_ATTENTION=dnnl times oneDNN's matmuls instead of the
 // AVX512-BF16 kernel.
-//   build/bench/attention_bench [reps]
+//   build/bench/attention_bench [reps] [only this row]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -40,7 +40,10 @@ int main(int argc, char** argv) {
     for (int64_t i = 0; i < t.numel(); ++i) p[i] = dist(rng);
     return t;
   };
-  for (const Case& c : cases) {
+  const int only = argc > 2 ? std::atoi(argv[2]) : -1;
+  for (int row = 0; row < static_cast<int>(std::size(cases)); ++row) {
+    if (only >= 0 && row != only) continue;
+    const Case& c = cases[row];
     const Tensor q = random({c.b, c.lq, c.heads * c.d}), k = random({c.b, c.lk, c.heads * c.d});
     const Tensor v = random({c.b, c.lk, c.heads * c.d});
     const auto op = ops::prepare_attention_bf16(q.shape(), k.shape(), v.shape(), c.heads,

@@ -1,10 +1,17 @@
 // prepack_weights: convolutions and linears with constant weights run through a prepared kernel
 // (weights packed once); the graph computes the same before and after. Also the prepared ops'
-// epilogues and prepare_conv2d's choice of kernel.
+// epilogues, prepare_conv2d's choice of kernel, and the release of a checkpoint's pages of weights
+// that a prepared kernel copied.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -89,6 +96,62 @@ TEST(PrepackWeights, Bf16WhereSupportedElseF32) {
   } else {
     EXPECT_LE(max_abs_diff(got[1], want[1]), 1e-5);
   }
+}
+
+// Resident bytes of the process's mapping that contains `addr` (/proc/self/smaps), or -1.
+int64_t mapping_rss_bytes(const void* addr) {
+  std::ifstream smaps("/proc/self/smaps");
+  const auto a = reinterpret_cast<uintptr_t>(addr);
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    uintptr_t lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find(':') > line.find(' ')) {
+      inside = a >= lo && a < hi;
+    } else if (inside && line.rfind("Rss:", 0) == 0) {
+      return std::stoll(line.substr(4)) * 1024;
+    }
+  }
+  return -1;
+}
+
+// Weights that a prepared kernel copies into its own layout (every convolution; a bf16 linear)
+// leave resident memory when they are pages of a checkpoint's file mapping; an f32 linear reads
+// them in place, so they stay.
+TEST(PrepackWeights, ReleasesCheckpointPagesOfWeightsItCopies) {
+  const int64_t n = 256;  // a [256, 256] f32 weight: 64 pages of 4 KiB
+  const size_t bytes = static_cast<size_t>(n * n) * sizeof(float);
+  const std::string path = ::testing::TempDir() + "taiyi_release_pages.bin";
+  {
+    const Tensor w = random_tensor({n, n}, 1);
+    std::ofstream f(path, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(w.data<float>()), static_cast<std::streamsize>(bytes));
+  }
+  for (const bool bf16 : {false, true}) {
+    if (bf16 && !ops::bf16_supported()) continue;
+    const int fd = open(path.c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    void* map = mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    ASSERT_NE(map, MAP_FAILED);
+    const auto storage = Storage::borrow_file_pages(map, bytes, nullptr);
+    const Tensor w = Tensor::from_storage(storage, 0, {n, n}, contiguous_strides({n, n}), DType::F32);
+    double sum = 0;  // fault every page in
+    for (int64_t i = 0; i < w.numel(); i += 1024) sum += w.data<float>()[i];
+    EXPECT_TRUE(std::isfinite(sum));
+    EXPECT_EQ(mapping_rss_bytes(map), static_cast<int64_t>(bytes));
+    const auto fn = [&](const std::vector<Tensor>& in) { return std::vector<Tensor>{ops::linear(in[0], w, Tensor())}; };
+    Graph g = trace(fn, {{{3, n}, DType::F32}});
+    CompileOptions options;
+    options.compute = bf16 ? DType::BF16 : DType::F32;
+    prepack_weights(g, options);
+    EXPECT_EQ(mapping_rss_bytes(map), bf16 ? 0 : static_cast<int64_t>(bytes)) << (bf16 ? "bf16" : "f32");
+    // The packed copy is what the graph reads; the file still serves the eager op.
+    const Tensor x = random_tensor({3, n}, 2);
+    const double tol = bf16 ? 0.1 : 1e-4;
+    EXPECT_LE(max_abs_diff(Executor(g).run({x})[0], fn({x})[0]), tol);
+    munmap(map, bytes);
+  }
+  std::remove(path.c_str());
 }
 
 // TAIYI_BF16_EMULATE=1 on a CPU without bf16: the f32 kernels compute exactly what f32 products

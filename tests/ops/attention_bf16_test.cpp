@@ -191,15 +191,20 @@ TEST(AttentionBf16, ReadsStridedViews) {
 TEST(AttentionBf16, ScratchGrowsWithLengthNotItsSquare) {
   // The UNet's largest self-attention, 2 x 8 heads at 64x64 latents: all scores at once would be
   // 2 * 8 * 4096^2 floats (1 GiB). The kernel holds bf16 copies of q, k, v and, per thread, one
-  // block of scores: doubling L doubles the scratch, it does not quadruple it.
-  const auto scratch = [](int64_t l) {
-    return ops::prepare_attention_bf16({2, l, 320}, {2, l, 320}, {2, l, 320}, 8, 0.158f,
-                                       ops::Bf16Arithmetic::kEmulated)
-        ->scratch_bytes();
-  };
-  const double all_scores = 2.0 * 8 * 4096 * 4096 * sizeof(float);
-  EXPECT_LT(static_cast<double>(scratch(4096)), all_scores / 16);
-  EXPECT_LT(static_cast<double>(scratch(8192)), 2.5 * static_cast<double>(scratch(4096)));
+  // block of scores: doubling L doubles the scratch, it does not quadruple it. The same for the
+  // AVX512-BF16 kernel (16 queries' scores and probabilities of all keys per thread).
+  for (const bool avx512 : {false, true}) {
+    const auto scratch = [&](int64_t l) {
+      return (avx512 ? ops::cpu::prepare_attention_bf16_avx512({2, l, 320}, {2, l, 320}, {2, l, 320}, 8, 0.158f)
+                     : ops::prepare_attention_bf16({2, l, 320}, {2, l, 320}, {2, l, 320}, 8, 0.158f,
+                                                   ops::Bf16Arithmetic::kEmulated))
+          ->scratch_bytes();
+    };
+    if (avx512 && !ops::cpu::cpu_has_avx512_bf16()) continue;  // it refuses to prepare without
+    const double all_scores = 2.0 * 8 * 4096 * 4096 * sizeof(float);
+    EXPECT_LT(static_cast<double>(scratch(4096)), all_scores / 16) << (avx512 ? "avx512" : "onednn");
+    EXPECT_LT(static_cast<double>(scratch(8192)), 2.5 * static_cast<double>(scratch(4096))) << (avx512 ? "avx512" : "");
+  }
 }
 
 TEST(AttentionBf16, RefusesShapesItCannotRun) {

@@ -69,9 +69,18 @@ Strides contiguous_strides(const Shape& s) {
 
 std::shared_ptr<Storage> Storage::allocate(size_t bytes) {
   std::shared_ptr<Storage> s(new Storage());
-  const size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded);
+  // Large blocks (activation arenas, packed weights, big tensors) start on a 2 MiB boundary and ask
+  // for transparent huge pages (Linux's default THP mode is "madvise"): a streaming kernel then
+  // walks 512x fewer pages, and first touch faults once per 2 MiB instead of per 4 KiB.
+  constexpr size_t kHuge = size_t{2} << 20;
+  const bool huge = bytes >= 4 * kHuge;
+  const size_t align = huge ? kHuge : 64;
+  const size_t rounded = (std::max<size_t>(bytes, 1) + align - 1) / align * align;
+  void* p = std::aligned_alloc(align, rounded);
   if (!p) throw Error("out of memory allocating " + std::to_string(bytes) + " bytes");
+#ifdef MADV_HUGEPAGE
+  if (huge) madvise(p, rounded, MADV_HUGEPAGE);  // only advice
+#endif
   s->data_ = static_cast<std::byte*>(p);
   s->bytes_ = bytes;
   s->owned_ = true;

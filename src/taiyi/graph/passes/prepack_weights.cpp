@@ -94,10 +94,10 @@ bool prepack_weights(Graph& g, const CompileOptions& options) {
                                            layout_of(g.values[n.output]), epilogue)
                      : ops::prepare_linear(x.shape, w_packed, bias, compute, epilogue);
     if (emulate) n.prepared = std::make_shared<Bf16Emulated>(std::move(n.prepared), x);
-    // A convolution's prepared kernel holds its own copy of the weights (blocked or Winograd):
-    // the checkpoint's pages of them can leave memory (eager mode or a new signature's trace
-    // reads them back from the file). Linears read f32 weights in place, so theirs stay.
-    if (n.kind == ops::OpKind::kConv2d && w.is_contiguous())
+    // A prepared kernel that holds its own copy of the weights (every convolution: blocked or
+    // Winograd; a bf16 linear) lets the checkpoint's pages of them leave memory (eager mode or a
+    // new signature's trace reads them back from the file). f32 linears read the weights in place.
+    if (n.prepared->packed_weight_bytes() > 0 && w.is_contiguous())
       w.storage()->release_pages(w.byte_offset(), static_cast<size_t>(w.numel()) * dtype_size(w.dtype()));
     changed = true;
   }

@@ -42,6 +42,10 @@ out=bench/out/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
 results="$out/results.jsonl"
 export PEER_THREADS=$THREADS OMP_NUM_THREADS=$THREADS
+if [[ " $PEERS " == *" torch:"* ]] && [ ! -e /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 ]; then
+  echo "warning: libjemalloc2 is not installed: the PyTorch peers run with glibc malloc, not their best case" \
+    "(bench/peers/README.md; apt-get install -y libjemalloc2)" >&2
+fi
 if [[ " $COMPONENTS " == *" txt2img "* ]] && [ -n "$TXT2IMG_MODEL" ] && [ ! -f "$TXT2IMG_MODEL/model_index.json" ]; then
   echo "== writing the random Taiyi pipeline to $TXT2IMG_MODEL (diffusers save_pretrained)" >&2
   "$PY" bench/peers/peer.py --engine torch --variant eager_fp32 --component txt2img --context "$CONTEXT" \

@@ -86,13 +86,20 @@ for comp, items in rows.items():
     if comp == "unet" and fp32 and fp32_peers:  # the issue's fp32 target is the UNet's
         targets.append((comp, "graph fp32 vs fastest fp32 peer", fp32, min(fp32_peers, key=lambda d: d["median_s"]),
                         1.3, fp32_peers))
-    if comp == "txt2img" and fp32 and "parts_s" in fp32:
-        print(f"\ntaiyi fp32 txt2img wall {fp32['median_s']:.1f} s vs parts {fp32['parts_s']:.1f} s "
-              f"({100 * (fp32['median_s'] / fp32['parts_s'] - 1):+.1f}%; target within 10%)")
+    if comp == "txt2img":
+        # Every taiyi variant's wall time against its parts; peak RSS against PyTorch's lowest.
         torch_rss = [d["peak_rss_mb"] for d in peers if d["label"].split()[1] == "torch" and d.get("peak_rss_mb")]
-        if torch_rss:
-            print(f"peak RSS: taiyi {fp32.get('peak_rss_mb', 0):.0f} MB, PyTorch {min(torch_rss):.0f} MB "
-                  f"(target: below PyTorch's: {'yes' if fp32.get('peak_rss_mb', 1e9) < min(torch_rss) else 'no'})")
+        print()
+        for label, d in sorted(ours.items()):
+            if "parts_s" not in d:
+                continue
+            line = (f"{label} txt2img wall {d['median_s']:.1f} s vs parts {d['parts_s']:.1f} s "
+                    f"({100 * (d['median_s'] / d['parts_s'] - 1):+.1f}%; target within 10%)")
+            if torch_rss:
+                rss = d.get("peak_rss_mb", 1e9)
+                line += (f"; peak RSS {rss:.0f} MB vs PyTorch's {min(torch_rss):.0f} MB (below: "
+                         f"{'yes' if rss < min(torch_rss) else 'no'})")
+            print(line)
 
 if targets:
     print("\n### Targets (issue #6)\n")

@@ -1,10 +1,12 @@
 // The memory planner: buffers whose live ranges overlap never share bytes, memory is
 // reused once a value is dead, views share their base's buffer, outputs get their own
-// memory; and an executor replaying from its arena gives the eager numbers every run.
+// memory, a fused residual epilogue writes in place when its residual dies there; and an
+// executor replaying from its arena gives the eager numbers every run.
 #include <gtest/gtest.h>
 
 #include "taiyi/graph/executor.h"
 #include "taiyi/graph/memory_plan.h"
+#include "taiyi/graph/passes/passes.h"
 #include "taiyi/graph/tracer.h"
 #include "test_util.h"
 
@@ -71,6 +73,53 @@ TEST(MemoryPlan, ArenaReplaysMatchEagerEveryRun) {
     const Tensor kept = got[0].clone();
     ex.run({b, a});
     EXPECT_EQ(max_abs_diff(got[0], kept), 0.0);
+  }
+}
+
+}  // namespace
+}  // namespace taiyi::graph
+
+namespace taiyi::graph {
+namespace {
+
+using testing::max_abs_diff;
+using testing::random_tensor;
+
+// A prepared conv2d or linear with a fused residual writes into the residual's memory when
+// nothing reads the residual afterwards: a chain of residual blocks then lives in one buffer.
+// Not when the residual is read later, is a graph input, or is also the op's input.
+TEST(MemoryPlan, ResidualEpiloguesWriteInPlaceWhenTheResidualDies) {
+  const Tensor w1 = random_tensor({8, 8, 3, 3}, 1, -0.2f, 0.2f), w2 = random_tensor({8, 8, 3, 3}, 2, -0.2f, 0.2f);
+  const Tensor wl = random_tensor({8, 8}, 3, -0.3f, 0.3f), bl = random_tensor({8}, 4);
+  const auto fn = [&](const std::vector<Tensor>& in) {
+    const ops::Conv2dParams p = ops::Conv2dParams::same(1);
+    const Tensor x0 = ops::silu(in[0]);
+    const Tensor a = ops::add(ops::conv2d(ops::silu(x0), w1, Tensor(), p), x0);  // x0 dies: in place
+    const Tensor b = ops::add(ops::conv2d(ops::silu(a), w2, Tensor(), p), a);    // a dies: in place
+    const Tensor c = ops::add(ops::conv2d(b, w1, Tensor(), p), b);               // b is also x: a copy
+    const Tensor d = ops::add(ops::conv2d(ops::silu(c), w2, Tensor(), p), c);    // c read below: a copy
+    const Tensor t = ops::permute(d, {0, 2, 3, 1});                              // [1, 6, 6, 8]
+    const Tensor e = ops::add(ops::linear(ops::gelu(t), wl, bl), t);             // t is a view: not fused
+    const Tensor f = ops::add(ops::linear(ops::gelu(e), wl, bl), e);             // e dies: in place
+    const Tensor g = ops::add(ops::linear(ops::gelu(f), wl, bl), in[1]);         // a graph input: a copy
+    return std::vector<Tensor>{g, ops::mul(c, c)};
+  };
+  Graph g = trace(fn, {{{1, 8, 6, 6}, DType::F32}, {{1, 6, 6, 8}, DType::F32}});
+  fuse_residual_add(g);
+  prepack_weights(g);
+  const MemoryPlan plan = plan_memory(g);
+  std::vector<bool> in_place;  // per fused node, in order: a b c d f g
+  for (const Node& n : g.nodes)
+    if (n.prepared && n.inputs.size() > 3)
+      in_place.push_back(plan.offset[n.output] >= 0 && plan.offset[n.output] == plan.offset[plan.alias_of[n.inputs[3]]]);
+  EXPECT_EQ(in_place, (std::vector<bool>{true, true, false, false, true, false}));
+  const Tensor x = random_tensor({1, 8, 6, 6}, 5), r = random_tensor({1, 6, 6, 8}, 6);
+  const auto want = fn({x, r});
+  const Executor ex(g);
+  for (int run = 0; run < 2; ++run) {
+    const auto got = ex.run({x, r});
+    EXPECT_LE(max_abs_diff(got[0], want[0]), 1e-4);
+    EXPECT_LE(max_abs_diff(got[1], want[1]), 1e-4);
   }
 }
 

@@ -31,6 +31,27 @@ bool node_is_alias(const Graph& g, const Node& n) {
   }
 }
 
+// Whether node i's output may take the memory of its fused residual (4th input of a prepared
+// conv2d or linear), so that the epilogue adds into it in place with no copy first: the residual
+// is its buffer's base or an earlier in-place output (not a view), of the output's layout; nothing
+// reads that buffer after node i (group_last: the last read of any value in it); the op's x is
+// not in it; and neither value is a graph output or kept in memory of its own.
+bool may_take_residual(const Graph& g, size_t i, const std::vector<int>& alias_of, const std::vector<bool>& is_view,
+                       const std::vector<int>& group_last, const std::vector<bool>* own_memory) {
+  const Node& n = g.nodes[i];
+  if (!n.prepared || n.inputs.size() <= 3 || (n.kind != ops::OpKind::kConv2d && n.kind != ops::OpKind::kLinear))
+    return false;
+  const int r = n.inputs[3];
+  if (r < 0 || is_view[r]) return false;
+  const int base = alias_of[r];
+  if (g.values[base].kind != ValueKind::kNode || group_last[base] != static_cast<int>(i)) return false;
+  if (alias_of[n.inputs[0]] == base || g.is_output(r) || g.is_output(n.output)) return false;
+  const auto own = [&](int v) { return own_memory && static_cast<size_t>(v) < own_memory->size() && (*own_memory)[v]; };
+  if (own(r) || own(base) || own(n.output)) return false;
+  const Value &res = g.values[r], &out = g.values[n.output];
+  return res.shape == out.shape && res.strides == out.strides && res.dtype == out.dtype;
+}
+
 MemoryPlan plan_memory(const Graph& g, const std::vector<bool>* own_memory) {
   const size_t nv = g.values.size();
   MemoryPlan plan;
@@ -38,14 +59,37 @@ MemoryPlan plan_memory(const Graph& g, const std::vector<bool>* own_memory) {
   plan.alias_of.resize(nv);
   std::iota(plan.alias_of.begin(), plan.alias_of.end(), 0);
 
-  // Live range of each base buffer: from its producer to the last reader of it or any view of it.
+  // last_read[v]: the last node that reads v or any view of it.
+  std::vector<int> last_read(nv, -1);
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    for (int v : g.nodes[i].inputs)
+      if (v >= 0) last_read[v] = std::max(last_read[v], static_cast<int>(i));
+  for (size_t i = g.nodes.size(); i-- > 0;)
+    if (node_is_alias(g, g.nodes[i]))
+      last_read[g.nodes[i].inputs[0]] = std::max(last_read[g.nodes[i].inputs[0]], last_read[g.nodes[i].output]);
+  // Views alias their input's buffer; an output that takes its residual's memory in place aliases
+  // the residual's buffer, whose last read then moves on to the output's.
+  std::vector<bool> is_view(nv, false);
+  std::vector<int> group_last = last_read;
+  std::vector<int> in_place(g.nodes.size(), -1);
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const Node& n = g.nodes[i];
+    if (node_is_alias(g, n)) {
+      plan.alias_of[n.output] = plan.alias_of[n.inputs[0]];
+      is_view[n.output] = true;
+    } else if (may_take_residual(g, i, plan.alias_of, is_view, group_last, own_memory)) {
+      const int base = plan.alias_of[n.inputs[3]];
+      in_place[i] = n.inputs[3];
+      plan.alias_of[n.output] = base;
+      group_last[base] = std::max(group_last[base], last_read[n.output]);
+    }
+  }
+
+  // Live range of each base buffer: from its producer to the last reader of it or any alias of it.
   std::vector<int> first(nv, -1), last(nv, -1);
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     const Node& n = g.nodes[i];
-    if (node_is_alias(g, n))
-      plan.alias_of[n.output] = plan.alias_of[n.inputs[0]];
-    else
-      first[n.output] = static_cast<int>(i);
+    if (plan.alias_of[n.output] == n.output) first[n.output] = static_cast<int>(i);
     for (int v : n.inputs)
       if (v >= 0) last[plan.alias_of[v]] = std::max(last[plan.alias_of[v]], static_cast<int>(i));
     last[plan.alias_of[n.output]] = std::max(last[plan.alias_of[n.output]], static_cast<int>(i));
@@ -96,6 +140,9 @@ MemoryPlan plan_memory(const Graph& g, const std::vector<bool>* own_memory) {
     plan.arena_bytes = std::max(plan.arena_bytes, static_cast<size_t>(at) + b.bytes);
     placed.push_back(idx);
   }
+  // In-place outputs write at their residual's offset.
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    if (in_place[i] >= 0) plan.offset[g.nodes[i].output] = plan.offset[in_place[i]];
   return plan;
 }
 

@@ -20,6 +20,7 @@
 // an O chunk reads lie in one 2 KiB stretch (whole rows of V^T 8 KiB apart would fall into the
 // same L1 sets). Pads (D and Lk to even and to 8, Dv to 8, queries to 16) are zeros, and padded
 // keys get scores of -1e30, so probability 0.
+#if defined(__x86_64__)
 // GCC 12's AVX-512 intrinsics pass an uninitialised _mm512_undefined_ps() as the unused
 // merge source of their unmasked forms, which -Wmaybe-uninitialized reports at each use.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -34,8 +35,6 @@
 #include "taiyi/ops/cpu/cpu_isa.h"
 #include "taiyi/ops/cpu/prepared_kernels.h"
 #include "taiyi/tensor/dtype.h"
-
-#define TAIYI_TARGET_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
 namespace taiyi::ops::cpu {
 
@@ -307,3 +306,17 @@ std::unique_ptr<PreparedOp> prepare_attention_bf16_avx512(const Shape& q, const 
 }
 
 }  // namespace taiyi::ops::cpu
+
+#else  // not x86: no AVX512-BF16, so never applicable.
+
+#include "taiyi/ops/cpu/prepared_kernels.h"
+
+namespace taiyi::ops::cpu {
+bool attention_bf16_avx512_applicable(float) { return false; }
+std::unique_ptr<PreparedOp> prepare_attention_bf16_avx512(const Shape& q, const Shape&, const Shape&, int, float) {
+  throw Error("attention: the AVX512-BF16 kernel needs an x86 CPU with avx512_bf16, not available for q " +
+              shape_str(q));
+}
+}  // namespace taiyi::ops::cpu
+
+#endif

@@ -23,6 +23,10 @@
 //      with an 8 x 32 register tile (16 accumulators; per pair of input channels 2 loads of V, 8
 //      broadcasts of U, 16 vdpbf16ps) into an L1 buffer, then the output transform A^T M A, bias
 //      and residual, straight into `out` (contiguous NCHW rows by permutes and stores, else scatters).
+#if defined(__x86_64__)
+// GCC 12's AVX-512 intrinsics pass an uninitialised _mm512_undefined_ps() as the unused merge
+// source of their unmasked forms, which -Wmaybe-uninitialized reports at each use.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #include <omp.h>
 
@@ -32,15 +36,10 @@
 #include <cstring>
 #include <string>
 
+#include "taiyi/ops/cpu/conv2d_winograd_f32.h"
 #include "taiyi/ops/cpu/cpu_isa.h"
 #include "taiyi/ops/cpu/prepared_kernels.h"
 #include "taiyi/tensor/dtype.h"
-
-// GCC 12's AVX-512 intrinsics pass an uninitialised _mm512_undefined_ps() as the unused merge
-// source of their unmasked forms, which -Wmaybe-uninitialized reports at each use.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
-#define TAIYI_TARGET_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
 namespace taiyi::ops::cpu {
 
@@ -461,16 +460,10 @@ void WinogradConv2dBf16::run(const std::vector<Tensor>& in, const Tensor& out, s
 }  // namespace
 
 bool winograd_bf16_avx512_applicable(const Shape& x_shape, const Tensor& w, const Conv2dParams& p) {
-  if (!cpu_has_avx512_bf16() || x_shape.size() != 4 || w.ndim() != 4 || w.dtype() != DType::F32) return false;
-  if (w.size(2) != 3 || w.size(3) != 3 || w.size(1) != x_shape[1] || p.groups != 1) return false;
-  if (p.stride_h != 1 || p.stride_w != 1 || p.dilation_h != 1 || p.dilation_w != 1) return false;
-  for (int pad : {p.pad_top, p.pad_bottom, p.pad_left, p.pad_right})
-    if (pad < 0 || pad > 2) return false;
+  if (!cpu_has_avx512_bf16() || !winograd_3x3_form(x_shape, w, p)) return false;
   // Offsets into the input and output are 32-bit in the gathers and scatters.
-  const int64_t extent = x_shape[0] * x_shape[1] * (x_shape[2] + 4) * (x_shape[3] + 4);
-  if (extent >= (int64_t{1} << 31) || x_shape[0] * w.size(0) * (x_shape[2] + 4) * (x_shape[3] + 4) >= (int64_t{1} << 31))
-    return false;
-  return x_shape[2] + p.pad_top + p.pad_bottom >= 3 && x_shape[3] + p.pad_left + p.pad_right >= 3;
+  const int64_t plane = (x_shape[2] + 4) * (x_shape[3] + 4);
+  return x_shape[0] * x_shape[1] * plane < (int64_t{1} << 31) && x_shape[0] * w.size(0) * plane < (int64_t{1} << 31);
 }
 
 std::unique_ptr<PreparedOp> prepare_conv2d_winograd_bf16_avx512(const Shape& x_shape, const Tensor& w,
@@ -483,3 +476,18 @@ std::unique_ptr<PreparedOp> prepare_conv2d_winograd_bf16_avx512(const Shape& x_s
 }
 
 }  // namespace taiyi::ops::cpu
+
+#else  // not x86: no AVX512-BF16, so never applicable.
+
+#include "taiyi/ops/cpu/prepared_kernels.h"
+
+namespace taiyi::ops::cpu {
+bool winograd_bf16_avx512_applicable(const Shape&, const Tensor&, const Conv2dParams&) { return false; }
+std::unique_ptr<PreparedOp> prepare_conv2d_winograd_bf16_avx512(const Shape& x_shape, const Tensor&, const Tensor&,
+                                                                const Conv2dParams&, Layout, Layout) {
+  throw Error("conv2d winograd: bf16 F(2x2,3x3) needs an x86 CPU with avx512_bf16, not available for input " +
+              shape_str(x_shape));
+}
+}  // namespace taiyi::ops::cpu
+
+#endif

@@ -598,12 +598,7 @@ void WinogradConv2dF32<M>::run(const std::vector<Tensor>& in, const Tensor& out,
 }  // namespace
 
 bool winograd_f32_applicable(const Shape& x_shape, const Tensor& w, const Conv2dParams& p) {
-  if (!cpu_has_avx2_fma() || x_shape.size() != 4 || w.ndim() != 4 || w.dtype() != DType::F32) return false;
-  if (w.size(2) != 3 || w.size(3) != 3 || w.size(1) != x_shape[1] || p.groups != 1) return false;
-  if (p.stride_h != 1 || p.stride_w != 1 || p.dilation_h != 1 || p.dilation_w != 1) return false;
-  for (int pad : {p.pad_top, p.pad_bottom, p.pad_left, p.pad_right})
-    if (pad < 0 || pad > 2) return false;
-  return x_shape[2] + p.pad_top + p.pad_bottom >= 3 && x_shape[3] + p.pad_left + p.pad_right >= 3;
+  return cpu_has_avx2_fma() && winograd_3x3_form(x_shape, w, p);
 }
 
 std::unique_ptr<PreparedOp> prepare_conv2d_winograd_f32(const Shape& x_shape, const Tensor& w, const Tensor& bias,
@@ -630,3 +625,16 @@ std::unique_ptr<PreparedOp> prepare_conv2d_winograd_f32(const Shape& x_shape, co
 }  // namespace taiyi::ops::cpu
 
 #endif
+
+namespace taiyi::ops::cpu {
+
+bool winograd_3x3_form(const Shape& x_shape, const Tensor& w, const Conv2dParams& p) {
+  if (x_shape.size() != 4 || w.ndim() != 4 || w.dtype() != DType::F32) return false;
+  if (w.size(2) != 3 || w.size(3) != 3 || w.size(1) != x_shape[1] || p.groups != 1) return false;
+  if (p.stride_h != 1 || p.stride_w != 1 || p.dilation_h != 1 || p.dilation_w != 1) return false;
+  for (int pad : {p.pad_top, p.pad_bottom, p.pad_left, p.pad_right})
+    if (pad < 0 || pad > 2) return false;
+  return x_shape[2] + p.pad_top + p.pad_bottom >= 3 && x_shape[3] + p.pad_left + p.pad_right >= 3;
+}
+
+}  // namespace taiyi::ops::cpu

@@ -21,9 +21,12 @@
 
 namespace taiyi::ops::cpu {
 
-// True when the convolution of an x of shape x_shape with w under p is one Winograd (either tile)
-// takes: 4-D f32, a 3x3 kernel, stride 1, dilation 1, groups 1, each padding in [0, 2], and the
-// CPU has AVX2 and FMA.
+// True when the convolution of an x of shape x_shape with w under p has the form every Winograd
+// kernel here takes (f32 or bf16): 4-D, a 3x3 f32 kernel, stride 1, dilation 1, groups 1, each
+// padding in [0, 2], an output at least 1x1. Any CPU.
+bool winograd_3x3_form(const Shape& x_shape, const Tensor& w, const Conv2dParams& p);
+
+// winograd_3x3_form() and the CPU has AVX2 and FMA.
 bool winograd_f32_applicable(const Shape& x_shape, const Tensor& w, const Conv2dParams& p);
 
 // The prepared convolution; bias may be undefined. Only call when winograd_f32_applicable().

@@ -12,8 +12,11 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #define TAIYI_TARGET_AVX2_FMA __attribute__((target("avx2,fma")))
+// The bf16 kernels (intrinsics, called only when cpu_has_avx512_bf16()).
+#define TAIYI_TARGET_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 #else
 #define TAIYI_TARGET_AVX2_FMA
+#define TAIYI_TARGET_AVX512_BF16
 #endif
 
 namespace taiyi::ops::cpu {

@@ -1,7 +1,7 @@
 // Times the prepared convolution (ops::prepare_conv2d, the kernel graph mode would bind) on the 3x3
-// stride-1 convolutions of the Taiyi UNet at 512x512 (batch 2) and of the VAE decoder, against
-// oneDNN's direct convolution (TAIYI_WINOGRAD=0), taking turns; prints milliseconds and
-// direct-equivalent GFLOP/s of each.
+// stride-1 and 1x1 convolutions of the Taiyi UNet at 512x512 (batch 2) and of the VAE decoder,
+// against oneDNN's direct convolution (TAIYI_WINOGRAD=0 TAIYI_CONV1X1=0), taking turns; prints
+// milliseconds and direct-equivalent GFLOP/s of each.
 //   build/bench/conv_bench [fp32|bf16] [reps] [first row] [last row]
 #include <algorithm>
 #include <chrono>
@@ -10,6 +10,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "taiyi/ops/ops.h"
 #include "taiyi/ops/prepared.h"
@@ -26,13 +27,24 @@ int main(int argc, char** argv) {
   struct Case {
     int64_t n, cin, h, cout;
   };
-  const Case cases[] = {{2, 320, 64, 320},   {2, 640, 64, 320},   {2, 960, 64, 320},  {2, 640, 32, 640},
-                        {2, 1280, 32, 640},  {2, 1280, 16, 1280}, {2, 2560, 16, 1280}, {2, 1280, 8, 1280},
-                        {2, 2560, 8, 1280},  {1, 512, 64, 512},   {1, 512, 128, 512}, {1, 256, 256, 256},
-                        {1, 128, 512, 128},  {1, 256, 512, 128}, {1, 512, 256, 512}, {1, 256, 512, 256},
-                        {1, 512, 256, 256},  {1, 128, 512, 3}};
+  const Case cases[] = {{2, 320, 64, 320},  {2, 640, 64, 320},   {2, 960, 64, 320},   {2, 640, 32, 640},
+                        {2, 1280, 32, 640}, {2, 1280, 16, 1280}, {2, 2560, 16, 1280}, {2, 1280, 8, 1280},
+                        {2, 2560, 8, 1280}, {1, 512, 64, 512},   {1, 512, 128, 512},  {1, 256, 256, 256},
+                        {1, 128, 512, 128}, {1, 256, 512, 128},  {1, 512, 256, 512},  {1, 256, 512, 256},
+                        {1, 512, 256, 256}, {1, 128, 512, 3}};
+  // 1x1 convolutions (UNet ResNet shortcuts and transformer projections, VAE shortcuts), against
+  // oneDNN with TAIYI_CONV1X1=0.
+  const Case cases_1x1[] = {{2, 320, 64, 320},   {2, 640, 64, 320},  {2, 640, 32, 640},
+                            {2, 1280, 16, 1280}, {1, 256, 512, 128}, {1, 512, 256, 256}};
+  struct Row {
+    Case c;
+    int64_t k;  // kernel edge
+  };
+  std::vector<Row> rows;
+  for (const Case& c : cases) rows.push_back({c, 3});
+  for (const Case& c : cases_1x1) rows.push_back({c, 1});
   const int first = argc > 3 ? std::atoi(argv[3]) : 0;
-  const int last = argc > 4 ? std::atoi(argv[4]) : static_cast<int>(std::size(cases)) - 1;
+  const int last = argc > 4 ? std::atoi(argv[4]) : static_cast<int>(rows.size()) - 1;
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   const auto random = [&](const Shape& s, float scale) {
@@ -41,31 +53,35 @@ int main(int argc, char** argv) {
     for (int64_t i = 0; i < t.numel(); ++i) p[i] = scale * dist(rng);
     return t;
   };
-  for (int i = first; i <= last && i < static_cast<int>(std::size(cases)); ++i) {
-    const Case& c = cases[i];
+  for (int i = first; i <= last && i < static_cast<int>(rows.size()); ++i) {
+    const Case& c = rows[i].c;
+    const int64_t k = rows[i].k;
     const Shape xs = {c.n, c.cin, c.h, c.h};
-    const Tensor x = random(xs, 1.0f), w = random({c.cout, c.cin, 3, 3}, 0.05f), b = random({c.cout}, 0.1f);
-    const ops::Conv2dParams p = ops::Conv2dParams::same(1);
+    const Tensor x = random(xs, 1.0f), w = random({c.cout, c.cin, k, k}, 0.05f), b = random({c.cout}, 0.1f);
+    const ops::Conv2dParams p = ops::Conv2dParams::same(static_cast<int>(k / 2));
     Tensor y = Tensor::empty({c.n, c.cout, c.h, c.h});
     std::unique_ptr<ops::PreparedOp> op[2];
     op[0] = ops::prepare_conv2d(xs, w, b, p, compute);
     setenv("TAIYI_WINOGRAD", "0", 1);
+    setenv("TAIYI_CONV1X1", "0", 1);
     op[1] = ops::prepare_conv2d(xs, w, b, p, compute);
     unsetenv("TAIYI_WINOGRAD");
+    unsetenv("TAIYI_CONV1X1");
     const auto scratch = Storage::allocate(std::max(op[0]->scratch_bytes(), op[1]->scratch_bytes()) + 64);
     double best[2] = {1e30, 1e30};
     for (int r = 0; r <= reps; ++r)
-      for (int k = 0; k < 2; ++k) {
+      for (int j = 0; j < 2; ++j) {
         const auto t0 = std::chrono::steady_clock::now();
-        op[k]->run({x}, y, scratch->data());
+        op[j]->run({x}, y, scratch->data());
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        if (r > 0) best[k] = std::min(best[k], s);
+        if (r > 0) best[j] = std::min(best[j], s);
       }
-    std::printf("%2d [%lld,%lld,%lld,%lld]->%-5lld %8.2f ms %7.1f GFLOP/s  %-44s | %8.2f ms %7.1f GFLOP/s  %s\n", i,
-                static_cast<long long>(c.n), static_cast<long long>(c.cin), static_cast<long long>(c.h),
-                static_cast<long long>(c.h), static_cast<long long>(c.cout), best[0] * 1e3,
-                op[0]->flops() * 1e-9 / best[0], op[0]->describe().c_str(), best[1] * 1e3,
-                op[1]->flops() * 1e-9 / best[1], op[1]->describe().c_str());
+    std::printf(
+        "%2d %lldx%lld [%lld,%lld,%lld,%lld]->%-5lld %8.2f ms %7.1f GFLOP/s  %-44s | %8.2f ms %7.1f GFLOP/s  %s\n", i,
+        static_cast<long long>(k), static_cast<long long>(k), static_cast<long long>(c.n),
+        static_cast<long long>(c.cin), static_cast<long long>(c.h), static_cast<long long>(c.h),
+        static_cast<long long>(c.cout), best[0] * 1e3, op[0]->flops() * 1e-9 / best[0], op[0]->describe().c_str(),
+        best[1] * 1e3, op[1]->flops() * 1e-9 / best[1], op[1]->describe().c_str());
   }
   return 0;
 }

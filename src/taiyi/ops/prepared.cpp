@@ -5,8 +5,10 @@
 // AVX2 kernel on the UNet's shapes), F(2x2, 3x3) below (about 1.7-1.9x at 8x8, where F(4x4, 3x3)
 // has too few tiles per weight). Both keep the weights at their own size. Everything else, bf16
 // included, goes to oneDNN, except bf16 3x3 convolutions on CPUs with avx512_bf16 and no AMX (AMD
-// Zen 4), which go to our bf16 F(2x2,3x3) kernel (conv2d_winograd_bf16_avx512.cpp). TAIYI_WINOGRAD=0
-// turns Winograd off (A/B runs).
+// Zen 4), which go to our bf16 F(2x2,3x3) kernel (conv2d_winograd_bf16_avx512.cpp), and bf16 1x1
+// convolutions from NCHW to NCHW there, to our kernel that reads and writes NCHW as it is
+// (conv2d_1x1_bf16_avx512.cpp).
+// TAIYI_WINOGRAD=0 turns Winograd off, TAIYI_CONV1X1=0 the 1x1 kernel (A/B runs).
 #include "taiyi/ops/prepared.h"
 
 #include <cstdlib>
@@ -41,6 +43,20 @@ bool winograd_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p,
          w.size(0) >= 16 && cpu::winograd_bf16_avx512_applicable(x_shape, w, p) && !cpu::dnnl_uses_amx();
 }
 
+// bf16 1x1 convolutions from NCHW to NCHW go to our AVX512-BF16 kernel where oneDNN has no AMX:
+// oneDNN computes them at the peak too, but in channels-last memory, and transposing the input
+// and the output costs as much as the product (the VAE's shortcuts at 512x512 and 256x256: 150
+// and 220 GFLOP/s against 230 and 315). With either side channels-last (the transformers'
+// proj_in and proj_out) oneDNN has no transpose to do there and stays. TAIYI_CONV1X1=0 keeps oneDNN.
+bool conv1x1_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
+                  Layout dst_layout) {
+  const char* v = std::getenv("TAIYI_CONV1X1");
+  const std::string env = v ? v : "";
+  return compute == DType::BF16 && env != "0" && env != "off" && src_layout == Layout::kNCHW &&
+         dst_layout == Layout::kNCHW && x_shape.size() == 4 && x_shape[1] >= 16 &&
+         cpu::conv1x1_bf16_avx512_applicable(x_shape, w, p) && !cpu::dnnl_uses_amx();
+}
+
 }  // namespace
 
 std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,
@@ -53,6 +69,8 @@ std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w
   }
   if (epilogue.scale == 1.0f && winograd_bf16(x_shape, w, p, compute))
     return cpu::prepare_conv2d_winograd_bf16_avx512(x_shape, w, bias, p, src_layout, dst_layout);
+  if (epilogue.scale == 1.0f && conv1x1_bf16(x_shape, w, p, compute, src_layout, dst_layout))
+    return cpu::prepare_conv2d_1x1_bf16_avx512(x_shape, w, bias, p, src_layout, dst_layout);
   return prepare_conv2d_dnnl(x_shape, w, bias, p, compute, src_layout, dst_layout, epilogue);
 }
 

@@ -32,6 +32,7 @@
 #include <cstring>
 #include <string>
 
+#include "taiyi/ops/cpu/bf16_pairs_avx512.h"
 #include "taiyi/ops/cpu/cpu_isa.h"
 #include "taiyi/ops/cpu/prepared_kernels.h"
 #include "taiyi/tensor/dtype.h"
@@ -49,22 +50,6 @@ constexpr int64_t kMaxPackRow = 256;  // pairs of q packed at a time (a row of D
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
 
-// Vector casts (GCC and Clang convert between vector types of one size bit for bit).
-TAIYI_TARGET_AVX512_BF16 inline __m512bh as_bh(__m512i x) { return (__m512bh)x; }
-TAIYI_TARGET_AVX512_BF16 inline __m512i as_si(__m512bh x) { return (__m512i)x; }
-TAIYI_TARGET_AVX512_BF16 inline __m512bh broadcast_pair(const uint16_t* p) {
-  int32_t pair;
-  std::memcpy(&pair, p, 4);
-  return as_bh(_mm512_set1_epi32(pair));
-}
-
-TAIYI_TARGET_AVX512_BF16 inline __m512i lane_index() {
-  return _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-}
-// The mask of lanes [0, n), n clamped to [0, 16].
-inline __mmask16 first_lanes(int64_t n) {
-  return static_cast<__mmask16>((1u << std::clamp<int64_t>(n, 0, 16)) - 1u);
-}
 
 // 2^x with the polynomial of exp2_nonpositive_f32 (vector_math_f32.h) on the fraction, and the
 // exponent applied by vscalefps, which gives 0 for very negative x (the pads) and needs no clamp.
@@ -243,14 +228,12 @@ class AttentionBf16Avx512 : public PreparedOp {
 
     // P = bf16(2^(c s - c max)) as (key 2t, key 2t+1) pairs per lane; the sum of the rounded values.
     const __m512 c = _mm512_set1_ps(c_), neg_cmax = _mm512_mul_ps(mx, _mm512_set1_ps(-c_));
-    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
-                                                22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     const __m512bh ones = as_bh(_mm512_set1_epi16(0x3f80));  // bf16 1.0
     __m512 sum = _mm512_setzero_ps();
     for (int64_t t = 0; t < lkp_ / 2; ++t) {
       const __m512 e0 = exp2_avx512(_mm512_fmadd_ps(_mm512_load_ps(s + 2 * t * kLanes), c, neg_cmax));
       const __m512 e1 = exp2_avx512(_mm512_fmadd_ps(_mm512_load_ps(s + (2 * t + 1) * kLanes), c, neg_cmax));
-      const __m512bh pair = as_bh(_mm512_permutexvar_epi16(interleave, as_si(_mm512_cvtne2ps_pbh(e1, e0))));
+      const __m512bh pair = pair_rows(e0, e1);
       p[t] = pair;
       sum = _mm512_dpbf16_ps(sum, pair, ones);
     }

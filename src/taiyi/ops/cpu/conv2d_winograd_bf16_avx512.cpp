@@ -36,6 +36,7 @@
 #include <cstring>
 #include <string>
 
+#include "taiyi/ops/cpu/bf16_pairs_avx512.h"
 #include "taiyi/ops/cpu/conv2d_winograd_f32.h"
 #include "taiyi/ops/cpu/cpu_isa.h"
 #include "taiyi/ops/cpu/prepared_kernels.h"
@@ -62,9 +63,6 @@ struct AlignedFree {
   void operator()(uint32_t* p) const { std::free(p); }
 };
 
-// Vector casts (GCC and Clang convert between vector types of one size bit for bit).
-TAIYI_TARGET_AVX512_BF16 inline __m512bh as_bh(__m512i x) { return (__m512bh)x; }
-TAIYI_TARGET_AVX512_BF16 inline __m512i as_si(__m512bh x) { return (__m512i)x; }
 
 struct Strides4 {
   int64_t n, c, h, w;
@@ -110,7 +108,7 @@ class WinogradConv2dBf16 : public PreparedOp {
     v_pos_ = tb_ / kNr * cin2_ * kNr + kLanes;
     threads_ = std::max(1, omp_get_max_threads());
     // Panels per chunk: their slice of U (16 x Cin x 16 bytes a panel) within kUChunkBytes.
-    chunk_panels_ = std::clamp<int64_t>(kUChunkBytes / (kPos * cin2_ * kMr * 4), 1, npanels_);
+    chunk_panels_ = even_chunk(npanels_, kUChunkBytes / (kPos * cin2_ * kMr * 4));
     transform_weights(w.contiguous());
     bias_.assign(static_cast<size_t>(npanels_ * kMr), 0.0f);
     if (bias.defined()) {
@@ -264,8 +262,6 @@ TAIYI_TARGET_AVX512_BF16 void WinogradConv2dBf16::input_transform_row(const floa
 template <typename Fetch>
 TAIYI_TARGET_AVX512_BF16 void WinogradConv2dBf16::transform_channels(int64_t g, int64_t c2_begin, int64_t c2_end,
                                                                      uint32_t* v, Fetch&& fetch) const {
-  const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
-                                              22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   uint32_t* dst = v + (g / 2) * cin2_ * kNr + (g % 2) * kLanes;
   for (int64_t c2 = c2_begin; c2 < c2_end; ++c2) {
     __m512 vt[2][kPos];  // B^T d B of channels 2 c2 and 2 c2 + 1
@@ -286,8 +282,7 @@ TAIYI_TARGET_AVX512_BF16 void WinogradConv2dBf16::transform_channels(int64_t g, 
       for (int a = 0; a < 4; ++a) input_1d(t[a], &vt[k][a * 4]);  // along the width
     }
     for (int pos = 0; pos < kPos; ++pos) {
-      const __m512i pair = _mm512_permutexvar_epi16(interleave, as_si(_mm512_cvtne2ps_pbh(vt[1][pos], vt[0][pos])));
-      _mm512_store_si512(dst + pos * v_pos_ + c2 * kNr, pair);
+      _mm512_store_si512(dst + pos * v_pos_ + c2 * kNr, as_si(pair_rows(vt[0][pos], vt[1][pos])));
     }
   }
 }

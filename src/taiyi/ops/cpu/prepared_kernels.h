@@ -23,6 +23,13 @@ std::unique_ptr<PreparedOp> prepare_conv2d_winograd_bf16_avx512(const Shape& x_s
                                                                 const Tensor& bias, const Conv2dParams& p,
                                                                 Layout src_layout, Layout dst_layout);
 
+// conv2d_1x1_bf16_avx512.cpp: a 1x1 stride-1 convolution with bf16 products on AVX512-BF16, pixels
+// in the lanes, so NCHW activations need no transposes; a residual (inputs[1]) is added as it
+// writes. Any input and output strides.
+bool conv1x1_bf16_avx512_applicable(const Shape& x_shape, const Tensor& w, const Conv2dParams& p);
+std::unique_ptr<PreparedOp> prepare_conv2d_1x1_bf16_avx512(const Shape& x_shape, const Tensor& w, const Tensor& bias,
+                                                           const Conv2dParams& p, Layout src_layout, Layout dst_layout);
+
 // attention_bf16_avx512.cpp: bf16 attention on vdpbf16ps, for CPUs with avx512_bf16 and no AMX.
 // Needs cpu_has_avx512_bf16() and scale > 0 (attention_bf16_avx512_applicable).
 bool attention_bf16_avx512_applicable(float scale);

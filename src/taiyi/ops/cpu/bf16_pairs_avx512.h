@@ -1,0 +1,55 @@
+// Register-level pieces the AVX512-BF16 kernels share (attention_bf16_avx512.cpp,
+// conv2d_winograd_bf16_avx512.cpp, conv2d_1x1_bf16_avx512.cpp). vdpbf16ps multiplies pairs of bf16
+// in each 32-bit lane and adds both products to an f32 lane, so every operand is laid out as
+// "pairs": lane l of a register holds (a[2k][l], a[2k + 1][l]), element 2k in the low half.
+// pair_rows() makes such a register from two f32 rows. Include after <immintrin.h>, x86 only.
+#pragma once
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "taiyi/ops/cpu/cpu_isa.h"
+
+namespace taiyi::ops::cpu {
+
+// Vector casts (GCC and Clang convert between vector types of one size bit for bit).
+TAIYI_TARGET_AVX512_BF16 inline __m512bh as_bh(__m512i x) { return (__m512bh)x; }
+TAIYI_TARGET_AVX512_BF16 inline __m512i as_si(__m512bh x) { return (__m512i)x; }
+
+// The 32-bit word at p (a pair of bf16) in every lane.
+TAIYI_TARGET_AVX512_BF16 inline __m512bh broadcast_pair(const void* p) {
+  int32_t pair;
+  std::memcpy(&pair, p, 4);
+  return as_bh(_mm512_set1_epi32(pair));
+}
+
+// Lane l of the result: (bf16(lo[l]), bf16(hi[l])), rounded to nearest even.
+TAIYI_TARGET_AVX512_BF16 inline __m512bh pair_rows(__m512 lo, __m512 hi) {
+  // vcvtne2ps2bf16 puts lo's 16 values in elements 0-15 and hi's in 16-31; interleave them.
+  const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22,
+                                              6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return as_bh(_mm512_permutexvar_epi16(interleave, as_si(_mm512_cvtne2ps_pbh(hi, lo))));
+}
+
+// 0, 1, ..., 15.
+TAIYI_TARGET_AVX512_BF16 inline __m512i lane_index() {
+  return _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+}
+
+// The mask of lanes [0, n), n clamped to [0, 16].
+inline __mmask16 first_lanes(int64_t n) {
+  return static_cast<__mmask16>((1u << std::clamp<int64_t>(n, 0, 16)) - 1u);
+}
+
+// Panels per chunk when at most `most` fit: as many chunks as needed, of equal size, so that
+// threads taking whole chunks get the same work.
+inline int64_t even_chunk(int64_t panels, int64_t most) {
+  most = std::clamp<int64_t>(most, 1, std::max<int64_t>(panels, 1));
+  const int64_t chunks = (panels + most - 1) / most;
+  return (panels + chunks - 1) / chunks;
+}
+
+}  // namespace taiyi::ops::cpu

@@ -27,8 +27,10 @@ for path in sys.argv[1:]:
             machine.setdefault("cpu", d.get("cpu"))
             if "onednn_isa" in d:
                 machine["isa"] = d["onednn_isa"]
-            if d.get("machine_peak_gflop_per_s"):
-                machine.setdefault("peak", (d["machine_peak_gflop_per_s"], d.get("machine_peak_kernel", "")))
+            if d.get("machine_peak_gflop_per_s"):  # per precision: "conv2d bf16 ..." or "conv2d f32 ..."
+                kernel = d.get("machine_peak_kernel", "")
+                dtype = "bf16" if " bf16 " in f" {kernel} " else "f32"
+                machine.setdefault("peak", {}).setdefault(dtype, (d["machine_peak_gflop_per_s"], kernel))
 
 
 def merge_rounds(items):
@@ -47,8 +49,8 @@ def merge_rounds(items):
 
 rows = {comp: merge_rounds(items) for comp, items in rows.items()}
 print(f"CPU: {machine.get('cpu')}, oneDNN ISA: {machine.get('isa')}")
-if "peak" in machine:
-    print(f"Measured f32 conv peak: {machine['peak'][0]:.0f} GFLOP/s ({machine['peak'][1]})")
+for dtype, (gflops, kernel) in sorted(machine.get("peak", {}).items()):
+    print(f"Measured {dtype} conv peak: {gflops:.0f} GFLOP/s ({kernel})")
 
 
 def name(d):

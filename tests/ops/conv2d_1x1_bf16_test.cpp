@@ -33,8 +33,6 @@ struct Case {
   bool bias;
 };
 
-enum class Residual { kNone, kSeparate, kInPlace };
-
 void check_case(const Case& c, Layout src_layout, Layout dst_layout, Residual residual, uint32_t seed) {
   const Shape xs = {c.n, c.cin, c.h, c.w}, ys = {c.n, c.cout, c.h, c.w};
   const Tensor x_nchw = random_tensor(xs, seed), w = random_tensor({c.cout, c.cin, 1, 1}, seed + 1);
@@ -54,21 +52,10 @@ void check_case(const Case& c, Layout src_layout, Layout dst_layout, Residual re
                round_bf16(xv[static_cast<size_t>((n * c.cin + ci) * plane + q)]);
         expected[static_cast<size_t>((n * c.cout + co) * plane + q)] = s;
       }
-  Tensor res;
-  if (residual != Residual::kNone) {
-    res = guarded_tensor(ys, dst_layout, random_tensor(ys, seed + 3));
-    const std::vector<double> rv = values(res);
-    for (size_t i = 0; i < expected.size(); ++i) expected[i] += rv[i], expected_f32[i] += rv[i];
-  }
-  const Tensor x = guarded_tensor(xs, src_layout, x_nchw);
   const auto op = ops::cpu::prepare_conv2d_1x1_bf16_avx512(xs, w, bias, p, src_layout, dst_layout);
-  Scratch scratch(op->scratch_bytes());
-  const Tensor y = residual == Residual::kInPlace ? res : guarded_tensor(ys, dst_layout);
-  std::vector<Tensor> inputs = {x};
-  if (residual != Residual::kNone) inputs.push_back(res);
-  op->run(inputs, y, scratch.mem.get());
-  EXPECT_TRUE(scratch.guard_intact()) << "wrote past the scratch";
-  EXPECT_TRUE(tensor_guard_intact(y)) << "wrote past the output";
+  const GuardedRun run = run_guarded(*op, x_nchw, src_layout, ys, dst_layout, residual, seed + 3);
+  const Tensor& y = run.y;
+  for (size_t i = 0; i < run.residual.size(); ++i) expected[i] += run.residual[i], expected_f32[i] += run.residual[i];
   // The same roundings as the kernel: what remains is the f32 accumulation of Cin products.
   EXPECT_TRUE(all_close(y, expected, 1e-5, 1e-5));
   if (residual == Residual::kNone && c.cin >= 8) {  // bf16's error against f32, and not less

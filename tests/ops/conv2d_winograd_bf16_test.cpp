@@ -1,11 +1,10 @@
 // The bf16 Winograd F(2x2,3x3) prepared convolution for AVX512-BF16 (conv2d_winograd_bf16_avx512.cpp)
 // against a reference in double that rounds where the kernel does (the transformed input B^T d B,
-// computed in f32 in the kernel's order, and the transformed weights G g G^T to bf16, nearest even), and against the f32 convolution
-// within bf16's error: odd and tiny sizes, partial tiles and groups of 16 and 32 tiles, channel
-// counts off the 8-channel panels and odd, padding 0..2 and asymmetric, batch, all four src/dst
-// layouts, bias or none, a residual (also in place), several blocks, one thread and the default
-// count, NaN-filled scratch and guard values after the scratch and the output. Skipped on CPUs
-// without avx512_bf16.
+// computed in f32 in the kernel's order, and the transformed weights G g G^T to bf16, nearest even), and against the
+// f32 convolution within bf16's error: odd and tiny sizes, partial tiles and groups of 16 and 32 tiles, channel counts
+// off the 8-channel panels and odd, padding 0..2 and asymmetric, batch, all four src/dst layouts, bias or none, a
+// residual (also in place), several blocks, one thread and the default count, NaN-filled scratch and guard values after
+// the scratch and the output. Skipped on CPUs without avx512_bf16.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -62,8 +61,9 @@ std::vector<double> winograd_bf16_reference(const Tensor& x, const Tensor& w, co
           for (int i = 0; i < 4; ++i)
             for (int j = 0; j < 4; ++j) {
               const int64_t yy = 2 * ty - p.pad_top + i, xx = 2 * tx - p.pad_left + j;
-              d[i][j] = yy >= 0 && yy < h && xx >= 0 && xx < wd ? xv[static_cast<size_t>(((b * cin + ci) * h + yy) * wd + xx)]
-                                                                : 0.0;
+              d[i][j] = yy >= 0 && yy < h && xx >= 0 && xx < wd
+                            ? xv[static_cast<size_t>(((b * cin + ci) * h + yy) * wd + xx)]
+                            : 0.0;
             }
           // B^T d B in f32 in the kernel's order (along the height, then the width), so that the
           // rounding to bf16 sees the same f32 values.
@@ -107,8 +107,6 @@ struct Case {
   bool bias;
 };
 
-enum class Residual { kNone, kSeparate, kInPlace };
-
 std::string case_name(const Case& c) {
   return "x [" + std::to_string(c.n) + "," + std::to_string(c.cin) + "," + std::to_string(c.h) + "," +
          std::to_string(c.w) + "] cout " + std::to_string(c.cout) + " pad " + std::to_string(c.pad);
@@ -124,22 +122,11 @@ void check_case(const Case& c, const ops::Conv2dParams& p, Layout src_layout, La
   std::vector<double> expected = winograd_bf16_reference(x_nchw, w, bias, p);
   const Tensor f32 = ops::conv2d(x_nchw, w, bias, p);
   const Shape ys = f32.shape();
-  std::vector<double> expected_f32 = values(f32);
-  Tensor res;
-  if (residual != Residual::kNone) {
-    res = guarded_tensor(ys, dst_layout, random_tensor(ys, seed + 3));
-    const std::vector<double> rv = values(res);
-    for (size_t i = 0; i < expected.size(); ++i) expected[i] += rv[i], expected_f32[i] += rv[i];
-  }
-  const Tensor x = guarded_tensor(xs, src_layout, x_nchw);
   const auto op = ops::cpu::prepare_conv2d_winograd_bf16_avx512(xs, w, bias, p, src_layout, dst_layout);
-  Scratch scratch(op->scratch_bytes());
-  const Tensor y = residual == Residual::kInPlace ? res : guarded_tensor(ys, dst_layout);
-  std::vector<Tensor> inputs = {x};
-  if (residual != Residual::kNone) inputs.push_back(res);
-  op->run(inputs, y, scratch.mem.get());
-  EXPECT_TRUE(scratch.guard_intact()) << "wrote past the scratch";
-  EXPECT_TRUE(tensor_guard_intact(y)) << "wrote past the output";
+  const GuardedRun run = run_guarded(*op, x_nchw, src_layout, ys, dst_layout, residual, seed + 3);
+  const Tensor& y = run.y;
+  std::vector<double> expected_f32 = values(f32);
+  for (size_t i = 0; i < run.residual.size(); ++i) expected[i] += run.residual[i], expected_f32[i] += run.residual[i];
   // The same roundings as the kernel: what remains is the f32 accumulation of up to 9 Cin terms.
   const std::vector<double> got = values(y);
   double max_abs = 0, max_err = 0, num = 0, den = 0;
@@ -167,10 +154,10 @@ class Conv2dWinogradBf16 : public ::testing::Test {
 
 TEST_F(Conv2dWinogradBf16, MatchesTheRoundedReferenceOnOddShapes) {
   const Case cases[] = {
-      {1, 1, 1, 1, 1, 1, true},      {2, 3, 2, 3, 5, 1, true},     {1, 8, 4, 4, 8, 1, false},
-      {3, 17, 5, 7, 3, 1, true},     {2, 3, 9, 13, 17, 1, true},   {1, 64, 8, 8, 64, 1, true},
-      {2, 17, 16, 17, 33, 1, false}, {1, 5, 13, 9, 7, 0, true},    {2, 4, 7, 5, 6, 2, true},
-      {1, 3, 3, 3, 2, 0, false},     {3, 9, 17, 16, 13, 1, true},  {1, 20, 64, 64, 24, 1, true},
+      {1, 1, 1, 1, 1, 1, true},      {2, 3, 2, 3, 5, 1, true},      {1, 8, 4, 4, 8, 1, false},
+      {3, 17, 5, 7, 3, 1, true},     {2, 3, 9, 13, 17, 1, true},    {1, 64, 8, 8, 64, 1, true},
+      {2, 17, 16, 17, 33, 1, false}, {1, 5, 13, 9, 7, 0, true},     {2, 4, 7, 5, 6, 2, true},
+      {1, 3, 3, 3, 2, 0, false},     {3, 9, 17, 16, 13, 1, true},   {1, 20, 64, 64, 24, 1, true},
       {2, 33, 64, 9, 19, 1, true},   {1, 300, 12, 10, 70, 1, true}, {2, 16, 1, 64, 16, 1, true},
       {1, 7, 10, 34, 9, 1, true},    {2, 5, 12, 40, 7, 2, false},
   };
@@ -233,8 +220,8 @@ TEST_F(Conv2dWinogradBf16, ApplicabilityAndKernelChoice) {
   EXPECT_EQ(kernel(xs, w3, ops::Conv2dParams::same(1)).find("winograd"), std::string::npos);
   unsetenv("TAIYI_WINOGRAD");
   // Weights: 16 positions of Cin (padded to even) x Cout (padded to 8) bf16.
-  const auto op = ops::cpu::prepare_conv2d_winograd_bf16_avx512({1, 5, 8, 8}, random_tensor({9, 5, 3, 3}, 4), Tensor(),
-                                                                ops::Conv2dParams::same(1), Layout::kNCHW, Layout::kNHWC);
+  const auto op = ops::cpu::prepare_conv2d_winograd_bf16_avx512(
+      {1, 5, 8, 8}, random_tensor({9, 5, 3, 3}, 4), Tensor(), ops::Conv2dParams::same(1), Layout::kNCHW, Layout::kNHWC);
   EXPECT_EQ(op->packed_weight_bytes(), size_t{16} * 6 * 16 * 2);
   EXPECT_EQ(op->describe(), "conv2d bf16 winograd_f23:avx512_bf16 nchw->nhwc");
 }

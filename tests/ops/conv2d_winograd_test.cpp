@@ -35,8 +35,6 @@ struct WinoCase {
   bool bias;
 };
 
-enum class Residual { kNone, kSeparate, kInPlace };
-
 // Largest |got - expected| / max|expected| seen per tile (index 2 or 4), for the record.
 double g_max_rel_err[5] = {};
 
@@ -57,22 +55,11 @@ void check_case(int tile, const WinoCase& c, Layout src_layout, Layout dst_layou
   ASSERT_TRUE(ops::cpu::winograd_f32_applicable(xs, w, p));
   const Tensor ref = ops::conv2d(x_nchw, w, bias, p);
   const Shape ys = ref.shape();
-  std::vector<double> expected = values(ref);
-  Tensor res;
-  if (residual != Residual::kNone) {
-    res = guarded_tensor(ys, dst_layout, random_tensor(ys, seed + 3));
-    const std::vector<double> rv = values(res);
-    for (size_t i = 0; i < expected.size(); ++i) expected[i] += rv[i];
-  }
-  const Tensor x = guarded_tensor(xs, src_layout, x_nchw);
   const auto op = ops::cpu::prepare_conv2d_winograd_f32(xs, w, bias, p, src_layout, dst_layout, tile);
-  Scratch scratch(op->scratch_bytes());
-  const Tensor y = residual == Residual::kInPlace ? res : guarded_tensor(ys, dst_layout);
-  std::vector<Tensor> inputs = {x};
-  if (residual != Residual::kNone) inputs.push_back(res);
-  op->run(inputs, y, scratch.mem.get());
-  EXPECT_TRUE(scratch.guard_intact()) << "wrote past the scratch";
-  EXPECT_TRUE(tensor_guard_intact(y)) << "wrote past the output";
+  const GuardedRun run = run_guarded(*op, x_nchw, src_layout, ys, dst_layout, residual, seed + 3);
+  const Tensor& y = run.y;
+  std::vector<double> expected = values(ref);
+  for (size_t i = 0; i < run.residual.size(); ++i) expected[i] += run.residual[i];
   EXPECT_TRUE(all_close(y, expected, tolerance(tile), tolerance(tile)));
   double max_abs = 0.0, max_err = 0.0;
   const std::vector<double> got = values(y);

@@ -9,7 +9,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <vector>
 
+#include "op_testing.h"
 #include "taiyi/ops/prepared.h"
 #include "taiyi/tensor/tensor.h"
 
@@ -59,5 +61,36 @@ inline bool tensor_guard_intact(const Tensor& t) {
 }
 
 inline const char* layout_name(ops::Layout l) { return l == ops::Layout::kNHWC ? "nhwc" : "nchw"; }
+
+// A prepared convolution's fused residual in a test: none, a separate tensor, or the output's own
+// memory (the epilogue then adds in place).
+enum class Residual { kNone, kSeparate, kInPlace };
+
+struct GuardedRun {
+  Tensor y;                      // the output (NCHW-shaped, stored in the destination layout)
+  std::vector<double> residual;  // the residual's values (NCHW order), empty without one
+};
+
+// Runs `op` on x_nchw stored in src_layout into a guarded output of shape ys in dst_layout, with a
+// random residual (seed) when asked, from NaN-filled scratch; checks that nothing was written past
+// the scratch or the output.
+inline GuardedRun run_guarded(const ops::PreparedOp& op, const Tensor& x_nchw, ops::Layout src_layout, const Shape& ys,
+                              ops::Layout dst_layout, Residual residual, uint32_t seed) {
+  GuardedRun r;
+  Tensor res;
+  if (residual != Residual::kNone) {
+    res = guarded_tensor(ys, dst_layout, random_tensor(ys, seed));
+    r.residual = values(res);
+  }
+  const Tensor x = guarded_tensor(x_nchw.shape(), src_layout, x_nchw);
+  Scratch scratch(op.scratch_bytes());
+  r.y = residual == Residual::kInPlace ? res : guarded_tensor(ys, dst_layout);
+  std::vector<Tensor> inputs = {x};
+  if (residual != Residual::kNone) inputs.push_back(res);
+  op.run(inputs, r.y, scratch.mem.get());
+  EXPECT_TRUE(scratch.guard_intact()) << "wrote past the scratch";
+  EXPECT_TRUE(tensor_guard_intact(r.y)) << "wrote past the output";
+  return r;
+}
 
 }  // namespace taiyi::ops_test

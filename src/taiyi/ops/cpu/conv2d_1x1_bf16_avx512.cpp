@@ -28,6 +28,7 @@
 #include <string>
 
 #include "taiyi/ops/cpu/bf16_pairs_avx512.h"
+#include "taiyi/ops/cpu/conv_io.h"
 #include "taiyi/ops/cpu/cpu_isa.h"
 #include "taiyi/ops/cpu/prepared_kernels.h"
 #include "taiyi/tensor/dtype.h"
@@ -48,11 +49,6 @@ size_t round_up64(size_t bytes) { return (bytes + 63) / 64 * 64; }
 struct AlignedFree {
   void operator()(uint32_t* p) const { std::free(p); }
 };
-
-struct Strides4 {
-  int64_t n, c, h, w;
-};
-Strides4 strides4(const Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
 class Conv1x1Bf16 : public PreparedOp {
  public:
@@ -191,12 +187,7 @@ TAIYI_TARGET_AVX512_BF16 void Conv1x1Bf16::panel_group(int64_t panel, int64_t t0
 }
 
 void Conv1x1Bf16::run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const {
-  const float* x = in[0].data<float>();
-  const Strides4 sx = strides4(in[0]), sy = strides4(out);
-  const bool has_res = in.size() > 1 && in[1].defined();
-  const float* res = has_res ? in[1].data<float>() : nullptr;
-  const Strides4 sr = has_res ? strides4(in[1]) : sy;
-  float* y = out.data<float>();
+  const auto [x, sx, res, sr, y, sy] = conv_io(in, out);
   auto* v = reinterpret_cast<uint32_t*>(scratch);
   const int64_t panel_chunks = (npanels_ + chunk_panels_ - 1) / chunk_panels_;
 #pragma omp parallel num_threads(threads_)

@@ -37,6 +37,7 @@
 #include <string>
 
 #include "taiyi/ops/cpu/bf16_pairs_avx512.h"
+#include "taiyi/ops/cpu/conv_io.h"
 #include "taiyi/ops/cpu/conv2d_winograd_f32.h"
 #include "taiyi/ops/cpu/cpu_isa.h"
 #include "taiyi/ops/cpu/prepared_kernels.h"
@@ -63,11 +64,6 @@ struct AlignedFree {
   void operator()(uint32_t* p) const { std::free(p); }
 };
 
-
-struct Strides4 {
-  int64_t n, c, h, w;
-};
-Strides4 strides4(const Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
 // G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
 constexpr double kG[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
@@ -407,12 +403,7 @@ TAIYI_TARGET_AVX512_BF16 void WinogradConv2dBf16::panel_group(int64_t panel, int
 }
 
 void WinogradConv2dBf16::run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const {
-  const float* x = in[0].data<float>();
-  const Strides4 sx = strides4(in[0]), sy = strides4(out);
-  const bool has_res = in.size() > 1 && in[1].defined();
-  const float* res = has_res ? in[1].data<float>() : nullptr;
-  const Strides4 sr = has_res ? strides4(in[1]) : sy;
-  float* y = out.data<float>();
+  const auto [x, sx, res, sr, y, sy] = conv_io(in, out);
   auto* v = reinterpret_cast<uint32_t*>(scratch);
   std::byte* mt_scratch = scratch + round_up64(static_cast<size_t>(kPos * v_pos_) * 4);
   const size_t mt_bytes = round_up64(static_cast<size_t>(kPos * kMr * kNr) * 4);

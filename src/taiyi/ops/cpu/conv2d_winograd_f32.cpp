@@ -42,6 +42,7 @@
 #include <string>
 #include <vector>
 
+#include "taiyi/ops/cpu/conv_io.h"
 #include "taiyi/ops/cpu/cpu_isa.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -232,12 +233,6 @@ TAIYI_TARGET_AVX2_FMA void gemm_6x16(const float* u, const float* v, int64_t kc,
 }
 
 // ---- The prepared op ----
-
-struct Strides4 {
-  int64_t n, c, h, w;
-};
-
-Strides4 strides4(const Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
 template <int M>
 class WinogradConv2dF32 : public PreparedOp {
@@ -565,12 +560,7 @@ TAIYI_TARGET_AVX2_FMA void WinogradConv2dF32<M>::output_transform(const float* m
 
 template <int M>
 void WinogradConv2dF32<M>::run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const {
-  const float* x = in[0].data<float>();
-  const Strides4 sx = strides4(in[0]), sy = strides4(out);
-  const bool has_res = in.size() > 1 && in[1].defined();
-  const float* res = has_res ? in[1].data<float>() : nullptr;
-  const Strides4 sr = has_res ? strides4(in[1]) : sy;
-  float* y = out.data<float>();
+  const auto [x, sx, res, sr, y, sy] = conv_io(in, out);
   float* v = reinterpret_cast<float*>(scratch);
   float* m = reinterpret_cast<float*>(scratch + round_up64(v_floats_ * sizeof(float)));
   std::byte* u_scratch = scratch + round_up64(v_floats_ * sizeof(float)) + round_up64(m_floats_ * sizeof(float));

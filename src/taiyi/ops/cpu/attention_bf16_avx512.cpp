@@ -45,7 +45,6 @@ constexpr int64_t kLanes = 16;     // queries per task
 constexpr int64_t kKeyGroup = 8;   // keys per register group of S; Lk is padded to a multiple
 constexpr int64_t kVBlock = 64;    // keys per block of packed V^T
 constexpr float kPadScore = -1e30f;
-constexpr int64_t kMaxPackRow = 256;  // pairs of q packed at a time (a row of D up to 512 in one go)
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
@@ -64,14 +63,21 @@ TAIYI_TARGET_AVX512_BF16 inline __m512 exp2_avx512(__m512 x) {
   return _mm512_scalef_ps(p, r);
 }
 
+// Two keys' probabilities from their f32 scores s[0, 16) and s[16, 32) as bf16 pairs per lane.
+TAIYI_TARGET_AVX512_BF16 inline __m512bh probabilities(const float* s, __m512 c, __m512 neg_cmax) {
+  return pair_rows(exp2_avx512(_mm512_fmadd_ps(_mm512_load_ps(s), c, neg_cmax)),
+                   exp2_avx512(_mm512_fmadd_ps(_mm512_load_ps(s + kLanes), c, neg_cmax)));
+}
+
 // dst[i] = bf16(src[i * stride]) for i < n, then zeros up to n_padded.
 TAIYI_TARGET_AVX512_BF16 void round_row(const float* src, int64_t stride, uint16_t* dst, int64_t n,
                                         int64_t n_padded) {
   int64_t i = 0;
   if (stride == 1) {
-    for (; i + 16 <= n; i += 16)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
-                          (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+    for (; i < n; i += 16) {
+      const __mmask16 m = first_lanes(n - i);
+      _mm256_mask_storeu_epi16(dst + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i)));
+    }
   }
   for (; i < n; ++i) dst[i] = f32_to_bf16(src[i * stride]);
   for (; i < n_padded; ++i) dst[i] = 0;
@@ -94,20 +100,20 @@ class AttentionBf16Avx512 : public PreparedOp {
         c_(scale * 1.44269504088896341f),
         threads_(std::max(1, omp_get_max_threads())) {
     const size_t bh = static_cast<size_t>(batch_ * heads_);
-    q_bytes_ = round_up64(bh * qblocks_ * kLanes * dp_ * 2);
     k_bytes_ = round_up64(bh * lkp_ * dp_ * 2);
     v_bytes_ = round_up64(bh * vblocks_ * dvp_ * kVBlock * 2);
     s_bytes_ = static_cast<size_t>(lkp_) * 64;
     p_bytes_ = static_cast<size_t>(lkp_ / 2) * 64;
     o_bytes_ = static_cast<size_t>(dvp_) * 64;
-    per_thread_bytes_ = s_bytes_ + p_bytes_ + o_bytes_;
+    const size_t qp_bytes = static_cast<size_t>(dp_ / 2) * 64;
+    per_thread_bytes_ = s_bytes_ + p_bytes_ + o_bytes_ + qp_bytes;
   }
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override {
     run_avx512(in, out, scratch);
   }
   size_t scratch_bytes() const override {
-    return q_bytes_ + k_bytes_ + v_bytes_ + static_cast<size_t>(threads_) * per_thread_bytes_;
+    return k_bytes_ + v_bytes_ + static_cast<size_t>(threads_) * per_thread_bytes_;
   }
   size_t packed_weight_bytes() const override { return 0; }
   std::string describe() const override { return "attention bf16 avx512_bf16 (16 queries x all keys)"; }
@@ -124,38 +130,15 @@ class AttentionBf16Avx512 : public PreparedOp {
   TAIYI_TARGET_AVX512_BF16 void run_avx512(const std::vector<Tensor>& in, const Tensor& out,
                                            std::byte* scratch) const {
     const View q = view(in.at(0)), k = view(in.at(1)), v = view(in.at(2));
-    auto* qc = reinterpret_cast<uint32_t*>(scratch);
-    auto* kc = reinterpret_cast<uint16_t*>(scratch + q_bytes_);
-    auto* vc = reinterpret_cast<uint16_t*>(scratch + q_bytes_ + k_bytes_);
-    std::byte* per_thread = scratch + q_bytes_ + k_bytes_ + v_bytes_;
+    auto* kc = reinterpret_cast<uint16_t*>(scratch);
+    auto* vc = reinterpret_cast<uint16_t*>(scratch + k_bytes_);
+    std::byte* per_thread = scratch + k_bytes_ + v_bytes_;
     float* op = out.data<float>();
     const int threads = std::min(threads_, std::max(1, omp_get_max_threads()));
     const int64_t tasks = batch_ * heads_ * qblocks_;
 
 #pragma omp parallel num_threads(threads)
     {
-      // Q as pairs [b][h][block of 16][d / 2][lane]; zeros past D and Lq.
-      alignas(64) uint16_t row[2 * kMaxPackRow];
-#pragma omp for schedule(static)
-      for (int64_t r = 0; r < batch_ * qblocks_ * kLanes; ++r) {
-        const int64_t b = r / (qblocks_ * kLanes), i = r % (qblocks_ * kLanes);
-        for (int64_t h = 0; h < heads_; ++h) {
-          uint32_t* dst = qc + ((b * heads_ + h) * qblocks_ + i / kLanes) * (dp_ / 2) * kLanes + i % kLanes;
-          for (int64_t e0 = 0; e0 < dp_; e0 += 2 * kMaxPackRow) {
-            const int64_t n = std::min(2 * kMaxPackRow, dp_ - e0);
-            if (i < lq_) {
-              round_row(q.p + b * q.s0 + i * q.s1 + (h * d_ + e0) * q.s2, q.s2, row, std::min(n, d_ - e0), n);
-            } else {
-              std::memset(row, 0, static_cast<size_t>(n) * 2);
-            }
-            for (int64_t e = 0; e < n / 2; ++e) {
-              uint32_t pair;
-              std::memcpy(&pair, row + 2 * e, 4);
-              dst[(e0 / 2 + e) * kLanes] = pair;
-            }
-          }
-        }
-      }
       // K as bf16 rows [b][h][j][0, dp), zero rows past Lk.
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < batch_ * lkp_; ++r) {
@@ -189,20 +172,35 @@ class AttentionBf16Avx512 : public PreparedOp {
 
       std::byte* mine = per_thread + static_cast<size_t>(omp_get_thread_num()) * per_thread_bytes_;
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t task = 0; task < tasks; ++task) run_task(task, qc, kc, vc, op, mine);
+      for (int64_t task = 0; task < tasks; ++task) run_task(task, q, kc, vc, op, mine);
     }
   }
 
   // One (batch x head, block of 16 queries).
-  TAIYI_TARGET_AVX512_BF16 void run_task(int64_t task, const uint32_t* qc, const uint16_t* kc, const uint16_t* vc,
+  TAIYI_TARGET_AVX512_BF16 void run_task(int64_t task, const View& q, const uint16_t* kc, const uint16_t* vc,
                                          float* out, std::byte* mine) const {
     const int64_t bh = task / qblocks_, i0 = task % qblocks_ * kLanes;
     const int64_t b = bh / heads_, h = bh % heads_;
     const int64_t nq = std::min(kLanes, lq_ - i0);
-    const uint32_t* qp = qc + task * (dp_ / 2) * kLanes;
     auto* s = reinterpret_cast<float*>(mine);
     auto* p = reinterpret_cast<__m512bh*>(mine + s_bytes_);
     auto* o = reinterpret_cast<float*>(mine + s_bytes_ + p_bytes_);
+    auto* qp = reinterpret_cast<__m512bh*>(mine + s_bytes_ + p_bytes_ + o_bytes_);
+
+    // This block's queries as pairs: qp[e] lane i = (q[i0 + i, 2e], q[i0 + i, 2e + 1]) in bf16, by
+    // two gathers of 16 rows; zeros past Lq and D.
+    {
+      const __mmask16 rows_in = first_lanes(nq);
+      const __m512i rows = _mm512_mullo_epi32(lane_index(), _mm512_set1_epi32(static_cast<int32_t>(q.s1)));
+      const float* base = q.p + b * q.s0 + i0 * q.s1 + h * d_ * q.s2;
+      for (int64_t e = 0; e < dp_ / 2; ++e) {
+        const __m512 lo = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), rows_in, rows, base + 2 * e * q.s2, 4);
+        const __m512 hi = 2 * e + 1 < d_ ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), rows_in, rows,
+                                                                    base + (2 * e + 1) * q.s2, 4)
+                                         : _mm512_setzero_ps();
+        qp[e] = pair_rows(lo, hi);
+      }
+    }
 
     // S = Q K^T, 8 keys at a time, and the row max over real keys.
     const uint16_t* kh = kc + bh * lkp_ * dp_;
@@ -212,7 +210,7 @@ class AttentionBf16Avx512 : public PreparedOp {
       for (auto& a : acc) a = _mm512_setzero_ps();
       const uint16_t* kr = kh + j0 * dp_;
       for (int64_t e = 0; e < dp_ / 2; ++e) {
-        const __m512bh qv = as_bh(_mm512_load_si512(qp + e * kLanes));
+        const __m512bh qv = qp[e];
         for (int64_t j = 0; j < kKeyGroup; ++j) acc[j] = _mm512_dpbf16_ps(acc[j], qv, broadcast_pair(kr + j * dp_ + 2 * e));
       }
       const int64_t valid = std::min(kKeyGroup, lk_ - j0);
@@ -229,15 +227,14 @@ class AttentionBf16Avx512 : public PreparedOp {
     // P = bf16(2^(c s - c max)) as (key 2t, key 2t+1) pairs per lane; the sum of the rounded values.
     const __m512 c = _mm512_set1_ps(c_), neg_cmax = _mm512_mul_ps(mx, _mm512_set1_ps(-c_));
     const __m512bh ones = as_bh(_mm512_set1_epi16(0x3f80));  // bf16 1.0
-    __m512 sum = _mm512_setzero_ps();
-    for (int64_t t = 0; t < lkp_ / 2; ++t) {
-      const __m512 e0 = exp2_avx512(_mm512_fmadd_ps(_mm512_load_ps(s + 2 * t * kLanes), c, neg_cmax));
-      const __m512 e1 = exp2_avx512(_mm512_fmadd_ps(_mm512_load_ps(s + (2 * t + 1) * kLanes), c, neg_cmax));
-      const __m512bh pair = pair_rows(e0, e1);
-      p[t] = pair;
-      sum = _mm512_dpbf16_ps(sum, pair, ones);
+    // Two partial sums, so that each add does not wait on the one before (Lk is padded to 8:
+    // pairs of keys come in twos).
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+    for (int64_t t = 0; t < lkp_ / 2; t += 2) {
+      sum0 = _mm512_dpbf16_ps(sum0, p[t] = probabilities(s + 2 * t * kLanes, c, neg_cmax), ones);
+      sum1 = _mm512_dpbf16_ps(sum1, p[t + 1] = probabilities(s + (2 * t + 2) * kLanes, c, neg_cmax), ones);
     }
-    const __m512 inv_sum = _mm512_div_ps(_mm512_set1_ps(1.0f), sum);
+    const __m512 inv_sum = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(sum0, sum1));
 
     // O^T = V^T P^T, 16 (or 8) rows of d at a time, scaled by 1 / sum.
     const uint16_t* vh = vc + bh * vblocks_ * dvp_ * kVBlock;
@@ -274,7 +271,7 @@ class AttentionBf16Avx512 : public PreparedOp {
   int64_t batch_, lq_, lk_, heads_, d_, dv_, dp_, dvp_, lkp_, vblocks_, qblocks_;
   float c_;
   int threads_;
-  size_t q_bytes_ = 0, k_bytes_ = 0, v_bytes_ = 0, s_bytes_ = 0, p_bytes_ = 0, o_bytes_ = 0, per_thread_bytes_ = 0;
+  size_t k_bytes_ = 0, v_bytes_ = 0, s_bytes_ = 0, p_bytes_ = 0, o_bytes_ = 0, per_thread_bytes_ = 0;
 };
 
 }  // namespace

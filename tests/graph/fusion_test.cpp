@@ -1,4 +1,4 @@
-// The fusion passes: fuse_group_norm_silu and fuse_residual_add. Each graph computes the same
+// The fusion passes: fuse_group_norm_silu, fuse_residual_add and fuse_linear_gelu. Each graph computes the same
 // before and after (and as eager mode), the pattern is gone, and look-alikes that must not
 // fuse (a second reader, a broadcasting add, a graph output in the middle) stay as they were.
 #include <gtest/gtest.h>
@@ -14,11 +14,12 @@ namespace taiyi::graph {
 namespace {
 
 using testing::max_abs_diff;
+using testing::relative_l2;
 using testing::random_tensor;
 
 size_t residual_epilogues(const Graph& g) {
   size_t n = 0;
-  for (const Node& node : g.nodes) n += node.inputs.size() > 3;
+  for (const Node& node : g.nodes) n += node.inputs.size() > 3 && node.attrs.post_op == ops::PostOp::kNone;
   return n;
 }
 
@@ -116,6 +117,81 @@ TEST(FuseResidualAdd, ResnetAndTransformerBlocksThroughAllPasses) {
   // conv2 + shortcut, attn1/attn2 to_out + input, ff + input, proj_out + input.
   EXPECT_EQ(residual_epilogues(g), 5u);
   EXPECT_LE(max_abs_diff(Executor(g).run({x, temb, ctx})[0], want), 1e-4);
+}
+
+size_t post_ops(const Graph& g, ops::PostOp p) {
+  size_t n = 0;
+  for (const Node& node : g.nodes) n += node.kind == ops::OpKind::kLinear && node.attrs.post_op == p;
+  return n;
+}
+
+// gelu(linear) and geglu(linear) (with and without bias, at two row counts) become post-ops; a
+// linear read twice, a weight that is an input, and a gelu of a residual sum stay. Unprepared
+// (the eager op replays the post-op), prepared f32, and prepared in the compute the CPU has.
+TEST(FuseLinearGelu, GeluAndGegluBecomePostOps) {
+  const Tensor w1 = random_tensor({24, 16}, 1), b1 = random_tensor({24}, 2);
+  const Tensor w2 = random_tensor({40, 24}, 3), b2 = random_tensor({40}, 4), w3 = random_tensor({14, 20}, 5);
+  const auto fn = [&](const std::vector<Tensor>& in) {
+    const Tensor h = ops::gelu(ops::linear(in[0], w1, b1));          // fuses: [.., 24]
+    const Tensor gg = ops::geglu(ops::linear(h, w2, b2));            // splits: [.., 20]
+    const Tensor g2 = ops::geglu(ops::linear(gg, w3, Tensor()));     // splits, no bias: [.., 7]
+    const Tensor twice = ops::linear(in[0], w1, Tensor());           // read twice: stays
+    const Tensor t = ops::add(ops::gelu(twice), twice);
+    const Tensor u = ops::gelu(ops::linear(in[0], in[1], Tensor()));  // weight an input: stays
+    return std::vector<Tensor>{g2, ops::add(t, u)};
+  };
+  for (const int64_t rows : {3, 50}) {
+    const Shape xs = {2, rows, 16};
+    const Graph traced = trace(fn, {{xs, DType::F32}, {{24, 16}, DType::F32}});
+    const Tensor x = random_tensor(xs, 6, -2.0f, 2.0f), w = random_tensor({24, 16}, 7);
+    const auto want = fn({x, w});
+    for (const DType compute : {DType::F32, DType::BF16}) {
+      Graph g = traced;
+      EXPECT_TRUE(fuse_linear_gelu(g));
+      g.validate();
+      EXPECT_EQ(g.count(ops::OpKind::kGeglu), 0u);
+      EXPECT_EQ(g.count(ops::OpKind::kGelu), 2u);  // of `twice` and `u`
+      EXPECT_EQ(post_ops(g, ops::PostOp::kGelu), 3u);
+      EXPECT_EQ(post_ops(g, ops::PostOp::kMultiply), 2u);
+      EXPECT_FALSE(fuse_linear_gelu(g));
+      const auto unprepared = Executor(g).run({x, w});
+      for (size_t o = 0; o < want.size(); ++o) EXPECT_LE(relative_l2(unprepared[o], want[o]), 1e-6);
+      CompileOptions options;
+      options.compute = compute;
+      EXPECT_TRUE(prepack_weights(g, options));
+      size_t described = 0;
+      for (const Node& n : g.nodes)
+        if (n.prepared) {
+          const std::string d = n.prepared->describe();
+          described += d.find(n.attrs.post_op == ops::PostOp::kGelu ? "+gelu" : "*input") != std::string::npos;
+        }
+      EXPECT_EQ(described, 5u);
+      const Executor ex(g);
+      const bool bf16 = compute == DType::BF16 && ops::bf16_supported();
+      for (int replay = 0; replay < 2; ++replay) {
+        const auto got = ex.run({x, w});
+        for (size_t o = 0; o < want.size(); ++o) {
+          // bf16: inputs and weights rounded to 8 bits (2^-9 relative) through up to three linears.
+          const double err = relative_l2(got[o], want[o]);
+          EXPECT_LE(err, bf16 ? 3e-2 : 1e-5) << "rows " << rows << " output " << o;
+          if (bf16) {
+            EXPECT_GE(err, 1e-4) << "bf16 asked but not run";
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(FuseLinearGelu, PreparedLinearRefusesAResidualWithAPostOp) {
+  ops::Epilogue e;
+  e.residual = true;
+  e.post_op = ops::PostOp::kGelu;
+  EXPECT_THROW(ops::prepare_linear({2, 8}, random_tensor({4, 8}, 1), Tensor(), DType::F32, e), Error);
+  e.residual = false;
+  EXPECT_THROW(ops::prepare_conv2d({1, 8, 4, 4}, random_tensor({4, 8, 1, 1}, 1), Tensor(), ops::Conv2dParams::same(0),
+                                   DType::F32, ops::Layout::kNCHW, ops::Layout::kNCHW, e),
+               Error);
 }
 
 }  // namespace

@@ -35,11 +35,13 @@ bool node_is_alias(const Graph& g, const Node& n) {
 // conv2d or linear), so that the epilogue adds into it in place with no copy first: the residual
 // is its buffer's base or an earlier in-place output (not a view), of the output's layout; nothing
 // reads that buffer after node i (group_last: the last read of any value in it); the op's x is
-// not in it; and neither value is a graph output or kept in memory of its own.
+// not in it; and neither value is a graph output or kept in memory of its own. A linear's multiply
+// post-op input is no residual (oneDNN's binary post-op is not promised to read before it writes).
 bool may_take_residual(const Graph& g, size_t i, const std::vector<int>& alias_of, const std::vector<bool>& is_view,
                        const std::vector<int>& group_last, const std::vector<bool>* own_memory) {
   const Node& n = g.nodes[i];
-  if (!n.prepared || n.inputs.size() <= 3 || (n.kind != ops::OpKind::kConv2d && n.kind != ops::OpKind::kLinear))
+  if (!n.prepared || n.inputs.size() <= 3 || (n.kind != ops::OpKind::kConv2d && n.kind != ops::OpKind::kLinear) ||
+      n.attrs.post_op != ops::PostOp::kNone)
     return false;
   const int r = n.inputs[3];
   if (r < 0 || is_view[r]) return false;

@@ -60,6 +60,7 @@ struct OpAttrs {
   int groups = 0;           // group_norm(_silu)
   float eps = 0;            // group_norm(_silu), layer_norm
   float output_scale = 1;   // conv2d, linear: out = (op(x) + residual) * output_scale, residual the 4th input
+  PostOp post_op = PostOp::kNone;  // linear: after the bias, gelu, or times the 4th input (then no residual)
   float scale = 0;          // attention, scale, add_scalar (the scalar), timestep_embedding
   float lo = 0, hi = 0;     // clamp
   float freq_shift = 0;     // timestep_embedding

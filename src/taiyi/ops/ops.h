@@ -46,6 +46,9 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2d
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias);
 // a [..., M, K] @ b [..., K, N] -> [..., M, N]. Batch dims must be equal, or b may be 2-D (shared).
 Tensor matmul(const Tensor& a, const Tensor& b);
+// What graph mode may fuse after a linear's bias (graph/passes/fuse_linear_gelu.cpp): gelu, or
+// a product with a tensor of the output's shape (GEGLU's value half times gelu of its gate half).
+enum class PostOp : uint8_t { kNone, kGelu, kMultiply };
 
 // ---- Attention ----
 

@@ -62,6 +62,9 @@ bool conv1x1_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, 
 std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                            const Conv2dParams& p, DType compute, Layout src_layout,
                                            Layout dst_layout, const Epilogue& epilogue) {
+  if (epilogue.post_op != PostOp::kNone)
+    throw Error("conv2d: gelu and multiply post-ops are for linears, not the convolution of input " +
+                shape_str(x_shape));
   const int tile = winograd_tile(x_shape, w, p, compute);
   if (tile && epilogue.scale == 1.0f) {
     // The Winograd kernels fuse the residual; an output scale (always 1 in SD) stays with oneDNN.

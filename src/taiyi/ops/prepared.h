@@ -46,6 +46,9 @@ Strides layout_strides(const Shape& nchw_shape, Layout layout);
 struct Epilogue {
   bool residual = false;
   float scale = 1.0f;
+  // Linear only, instead of a residual: after the bias, gelu (exact, erf), or a product with
+  // inputs[1] (of the output's shape, row-major): out = (x w^T + b) * inputs[1].
+  PostOp post_op = PostOp::kNone;
 };
 
 // conv2d of an x of shape x_shape with constant w (and bias, or undefined).

@@ -32,7 +32,7 @@ bool fuse_residual_add(Graph& g, const CompileOptions&) {
       if (removed[producer]) continue;
       Node& op = g.nodes[producer];
       if ((op.kind != ops::OpKind::kConv2d && op.kind != ops::OpKind::kLinear) || op.inputs.size() != 3 ||
-          !will_prepack(g, op))
+          op.attrs.post_op != ops::PostOp::kNone || !will_prepack(g, op))
         continue;
       const Value& r = g.values[residual];
       if (r.shape != sum.shape || y.shape != sum.shape || r.dtype != DType::F32 || r.strides != sum.strides ||

@@ -42,6 +42,11 @@ bool fuse_group_norm_silu(Graph& g, const CompileOptions& options = {});
 // attrs.output_scale, for ops prepack_weights will bind.
 bool fuse_residual_add(Graph& g, const CompileOptions& options = {});
 
+// gelu(linear) -> the linear with a gelu post-op; geglu(linear) -> a gate linear (the weight's
+// second half, post-op gelu) and a value linear (the first half) whose post-op multiplies by the
+// gate. Only for linears prepack_weights will bind.
+bool fuse_linear_gelu(Graph& g, const CompileOptions& options = {});
+
 // Whether prepack_weights will bind this node (a conv2d or linear with constant f32 weights and
 // an input it can read).
 bool will_prepack(const Graph& g, const Node& n);
@@ -65,6 +70,7 @@ inline const std::vector<Pass>& default_passes() {
       {"channels_last_transformers", channels_last_transformers},
       {"fuse_group_norm_silu", fuse_group_norm_silu},
       {"fuse_residual_add", fuse_residual_add},
+      {"fuse_linear_gelu", fuse_linear_gelu},
       {"prepack_weights", prepack_weights},
       {"bf16_attention", bf16_attention},
   };

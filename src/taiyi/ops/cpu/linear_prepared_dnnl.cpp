@@ -6,7 +6,8 @@
 // converted and packed once into the layout oneDNN picks; each call rounds the input
 // rows to bf16 in caller scratch; the output and the accumulation stay f32.
 // A fused epilogue is a post-op sum of the residual (copied into the output unless it
-// is the output's memory) and an eltwise_linear scale.
+// is the output's memory) and an eltwise_linear scale; or, instead of the residual, a post-op
+// eltwise_gelu_erf or a binary_mul by a second input of the output's shape.
 #include <dnnl.hpp>
 #include <string>
 #include <unordered_map>
@@ -27,7 +28,9 @@ size_t round_up(size_t n) { return (n + 63) / 64 * 64; }
 class PreparedLinear : public PreparedOp {
  public:
   PreparedLinear(const Shape& xs, const Tensor& w, const Tensor& bias, DType compute, const Epilogue& epilogue)
-      : bf16_(compute == DType::BF16), residual_(epilogue.residual) {
+      : bf16_(compute == DType::BF16), residual_(epilogue.residual), post_op_(epilogue.post_op) {
+    if (post_op_ != PostOp::kNone && residual_)
+      throw Error("linear: a fused residual and a gelu or multiply post-op cannot be combined");
     const auto f32 = memory::data_type::f32, bf16 = memory::data_type::bf16;
     const dnnl::engine& eng = cpu::dnnl_cpu_engine();
     k_ = xs.back();
@@ -41,9 +44,11 @@ class PreparedLinear : public PreparedOp {
     }
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    if (epilogue.residual || epilogue.scale != 1.0f) {
+    if (epilogue.residual || epilogue.scale != 1.0f || post_op_ != PostOp::kNone) {
       dnnl::post_ops ops;
       if (epilogue.residual) ops.append_sum(1.0f);
+      if (post_op_ == PostOp::kGelu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
+      if (post_op_ == PostOp::kMultiply) ops.append_binary(dnnl::algorithm::binary_mul, dst_);
       if (epilogue.scale != 1.0f) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_linear, epilogue.scale, 0.0f);
       attr.set_post_ops(ops);
     }
@@ -69,7 +74,8 @@ class PreparedLinear : public PreparedOp {
     matmul_ = dnnl::matmul(pd_);
     pad_bytes_ = round_up(pd_.scratchpad_desc().get_size());
     describe_ = std::string("linear ") + (bf16_ ? "bf16 " : "f32 ") + pd_.impl_info_str() +
-                (residual_ ? " +residual" : "");
+                (residual_ ? " +residual" : "") + (post_op_ == PostOp::kGelu ? " +gelu" : "") +
+                (post_op_ == PostOp::kMultiply ? " *input" : "");
   }
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override {
@@ -86,6 +92,14 @@ class PreparedLinear : public PreparedOp {
         {DNNL_ARG_DST, cpu::dnnl_wrap(dst_, out.data<float>())},
         {DNNL_ARG_SCRATCHPAD, memory(pd_.scratchpad_desc(), eng, scratch + src_bytes_)}};
     if (bias_.defined()) args.insert({DNNL_ARG_BIAS, cpu::dnnl_wrap(bias_md_, bias_.data<float>())});
+    Tensor factor;
+    if (post_op_ == PostOp::kMultiply) {
+      factor = in.at(1).contiguous();
+      if (factor.shape() != out.shape() || factor.dtype() != DType::F32)
+        throw Error("linear: the multiply post-op's input " + factor.describe() + " does not match the output " +
+                    out.describe());
+      args.insert({DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, cpu::dnnl_wrap(dst_, factor.data<float>())});
+    }
     matmul_.execute(strm, args);
     strm.wait();
   }
@@ -97,6 +111,7 @@ class PreparedLinear : public PreparedOp {
 
  private:
   bool bf16_, residual_;
+  PostOp post_op_;
   int64_t m_ = 0, k_ = 0, n_ = 0;
   memory::desc user_src_, src_, dst_, bias_md_;
   dnnl::matmul::primitive_desc pd_;

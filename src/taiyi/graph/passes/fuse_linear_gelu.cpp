@@ -1,0 +1,85 @@
+// GELU and GEGLU into the linear before them, as oneDNN post-ops of its prepared matmul:
+//   gelu(linear(x, w, b))        -> one linear with post-op gelu (BERT's intermediate dense);
+//   geglu(linear(x, w, b))       -> gate = linear(x, w[N:2N], b[N:2N]) with post-op gelu, then
+//                                   linear(x, w[0:N], b[0:N]) with post-op "times gate"
+// (diffusers' GEGLU: hidden, gate = proj(x).chunk(2, -1); hidden * gelu(gate)). The GEGLU split
+// saves the [.., 2N] intermediate and the separate pass over it: the gate is written once and read
+// once by the second matmul's epilogue. Both halves of w are row ranges of the checkpoint's [2N, K]
+// weight, so views, no copies. Only linears prepack_weights will bind (their prepared kernels run
+// the post-ops), whose output nothing else reads, with no fused residual or scale.
+// TAIYI_FUSE_GELU=0 turns the pass off (A/B runs).
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "taiyi/graph/passes/passes.h"
+
+namespace taiyi::graph {
+
+namespace {
+
+// A constant value holding rows [start, end) of a constant's dim 0.
+int constant_rows(Graph& g, int v, int64_t start, int64_t end) {
+  Value c;
+  c.kind = ValueKind::kConstant;
+  c.constant = g.values[v].constant.slice(0, start, end);
+  c.shape = c.constant.shape();
+  c.strides = c.constant.strides();
+  c.dtype = c.constant.dtype();
+  return g.add_value(std::move(c));
+}
+
+}  // namespace
+
+bool fuse_linear_gelu(Graph& g, const CompileOptions&) {
+  const char* off = std::getenv("TAIYI_FUSE_GELU");
+  if (off != nullptr && std::string(off) == "0") return false;
+  const auto readers = g.readers();
+  std::vector<bool> removed(g.nodes.size(), false);
+  bool changed = false;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    if (g.nodes[i].kind != ops::OpKind::kLinear) continue;
+    const Node& lin = g.nodes[i];
+    if (lin.inputs.size() != 3 || lin.attrs.post_op != ops::PostOp::kNone || lin.attrs.output_scale != 1.0f ||
+        !will_prepack(g, lin))
+      continue;
+    const int y = lin.output;
+    if (g.is_output(y) || readers[y].size() != 1) continue;
+    const int reader = readers[y][0];
+    const ops::OpKind kind = g.nodes[reader].kind;
+    if (kind != ops::OpKind::kGelu && kind != ops::OpKind::kGeglu) continue;
+    const int out = g.nodes[reader].output;
+    if (g.values[out].strides != contiguous_strides(g.values[out].shape)) continue;
+    if (kind == ops::OpKind::kGelu) {
+      g.nodes[i].attrs.post_op = ops::PostOp::kGelu;
+      g.nodes[i].output = out;  // defined earlier than before; nothing between read it
+      g.values[out].producer = static_cast<int>(i);
+    } else {
+      const int64_t n = g.values[out].shape.back();
+      const int w = lin.inputs[1], b = lin.inputs[2], x = lin.inputs[0];
+      const int w_value = constant_rows(g, w, 0, n), w_gate = constant_rows(g, w, n, 2 * n);
+      const int b_value = b >= 0 ? constant_rows(g, b, 0, n) : -1, b_gate = b >= 0 ? constant_rows(g, b, n, 2 * n) : -1;
+      Value gate_value;
+      gate_value.shape = g.values[out].shape;
+      gate_value.strides = g.values[out].strides;
+      gate_value.producer = static_cast<int>(i);
+      const int gate = g.add_value(std::move(gate_value));
+      Node& gate_node = g.nodes[i];  // the linear's place: the gate
+      gate_node.inputs = {x, w_gate, b_gate};
+      gate_node.attrs.post_op = ops::PostOp::kGelu;
+      gate_node.output = gate;
+      Node& value_node = g.nodes[reader];  // the GEGLU's place: value half times the gate
+      value_node.kind = ops::OpKind::kLinear;
+      value_node.inputs = {x, w_value, b_value, gate};
+      value_node.attrs = ops::OpAttrs{};
+      value_node.attrs.post_op = ops::PostOp::kMultiply;
+      // `out` keeps its producer, the GEGLU's node.
+    }
+    if (kind == ops::OpKind::kGelu) removed[reader] = true;
+    changed = true;
+  }
+  if (changed) g.remove_nodes(removed);
+  return changed;
+}
+
+}  // namespace taiyi::graph

@@ -19,7 +19,7 @@ using testing::random_tensor;
 
 size_t residual_epilogues(const Graph& g) {
   size_t n = 0;
-  for (const Node& node : g.nodes) n += node.inputs.size() > 3 && node.attrs.post_op == ops::PostOp::kNone;
+  for (const Node& node : g.nodes) n += ops::has_fused_residual(node.attrs, node.inputs.size());
   return n;
 }
 

@@ -96,15 +96,13 @@ TEST_F(Conv1x1Bf16, MatchesTheRoundedReference) {
 TEST_F(Conv1x1Bf16, AllLayoutsAndResiduals) {
   const Case cases[] = {{2, 17, 9, 13, 11, true}, {1, 24, 16, 16, 40, false}};
   uint32_t seed = 1000;
-  for (const Case& c : cases)
-    for (Layout src : {Layout::kNCHW, Layout::kNHWC})
-      for (Layout dst : {Layout::kNCHW, Layout::kNHWC})
-        for (Residual r : {Residual::kNone, Residual::kSeparate, Residual::kInPlace}) {
-          SCOPED_TRACE(std::string(layout_name(src)) + " -> " + layout_name(dst) + ", residual " +
-                       std::to_string(static_cast<int>(r)) + ", " + case_name(c));
-          check_case(c, src, dst, r, seed);
-          seed += 10;
-        }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(case_name(c));
+    for_each_layout_and_residual([&](Layout src, Layout dst, Residual r) {
+      check_case(c, src, dst, r, seed);
+      seed += 10;
+    });
+  }
 }
 
 TEST_F(Conv1x1Bf16, ManyBlocksAndThreadCounts) {

@@ -172,15 +172,13 @@ TEST_F(Conv2dWinogradBf16, MatchesTheRoundedReferenceOnOddShapes) {
 TEST_F(Conv2dWinogradBf16, AllLayoutsAndResiduals) {
   const Case cases[] = {{2, 17, 9, 13, 11, 1, true}, {1, 8, 16, 16, 24, 1, false}, {2, 40, 32, 32, 30, 1, true}};
   uint32_t seed = 1000;
-  for (const Case& c : cases)
-    for (Layout src : {Layout::kNCHW, Layout::kNHWC})
-      for (Layout dst : {Layout::kNCHW, Layout::kNHWC})
-        for (Residual r : {Residual::kNone, Residual::kSeparate, Residual::kInPlace}) {
-          SCOPED_TRACE(std::string(layout_name(src)) + " -> " + layout_name(dst) + ", residual " +
-                       std::to_string(static_cast<int>(r)) + ", " + case_name(c));
-          check_case(c, ops::Conv2dParams::same(c.pad), src, dst, r, seed);
-          seed += 10;
-        }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(case_name(c));
+    for_each_layout_and_residual([&](Layout src, Layout dst, Residual r) {
+      check_case(c, ops::Conv2dParams::same(c.pad), src, dst, r, seed);
+      seed += 10;
+    });
+  }
 }
 
 TEST_F(Conv2dWinogradBf16, ManyBlocksThreadCountsAndAsymmetricPadding) {

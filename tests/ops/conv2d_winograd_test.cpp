@@ -104,16 +104,14 @@ TEST_P(Conv2dWinograd, AllLayoutsAndResiduals) {
                             {3, 5, 7, 4, 9, 2, true},
                             {2, 40, 32, 32, 30, 1, true}};
   uint32_t seed = 1000;
-  for (const WinoCase& c : cases)
-    for (Layout src : {Layout::kNCHW, Layout::kNHWC})
-      for (Layout dst : {Layout::kNCHW, Layout::kNHWC})
-        for (Residual r : {Residual::kNone, Residual::kSeparate, Residual::kInPlace}) {
-          SCOPED_TRACE(std::string(layout_name(src)) + " -> " + layout_name(dst) + ", residual " +
-                       std::to_string(static_cast<int>(r)) + ", x [" + std::to_string(c.n) + "," +
-                       std::to_string(c.cin) + "," + std::to_string(c.h) + "," + std::to_string(c.w) + "]");
-          check_case(GetParam(), c, src, dst, r, seed);
-          seed += 10;
-        }
+  for (const WinoCase& c : cases) {
+    SCOPED_TRACE("x [" + std::to_string(c.n) + "," + std::to_string(c.cin) + "," + std::to_string(c.h) + "," +
+                 std::to_string(c.w) + "]");
+    for_each_layout_and_residual([&](Layout src, Layout dst, Residual r) {
+      check_case(GetParam(), c, src, dst, r, seed);
+      seed += 10;
+    });
+  }
 }
 
 TEST_P(Conv2dWinograd, ManyBlocksAndThreadCounts) {

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "op_testing.h"
@@ -65,6 +66,19 @@ inline const char* layout_name(ops::Layout l) { return l == ops::Layout::kNHWC ?
 // A prepared convolution's fused residual in a test: none, a separate tensor, or the output's own
 // memory (the epilogue then adds in place).
 enum class Residual { kNone, kSeparate, kInPlace };
+
+// fn(src, dst, residual) for every source and destination layout and residual kind, each under a
+// trace that names them.
+template <typename Fn>
+void for_each_layout_and_residual(Fn&& fn) {
+  for (ops::Layout src : {ops::Layout::kNCHW, ops::Layout::kNHWC})
+    for (ops::Layout dst : {ops::Layout::kNCHW, ops::Layout::kNHWC})
+      for (Residual r : {Residual::kNone, Residual::kSeparate, Residual::kInPlace}) {
+        SCOPED_TRACE(std::string(layout_name(src)) + " -> " + layout_name(dst) + ", residual " +
+                     std::to_string(static_cast<int>(r)));
+        fn(src, dst, r);
+      }
+}
 
 struct GuardedRun {
   Tensor y;                      // the output (NCHW-shaped, stored in the destination layout)

@@ -40,8 +40,8 @@ bool node_is_alias(const Graph& g, const Node& n) {
 bool may_take_residual(const Graph& g, size_t i, const std::vector<int>& alias_of, const std::vector<bool>& is_view,
                        const std::vector<int>& group_last, const std::vector<bool>* own_memory) {
   const Node& n = g.nodes[i];
-  if (!n.prepared || n.inputs.size() <= 3 || (n.kind != ops::OpKind::kConv2d && n.kind != ops::OpKind::kLinear) ||
-      n.attrs.post_op != ops::PostOp::kNone)
+  if (!n.prepared || !ops::has_fused_residual(n.attrs, n.inputs.size()) ||
+      (n.kind != ops::OpKind::kConv2d && n.kind != ops::OpKind::kLinear))
     return false;
   const int r = n.inputs[3];
   if (r < 0 || is_view[r]) return false;

@@ -80,7 +80,7 @@ Tensor run_op(OpKind kind, const std::vector<Tensor>& in, const OpAttrs& a) {
       Tensor r = kind == OpKind::kConv2d ? conv2d(arg(0), arg(1), arg(2), a.conv) : linear(arg(0), arg(1), arg(2));
       if (a.post_op == PostOp::kGelu) r = gelu(r);
       if (a.post_op == PostOp::kMultiply) r = mul(r, in.at(3));
-      if (in.size() > 3 && a.post_op != PostOp::kMultiply) r = add(r, in[3]);
+      if (has_fused_residual(a, in.size())) r = add(r, in[3]);
       return a.output_scale != 1.0f ? scale(r, a.output_scale) : r;
     }
     case OpKind::kMatmul: return matmul(arg(0), arg(1));

@@ -74,6 +74,12 @@ struct OpAttrs {
   DType dtype = DType::F32;  // cast
 };
 
+// Whether a conv2d or linear call with these attributes and this many inputs carries a fused
+// residual (its 4th input), rather than a multiply post-op's factor.
+inline bool has_fused_residual(const OpAttrs& a, size_t inputs) {
+  return inputs > 3 && a.post_op != PostOp::kMultiply;
+}
+
 class Recorder {
  public:
   virtual ~Recorder() = default;

@@ -54,6 +54,7 @@ bool fuse_linear_gelu(Graph& g, const CompileOptions&) {
       g.nodes[i].attrs.post_op = ops::PostOp::kGelu;
       g.nodes[i].output = out;  // defined earlier than before; nothing between read it
       g.values[out].producer = static_cast<int>(i);
+      removed[reader] = true;
     } else {
       const int64_t n = g.values[out].shape.back();
       const int w = lin.inputs[1], b = lin.inputs[2], x = lin.inputs[0];
@@ -75,7 +76,6 @@ bool fuse_linear_gelu(Graph& g, const CompileOptions&) {
       value_node.attrs.post_op = ops::PostOp::kMultiply;
       // `out` keeps its producer, the GEGLU's node.
     }
-    if (kind == ops::OpKind::kGelu) removed[reader] = true;
     changed = true;
   }
   if (changed) g.remove_nodes(removed);

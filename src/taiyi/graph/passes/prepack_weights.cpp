@@ -88,7 +88,7 @@ bool prepack_weights(Graph& g, const CompileOptions& options) {
     const Tensor bias = n.inputs[2] >= 0 ? g.values[n.inputs[2]].constant : Tensor();
     ops::Epilogue epilogue;  // set by fuse_residual_add and fuse_linear_gelu
     epilogue.post_op = n.attrs.post_op;
-    epilogue.residual = n.inputs.size() > 3 && n.attrs.post_op != ops::PostOp::kMultiply;
+    epilogue.residual = ops::has_fused_residual(n.attrs, n.inputs.size());
     epilogue.scale = n.attrs.output_scale;
     n.prepared = n.kind == ops::OpKind::kConv2d
                      ? ops::prepare_conv2d(x.shape, w_packed, bias, n.attrs.conv, compute, layout_of(x),

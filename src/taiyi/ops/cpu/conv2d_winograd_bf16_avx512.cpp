@@ -86,10 +86,9 @@ class WinogradConv2dBf16 : public PreparedOp {
   WinogradConv2dBf16(const Shape& xs, const Tensor& w, const Tensor& bias, const Conv2dParams& p, Layout src_layout,
                      Layout dst_layout)
       : n_(xs[0]), cin_(xs[1]), h_(xs[2]), w_(xs[3]), cout_(w.size(0)), pt_(p.pad_top), pl_(p.pad_left) {
-    ho_ = h_ + p.pad_top + p.pad_bottom - 2;
-    wo_ = w_ + p.pad_left + p.pad_right - 2;
-    if (ho_ < 1 || wo_ < 1)
-      throw Error("conv2d winograd: input " + shape_str(xs) + " is too small for a 3x3 kernel with this padding");
+    const Output2d out = winograd_3x3_output(xs, p);
+    ho_ = out.h;
+    wo_ = out.w;
     th_ = (ho_ + 1) / 2;
     tw_ = (wo_ + 1) / 2;
     nt_ = n_ * th_ * tw_;

@@ -245,10 +245,9 @@ class WinogradConv2dF32 : public PreparedOp {
   WinogradConv2dF32(const Shape& xs, const Tensor& w, const Tensor& bias, const Conv2dParams& p, Layout src_layout,
                     Layout dst_layout)
       : n_(xs[0]), cin_(xs[1]), h_(xs[2]), w_(xs[3]), cout_(w.size(0)), pt_(p.pad_top), pl_(p.pad_left) {
-    ho_ = h_ + p.pad_top + p.pad_bottom - 2;
-    wo_ = w_ + p.pad_left + p.pad_right - 2;
-    if (ho_ < 1 || wo_ < 1)
-      throw Error("conv2d winograd: input " + shape_str(xs) + " is too small for a 3x3 kernel with this padding");
+    const Output2d out = winograd_3x3_output(xs, p);
+    ho_ = out.h;
+    wo_ = out.w;
     th_ = (ho_ + M - 1) / M;
     tw_ = (wo_ + M - 1) / M;
     nt_ = n_ * th_ * tw_;
@@ -617,6 +616,13 @@ std::unique_ptr<PreparedOp> prepare_conv2d_winograd_f32(const Shape& x_shape, co
 #endif
 
 namespace taiyi::ops::cpu {
+
+Output2d winograd_3x3_output(const Shape& xs, const Conv2dParams& p) {
+  const Output2d out{xs[2] + p.pad_top + p.pad_bottom - 2, xs[3] + p.pad_left + p.pad_right - 2};
+  if (out.h < 1 || out.w < 1)
+    throw Error("conv2d winograd: input " + shape_str(xs) + " is too small for a 3x3 kernel with this padding");
+  return out;
+}
 
 bool winograd_3x3_form(const Shape& x_shape, const Tensor& w, const Conv2dParams& p) {
   if (x_shape.size() != 4 || w.ndim() != 4 || w.dtype() != DType::F32) return false;

@@ -26,6 +26,13 @@ namespace taiyi::ops::cpu {
 // padding in [0, 2], an output at least 1x1. Any CPU.
 bool winograd_3x3_form(const Shape& x_shape, const Tensor& w, const Conv2dParams& p);
 
+// The output height and width of a 3x3 stride-1 convolution of x [N, C, H, W] under p's padding;
+// throws when the output would be empty.
+struct Output2d {
+  int64_t h, w;
+};
+Output2d winograd_3x3_output(const Shape& x_shape, const Conv2dParams& p);
+
 // winograd_3x3_form() and the CPU has AVX2 and FMA.
 bool winograd_f32_applicable(const Shape& x_shape, const Tensor& w, const Conv2dParams& p);
 

@@ -1,5 +1,5 @@
 // The prepared bf16 attention (ops/cpu/attention_prepared_dnnl.cpp, and the AVX512-BF16 kernel of
-// attention_bf16_avx512.cpp where the CPU has it) against a reference in double
+// attention_bf16_avx512.cpp and the AMX kernel of attention_bf16_amx.cpp where the CPU has them) against a reference in double
 // that rounds as the kernel does: q, k, v to bf16, scores in full precision, probabilities
 // 2^(log2(e) (s - max)) rounded to bf16 (with the kernel's exp2_nonpositive_f32, itself checked
 // against std::exp2 here) and normalised by their rounded sum. Emulated arithmetic (f32
@@ -66,12 +66,13 @@ std::vector<double> bf16_attention_reference(const Tensor& q, const Tensor& k, c
 
 // How a case's op is made: through ops::prepare_attention_bf16 (which picks the kernel), or the
 // AVX512-BF16 kernel itself.
-enum class Kernel { kEmulated, kNative, kAvx512 };
+enum class Kernel { kEmulated, kNative, kAvx512, kAmx };
 
 std::unique_ptr<ops::PreparedOp> prepare(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale,
                                          Kernel kernel) {
   if (kernel == Kernel::kAvx512)
     return ops::cpu::prepare_attention_bf16_avx512(q.shape(), k.shape(), v.shape(), heads, scale);
+  if (kernel == Kernel::kAmx) return ops::cpu::prepare_attention_bf16_amx(q.shape(), k.shape(), v.shape(), heads, scale);
   return ops::prepare_attention_bf16(
       q.shape(), k.shape(), v.shape(), heads, scale,
       kernel == Kernel::kNative ? ops::Bf16Arithmetic::kNative : ops::Bf16Arithmetic::kEmulated);
@@ -152,28 +153,48 @@ TEST(AttentionBf16, NativeMatchesTheRoundedReference) {
   check_cases(Kernel::kNative);
 }
 
-TEST(AttentionBf16, Avx512KernelMatchesTheRoundedReference) {
-  if (!ops::cpu::cpu_has_avx512_bf16()) GTEST_SKIP() << "this CPU has no avx512_bf16";
-  check_cases(Kernel::kAvx512);
-  // Scores over a wide range (|s| up to ~50 before the scale): most probabilities round to 0 or
-  // underflow, one key dominates a row; and strided views.
+// The cases of check_cases, then scores over a wide range (|s| up to ~50 before the scale: most
+// probabilities round to 0 or underflow, one key dominates a row) and strided views.
+void check_kernel(Kernel kernel) {
+  check_cases(kernel);
   const Tensor q = random_tensor({2, 45, 64}, 21, -6.0f, 6.0f), k = random_tensor({2, 93, 64}, 22, -6.0f, 6.0f);
   const Tensor v = random_tensor({2, 93, 64}, 23);
-  EXPECT_TRUE(all_close(run_prepared(q, k, v, 1, 0.5f, Kernel::kAvx512), bf16_attention_reference(q, k, v, 1, 0.5f),
-                        1e-4, 2e-4));
+  EXPECT_TRUE(all_close(run_prepared(q, k, v, 1, 0.5f, kernel), bf16_attention_reference(q, k, v, 1, 0.5f), 1e-4,
+                        2e-4));
   const Tensor qkv = random_tensor({2, 70, 72}, 24);
   const Tensor qs = qkv.slice(2, 0, 24), ks = qkv.slice(2, 24, 48);
   const Tensor vs = random_tensor({70, 2, 24}, 25).permute({1, 0, 2});
-  EXPECT_TRUE(all_close(run_prepared(qs, ks, vs, 3, 0.35f, Kernel::kAvx512),
-                        bf16_attention_reference(qs, ks, vs, 3, 0.35f), 1e-4, 2e-4));
+  EXPECT_TRUE(all_close(run_prepared(qs, ks, vs, 3, 0.35f, kernel), bf16_attention_reference(qs, ks, vs, 3, 0.35f),
+                        1e-4, 2e-4));
 }
 
-TEST(AttentionBf16, NativePicksTheAvx512KernelWithoutAmx) {
+TEST(AttentionBf16, Avx512KernelMatchesTheRoundedReference) {
+  if (!ops::cpu::cpu_has_avx512_bf16()) GTEST_SKIP() << "this CPU has no avx512_bf16";
+  check_kernel(Kernel::kAvx512);
+}
+
+TEST(AttentionBf16, AmxKernelMatchesTheRoundedReference) {
+  if (!ops::cpu::cpu_has_amx_bf16()) GTEST_SKIP() << "this CPU has no AMX-BF16 (or Linux does not allow it)";
+  check_kernel(Kernel::kAmx);
+  // D = 64 and 96 (two and three full d steps: Q leaves its tiles), Dv = 72 (48 + 16 + 8 columns),
+  // Lk = 33 (one key past a step of 32).
+  uint32_t seed = 40;
+  for (const Case& c : {Case{{1, 20, 128}, {1, 33, 128}, {1, 33, 144}, 2}, Case{{2, 18, 192}, {2, 40, 192}, {2, 40, 48}, 2}}) {
+    const Tensor q = random_tensor(c.q, seed++, -2.0f, 2.0f), k = random_tensor(c.k, seed++, -2.0f, 2.0f);
+    const Tensor v = random_tensor(c.v, seed++);
+    EXPECT_TRUE(all_close(run_prepared(q, k, v, c.heads, 0.2f, Kernel::kAmx),
+                          bf16_attention_reference(q, k, v, c.heads, 0.2f), 1e-4, 2e-4))
+        << shape_str(c.q) << " " << shape_str(c.v);
+  }
+}
+
+TEST(AttentionBf16, NativePicksTheFastestKernelOfTheCpu) {
   if (!ops::bf16_supported() || !ops::cpu::cpu_has_avx512_bf16()) GTEST_SKIP() << "needs avx512_bf16";
   const auto op = ops::prepare_attention_bf16({2, 64, 80}, {2, 77, 80}, {2, 77, 80}, 2, 0.15f,
                                               ops::Bf16Arithmetic::kNative);
-  const bool amx = ops::onednn_isa() == "avx512_core_amx";
-  EXPECT_EQ(op->describe().find("avx512_bf16 (") != std::string::npos, !amx) << op->describe();
+  const bool amx = ops::cpu::cpu_has_amx_bf16(), dnnl_amx = ops::onednn_isa() == "avx512_core_amx";
+  const std::string want = amx ? "attention bf16 amx (" : dnnl_amx ? "attention bf16 brg" : "avx512_bf16 (";
+  EXPECT_NE(op->describe().find(want), std::string::npos) << op->describe();
 }
 
 TEST(AttentionBf16, ReadsStridedViews) {
@@ -193,17 +214,17 @@ TEST(AttentionBf16, ScratchGrowsWithLengthNotItsSquare) {
   // 2 * 8 * 4096^2 floats (1 GiB). The kernel holds bf16 copies of q, k, v and, per thread, one
   // block of scores: doubling L doubles the scratch, it does not quadruple it. The same for the
   // AVX512-BF16 kernel (16 queries' scores and probabilities of all keys per thread).
-  for (const bool avx512 : {false, true}) {
+  for (const Kernel kernel : {Kernel::kEmulated, Kernel::kAvx512, Kernel::kAmx}) {
+    if (kernel == Kernel::kAvx512 && !ops::cpu::cpu_has_avx512_bf16()) continue;  // they refuse to prepare without
+    if (kernel == Kernel::kAmx && !ops::cpu::cpu_has_amx_bf16()) continue;
     const auto scratch = [&](int64_t l) {
-      return (avx512 ? ops::cpu::prepare_attention_bf16_avx512({2, l, 320}, {2, l, 320}, {2, l, 320}, 8, 0.158f)
-                     : ops::prepare_attention_bf16({2, l, 320}, {2, l, 320}, {2, l, 320}, 8, 0.158f,
-                                                   ops::Bf16Arithmetic::kEmulated))
-          ->scratch_bytes();
+      const Tensor x = Tensor::empty({2, l, 320});
+      return prepare(x, x, x, 8, 0.158f, kernel)->scratch_bytes();
     };
-    if (avx512 && !ops::cpu::cpu_has_avx512_bf16()) continue;  // it refuses to prepare without
     const double all_scores = 2.0 * 8 * 4096 * 4096 * sizeof(float);
-    EXPECT_LT(static_cast<double>(scratch(4096)), all_scores / 16) << (avx512 ? "avx512" : "onednn");
-    EXPECT_LT(static_cast<double>(scratch(8192)), 2.5 * static_cast<double>(scratch(4096))) << (avx512 ? "avx512" : "");
+    const int which = static_cast<int>(kernel);
+    EXPECT_LT(static_cast<double>(scratch(4096)), all_scores / 16) << which;
+    EXPECT_LT(static_cast<double>(scratch(8192)), 2.5 * static_cast<double>(scratch(4096))) << which;
   }
 }
 

@@ -50,19 +50,6 @@ int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
 
 
-// 2^x with the polynomial of exp2_nonpositive_f32 (vector_math_f32.h) on the fraction, and the
-// exponent applied by vscalefps, which gives 0 for very negative x (the pads) and needs no clamp.
-TAIYI_TARGET_AVX512_BF16 inline __m512 exp2_avx512(__m512 x) {
-  const __m512 r = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(x, r);
-  __m512 p = _mm512_set1_ps(0.00957007147f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.0559177734f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.240247443f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.693121850f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.999999285f));
-  return _mm512_scalef_ps(p, r);
-}
-
 // Two keys' probabilities from their f32 scores s[0, 16) and s[16, 32) as bf16 pairs per lane.
 TAIYI_TARGET_AVX512_BF16 inline __m512bh probabilities(const float* s, __m512 c, __m512 neg_cmax) {
   return pair_rows(exp2_avx512(_mm512_fmadd_ps(_mm512_load_ps(s), c, neg_cmax)),

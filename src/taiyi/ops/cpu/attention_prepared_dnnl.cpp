@@ -278,12 +278,19 @@ class PreparedAttention : public PreparedOp {
   std::string describe_;
 };
 
-// Native bf16 attention runs our vdpbf16ps kernel where the CPU has avx512_bf16 but no AMX (on AMX
-// oneDNN's tile matmuls are the faster products); TAIYI_ATTENTION=dnnl keeps oneDNN (A/B runs).
-bool use_avx512_bf16_kernel(float scale) {
+// Native bf16 attention runs our own kernels: on AMX tiles where the CPU has AMX-BF16, on
+// vdpbf16ps where it has avx512_bf16 only; oneDNN's matmuls otherwise. TAIYI_ATTENTION=dnnl,
+// avx512 or amx picks one where the CPU has it (A/B runs).
+enum class AttentionKernel { kDnnl, kAvx512, kAmx };
+
+AttentionKernel pick_kernel(float scale) {
   const char* env = std::getenv("TAIYI_ATTENTION");
-  if (env && std::string(env) == "dnnl") return false;
-  return cpu::attention_bf16_avx512_applicable(scale) && !cpu::dnnl_uses_amx();
+  const std::string want = env ? env : "";
+  const bool amx = cpu::attention_bf16_amx_applicable(scale), avx512 = cpu::attention_bf16_avx512_applicable(scale);
+  if (want == "dnnl") return AttentionKernel::kDnnl;
+  if (want == "avx512" && avx512) return AttentionKernel::kAvx512;
+  if (amx && want != "avx512") return AttentionKernel::kAmx;
+  return avx512 && !cpu::dnnl_uses_amx() ? AttentionKernel::kAvx512 : AttentionKernel::kDnnl;
 }
 
 }  // namespace
@@ -299,8 +306,11 @@ std::unique_ptr<PreparedOp> prepare_attention_bf16(const Shape& q, const Shape& 
   if (!prepared_attention_applicable(q, k, v, heads))
     throw Error("attention: cannot prepare bf16 attention for q " + shape_str(q) + ", k " + shape_str(k) + ", v " +
                 shape_str(v) + " with " + std::to_string(heads) + " heads");
-  if (how == Bf16Arithmetic::kNative && use_avx512_bf16_kernel(scale))
-    return cpu::prepare_attention_bf16_avx512(q, k, v, heads, scale);
+  if (how == Bf16Arithmetic::kNative) {
+    const AttentionKernel kernel = pick_kernel(scale);
+    if (kernel == AttentionKernel::kAmx) return cpu::prepare_attention_bf16_amx(q, k, v, heads, scale);
+    if (kernel == AttentionKernel::kAvx512) return cpu::prepare_attention_bf16_avx512(q, k, v, heads, scale);
+  }
   try {
     return std::make_unique<PreparedAttention>(q, k, v, heads, scale, how);
   } catch (const dnnl::error& e) {

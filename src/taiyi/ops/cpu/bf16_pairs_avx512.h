@@ -1,4 +1,4 @@
-// Register-level pieces the AVX512-BF16 kernels share (attention_bf16_avx512.cpp,
+// Register-level pieces the AVX512-BF16 and AMX kernels share (attention_bf16_avx512.cpp, attention_bf16_amx.cpp,
 // conv2d_winograd_bf16_avx512.cpp, conv2d_1x1_bf16_avx512.cpp). vdpbf16ps multiplies pairs of bf16
 // in each 32-bit lane and adds both products to an f32 lane, so every operand is laid out as
 // "pairs": lane l of a register holds (a[2k][l], a[2k + 1][l]), element 2k in the low half.
@@ -42,6 +42,19 @@ TAIYI_TARGET_AVX512_BF16 inline __m512i lane_index() {
 // The mask of lanes [0, n), n clamped to [0, 16].
 inline __mmask16 first_lanes(int64_t n) {
   return static_cast<__mmask16>((1u << std::clamp<int64_t>(n, 0, 16)) - 1u);
+}
+
+// 2^x with the polynomial of exp2_nonpositive_f32 (vector_math_f32.h) on the fraction, and the
+// exponent applied by vscalefps, which gives 0 for very negative x (the pads) and needs no clamp.
+TAIYI_TARGET_AVX512_BF16 inline __m512 exp2_avx512(__m512 x) {
+  const __m512 r = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, r);
+  __m512 p = _mm512_set1_ps(0.00957007147f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.0559177734f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.240247443f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.693121850f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.999999285f));
+  return _mm512_scalef_ps(p, r);
 }
 
 // Panels per chunk when at most `most` fit: as many chunks as needed, of equal size, so that

@@ -3,6 +3,12 @@
 
 #include <atomic>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace taiyi::ops::cpu {
 namespace {
 
@@ -26,6 +32,19 @@ bool detect_avx512_bf16() {
 #endif
 }
 
+bool detect_amx_bf16() {
+#if defined(__x86_64__)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!detect_avx512_bf16() || !__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  const bool tile = (edx >> 24) & 1u, bf16 = (edx >> 22) & 1u;
+  if (!tile || !bf16) return false;
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;  // <asm/prctl.h>, Linux 5.16
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
 std::atomic<bool> g_force_generic{false};
 
 }  // namespace
@@ -37,6 +56,11 @@ bool cpu_has_avx2_fma() {
 
 bool cpu_has_avx512_bf16() {
   static const bool has = detect_avx512_bf16();
+  return has;
+}
+
+bool cpu_has_amx_bf16() {
+  static const bool has = detect_amx_bf16();
   return has;
 }
 

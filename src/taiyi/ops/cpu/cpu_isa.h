@@ -14,9 +14,12 @@
 #define TAIYI_TARGET_AVX2_FMA __attribute__((target("avx2,fma")))
 // The bf16 kernels (intrinsics, called only when cpu_has_avx512_bf16()).
 #define TAIYI_TARGET_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+// The AMX kernels (tile intrinsics plus AVX512-BF16, called only when cpu_has_amx_bf16()).
+#define TAIYI_TARGET_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 #else
 #define TAIYI_TARGET_AVX2_FMA
 #define TAIYI_TARGET_AVX512_BF16
+#define TAIYI_TARGET_AMX
 #endif
 
 namespace taiyi::ops::cpu {
@@ -27,6 +30,10 @@ bool cpu_has_avx2_fma();
 // hand-written bf16 kernels use intrinsics under a target attribute (attention_bf16_avx512.cpp).
 // Not affected by set_force_generic_kernels: bf16 has no portable path to compare with.
 bool cpu_has_avx512_bf16();
+// True when the CPU has AMX-TILE and AMX-BF16 besides cpu_has_avx512_bf16(), and Linux lets this
+// process use the tile registers (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), asked
+// once: the permission is per process, so every thread may then run tile instructions).
+bool cpu_has_amx_bf16();
 // Forces (or lifts the forcing of) the portable path; for tests that cover both paths.
 void set_force_generic_kernels(bool force);
 

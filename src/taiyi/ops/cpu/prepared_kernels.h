@@ -36,5 +36,11 @@ bool attention_bf16_avx512_applicable(float scale);
 std::unique_ptr<PreparedOp> prepare_attention_bf16_avx512(const Shape& q, const Shape& k, const Shape& v, int heads,
                                                           float scale);
 
+// attention_bf16_amx.cpp: bf16 attention on AMX tiles. Needs cpu_has_amx_bf16() and scale > 0
+// (attention_bf16_amx_applicable).
+bool attention_bf16_amx_applicable(float scale);
+std::unique_ptr<PreparedOp> prepare_attention_bf16_amx(const Shape& q, const Shape& k, const Shape& v, int heads,
+                                                       float scale);
+
 }  // namespace cpu
 }  // namespace taiyi::ops

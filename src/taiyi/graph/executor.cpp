@@ -157,8 +157,9 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& inputs, Profile* pr
         return target;
       }
       if (offset == MemoryPlan::kNotPlanned) return ops::run_op(n.kind, args, n.attrs);
-      Tensor target =
-          Tensor::from_storage(arena, static_cast<size_t>(offset), v.shape, contiguous_strides(v.shape), v.dtype);
+      // Dense, in the layout the passes chose (channels_last_activations): ops that cannot write
+      // it compute elsewhere and are copied in below.
+      Tensor target = Tensor::from_storage(arena, static_cast<size_t>(offset), v.shape, v.strides, v.dtype);
       const Tensor r = ops::run_op_into(n.kind, args, n.attrs, target);
       if (r.storage() != target.storage() || r.byte_offset() != target.byte_offset()) target.copy_from(r);
       return target;

@@ -15,6 +15,7 @@
 
 #include "taiyi/ops/cpu/cpu_kernels.h"
 #include "taiyi/ops/op_call.h"
+#include "taiyi/ops/prepared.h"
 
 namespace taiyi::ops {
 namespace {
@@ -95,6 +96,31 @@ Tensor make_output(const Shape& shape, DType dtype = DType::F32) {
   return Tensor::empty(shape, dtype);
 }
 
+// Channels-last (NHWC memory order of an NCHW shape), as the graph's layout passes lay out 4-D
+// activations (graph/passes/channels_last_activations.cpp).
+bool is_channels_last(const Tensor& t) {
+  return t.ndim() == 4 && !t.is_contiguous() && t.strides() == layout_strides(t.shape(), Layout::kNHWC);
+}
+
+// True when the executor planned a channels-last buffer for this op's output.
+bool channels_last_target(const Shape& shape) {
+  const Tensor* target = output_target();
+  return target && target->shape() == shape && target->dtype() == DType::F32 && is_channels_last(*target);
+}
+
+// A channels-last f32 output: the planned buffer when it is one, else fresh memory.
+Tensor make_channels_last_output(const Shape& shape) {
+  if (channels_last_target(shape)) {
+    Tensor t = *output_target();
+    clear_output_target();
+    return t;
+  }
+  return Tensor::from_storage(Storage::allocate(static_cast<size_t>(shape_numel(shape)) * sizeof(float)), 0, shape,
+                              layout_strides(shape, Layout::kNHWC), DType::F32);
+}
+
+const std::vector<int> kNchwToNhwc = {0, 2, 3, 1};
+
 // While tracing, hands the checked call to the recorder instead of computing.
 std::optional<Tensor> traced(OpKind kind, const std::vector<Tensor>& inputs, const OpAttrs& attrs, const Shape& out,
                              DType dtype = DType::F32) {
@@ -128,6 +154,13 @@ Tensor binary(const char* op, OpKind op_kind, cpu::BinaryOpF32 kind, const Tenso
   require_f32(op, "b", b);
   const Shape shape = broadcast_shapes(op, a, b);
   if (auto t = traced(op_kind, {a, b}, {}, shape)) return *t;
+  if (channels_last_target(shape)) {
+    // Into a channels-last buffer: the same loops over NHWC-ordered views, in which y is contiguous.
+    Tensor y = make_channels_last_output(shape);
+    cpu::binary_f32(kind, a.expand(shape).permute(kNchwToNhwc), b.expand(shape).permute(kNchwToNhwc),
+                    y.permute(kNchwToNhwc));
+    return y;
+  }
   Tensor y = make_output(shape);
   cpu::binary_f32(kind, a.expand(shape), b.expand(shape), y);
   return y;
@@ -324,11 +357,18 @@ Tensor group_norm_impl(const char* op, OpKind kind, const Tensor& x, int groups,
   attrs.groups = groups;
   attrs.eps = eps;
   if (auto t = traced(kind, {x, gamma, beta}, attrs, x.shape())) return *t;
+  const Tensor g = gamma.defined() ? gamma.contiguous() : gamma, b = beta.defined() ? beta.contiguous() : beta;
+  if (is_channels_last(x)) {
+    // Channels-last in, channels-last out (graph mode's layout): no transposes.
+    Tensor y = make_channels_last_output(x.shape());
+    cpu::group_norm_nhwc_f32(x.data<float>(), data_or_null(g), data_or_null(b), y.data<float>(), n, c,
+                             x.size(2) * x.size(3), groups, eps, kind == OpKind::kGroupNormSilu);
+    return y;
+  }
   const Tensor xc = x.contiguous();
   Tensor y = make_output(x.shape());
   const int64_t spatial = n * c > 0 ? x.numel() / (n * c) : 0;
-  cpu::group_norm_f32(xc.data<float>(), data_or_null(gamma.defined() ? gamma.contiguous() : gamma),
-                      data_or_null(beta.defined() ? beta.contiguous() : beta), y.data<float>(), n, c, spatial, groups,
+  cpu::group_norm_f32(xc.data<float>(), data_or_null(g), data_or_null(b), y.data<float>(), n, c, spatial, groups,
                       eps, kind == OpKind::kGroupNormSilu);
   return y;
 }
@@ -439,6 +479,13 @@ Tensor concat(const std::vector<Tensor>& xs, int dim) {
   OpAttrs attrs;
   attrs.dim = d;
   if (auto t = traced(OpKind::kConcat, xs, attrs, out_shape, x0.dtype())) return *t;
+  if (d == 1 && x0.dtype() == DType::F32 && channels_last_target(out_shape)) {
+    // Channels into a channels-last buffer: rows of pixels, each input's channels side by side.
+    Tensor y = make_channels_last_output(out_shape);
+    for (const Tensor& x : xs) parts.push_back(x.permute(kNchwToNhwc).contiguous());
+    if (y.numel() > 0) cpu::concat_contiguous(parts, 3, y.permute(kNchwToNhwc));
+    return y;
+  }
   for (const Tensor& x : xs) parts.push_back(x.contiguous());
   Tensor y = make_output(out_shape, x0.dtype());
   if (y.numel() > 0) cpu::concat_contiguous(parts, d, y);
@@ -493,6 +540,11 @@ Tensor upsample_nearest(const Tensor& x, int64_t out_h, int64_t out_w) {
   attrs.out_h = out_h;
   attrs.out_w = out_w;
   if (auto t = traced(OpKind::kUpsampleNearest, {x}, attrs, {x.size(0), x.size(1), out_h, out_w})) return *t;
+  if (is_channels_last(x)) {
+    Tensor y = make_channels_last_output({x.size(0), x.size(1), out_h, out_w});
+    if (y.numel() > 0) cpu::upsample_nearest_nhwc_f32(x, y);
+    return y;
+  }
   const Tensor xc = x.contiguous();
   Tensor y = make_output({x.size(0), x.size(1), out_h, out_w});
   if (y.numel() > 0) cpu::upsample_nearest_f32(xc, y);

@@ -47,6 +47,11 @@ bool fuse_residual_add(Graph& g, const CompileOptions& options = {});
 // gate. Only for linears prepack_weights will bind.
 bool fuse_linear_gelu(Graph& g, const CompileOptions& options = {});
 
+// The 4-D activations between convolutions (norms, adds, channel concats, upsamples whose
+// kernels take NHWC) laid out channels-last, where every producer and reader of a group of them
+// can; graph inputs and outputs stay NCHW.
+bool channels_last_activations(Graph& g, const CompileOptions& options = {});
+
 // Whether prepack_weights will bind this node (a conv2d or linear with constant f32 weights and
 // an input it can read).
 bool will_prepack(const Graph& g, const Node& n);
@@ -71,6 +76,7 @@ inline const std::vector<Pass>& default_passes() {
       {"fuse_group_norm_silu", fuse_group_norm_silu},
       {"fuse_residual_add", fuse_residual_add},
       {"fuse_linear_gelu", fuse_linear_gelu},
+      {"channels_last_activations", channels_last_activations},
       {"prepack_weights", prepack_weights},
       {"bf16_attention", bf16_attention},
   };

@@ -34,6 +34,10 @@ void attention_f32(const Tensor& q, const Tensor& k, const Tensor& v, int heads,
 // y = silu(group_norm(x)) in the same pass.
 void group_norm_f32(const float* x, const float* gamma, const float* beta, float* y, int64_t n, int64_t c,
                     int64_t spatial, int64_t groups, float eps, bool silu = false);
+// The same over channels-last memory: x and y [n, pixels, c]; the same statistics (per-channel
+// sums in double, then per group), parallel over pixels.
+void group_norm_nhwc_f32(const float* x, const float* gamma, const float* beta, float* y, int64_t n, int64_t c,
+                         int64_t pixels, int64_t groups, float eps, bool silu = false);
 // x [rows, c], normalised over c.
 void layer_norm_f32(const float* x, const float* gamma, const float* beta, float* y, int64_t rows, int64_t c,
                     float eps);
@@ -65,6 +69,8 @@ void concat_contiguous(const std::vector<Tensor>& xs, int dim, const Tensor& y);
 // ---- upsample_nearest_f32.cpp ----
 // x [N, C, H, W] contiguous -> y [N, C, Ho, Wo], torch's "nearest" source index rule.
 void upsample_nearest_f32(const Tensor& x, const Tensor& y);
+// The same with x and y channels-last (NHWC memory, NCHW shapes), each dense.
+void upsample_nearest_nhwc_f32(const Tensor& x, const Tensor& y);
 // The source index torch's F.interpolate(mode="nearest", size=...) reads for output index dst.
 int64_t nearest_source_index(int64_t dst, int64_t in_size, int64_t out_size);
 

@@ -8,7 +8,10 @@
 // the mean is large against the spread: x - hi is exact for x near the mean.
 // Bodies are compiled for AVX2+FMA and for baseline x86-64 and picked at run time
 // (cpu_isa.h).
+#include <omp.h>
+
 #include <cmath>
+#include <vector>
 
 #include "taiyi/ops/cpu/cpu_isa.h"
 #include "taiyi/ops/cpu/cpu_kernels.h"
@@ -94,6 +97,50 @@ void layer_norm_row_generic(const float* x, const float* gamma, const float* bet
   layer_norm_row_body(x, gamma, beta, y, c, eps);
 }
 
+
+// ---- GroupNorm over channels-last memory: pixels of c channels, one row each ----
+
+// sum[ch] += x[ch] for one pixel.
+TAIYI_ALWAYS_INLINE void channel_sums_body(const float* x, double* sum, int64_t c) {
+#pragma omp simd
+  for (int64_t i = 0; i < c; ++i) sum[i] += static_cast<double>(x[i]);
+}
+// sq[ch] += (x[ch] - mean[ch])^2 for one pixel.
+TAIYI_ALWAYS_INLINE void channel_squares_body(const float* x, const double* mean, double* sq, int64_t c) {
+#pragma omp simd
+  for (int64_t i = 0; i < c; ++i) {
+    const double d = static_cast<double>(x[i]) - mean[i];
+    sq[i] += d * d;
+  }
+}
+// One pixel through the per-channel affine map (and SiLU).
+TAIYI_ALWAYS_INLINE void channel_affine_body(const float* x, float* y, const float* m_hi, const float* m_lo,
+                                             const float* a, const float* b, int64_t c, bool silu) {
+  if (silu) {
+#pragma omp simd
+    for (int64_t i = 0; i < c; ++i) y[i] = silu_approx_f32(((x[i] - m_hi[i]) - m_lo[i]) * a[i] + b[i]);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < c; ++i) y[i] = ((x[i] - m_hi[i]) - m_lo[i]) * a[i] + b[i];
+  }
+}
+
+TAIYI_TARGET_AVX2_FMA void channel_sums_avx2(const float* x, double* sum, int64_t c) { channel_sums_body(x, sum, c); }
+void channel_sums_generic(const float* x, double* sum, int64_t c) { channel_sums_body(x, sum, c); }
+TAIYI_TARGET_AVX2_FMA void channel_squares_avx2(const float* x, const double* mean, double* sq, int64_t c) {
+  channel_squares_body(x, mean, sq, c);
+}
+void channel_squares_generic(const float* x, const double* mean, double* sq, int64_t c) {
+  channel_squares_body(x, mean, sq, c);
+}
+TAIYI_TARGET_AVX2_FMA void channel_affine_avx2(const float* x, float* y, const float* m_hi, const float* m_lo,
+                                               const float* a, const float* b, int64_t c, bool silu) {
+  channel_affine_body(x, y, m_hi, m_lo, a, b, c, silu);
+}
+void channel_affine_generic(const float* x, float* y, const float* m_hi, const float* m_lo, const float* a,
+                            const float* b, int64_t c, bool silu) {
+  channel_affine_body(x, y, m_hi, m_lo, a, b, c, silu);
+}
 }  // namespace
 
 void group_norm_f32(const float* x, const float* gamma, const float* beta, float* y, int64_t n, int64_t c,
@@ -132,6 +179,62 @@ void layer_norm_f32(const float* x, const float* gamma, const float* beta, float
       layer_norm_row_avx2(x + r * c, gamma, beta, y + r * c, c, eps);
     else
       layer_norm_row_generic(x + r * c, gamma, beta, y + r * c, c, eps);
+  }
+}
+
+void group_norm_nhwc_f32(const float* x, const float* gamma, const float* beta, float* y, int64_t n, int64_t c,
+                         int64_t pixels, int64_t groups, float eps, bool silu) {
+  const int64_t cg = c / groups;
+  if (n == 0 || c == 0 || pixels == 0) return;
+  const bool avx2 = cpu_has_avx2_fma();
+  const auto sums = avx2 ? channel_sums_avx2 : channel_sums_generic;
+  const auto squares = avx2 ? channel_squares_avx2 : channel_squares_generic;
+  const auto affine = avx2 ? channel_affine_avx2 : channel_affine_generic;
+  const int threads = pixels * c > 32768 ? omp_get_max_threads() : 1;
+  std::vector<double> total(static_cast<size_t>(c)), mean(static_cast<size_t>(c));
+  std::vector<float> m_hi(static_cast<size_t>(c)), m_lo(static_cast<size_t>(c)), a(static_cast<size_t>(c)),
+      b(static_cast<size_t>(c));
+  // Per-channel totals over the sample's pixels, summed by each thread and then added up.
+  const auto reduce = [&](const float* xs, bool deviations) {
+    std::fill(total.begin(), total.end(), 0.0);
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<double> mine(static_cast<size_t>(c), 0.0);
+#pragma omp for schedule(static)
+      for (int64_t p = 0; p < pixels; ++p) {
+        if (deviations) {
+          squares(xs + p * c, mean.data(), mine.data(), c);
+        } else {
+          sums(xs + p * c, mine.data(), c);
+        }
+      }
+#pragma omp critical
+      for (int64_t i = 0; i < c; ++i) total[i] += mine[i];
+    }
+  };
+  // Each group's total, spread back over its channels.
+  const auto per_group = [&](auto&& set) {
+    for (int64_t g = 0; g < groups; ++g) {
+      double t = 0.0;
+      for (int64_t j = 0; j < cg; ++j) t += total[g * cg + j];
+      for (int64_t j = 0; j < cg; ++j) set(g * cg + j, t / static_cast<double>(cg * pixels));
+    }
+  };
+  for (int64_t s = 0; s < n; ++s) {
+    const float* xs = x + s * pixels * c;
+    float* ys = y + s * pixels * c;
+    reduce(xs, false);
+    per_group([&](int64_t ch, double m) { mean[ch] = m; });
+    reduce(xs, true);
+    per_group([&](int64_t ch, double var) {
+      const double rstd = 1.0 / std::sqrt(var + static_cast<double>(eps));
+      m_hi[ch] = static_cast<float>(mean[ch]);
+      m_lo[ch] = static_cast<float>(mean[ch] - static_cast<double>(m_hi[ch]));
+      a[ch] = static_cast<float>(rstd * (gamma ? static_cast<double>(gamma[ch]) : 1.0));
+      b[ch] = beta ? beta[ch] : 0.0f;
+    });
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t p = 0; p < pixels; ++p) affine(xs + p * c, ys + p * c, m_hi.data(), m_lo.data(), a.data(), b.data(), c, silu);
   }
 }
 

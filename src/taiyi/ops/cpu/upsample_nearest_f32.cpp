@@ -38,4 +38,22 @@ void upsample_nearest_f32(const Tensor& x, const Tensor& y) {
   }
 }
 
+void upsample_nearest_nhwc_f32(const Tensor& x, const Tensor& y) {
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t oh = y.size(2), ow = y.size(3);
+  const float* px = x.data<float>();
+  float* py = y.data<float>();
+  const int64_t rows = n * oh;
+#pragma omp parallel for schedule(static) if (rows * ow * c > 32768)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t s = r / oh, i = r % oh;
+    const float* xr = px + (s * h + nearest_source_index(i, h, oh)) * w * c;
+    float* yr = py + r * ow * c;
+    for (int64_t j = 0; j < ow; ++j) {
+      const float* src = xr + nearest_source_index(j, w, ow) * c;
+      std::copy(src, src + c, yr + j * c);
+    }
+  }
+}
+
 }  // namespace taiyi::ops::cpu

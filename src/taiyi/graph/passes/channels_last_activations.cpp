@@ -1,0 +1,101 @@
+// Channels-last activations: the 4-D activations between convolutions (the ResNet blocks' GroupNorm,
+// SiLU, time-embedding add, the skip concats, the upsamplers) are laid out NHWC, so that a
+// convolution reads and writes the layout oneDNN's bf16 and AMX kernels work in, and the NCHW <->
+// NHWC transposes around every convolution go (on AMX they cost more than the convolution
+// itself: 3.8 ms of a 7.9 ms 3x3 convolution at [2, 320, 64, 64]).
+//
+// Values are grouped by the ops that must see one layout on both sides (group_norm, add,
+// concat over channels, upsample_nearest: their kernels read and write NHWC, ops.cpp). A group
+// becomes channels-last when every value in it is a dense 4-D f32 node output (not a graph
+// output), made by such an op or a convolution prepack_weights binds, and read only by such ops
+// or as such a convolution's input or fused residual. Graph inputs and outputs keep NCHW; so does
+// anything a view (permute, reshape) or another op reads. TAIYI_CHANNELS_LAST=0 turns the pass off
+// (A/B runs).
+#include <cstdlib>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "taiyi/graph/passes/passes.h"
+
+namespace taiyi::graph {
+
+namespace {
+
+bool same_layout_op(ops::OpKind k) {
+  return k == ops::OpKind::kGroupNorm || k == ops::OpKind::kGroupNormSilu || k == ops::OpKind::kAdd ||
+         k == ops::OpKind::kConcat || k == ops::OpKind::kUpsampleNearest;
+}
+
+// Whether node n reads or writes 4-D values in either layout (its kernel takes NHWC).
+bool takes_channels_last(const Graph& g, const Node& n) {
+  if (n.kind == ops::OpKind::kConv2d) return will_prepack(g, n);
+  if (n.kind == ops::OpKind::kConcat) return n.attrs.dim == 1;
+  return same_layout_op(n.kind);
+}
+
+struct Groups {
+  std::vector<int> parent;
+  explicit Groups(size_t n) : parent(n) { std::iota(parent.begin(), parent.end(), 0); }
+  int find(int v) { return parent[v] == v ? v : parent[v] = find(parent[v]); }
+  void unite(int a, int b) { parent[find(a)] = find(b); }
+};
+
+}  // namespace
+
+bool channels_last_activations(Graph& g, const CompileOptions&) {
+  const char* off = std::getenv("TAIYI_CHANNELS_LAST");
+  if (off != nullptr && std::string(off) == "0") return false;
+  const auto readers = g.readers();
+  const int nv = static_cast<int>(g.values.size());
+  const auto candidate = [&](int v) {
+    const Value& x = g.values[v];
+    if (x.kind != ValueKind::kNode || x.shape.size() != 4 || x.dtype != DType::F32 || g.is_output(v)) return false;
+    // (values of nodes an earlier pass removed have no producer any more)
+    if (x.producer < 0 || x.producer >= static_cast<int>(g.nodes.size()) || g.nodes[x.producer].output != v)
+      return false;
+    if (x.shape[2] * x.shape[3] <= 1) return false;  // both layouts are the same memory
+    const bool dense = x.strides == contiguous_strides(x.shape) ||
+                       x.strides == ops::layout_strides(x.shape, ops::Layout::kNHWC);
+    if (!dense || !takes_channels_last(g, g.nodes[x.producer])) return false;
+    for (int r : readers[v]) {
+      const Node& n = g.nodes[r];
+      if (!takes_channels_last(g, n)) return false;
+      // A convolution reads it as its input or fused residual, never as weights.
+      if (n.kind == ops::OpKind::kConv2d && (n.inputs[1] == v || n.inputs[2] == v)) return false;
+    }
+    return true;
+  };
+  Groups groups(static_cast<size_t>(nv));
+  for (const Node& n : g.nodes) {
+    const Shape& out = g.values[n.output].shape;
+    if (same_layout_op(n.kind)) {
+      for (size_t i = 0; i < n.inputs.size(); ++i) {
+        const int v = n.inputs[i];
+        // gamma and beta of a norm, a broadcast operand of add: no layout to share.
+        if (v < 0 || g.values[v].shape != out || ((n.kind == ops::OpKind::kGroupNorm ||
+                                                  n.kind == ops::OpKind::kGroupNormSilu) && i > 0))
+          continue;
+        groups.unite(v, n.output);
+      }
+      if (n.kind == ops::OpKind::kConcat)
+        for (int v : n.inputs) groups.unite(v, n.output);
+    }
+    // A fused residual is copied into (or is) the convolution's output: keep them alike.
+    if (n.kind == ops::OpKind::kConv2d && ops::has_fused_residual(n.attrs, n.inputs.size()))
+      groups.unite(n.inputs[3], n.output);
+  }
+  std::vector<bool> ok(static_cast<size_t>(nv), true);
+  for (int v = 0; v < nv; ++v)
+    if (!candidate(v)) ok[groups.find(v)] = false;
+  bool changed = false;
+  for (int v = 0; v < nv; ++v) {
+    Value& x = g.values[v];
+    if (!ok[groups.find(v)] || x.strides == ops::layout_strides(x.shape, ops::Layout::kNHWC)) continue;
+    x.strides = ops::layout_strides(x.shape, ops::Layout::kNHWC);
+    changed = true;
+  }
+  return changed;
+}
+
+}  // namespace taiyi::graph

@@ -239,9 +239,16 @@ class AttentionBf16Amx : public PreparedOp {
 
     // 2. Per query (lane): the max over the real keys, then P = bf16(2^(c s - c max)) as pairs of
     // keys, and the sums of the rounded P (vdpbf16ps adds each lane's pair).
-    __m512 mx = _mm512_set1_ps(kPadScore);
-    for (int64_t j = 0; j < lk_; ++j) mx = _mm512_max_ps(mx, _mm512_load_ps(st + j * kCols));
-    for (int64_t j = lk_; j < lk32_; ++j) _mm512_store_ps(st + j * kCols, _mm512_set1_ps(kPadScore));
+    // (eight running maxima: one would wait on the latency of each max before it)
+    __m512 m8[8];
+    for (auto& m : m8) m = _mm512_set1_ps(kPadScore);
+    int64_t j = 0;
+    for (; j + 8 <= lk_; j += 8)
+      for (int u = 0; u < 8; ++u) m8[u] = _mm512_max_ps(m8[u], _mm512_load_ps(st + (j + u) * kCols));
+    for (; j < lk_; ++j) m8[0] = _mm512_max_ps(m8[0], _mm512_load_ps(st + j * kCols));
+    for (int u = 1; u < 8; ++u) m8[0] = _mm512_max_ps(m8[0], m8[u]);
+    const __m512 mx = m8[0];
+    for (j = lk_; j < lk32_; ++j) _mm512_store_ps(st + j * kCols, _mm512_set1_ps(kPadScore));
     const __m512 c = _mm512_set1_ps(c_), neg_cmax = _mm512_mul_ps(mx, _mm512_set1_ps(-c_));
     const __m512bh ones = as_bh(_mm512_set1_epi16(0x3f80));  // bf16 1.0
     __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();

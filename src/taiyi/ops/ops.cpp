@@ -396,8 +396,16 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, floa
   const Tensor xc = x.contiguous();
   const Tensor g = gamma.defined() ? gamma.contiguous() : gamma;
   const Tensor bt = beta.defined() ? beta.contiguous() : beta;
-  Tensor y = make_output(x.shape());
   const int64_t rows = c > 0 ? x.numel() / c : 0;
+  const Tensor* target = output_target();
+  if (target && target->shape() == x.shape() && target->dtype() == DType::BF16 && target->is_contiguous()) {
+    // Graph mode's bf16 input of linears (graph/passes/bf16_linear_inputs.cpp): rounded as written.
+    Tensor y = *target;
+    clear_output_target();
+    cpu::layer_norm_f32_to_bf16(xc.data<float>(), data_or_null(g), data_or_null(bt), y.data_u16(), rows, c, eps);
+    return y;
+  }
+  Tensor y = make_output(x.shape());
   cpu::layer_norm_f32(xc.data<float>(), data_or_null(g), data_or_null(bt), y.data<float>(), rows, c, eps);
   return y;
 }

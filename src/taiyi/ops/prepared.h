@@ -69,7 +69,10 @@ std::unique_ptr<PreparedOp> prepare_attention_bf16(const Shape& q, const Shape& 
                                                    float scale, Bf16Arithmetic how);
 
 // linear of an x of shape x_shape ([..., K], rows contiguous) with constant w [N, K] and bias.
+// With compute bf16, x may be bf16 already (src BF16: no rounding pass per call), and the output
+// may be written in bf16 (dst BF16: rounded to nearest even as it is stored; no residual then).
 std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w, const Tensor& bias,
-                                           DType compute = DType::F32, const Epilogue& epilogue = {});
+                                           DType compute = DType::F32, const Epilogue& epilogue = {},
+                                           DType src = DType::F32, DType dst = DType::F32);
 
 }  // namespace taiyi::ops

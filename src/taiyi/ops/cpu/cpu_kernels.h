@@ -41,6 +41,9 @@ void group_norm_nhwc_f32(const float* x, const float* gamma, const float* beta, 
 // x [rows, c], normalised over c.
 void layer_norm_f32(const float* x, const float* gamma, const float* beta, float* y, int64_t rows, int64_t c,
                     float eps);
+// The same, y rounded to bf16 (nearest even) as it is written: the input of bf16 linears.
+void layer_norm_f32_to_bf16(const float* x, const float* gamma, const float* beta, uint16_t* y, int64_t rows,
+                            int64_t c, float eps);
 
 // ---- softmax_f32.cpp ----
 // x [rows, c] -> softmax over c.

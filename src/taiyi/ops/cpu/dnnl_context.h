@@ -18,8 +18,8 @@ inline bool dnnl_uses_amx() { return dnnl::get_effective_cpu_isa() >= dnnl::cpu_
 
 // A oneDNN memory object over an existing buffer (no copy). oneDNN takes a non-const
 // handle even for inputs; it does not write to them.
-inline dnnl::memory dnnl_wrap(const dnnl::memory::desc& md, const float* p) {
-  return dnnl::memory(md, dnnl_cpu_engine(), const_cast<float*>(p));
+inline dnnl::memory dnnl_wrap(const dnnl::memory::desc& md, const void* p) {
+  return dnnl::memory(md, dnnl_cpu_engine(), const_cast<void*>(p));
 }
 
 }  // namespace taiyi::ops::cpu

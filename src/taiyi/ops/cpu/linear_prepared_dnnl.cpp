@@ -7,7 +7,9 @@
 // rows to bf16 in caller scratch; the output and the accumulation stay f32.
 // A fused epilogue is a post-op sum of the residual (copied into the output unless it
 // is the output's memory) and an eltwise_linear scale; or, instead of the residual, a post-op
-// eltwise_gelu_erf or a binary_mul by a second input of the output's shape.
+// eltwise_gelu_erf or a binary_mul by a second input of the output's shape. In bf16, an input
+// that is bf16 already goes straight to the matmul, and a bf16 output is rounded as oneDNN stores it
+// (graph/passes/bf16_linear_inputs.cpp lays such values out).
 #include <dnnl.hpp>
 #include <string>
 #include <unordered_map>
@@ -27,17 +29,28 @@ size_t round_up(size_t n) { return (n + 63) / 64 * 64; }
 
 class PreparedLinear : public PreparedOp {
  public:
-  PreparedLinear(const Shape& xs, const Tensor& w, const Tensor& bias, DType compute, const Epilogue& epilogue)
-      : bf16_(compute == DType::BF16), residual_(epilogue.residual), post_op_(epilogue.post_op) {
+  PreparedLinear(const Shape& xs, const Tensor& w, const Tensor& bias, DType compute, const Epilogue& epilogue,
+                 DType src, DType dst)
+      : bf16_(compute == DType::BF16),
+        residual_(epilogue.residual),
+        post_op_(epilogue.post_op),
+        src_bf16_(src == DType::BF16),
+        dst_bf16_(dst == DType::BF16) {
     if (post_op_ != PostOp::kNone && residual_)
       throw Error("linear: a fused residual and a gelu or multiply post-op cannot be combined");
+    if ((src_bf16_ || dst_bf16_) && !bf16_)
+      throw Error("linear: a bf16 input or output needs bf16 compute");
+    if (dst_bf16_ && residual_) throw Error("linear: a fused residual needs an f32 output");
+    if ((src != DType::F32 && !src_bf16_) || (dst != DType::F32 && !dst_bf16_))
+      throw Error("linear: inputs and outputs are f32 or bf16");
     const auto f32 = memory::data_type::f32, bf16 = memory::data_type::bf16;
     const dnnl::engine& eng = cpu::dnnl_cpu_engine();
     k_ = xs.back();
     n_ = w.size(0);
     m_ = k_ > 0 ? shape_numel(xs) / k_ : 0;
-    user_src_ = memory::desc({m_, k_}, f32, tag::ab);
-    dst_ = memory::desc({m_, n_}, f32, tag::ab);
+    user_src_ = memory::desc({m_, k_}, src_bf16_ ? bf16 : f32, tag::ab);
+    dst_ = memory::desc({m_, n_}, dst_bf16_ ? bf16 : f32, tag::ab);
+    factor_ = memory::desc({m_, n_}, f32, tag::ab);
     if (bias.defined()) {
       bias_md_ = memory::desc({1, n_}, f32, tag::ab);
       bias_ = bias.contiguous();
@@ -48,7 +61,7 @@ class PreparedLinear : public PreparedOp {
       dnnl::post_ops ops;
       if (epilogue.residual) ops.append_sum(1.0f);
       if (post_op_ == PostOp::kGelu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
-      if (post_op_ == PostOp::kMultiply) ops.append_binary(dnnl::algorithm::binary_mul, dst_);
+      if (post_op_ == PostOp::kMultiply) ops.append_binary(dnnl::algorithm::binary_mul, factor_);
       if (epilogue.scale != 1.0f) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_linear, epilogue.scale, 0.0f);
       attr.set_post_ops(ops);
     }
@@ -64,8 +77,10 @@ class PreparedLinear : public PreparedOp {
       dnnl::reorder(user_w, weights_).execute(strm, user_w, weights_);
       strm.wait();
       w_ = Tensor();  // the packed copy is all the primitive needs
-      to_bf16_ = dnnl::reorder(dnnl::reorder::primitive_desc(eng, user_src_, eng, src_));
-      src_bytes_ = round_up(src_.get_size());
+      if (!src_bf16_) {
+        to_bf16_ = dnnl::reorder(dnnl::reorder::primitive_desc(eng, user_src_, eng, src_));
+        src_bytes_ = round_up(src_.get_size());
+      }
     } else {
       src_ = user_src_;
       pd_ = dnnl::matmul::primitive_desc(dnnl::matmul::desc(src_, user_wei, bias_md_, dst_), attr, eng);
@@ -74,6 +89,7 @@ class PreparedLinear : public PreparedOp {
     matmul_ = dnnl::matmul(pd_);
     pad_bytes_ = round_up(pd_.scratchpad_desc().get_size());
     describe_ = std::string("linear ") + (bf16_ ? "bf16 " : "f32 ") + pd_.impl_info_str() +
+                (src_bf16_ ? " bf16-in" : "") + (dst_bf16_ ? " bf16-out" : "") +
                 (residual_ ? " +residual" : "") + (post_op_ == PostOp::kGelu ? " +gelu" : "") +
                 (post_op_ == PostOp::kMultiply ? " *input" : "");
   }
@@ -82,14 +98,18 @@ class PreparedLinear : public PreparedOp {
     const dnnl::engine& eng = cpu::dnnl_cpu_engine();
     dnnl::stream& strm = cpu::dnnl_cpu_stream();
     const Tensor x = in[0].contiguous();
-    memory user_src = cpu::dnnl_wrap(user_src_, x.data<float>());
-    memory src = bf16_ ? memory(src_, eng, scratch) : user_src;
-    if (bf16_) to_bf16_.execute(strm, user_src, src);
+    if (x.dtype() != (src_bf16_ ? DType::BF16 : DType::F32) || out.dtype() != (dst_bf16_ ? DType::BF16 : DType::F32))
+      throw Error("linear: prepared for " + std::string(src_bf16_ ? "bf16" : "f32") + " -> " +
+                  (dst_bf16_ ? "bf16" : "f32") + ", given " + x.describe() + " -> " + out.describe());
+    memory user_src = cpu::dnnl_wrap(user_src_, x.raw_data());
+    const bool round_input = bf16_ && !src_bf16_;
+    memory src = round_input ? memory(src_, eng, scratch) : user_src;
+    if (round_input) to_bf16_.execute(strm, user_src, src);
     if (residual_) cpu::copy_residual_into(in.at(1), out);
     std::unordered_map<int, memory> args = {
         {DNNL_ARG_SRC, src},
         {DNNL_ARG_WEIGHTS, weights_},
-        {DNNL_ARG_DST, cpu::dnnl_wrap(dst_, out.data<float>())},
+        {DNNL_ARG_DST, cpu::dnnl_wrap(dst_, out.raw_data())},
         {DNNL_ARG_SCRATCHPAD, memory(pd_.scratchpad_desc(), eng, scratch + src_bytes_)}};
     if (bias_.defined()) args.insert({DNNL_ARG_BIAS, cpu::dnnl_wrap(bias_md_, bias_.data<float>())});
     Tensor factor;
@@ -98,7 +118,7 @@ class PreparedLinear : public PreparedOp {
       if (factor.shape() != out.shape() || factor.dtype() != DType::F32)
         throw Error("linear: the multiply post-op's input " + factor.describe() + " does not match the output " +
                     out.describe());
-      args.insert({DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, cpu::dnnl_wrap(dst_, factor.data<float>())});
+      args.insert({DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, cpu::dnnl_wrap(factor_, factor.data<float>())});
     }
     matmul_.execute(strm, args);
     strm.wait();
@@ -112,8 +132,9 @@ class PreparedLinear : public PreparedOp {
  private:
   bool bf16_, residual_;
   PostOp post_op_;
+  bool src_bf16_, dst_bf16_;
   int64_t m_ = 0, k_ = 0, n_ = 0;
-  memory::desc user_src_, src_, dst_, bias_md_;
+  memory::desc user_src_, src_, dst_, factor_, bias_md_;
   dnnl::matmul::primitive_desc pd_;
   dnnl::matmul matmul_;
   dnnl::reorder to_bf16_;
@@ -126,9 +147,9 @@ class PreparedLinear : public PreparedOp {
 }  // namespace
 
 std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w, const Tensor& bias, DType compute,
-                                           const Epilogue& epilogue) {
+                                           const Epilogue& epilogue, DType src, DType dst) {
   try {
-    return std::make_unique<PreparedLinear>(x_shape, w, bias, compute, epilogue);
+    return std::make_unique<PreparedLinear>(x_shape, w, bias, compute, epilogue, src, dst);
   } catch (const dnnl::error& e) {
     throw Error(std::string("linear: oneDNN could not prepare a matmul (") + e.what() + ") for input " +
                 shape_str(x_shape) + ", weight " + w.describe());

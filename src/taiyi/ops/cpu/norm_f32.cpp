@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "taiyi/ops/cpu/cpu_isa.h"
@@ -71,6 +72,18 @@ TAIYI_ALWAYS_INLINE void layer_norm_row_body(const float* x, const float* gamma,
     for (int64_t i = 0; i < c; ++i) y[i] = ((x[i] - m_hi) - m_lo) * rstd;
   }
 }
+
+// y[i] = bf16(x[i]), rounded to nearest even (x finite: layer norm outputs of finite inputs).
+TAIYI_ALWAYS_INLINE void round_to_bf16_body(const float* x, uint16_t* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, x + i, 4);
+    y[i] = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
+}
+TAIYI_TARGET_AVX2_FMA void round_to_bf16_avx2(const float* x, uint16_t* y, int64_t n) { round_to_bf16_body(x, y, n); }
+void round_to_bf16_generic(const float* x, uint16_t* y, int64_t n) { round_to_bf16_body(x, y, n); }
 
 TAIYI_TARGET_AVX2_FMA MeanRstd mean_rstd_avx2(const float* x, int64_t n, float eps) {
   return mean_rstd_body(x, n, eps);
@@ -235,6 +248,26 @@ void group_norm_nhwc_f32(const float* x, const float* gamma, const float* beta, 
     });
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t p = 0; p < pixels; ++p) affine(xs + p * c, ys + p * c, m_hi.data(), m_lo.data(), a.data(), b.data(), c, silu);
+  }
+}
+
+void layer_norm_f32_to_bf16(const float* x, const float* gamma, const float* beta, uint16_t* y, int64_t rows,
+                            int64_t c, float eps) {
+  if (rows == 0 || c == 0) return;
+  const bool avx2 = cpu_has_avx2_fma();
+#pragma omp parallel if (rows > 1 && rows * c > 32768)
+  {
+    std::vector<float> row(static_cast<size_t>(c));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      if (avx2) {
+        layer_norm_row_avx2(x + r * c, gamma, beta, row.data(), c, eps);
+        round_to_bf16_avx2(row.data(), y + r * c, c);
+      } else {
+        layer_norm_row_generic(x + r * c, gamma, beta, row.data(), c, eps);
+        round_to_bf16_generic(row.data(), y + r * c, c);
+      }
+    }
   }
 }
 

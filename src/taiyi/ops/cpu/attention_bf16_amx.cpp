@@ -84,6 +84,16 @@ TAIYI_TARGET_AMX inline __m512bh probabilities(const float* s, __m512 c, __m512 
                    exp2_avx512(_mm512_fmadd_ps(_mm512_load_ps(s + kCols), c, neg_cmax)));
 }
 
+// m8[u] = max(m8[u], rows of s^T [n][16]) for the first n of a block's 32 rows.
+TAIYI_TARGET_AMX inline void block_max(const float* s, int64_t n, __m512 m8[8]) {
+  if (n == kKeyStep) {
+    for (int64_t j = 0; j < kKeyStep; j += 8)
+      for (int u = 0; u < 8; ++u) m8[u] = _mm512_max_ps(m8[u], _mm512_load_ps(s + (j + u) * kCols));
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j) m8[j % 8] = _mm512_max_ps(m8[j % 8], _mm512_load_ps(s + j * kCols));
+}
+
 class AttentionBf16Amx : public PreparedOp {
  public:
   AttentionBf16Amx(const Shape& qs, const Shape& ks, const Shape& vs, int heads, float scale)
@@ -205,7 +215,9 @@ class AttentionBf16Amx : public PreparedOp {
       }
     }
 
-    // 1. S^T = K Q^T, 32 keys at a time.
+    // 1. S^T = K Q^T, 32 keys at a time, and per query (lane) the running max over the real keys,
+    // taken from the block just stored (in L1) while the tiles compute the next one. Eight maxima:
+    // one would wait on the latency of each max before it.
     _tile_loadconfig(&scores_cfg_);
     const uint16_t* kh = kc + bh * lk32_ * dq_;
     const int64_t k_stride = dq_ * 2;
@@ -214,6 +226,8 @@ class AttentionBf16Amx : public PreparedOp {
       if (steps_ == 2) _tile_loadd(0, qp, 64);
       _tile_loadd(1, qp + (steps_ - 1) * 16, 64);
     }
+    __m512 m8[8];
+    for (auto& m : m8) m = _mm512_set1_ps(kPadScore);
     for (int64_t j0 = 0; j0 < lk32_; j0 += kKeyStep) {
       _tile_zero(6);
       _tile_zero(7);
@@ -235,33 +249,49 @@ class AttentionBf16Amx : public PreparedOp {
       }
       _tile_stored(6, st + j0 * kCols, 64);
       _tile_stored(7, st + (j0 + 16) * kCols, 64);
+      if (j0 > 0) block_max(st + (j0 - kKeyStep) * kCols, kKeyStep, m8);
     }
-
-    // 2. Per query (lane): the max over the real keys, then P = bf16(2^(c s - c max)) as pairs of
-    // keys, and the sums of the rounded P (vdpbf16ps adds each lane's pair).
-    // (eight running maxima: one would wait on the latency of each max before it)
-    __m512 m8[8];
-    for (auto& m : m8) m = _mm512_set1_ps(kPadScore);
-    int64_t j = 0;
-    for (; j + 8 <= lk_; j += 8)
-      for (int u = 0; u < 8; ++u) m8[u] = _mm512_max_ps(m8[u], _mm512_load_ps(st + (j + u) * kCols));
-    for (; j < lk_; ++j) m8[0] = _mm512_max_ps(m8[0], _mm512_load_ps(st + j * kCols));
+    const int64_t last_block = lk32_ - kKeyStep;
+    block_max(st + last_block * kCols, lk_ - last_block, m8);
     for (int u = 1; u < 8; ++u) m8[0] = _mm512_max_ps(m8[0], m8[u]);
-    const __m512 mx = m8[0];
-    for (j = lk_; j < lk32_; ++j) _mm512_store_ps(st + j * kCols, _mm512_set1_ps(kPadScore));
-    const __m512 c = _mm512_set1_ps(c_), neg_cmax = _mm512_mul_ps(mx, _mm512_set1_ps(-c_));
+    for (int64_t j = lk_; j < lk32_; ++j) _mm512_store_ps(st + j * kCols, _mm512_set1_ps(kPadScore));
+
+    // 2. P = bf16(2^(c s - c max)) as pairs of keys, and the sums of the rounded P (vdpbf16ps adds
+    // each lane's pair); 3. O^T = V^T P^T. Each block of 32 keys' P goes to the tiles as soon as it
+    // is made, so that they multiply it while the next block's exponentials are computed. The first
+    // 48 rows of e here, any further ones in sweeps over the whole P after.
+    const __m512 c = _mm512_set1_ps(c_), neg_cmax = _mm512_mul_ps(m8[0], _mm512_set1_ps(-c_));
     const __m512bh ones = as_bh(_mm512_set1_epi16(0x3f80));  // bf16 1.0
     __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
-    for (int64_t t = 0; t < lk32_ / 2; t += 2) {
-      sum0 = _mm512_dpbf16_ps(sum0, pp[t] = probabilities(st + 2 * t * kCols, c, neg_cmax), ones);
-      sum1 = _mm512_dpbf16_ps(sum1, pp[t + 1] = probabilities(st + (2 * t + 2) * kCols, c, neg_cmax), ones);
-    }
-    const __m512 inv_sum = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(sum0, sum1));
-
-    // 3. O^T = V^T P^T, up to 48 rows of e per sweep over the keys.
     _tile_loadconfig(&output_cfg_);
     const uint16_t* vh = vc + bh * lk32_ * dv16_;
-    for (int64_t e0 = 0; e0 < dv16_; e0 += 3 * kCols) {
+    const int first = static_cast<int>(std::min<int64_t>(3, dv16_ / kCols));
+    _tile_zero(4);
+    _tile_zero(5);
+    _tile_zero(6);
+    for (int64_t k0 = 0; k0 < lk32_; k0 += kKeyStep) {
+      for (int64_t t = k0 / 2; t < (k0 + kKeyStep) / 2; t += 2) {
+        sum0 = _mm512_dpbf16_ps(sum0, pp[t] = probabilities(st + 2 * t * kCols, c, neg_cmax), ones);
+        sum1 = _mm512_dpbf16_ps(sum1, pp[t + 1] = probabilities(st + (2 * t + 2) * kCols, c, neg_cmax), ones);
+      }
+      _tile_loadd(0, pp + k0 / 2, 64);
+      const uint16_t* vb = vh + k0 * dv16_;  // block k0 / 32, row 0
+      _tile_loadd(1, vb, 64);
+      _tile_dpbf16ps(4, 1, 0);
+      if (first > 1) {
+        _tile_loadd(2, vb + 16 * kKeyStep, 64);
+        _tile_dpbf16ps(5, 2, 0);
+      }
+      if (first > 2) {
+        _tile_loadd(3, vb + 32 * kKeyStep, 64);
+        _tile_dpbf16ps(6, 3, 0);
+      }
+    }
+    _tile_stored(4, o, 64);
+    if (first > 1) _tile_stored(5, o + 16 * kCols, 64);
+    if (first > 2) _tile_stored(6, o + 32 * kCols, 64);
+    const __m512 inv_sum = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(sum0, sum1));
+    for (int64_t e0 = 3 * kCols; e0 < dv16_; e0 += 3 * kCols) {
       switch (std::min<int64_t>(3, (dv16_ - e0) / kCols)) {
         case 1: output_sweep<1>(pp, vh, e0, o); break;
         case 2: output_sweep<2>(pp, vh, e0, o); break;

@@ -78,7 +78,8 @@ bool channels_last_activations(Graph& g, const CompileOptions&) {
           continue;
         groups.unite(v, n.output);
       }
-      if (n.kind == ops::OpKind::kConcat)
+      // (concat's inputs and upsample's input differ from the output in shape, not in layout)
+      if (n.kind == ops::OpKind::kConcat || n.kind == ops::OpKind::kUpsampleNearest)
         for (int v : n.inputs) groups.unite(v, n.output);
     }
     // A fused residual is copied into (or is) the convolution's output: keep them alike.

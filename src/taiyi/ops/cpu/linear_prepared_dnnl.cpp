@@ -158,6 +158,10 @@ std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w
 
 bool bf16_supported() {
   static const bool supported = [] {
+    // Native bf16 only: oneDNN 2.6 also runs bf16 on plain AVX512_CORE by emulating the
+    // conversions, slower than f32; that, a CPU with neither AMX nor avx512_bf16, or a cap by
+    // ONEDNN_MAX_CPU_ISA below AVX512_CORE_BF16 means the f32 fallback.
+    if (dnnl::get_effective_cpu_isa() < dnnl::cpu_isa::avx512_core_bf16) return false;
     try {
       const auto bf16 = memory::data_type::bf16;
       const dnnl::matmul::desc d(memory::desc({64, 64}, bf16, tag::ab), memory::desc({64, 64}, bf16, tag::any),

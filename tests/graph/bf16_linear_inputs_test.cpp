@@ -12,6 +12,7 @@
 #include "taiyi/graph/tracer.h"
 #include "taiyi/nn/transformer_2d.h"
 #include "taiyi/ops/ops.h"
+#include "small_blocks.h"
 #include "test_util.h"
 
 namespace taiyi::graph {
@@ -30,13 +31,7 @@ TEST(Bf16LinearInputs, LayerNormAndGatedValuesBecomeBf16AndComputeTheSame) {
   if (!ops::bf16_supported()) GTEST_SKIP() << "this CPU runs no bf16 (the pass leaves f32 fallbacks alone)";
   unsetenv("TAIYI_BF16_EMULATE");
   nn::ParameterSet params;
-  nn::Transformer2DOptions o;
-  o.heads = 2;
-  o.dim_head = 8;
-  o.in_channels = 16;
-  o.cross_attention_dim = 12;
-  o.norm_groups = 4;
-  const nn::Transformer2DModel block(nn::Scope(params, "t"), o);
+  const nn::Transformer2DModel block = small_transformer(params);
   params.init_random(3);
   const auto fn = [&](const std::vector<Tensor>& in) { return std::vector<Tensor>{block(in[0], in[1])}; };
   const Tensor x = random_tensor({2, 16, 5, 7}, 1), ctx = random_tensor({2, 6, 12}, 2);

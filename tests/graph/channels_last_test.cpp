@@ -8,6 +8,7 @@
 #include "taiyi/graph/tracer.h"
 #include "taiyi/nn/resnet.h"
 #include "taiyi/nn/transformer_2d.h"
+#include "small_blocks.h"
 #include "test_util.h"
 
 namespace taiyi::graph {
@@ -26,13 +27,7 @@ size_t layout_copies(const Graph& g) {
 
 TEST(ChannelsLastTransformers, TransposeCopiesBecomeViews) {
   nn::ParameterSet params;
-  nn::Transformer2DOptions o;
-  o.heads = 2;
-  o.dim_head = 8;
-  o.in_channels = 16;
-  o.cross_attention_dim = 12;
-  o.norm_groups = 4;
-  const nn::Transformer2DModel block(nn::Scope(params, "t"), o);
+  const nn::Transformer2DModel block = small_transformer(params);
   params.init_random(3);
   const auto fn = [&](const std::vector<Tensor>& in) { return std::vector<Tensor>{block(in[0], in[1])}; };
   Graph g = trace(fn, {{{2, 16, 5, 7}, DType::F32}, {{2, 6, 12}, DType::F32}});
@@ -72,13 +67,7 @@ size_t channels_last_values(const Graph& g) {
 TEST(ChannelsLastActivations, ResnetUpsampleConcatChainsBecomeNhwc) {
   nn::ParameterSet params;
   const nn::ResnetBlock2D first(nn::Scope(params, "r0"), 8, 16, 12, 4, 1e-5f, 1.0f);
-  nn::Transformer2DOptions o;
-  o.heads = 2;
-  o.dim_head = 8;
-  o.in_channels = 16;
-  o.cross_attention_dim = 12;
-  o.norm_groups = 4;
-  const nn::Transformer2DModel block(nn::Scope(params, "t"), o);
+  const nn::Transformer2DModel block = small_transformer(params);
   const nn::Upsample2D up(nn::Scope(params, "up"), 16);
   const nn::ResnetBlock2D second(nn::Scope(params, "r1"), 24, 8, 12, 4, 1e-5f, 1.0f);
   const nn::Downsample2D down(nn::Scope(params, "down"), 8, 1);

@@ -8,6 +8,7 @@
 #include "taiyi/graph/tracer.h"
 #include "taiyi/nn/resnet.h"
 #include "taiyi/nn/transformer_2d.h"
+#include "small_blocks.h"
 #include "test_util.h"
 
 namespace taiyi::graph {
@@ -98,13 +99,7 @@ TEST(FuseResidualAdd, ConvAndLinearTakeTheResidual) {
 TEST(FuseResidualAdd, ResnetAndTransformerBlocksThroughAllPasses) {
   nn::ParameterSet params;
   const nn::ResnetBlock2D resnet(nn::Scope(params, "r"), 8, 16, 12, 4, 1e-5f, 1.0f);
-  nn::Transformer2DOptions o;
-  o.heads = 2;
-  o.dim_head = 8;
-  o.in_channels = 16;
-  o.cross_attention_dim = 12;
-  o.norm_groups = 4;
-  const nn::Transformer2DModel block(nn::Scope(params, "t"), o);
+  const nn::Transformer2DModel block = small_transformer(params);
   params.init_random(5);
   const auto fn = [&](const std::vector<Tensor>& in) {
     return std::vector<Tensor>{block(resnet(in[0], in[1]), in[2])};

@@ -34,6 +34,7 @@
 #include <cstring>
 #include <string>
 
+#include "taiyi/ops/cpu/attention_bf16_lanes.h"
 #include "taiyi/ops/cpu/bf16_pairs_avx512.h"
 #include "taiyi/ops/cpu/cpu_isa.h"
 #include "taiyi/ops/cpu/prepared_kernels.h"
@@ -63,26 +64,7 @@ struct alignas(64) TileConfig {
   }
 };
 
-// A [B, L, H * dim] input's element strides.
-struct View {
-  const float* p;
-  int64_t s0, s1, s2;
-};
-View view(const Tensor& t) { return {t.data<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
-
-// 16 values x[i * stride], i < n (zeros past n), as f32.
-TAIYI_TARGET_AMX inline __m512 load_strided(const float* x, int64_t stride, int64_t n) {
-  const __mmask16 m = first_lanes(n);
-  if (stride == 1) return _mm512_maskz_loadu_ps(m, x);
-  const __m512i idx = _mm512_mullo_epi32(lane_index(), _mm512_set1_epi32(static_cast<int32_t>(stride)));
-  return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, x, 4);
-}
-
-// Two keys' probabilities from their f32 scores s[0, 16) and s[16, 32) as bf16 pairs per lane.
-TAIYI_TARGET_AMX inline __m512bh probabilities(const float* s, __m512 c, __m512 neg_cmax) {
-  return pair_rows(exp2_avx512(_mm512_fmadd_ps(_mm512_load_ps(s), c, neg_cmax)),
-                   exp2_avx512(_mm512_fmadd_ps(_mm512_load_ps(s + kCols), c, neg_cmax)));
-}
+using View = AttentionView;
 
 // m8[u] = max(m8[u], rows of s^T [n][16]) for the first n of a block's 32 rows.
 TAIYI_TARGET_AMX inline void block_max(const float* s, int64_t n, __m512 m8[8]) {
@@ -145,7 +127,7 @@ class AttentionBf16Amx : public PreparedOp {
 
  private:
   TAIYI_TARGET_AMX void run_amx(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const {
-    const View q = view(in.at(0)), k = view(in.at(1)), v = view(in.at(2));
+    const View q = attention_view(in.at(0)), k = attention_view(in.at(1)), v = attention_view(in.at(2));
     auto* kc = reinterpret_cast<uint16_t*>(scratch);
     auto* vc = reinterpret_cast<uint16_t*>(scratch + k_bytes_);
     std::byte* per_thread = scratch + k_bytes_ + v_bytes_;
@@ -206,14 +188,7 @@ class AttentionBf16Amx : public PreparedOp {
 
     // The task's queries as pairs: qp[e] lane i = (q[i0 + i, 2e], q[i0 + i, 2e + 1]) in bf16; zeros
     // past Lq and D.
-    {
-      const float* base = q.p + b * q.s0 + i0 * q.s1 + h * d_ * q.s2;
-      for (int64_t e = 0; e < dq_ / 2; ++e) {
-        const __m512 lo = 2 * e < d_ ? load_strided(base + 2 * e * q.s2, q.s1, nq) : _mm512_setzero_ps();
-        const __m512 hi = 2 * e + 1 < d_ ? load_strided(base + (2 * e + 1) * q.s2, q.s1, nq) : _mm512_setzero_ps();
-        qp[e] = pair_rows(lo, hi);
-      }
-    }
+    gather_query_pairs(q.p + b * q.s0 + i0 * q.s1 + h * d_ * q.s2, q.s1, q.s2, nq, d_, dq_ / 2, qp);
 
     // 1. S^T = K Q^T, 32 keys at a time, and per query (lane) the running max over the real keys,
     // taken from the block just stored (in L1) while the tiles compute the next one. Eight maxima:
@@ -299,15 +274,9 @@ class AttentionBf16Amx : public PreparedOp {
       }
     }
 
-    // out = O / sum: lanes back to rows of out [B, Lq, H * Dv], 16 values of e of one query at a
-    // time by a gather.
+    // out = O / sum, lanes back to rows of out [B, Lq, H * Dv].
     for (int64_t e = 0; e < dv_; ++e) _mm512_store_ps(o + e * kCols, _mm512_mul_ps(_mm512_load_ps(o + e * kCols), inv_sum));
-    float* dst = out + (b * lq_ + i0) * heads_ * dv_ + h * dv_;
-    const __m512i rows = _mm512_mullo_epi32(lane_index(), _mm512_set1_epi32(static_cast<int32_t>(kCols)));
-    for (int64_t i = 0; i < nq; ++i)
-      for (int64_t e = 0; e < dv_; e += 16)
-        _mm512_mask_storeu_ps(dst + i * heads_ * dv_ + e, first_lanes(dv_ - e),
-                              _mm512_i32gather_ps(rows, o + e * kCols + i, 4));
+    store_lanes_as_rows(o, nq, dv_, out + (b * lq_ + i0) * heads_ * dv_ + h * dv_, heads_ * dv_);
   }
 
   // O^T[e0, e0 + 16 N) = V^T[e0, e0 + 16 N) P^T, into o [Dv16][16].

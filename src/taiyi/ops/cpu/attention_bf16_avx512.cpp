@@ -32,6 +32,7 @@
 #include <cstring>
 #include <string>
 
+#include "taiyi/ops/cpu/attention_bf16_lanes.h"
 #include "taiyi/ops/cpu/bf16_pairs_avx512.h"
 #include "taiyi/ops/cpu/cpu_isa.h"
 #include "taiyi/ops/cpu/prepared_kernels.h"
@@ -49,12 +50,6 @@ constexpr float kPadScore = -1e30f;
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
 
-
-// Two keys' probabilities from their f32 scores s[0, 16) and s[16, 32) as bf16 pairs per lane.
-TAIYI_TARGET_AVX512_BF16 inline __m512bh probabilities(const float* s, __m512 c, __m512 neg_cmax) {
-  return pair_rows(exp2_avx512(_mm512_fmadd_ps(_mm512_load_ps(s), c, neg_cmax)),
-                   exp2_avx512(_mm512_fmadd_ps(_mm512_load_ps(s + kLanes), c, neg_cmax)));
-}
 
 // dst[i] = bf16(src[i * stride]) for i < n, then zeros up to n_padded.
 TAIYI_TARGET_AVX512_BF16 void round_row(const float* src, int64_t stride, uint16_t* dst, int64_t n,
@@ -107,12 +102,8 @@ class AttentionBf16Avx512 : public PreparedOp {
   double flops() const override { return 2.0 * batch_ * heads_ * lq_ * lk_ * (d_ + dv_); }
 
  private:
-  // A [B, L, H * dim] input's element strides.
-  struct View {
-    const float* p;
-    int64_t s0, s1, s2;
-  };
-  static View view(const Tensor& t) { return {t.data<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
+  using View = AttentionView;
+  static View view(const Tensor& t) { return attention_view(t); }
 
   TAIYI_TARGET_AVX512_BF16 void run_avx512(const std::vector<Tensor>& in, const Tensor& out,
                                            std::byte* scratch) const {
@@ -174,20 +165,8 @@ class AttentionBf16Avx512 : public PreparedOp {
     auto* o = reinterpret_cast<float*>(mine + s_bytes_ + p_bytes_);
     auto* qp = reinterpret_cast<__m512bh*>(mine + s_bytes_ + p_bytes_ + o_bytes_);
 
-    // This block's queries as pairs: qp[e] lane i = (q[i0 + i, 2e], q[i0 + i, 2e + 1]) in bf16, by
-    // two gathers of 16 rows; zeros past Lq and D.
-    {
-      const __mmask16 rows_in = first_lanes(nq);
-      const __m512i rows = _mm512_mullo_epi32(lane_index(), _mm512_set1_epi32(static_cast<int32_t>(q.s1)));
-      const float* base = q.p + b * q.s0 + i0 * q.s1 + h * d_ * q.s2;
-      for (int64_t e = 0; e < dp_ / 2; ++e) {
-        const __m512 lo = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), rows_in, rows, base + 2 * e * q.s2, 4);
-        const __m512 hi = 2 * e + 1 < d_ ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), rows_in, rows,
-                                                                    base + (2 * e + 1) * q.s2, 4)
-                                         : _mm512_setzero_ps();
-        qp[e] = pair_rows(lo, hi);
-      }
-    }
+    // This block's queries as pairs: qp[e] lane i = (q[i0 + i, 2e], q[i0 + i, 2e + 1]) in bf16.
+    gather_query_pairs(q.p + b * q.s0 + i0 * q.s1 + h * d_ * q.s2, q.s1, q.s2, nq, d_, dp_ / 2, qp);
 
     // S = Q K^T, 8 keys at a time, and the row max over real keys.
     const uint16_t* kh = kc + bh * lkp_ * dp_;
@@ -229,13 +208,8 @@ class AttentionBf16Avx512 : public PreparedOp {
     for (; d0 + 16 <= dvp_; d0 += 16) o_chunk<16>(vh, d0, p, inv_sum, o);
     if (d0 < dvp_) o_chunk<8>(vh, d0, p, inv_sum, o);
 
-    // Lanes back to rows of out [B, Lq, H * Dv]: 16 values of d of one query at a time by a gather.
-    float* dst = out + (b * lq_ + i0) * heads_ * dv_ + h * dv_;
-    const __m512i rows = _mm512_mullo_epi32(lane_index(), _mm512_set1_epi32(static_cast<int32_t>(kLanes)));
-    for (int64_t i = 0; i < nq; ++i)
-      for (int64_t d = 0; d < dv_; d += 16)
-        _mm512_mask_storeu_ps(dst + i * heads_ * dv_ + d, first_lanes(dv_ - d),
-                              _mm512_i32gather_ps(rows, o + d * kLanes + i, 4));
+    // Lanes back to rows of out [B, Lq, H * Dv].
+    store_lanes_as_rows(o, nq, dv_, out + (b * lq_ + i0) * heads_ * dv_ + h * dv_, heads_ * dv_);
   }
 
   template <int ND>

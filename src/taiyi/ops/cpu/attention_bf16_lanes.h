@@ -1,0 +1,62 @@
+// Pieces the two bf16 attention kernels with queries in the 16 f32 lanes share
+// (attention_bf16_avx512.cpp, attention_bf16_amx.cpp): a task is 16 queries of one (batch, head),
+// its scores are rows of 16 lanes (one per query), and its output comes back to rows of out by
+// gathers. Include after <immintrin.h>, x86 only.
+#pragma once
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "taiyi/ops/cpu/bf16_pairs_avx512.h"
+#include "taiyi/tensor/tensor.h"
+
+namespace taiyi::ops::cpu {
+
+// A [B, L, H * dim] input's element strides.
+struct AttentionView {
+  const float* p;
+  int64_t s0, s1, s2;
+};
+inline AttentionView attention_view(const Tensor& t) {
+  return {t.data<float>(), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+// 16 values x[i * stride], i < n (zeros past n).
+TAIYI_TARGET_AVX512_BF16 inline __m512 load_strided(const float* x, int64_t stride, int64_t n) {
+  const __mmask16 m = first_lanes(n);
+  if (stride == 1) return _mm512_maskz_loadu_ps(m, x);
+  const __m512i idx = _mm512_mullo_epi32(lane_index(), _mm512_set1_epi32(static_cast<int32_t>(stride)));
+  return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, x, 4);
+}
+
+// nq (<= 16) queries from q (row stride s1, element stride s2) as bf16 pairs:
+// qp[e] lane i = (q[i, 2e], q[i, 2e + 1]) for e < pairs; zeros past nq and d.
+TAIYI_TARGET_AVX512_BF16 inline void gather_query_pairs(const float* q, int64_t s1, int64_t s2, int64_t nq, int64_t d,
+                                                        int64_t pairs, __m512bh* qp) {
+  for (int64_t e = 0; e < pairs; ++e) {
+    const __m512 lo = 2 * e < d ? load_strided(q + 2 * e * s2, s1, nq) : _mm512_setzero_ps();
+    const __m512 hi = 2 * e + 1 < d ? load_strided(q + (2 * e + 1) * s2, s1, nq) : _mm512_setzero_ps();
+    qp[e] = pair_rows(lo, hi);
+  }
+}
+
+// Two keys' probabilities bf16(2^(c s - c max)) from their f32 scores s[0, 16) and s[16, 32), as
+// bf16 pairs per lane.
+TAIYI_TARGET_AVX512_BF16 inline __m512bh probabilities(const float* s, __m512 c, __m512 neg_cmax) {
+  return pair_rows(exp2_avx512(_mm512_fmadd_ps(_mm512_load_ps(s), c, neg_cmax)),
+                   exp2_avx512(_mm512_fmadd_ps(_mm512_load_ps(s + 16), c, neg_cmax)));
+}
+
+// Lanes back to rows: dst[i * row_stride + e] = o[e * 16 + i] for i < nq, e < dv, 16 values of e of
+// one query at a time by a gather.
+TAIYI_TARGET_AVX512_BF16 inline void store_lanes_as_rows(const float* o, int64_t nq, int64_t dv, float* dst,
+                                                         int64_t row_stride) {
+  const __m512i rows = _mm512_mullo_epi32(lane_index(), _mm512_set1_epi32(16));
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t e = 0; e < dv; e += 16)
+      _mm512_mask_storeu_ps(dst + i * row_stride + e, first_lanes(dv - e), _mm512_i32gather_ps(rows, o + e * 16 + i, 4));
+}
+
+}  // namespace taiyi::ops::cpu

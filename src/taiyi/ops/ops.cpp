@@ -358,6 +358,17 @@ Tensor group_norm_impl(const char* op, OpKind kind, const Tensor& x, int groups,
   attrs.eps = eps;
   if (auto t = traced(kind, {x, gamma, beta}, attrs, x.shape())) return *t;
   const Tensor g = gamma.defined() ? gamma.contiguous() : gamma, b = beta.defined() ? beta.contiguous() : beta;
+  const Tensor* target = output_target();
+  if (is_channels_last(x) && target && target->shape() == x.shape() && target->dtype() == DType::BF16 &&
+      target->strides() == x.strides()) {
+    // Graph mode's bf16 input of bf16 convolutions (graph/passes/bf16_inputs.cpp): rounded as
+    // written.
+    Tensor y = *target;
+    clear_output_target();
+    cpu::group_norm_nhwc_f32_to_bf16(x.data<float>(), data_or_null(g), data_or_null(b), y.data_u16(), n, c,
+                                     x.size(2) * x.size(3), groups, eps, kind == OpKind::kGroupNormSilu);
+    return y;
+  }
   if (is_channels_last(x)) {
     // Channels-last in, channels-last out (graph mode's layout): no transposes.
     Tensor y = make_channels_last_output(x.shape());
@@ -399,7 +410,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, floa
   const int64_t rows = c > 0 ? x.numel() / c : 0;
   const Tensor* target = output_target();
   if (target && target->shape() == x.shape() && target->dtype() == DType::BF16 && target->is_contiguous()) {
-    // Graph mode's bf16 input of linears (graph/passes/bf16_linear_inputs.cpp): rounded as written.
+    // Graph mode's bf16 input of linears (graph/passes/bf16_inputs.cpp): rounded as written.
     Tensor y = *target;
     clear_output_target();
     cpu::layer_norm_f32_to_bf16(xc.data<float>(), data_or_null(g), data_or_null(bt), y.data_u16(), rows, c, eps);

@@ -59,22 +59,49 @@ bool conv1x1_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, 
 
 }  // namespace
 
+namespace {
+
+enum class ConvKernel { kWinogradF32, kWinogradBf16, kConv1x1Bf16, kDnnl };
+
+ConvKernel pick(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
+                Layout dst_layout, const Epilogue& epilogue) {
+  // The Winograd kernels fuse the residual; an output scale (always 1 in SD) stays with oneDNN.
+  if (epilogue.scale != 1.0f) return ConvKernel::kDnnl;
+  if (winograd_tile(x_shape, w, p, compute)) return ConvKernel::kWinogradF32;
+  if (winograd_bf16(x_shape, w, p, compute)) return ConvKernel::kWinogradBf16;
+  if (conv1x1_bf16(x_shape, w, p, compute, src_layout, dst_layout)) return ConvKernel::kConv1x1Bf16;
+  return ConvKernel::kDnnl;
+}
+
+}  // namespace
+
+bool conv2d_takes_bf16_input(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
+                             Layout src_layout, Layout dst_layout, const Epilogue& epilogue) {
+  return compute == DType::BF16 && epilogue.post_op == PostOp::kNone &&
+         pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue) == ConvKernel::kDnnl;
+}
+
 std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                            const Conv2dParams& p, DType compute, Layout src_layout,
-                                           Layout dst_layout, const Epilogue& epilogue) {
+                                           Layout dst_layout, const Epilogue& epilogue, DType src) {
   if (epilogue.post_op != PostOp::kNone)
     throw Error("conv2d: gelu and multiply post-ops are for linears, not the convolution of input " +
                 shape_str(x_shape));
-  const int tile = winograd_tile(x_shape, w, p, compute);
-  if (tile && epilogue.scale == 1.0f) {
-    // The Winograd kernels fuse the residual; an output scale (always 1 in SD) stays with oneDNN.
-    return cpu::prepare_conv2d_winograd_f32(x_shape, w, bias, p, src_layout, dst_layout, tile);
+  if (src != DType::F32 &&
+      !(src == DType::BF16 && conv2d_takes_bf16_input(x_shape, w, p, compute, src_layout, dst_layout, epilogue)))
+    throw Error("conv2d: no prepared kernel reads a " + std::string(dtype_name(src)) + " input " +
+                shape_str(x_shape) + " here");
+  switch (pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue)) {
+    case ConvKernel::kWinogradF32:
+      return cpu::prepare_conv2d_winograd_f32(x_shape, w, bias, p, src_layout, dst_layout,
+                                              winograd_tile(x_shape, w, p, compute));
+    case ConvKernel::kWinogradBf16:
+      return cpu::prepare_conv2d_winograd_bf16_avx512(x_shape, w, bias, p, src_layout, dst_layout);
+    case ConvKernel::kConv1x1Bf16:
+      return cpu::prepare_conv2d_1x1_bf16_avx512(x_shape, w, bias, p, src_layout, dst_layout);
+    case ConvKernel::kDnnl: break;
   }
-  if (epilogue.scale == 1.0f && winograd_bf16(x_shape, w, p, compute))
-    return cpu::prepare_conv2d_winograd_bf16_avx512(x_shape, w, bias, p, src_layout, dst_layout);
-  if (epilogue.scale == 1.0f && conv1x1_bf16(x_shape, w, p, compute, src_layout, dst_layout))
-    return cpu::prepare_conv2d_1x1_bf16_avx512(x_shape, w, bias, p, src_layout, dst_layout);
-  return prepare_conv2d_dnnl(x_shape, w, bias, p, compute, src_layout, dst_layout, epilogue);
+  return prepare_conv2d_dnnl(x_shape, w, bias, p, compute, src_layout, dst_layout, epilogue, src);
 }
 
 }  // namespace taiyi::ops

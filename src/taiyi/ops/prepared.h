@@ -52,10 +52,14 @@ struct Epilogue {
 };
 
 // conv2d of an x of shape x_shape with constant w (and bias, or undefined).
+// src BF16: x is bf16 already (with compute bf16, where conv2d_takes_bf16_input says the kernel
+// can read it: oneDNN's, which then needs no conversion pass per call).
 std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                            const Conv2dParams& p, DType compute = DType::F32,
                                            Layout src_layout = Layout::kNCHW, Layout dst_layout = Layout::kNCHW,
-                                           const Epilogue& epilogue = {});
+                                           const Epilogue& epilogue = {}, DType src = DType::F32);
+bool conv2d_takes_bf16_input(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
+                             Layout src_layout, Layout dst_layout, const Epilogue& epilogue);
 // How a prepared op computes in bf16: on the CPU's bf16 instructions through oneDNN, or
 // emulated (f32 kernels on operands rounded to bf16; for measuring bf16's error where the CPU has
 // no bf16, see TAIYI_BF16_EMULATE in graph/passes/prepack_weights.cpp).

@@ -52,10 +52,11 @@ bool fuse_linear_gelu(Graph& g, const CompileOptions& options = {});
 // can; graph inputs and outputs stay NCHW.
 bool channels_last_activations(Graph& g, const CompileOptions& options = {});
 
-// With bf16 compute the CPU runs: a value read only as the input of bf16 linears and written by a
-// LayerNorm or a linear (no residual) becomes bf16, rounded once as it is written instead of by
-// every reader. The same rounding: the graph computes the same.
-bool bf16_linear_inputs(Graph& g, const CompileOptions& options = {});
+// With bf16 compute the CPU runs: a value read only as the input of bf16 linears (written by a
+// LayerNorm or a linear without a residual) or of oneDNN bf16 convolutions (written by a
+// channels-last GroupNorm(+SiLU)) becomes bf16, rounded once as it is written instead of by every
+// reader. The same rounding: the graph computes the same.
+bool bf16_inputs(Graph& g, const CompileOptions& options = {});
 
 // Whether prepack_weights will bind this node (a conv2d or linear with constant f32 weights and
 // an input it can read).
@@ -82,7 +83,7 @@ inline const std::vector<Pass>& default_passes() {
       {"fuse_residual_add", fuse_residual_add},
       {"fuse_linear_gelu", fuse_linear_gelu},
       {"channels_last_activations", channels_last_activations},
-      {"bf16_linear_inputs", bf16_linear_inputs},
+      {"bf16_inputs", bf16_inputs},
       {"prepack_weights", prepack_weights},
       {"bf16_attention", bf16_attention},
   };

@@ -69,8 +69,8 @@ bool will_prepack(const Graph& g, const Node& n) {
   if (!is_constant(g, n.inputs[1]) || !is_constant(g, n.inputs[2])) return false;
   if (g.values[n.inputs[1]].constant.dtype() != DType::F32) return false;
   const Value& x = g.values[n.inputs[0]];
-  // (a linear's input may be bf16: bf16_linear_inputs makes it so only for linears bound in bf16)
-  if (x.dtype != DType::F32 && !(x.dtype == DType::BF16 && n.kind == ops::OpKind::kLinear)) return false;
+  // (the input may be bf16: bf16_inputs makes it so only for ops bound in bf16 that read it)
+  if (x.dtype != DType::F32 && x.dtype != DType::BF16) return false;
   // Strided inputs stay with the eager op, which takes strides; a convolution also takes channels-last.
   const bool dense = x.strides == contiguous_strides(x.shape) ||
                      (n.kind == ops::OpKind::kConv2d && layout_of(x) == ops::Layout::kNHWC);
@@ -93,7 +93,7 @@ bool prepack_weights(Graph& g, const CompileOptions& options) {
     epilogue.scale = n.attrs.output_scale;
     n.prepared = n.kind == ops::OpKind::kConv2d
                      ? ops::prepare_conv2d(x.shape, w_packed, bias, n.attrs.conv, compute, layout_of(x),
-                                           layout_of(g.values[n.output]), epilogue)
+                                           layout_of(g.values[n.output]), epilogue, x.dtype)
                      : ops::prepare_linear(x.shape, w_packed, bias, compute, epilogue, x.dtype,
                                            g.values[n.output].dtype);
     if (emulate) n.prepared = std::make_shared<Bf16Emulated>(std::move(n.prepared), x);

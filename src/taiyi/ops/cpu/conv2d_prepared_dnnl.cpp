@@ -37,8 +37,8 @@ std::string format_name(const memory::desc& md) {
 class PreparedConv2d : public PreparedOp {
  public:
   PreparedConv2d(const Shape& xs, const Tensor& w, const Tensor& bias, const Conv2dParams& p, DType compute,
-                 Layout src_layout, Layout dst_layout, const Epilogue& epilogue)
-      : src_layout_(src_layout), epilogue_(epilogue) {
+                 Layout src_layout, Layout dst_layout, const Epilogue& epilogue, DType src)
+      : src_layout_(src_layout), epilogue_(epilogue), src_dtype_(src) {
     const auto f32 = memory::data_type::f32;
     const auto cdt = compute == DType::BF16 ? memory::data_type::bf16 : f32;
     const dnnl::engine& eng = cpu::dnnl_cpu_engine();
@@ -49,7 +49,8 @@ class PreparedConv2d : public PreparedOp {
     const memory::dims dst_dims = {xs[0], cout, ho, wo};
     const memory::dims wei_dims = g == 1 ? memory::dims{cout, w.size(1), w.size(2), w.size(3)}
                                          : memory::dims{g, cout / g, w.size(1), w.size(2), w.size(3)};
-    user_src_ = memory::desc(src_dims, f32, src_layout == Layout::kNHWC ? tag::nhwc : tag::nchw);
+    user_src_ = memory::desc(src_dims, src == DType::BF16 ? memory::data_type::bf16 : f32,
+                             src_layout == Layout::kNHWC ? tag::nhwc : tag::nchw);
     user_dst_ = memory::desc(dst_dims, f32, dst_layout == Layout::kNHWC ? tag::nhwc : tag::nchw);
     const memory::desc user_wei(wei_dims, f32, g == 1 ? tag::oihw : tag::goihw);
     if (bias.defined()) bias_md_ = memory::desc({cout}, f32, tag::x);
@@ -101,7 +102,8 @@ class PreparedConv2d : public PreparedOp {
     }
     flops_ = 2.0 * xs[0] * cout * ho * wo * (xs[1] / g) * w.size(2) * w.size(3);
     describe_ = std::string("conv2d ") + (compute == DType::BF16 ? "bf16 " : "f32 ") + pd_.impl_info_str() + " " +
-                format_name(pd_.src_desc()) + (epilogue.residual ? " +residual" : "");
+                format_name(pd_.src_desc()) + (src == DType::BF16 ? " bf16-in" : "") +
+                (epilogue.residual ? " +residual" : "");
   }
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override {
@@ -109,7 +111,9 @@ class PreparedConv2d : public PreparedOp {
     dnnl::stream& strm = cpu::dnnl_cpu_stream();
     // The traced layout: NCHW contiguous, or the channels-last view the layout pass arranged.
     const Tensor x = src_layout_ == Layout::kNCHW ? in[0].contiguous() : in[0];
-    memory user_src = cpu::dnnl_wrap(user_src_, x.data<float>());
+    if (x.dtype() != src_dtype_)
+      throw Error("conv2d: prepared for a " + std::string(dtype_name(src_dtype_)) + " input, given " + x.describe());
+    memory user_src = cpu::dnnl_wrap(user_src_, x.raw_data());
     if (epilogue_.residual) cpu::copy_residual_into(in.at(1), out);
     memory user_dst = cpu::dnnl_wrap(user_dst_, out.data<float>());
     memory src = src_reorder_ ? memory(pd_.src_desc(), eng, scratch) : user_src;
@@ -132,6 +136,7 @@ class PreparedConv2d : public PreparedOp {
  private:
   Layout src_layout_;
   Epilogue epilogue_;
+  DType src_dtype_;
   memory::desc user_src_, user_dst_, bias_md_;
   dnnl::convolution_forward::primitive_desc pd_;
   dnnl::convolution_forward conv_;
@@ -153,9 +158,9 @@ Strides layout_strides(const Shape& s, Layout layout) {
 
 std::unique_ptr<PreparedOp> prepare_conv2d_dnnl(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                                 const Conv2dParams& p, DType compute, Layout src_layout,
-                                                Layout dst_layout, const Epilogue& epilogue) {
+                                                Layout dst_layout, const Epilogue& epilogue, DType src) {
   try {
-    return std::make_unique<PreparedConv2d>(x_shape, w, bias, p, compute, src_layout, dst_layout, epilogue);
+    return std::make_unique<PreparedConv2d>(x_shape, w, bias, p, compute, src_layout, dst_layout, epilogue, src);
   } catch (const dnnl::error& e) {
     throw Error(std::string("conv2d: oneDNN could not prepare a convolution (") + e.what() + ") for input " +
                 shape_str(x_shape) + ", weight " + w.describe());

@@ -38,6 +38,9 @@ void group_norm_f32(const float* x, const float* gamma, const float* beta, float
 // sums in double, then per group), parallel over pixels.
 void group_norm_nhwc_f32(const float* x, const float* gamma, const float* beta, float* y, int64_t n, int64_t c,
                          int64_t pixels, int64_t groups, float eps, bool silu = false);
+// The same, y rounded to bf16 (nearest even) as it is written: the input of bf16 convolutions.
+void group_norm_nhwc_f32_to_bf16(const float* x, const float* gamma, const float* beta, uint16_t* y, int64_t n,
+                                 int64_t c, int64_t pixels, int64_t groups, float eps, bool silu = false);
 // x [rows, c], normalised over c.
 void layer_norm_f32(const float* x, const float* gamma, const float* beta, float* y, int64_t rows, int64_t c,
                     float eps);

@@ -9,7 +9,7 @@
 // is the output's memory) and an eltwise_linear scale; or, instead of the residual, a post-op
 // eltwise_gelu_erf or a binary_mul by a second input of the output's shape. In bf16, an input
 // that is bf16 already goes straight to the matmul, and a bf16 output is rounded as oneDNN stores it
-// (graph/passes/bf16_linear_inputs.cpp lays such values out).
+// (graph/passes/bf16_inputs.cpp lays such values out).
 #include <dnnl.hpp>
 #include <string>
 #include <unordered_map>

@@ -11,7 +11,7 @@ namespace taiyi::ops {
 // conv2d_prepared_dnnl.cpp: oneDNN's direct convolution, weights reordered once; any conv2d.
 std::unique_ptr<PreparedOp> prepare_conv2d_dnnl(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                                 const Conv2dParams& p, DType compute, Layout src_layout,
-                                                Layout dst_layout, const Epilogue& epilogue);
+                                                Layout dst_layout, const Epilogue& epilogue, DType src = DType::F32);
 
 namespace cpu {
 

@@ -1,0 +1,89 @@
+// bf16 inputs of bf16 products: with --dtype bf16, every prepared linear and oneDNN convolution
+// rounds its f32 input to bf16 before the product, one more pass over memory per op (and three
+// over the same LayerNorm output for q, k and v). Where a value is read only by such ops (as their
+// input, not a residual or a multiply post-op's factor) and its producer can round as it writes,
+// this pass makes the value bf16:
+//   - read by linears bound in bf16: written by a LayerNorm, or by a prepared linear without a
+//     residual (the feed-forward's gated value);
+//   - read by convolutions that take a bf16 input (ops::conv2d_takes_bf16_input: oneDNN's kernel)
+//     from channels-last memory: written by a GroupNorm(+SiLU) over channels-last memory.
+// The rounding is the same one (nearest even), so the graph computes exactly what it did before.
+// Needs bf16 the CPU runs (not the f32 fallback or its emulation). TAIYI_BF16_INPUTS=0 turns the
+// pass off (A/B runs).
+#include <cstdlib>
+#include <string>
+
+#include "taiyi/graph/passes/passes.h"
+#include "taiyi/ops/op_call.h"
+
+namespace taiyi::graph {
+
+namespace {
+
+ops::Layout layout(const Value& v) {
+  return v.shape.size() == 4 && v.strides != contiguous_strides(v.shape) &&
+                 v.strides == ops::layout_strides(v.shape, ops::Layout::kNHWC)
+             ? ops::Layout::kNHWC
+             : ops::Layout::kNCHW;
+}
+
+// Whether node n reads value v only as its input (not also as weights, bias, residual or factor).
+bool reads_only_as_input(const Node& n, int v) {
+  if (n.inputs.empty() || n.inputs[0] != v) return false;
+  for (size_t i = 1; i < n.inputs.size(); ++i)
+    if (n.inputs[i] == v) return false;
+  return true;
+}
+
+// A linear prepack_weights will bind in bf16, or a convolution whose prepared kernel reads bf16.
+bool bf16_product_reads(const Graph& g, const Node& n, int v, const CompileOptions& options) {
+  if (!reads_only_as_input(n, v) || !will_prepack(g, n)) return false;
+  if (n.kind == ops::OpKind::kLinear) return true;
+  ops::Epilogue e;
+  e.residual = ops::has_fused_residual(n.attrs, n.inputs.size());
+  e.scale = n.attrs.output_scale;
+  const Value& x = g.values[v];
+  return n.kind == ops::OpKind::kConv2d && layout(x) == ops::Layout::kNHWC &&
+         ops::conv2d_takes_bf16_input(x.shape, g.values[n.inputs[1]].constant, n.attrs.conv, options.compute,
+                                      layout(x), layout(g.values[n.output]), e);
+}
+
+// Whether the producer can write v in bf16 for readers of this kind.
+bool writes_bf16(const Graph& g, const Node& n, ops::OpKind readers) {
+  if (readers == ops::OpKind::kLinear) {
+    if (n.kind == ops::OpKind::kLayerNorm) return true;
+    return n.kind == ops::OpKind::kLinear && will_prepack(g, n) &&
+           !ops::has_fused_residual(n.attrs, n.inputs.size()) && n.attrs.output_scale == 1.0f;
+  }
+  return (n.kind == ops::OpKind::kGroupNorm || n.kind == ops::OpKind::kGroupNormSilu) &&
+         layout(g.values[n.output]) == ops::Layout::kNHWC && layout(g.values[n.inputs[0]]) == ops::Layout::kNHWC;
+}
+
+}  // namespace
+
+bool bf16_inputs(Graph& g, const CompileOptions& options) {
+  const char* off = std::getenv("TAIYI_BF16_INPUTS");
+  if (off != nullptr && std::string(off) == "0") return false;
+  if (options.compute != DType::BF16 || !ops::bf16_supported()) return false;
+  const auto readers = g.readers();
+  bool changed = false;
+  for (size_t v = 0; v < g.values.size(); ++v) {
+    Value& x = g.values[v];
+    const bool dense = x.strides == contiguous_strides(x.shape) || layout(x) == ops::Layout::kNHWC;
+    if (x.kind != ValueKind::kNode || x.dtype != DType::F32 || g.is_output(static_cast<int>(v)) || !dense ||
+        readers[v].empty())
+      continue;
+    if (x.producer < 0 || g.nodes[x.producer].output != static_cast<int>(v)) continue;
+    // Every reader a product of one kind (all linears, or all convolutions) that takes bf16.
+    const ops::OpKind kind = g.nodes[readers[v][0]].kind;
+    bool all = true;
+    for (int r : readers[v])
+      all = all && g.nodes[r].kind == kind && bf16_product_reads(g, g.nodes[r], static_cast<int>(v), options);
+    if (!all || !writes_bf16(g, g.nodes[x.producer], kind)) continue;
+    x.dtype = DType::BF16;
+    changed = true;
+  }
+  return changed;
+}
+
+}  // namespace taiyi::graph

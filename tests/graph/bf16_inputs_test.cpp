@@ -1,0 +1,122 @@
+// bf16_inputs: in a Transformer2DModel (the diffusers module, random weights) compiled for bf16,
+// the LayerNorm outputs (read by q, k, v and by the feed-forward's two halves) and the
+// feed-forward's gated value (read by its output linear) become bf16 values; in ResNet blocks over
+// channels-last activations, the GroupNorm(+SiLU) outputs read by oneDNN convolutions do (where the
+// convolution is oneDNN's: on AMX). Either way the graph computes exactly what it computes without
+// the pass: the readers round the same values the same way.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "taiyi/graph/executor.h"
+#include "taiyi/graph/passes/passes.h"
+#include "taiyi/graph/tracer.h"
+#include "taiyi/nn/resnet.h"
+#include "taiyi/nn/transformer_2d.h"
+#include "taiyi/ops/prepared.h"
+#include "taiyi/ops/ops.h"
+#include "small_blocks.h"
+#include "test_util.h"
+
+namespace taiyi::graph {
+namespace {
+
+using testing::max_abs_diff;
+using testing::random_tensor;
+
+size_t bf16_values(const Graph& g) {
+  size_t n = 0;
+  for (const Value& v : g.values) n += v.kind == ValueKind::kNode && v.dtype == DType::BF16;
+  return n;
+}
+
+TEST(Bf16Inputs, LayerNormAndGatedValuesBecomeBf16AndComputeTheSame) {
+  if (!ops::bf16_supported()) GTEST_SKIP() << "this CPU runs no bf16 (the pass leaves f32 fallbacks alone)";
+  unsetenv("TAIYI_BF16_EMULATE");
+  nn::ParameterSet params;
+  const nn::Transformer2DModel block = small_transformer(params);
+  params.init_random(3);
+  const auto fn = [&](const std::vector<Tensor>& in) { return std::vector<Tensor>{block(in[0], in[1])}; };
+  const Tensor x = random_tensor({2, 16, 5, 7}, 1), ctx = random_tensor({2, 6, 12}, 2);
+  CompileOptions bf16;
+  bf16.compute = DType::BF16;
+  std::vector<Pass> without;
+  for (const Pass& p : default_passes())
+    if (std::string(p.name) != "bf16_inputs") without.push_back(p);
+  Graph plain = trace(fn, {{{2, 16, 5, 7}, DType::F32}, {{2, 6, 12}, DType::F32}});
+  run_passes(plain, bf16, without);
+  Graph g = trace(fn, {{{2, 16, 5, 7}, DType::F32}, {{2, 6, 12}, DType::F32}});
+  run_passes(g, bf16);
+  EXPECT_EQ(bf16_values(plain), 0u);
+  // norm1 (q, k, v), norm2 (q of the cross-attention), norm3 (the GEGLU's two halves), and the
+  // gated value (the feed-forward's output linear).
+  EXPECT_EQ(bf16_values(g), 4u) << g.dump();
+  const Tensor want = Executor(plain).run({x, ctx})[0];
+  const Executor ex(g);
+  EXPECT_EQ(max_abs_diff(ex.run({x, ctx})[0], want), 0.0);
+  EXPECT_EQ(max_abs_diff(ex.run({x, ctx})[0], want), 0.0);  // a replay gives the same
+  // f32 compute: nothing to do.
+  Graph f32 = trace(fn, {{{2, 16, 5, 7}, DType::F32}, {{2, 6, 12}, DType::F32}});
+  EXPECT_FALSE(bf16_inputs(f32, CompileOptions{}));
+}
+
+// A graph compiled for bf16 with every default pass but bf16_inputs.
+Graph without_bf16_inputs(const std::function<std::vector<Tensor>(const std::vector<Tensor>&)>& fn,
+                          const std::vector<InputSpec>& sig, const CompileOptions& options) {
+  std::vector<Pass> passes;
+  for (const Pass& p : default_passes())
+    if (std::string(p.name) != "bf16_inputs") passes.push_back(p);
+  Graph g = trace(fn, sig);
+  run_passes(g, options, passes);
+  return g;
+}
+
+TEST(Bf16Inputs, GroupNormOutputsReadByOneDnnConvolutionsBecomeBf16) {
+  if (!ops::bf16_supported()) GTEST_SKIP() << "this CPU runs no bf16";
+  unsetenv("TAIYI_BF16_EMULATE");
+  nn::ParameterSet params;
+  const Tensor w_in = random_tensor({16, 4, 3, 3}, 1, -0.3f, 0.3f);
+  const nn::ResnetBlock2D first(nn::Scope(params, "r0"), 16, 16, 12, 4, 1e-5f, 1.0f);
+  const nn::ResnetBlock2D second(nn::Scope(params, "r1"), 16, 24, 12, 4, 1e-5f, 1.0f);
+  params.init_random(5);
+  const auto fn = [&](const std::vector<Tensor>& in) {
+    const Tensor h = ops::conv2d(in[0], w_in, Tensor(), ops::Conv2dParams::same(1));
+    return std::vector<Tensor>{second(first(h, in[1]), in[1])};
+  };
+  const std::vector<InputSpec> sig = {{{2, 4, 6, 7}, DType::F32}, {{2, 12}, DType::F32}};
+  const Tensor x = random_tensor({2, 4, 6, 7}, 2), temb = random_tensor({2, 12}, 3);
+  CompileOptions bf16;
+  bf16.compute = DType::BF16;
+  Graph plain = without_bf16_inputs(fn, sig, bf16);
+  Graph g = trace(fn, sig);
+  run_passes(g, bf16);
+  // norm1 + silu and norm2 + silu of both blocks, channels-last, each read by a 3x3 convolution;
+  // bf16 where that convolution is oneDNN's (not the Winograd kernel of CPUs without AMX).
+  const bool onednn = ops::conv2d_takes_bf16_input({2, 16, 6, 7}, random_tensor({16, 16, 3, 3}, 4),
+                                                   ops::Conv2dParams::same(1), DType::BF16, ops::Layout::kNHWC,
+                                                   ops::Layout::kNHWC, {});
+  EXPECT_EQ(bf16_values(g), onednn ? 4u : 0u) << g.dump();
+  const Tensor want = Executor(plain).run({x, temb})[0];
+  EXPECT_EQ(max_abs_diff(Executor(g).run({x, temb})[0], want), 0.0);
+}
+
+// Values something else reads (a residual, a graph output) stay f32.
+TEST(Bf16Inputs, LeavesValuesOtherOpsReadAlone) {
+  if (!ops::bf16_supported()) GTEST_SKIP() << "this CPU runs no bf16";
+  const Tensor w1 = random_tensor({8, 8}, 1), w2 = random_tensor({8, 8}, 2);
+  const auto fn = [&](const std::vector<Tensor>& in) {
+    const Tensor n = ops::layer_norm(in[0], Tensor(), Tensor(), 1e-5f);
+    const Tensor h = ops::linear(n, w1, Tensor());
+    return std::vector<Tensor>{ops::add(ops::linear(h, w2, Tensor()), n), h};  // n: a residual; h: an output
+  };
+  Graph g = trace(fn, {{{3, 8}, DType::F32}});
+  CompileOptions bf16;
+  bf16.compute = DType::BF16;
+  EXPECT_FALSE(bf16_inputs(g, bf16));
+}
+
+}  // namespace
+}  // namespace taiyi::graph

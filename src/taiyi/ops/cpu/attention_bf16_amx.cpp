@@ -8,11 +8,13 @@
 // attention_bf16_avx512.cpp):
 //   1. S^T = K Q^T    A: K [16 keys][32 d], B: Q pairs [16 d pairs][16 queries][2], C: S^T [16
 //                     keys][16 queries] f32; two key tiles at a time; the last d step narrow (D = 40
-//                     is 32 + 8); Q stays in its tiles when D <= 64.
+//                     is 32 + 8); Q stays in its tiles when D <= 64. Each stored block's row max
+//                     (per query: per lane) is taken while the tiles compute the next block.
 //   2. P = bf16(2^(c s - c max)) per query over all keys, c = scale log2(e), as (key 2t, key 2t+1)
 //      pairs per query, and the sums of the rounded P: AVX-512, one register per key.
 //   3. O^T = V^T P^T  A: V^T [16 e][32 keys], B: P pairs [16 key pairs][16 queries][2], C: O^T
-//                     [16 e][16 queries] f32; up to three e tiles per sweep over the keys.
+//                     [16 e][16 queries] f32; each 32-key block of P goes to the tiles as soon as
+//                     2. has made it (up to three e tiles; further ones sweep the whole P after).
 //      out = O / sum, transposed back by gathers.
 // Every tile is 16 rows of 64 contiguous bytes in memory (rows 64 bytes apart, or K's 2 Dq bytes):
 // tiles whose rows lie kilobytes apart fall into the same L1 sets. Packed once per call: K as bf16
@@ -43,7 +45,7 @@ namespace taiyi::ops::cpu {
 
 namespace {
 
-constexpr int64_t kRows = 16;      // queries per task: the rows of a tile
+constexpr int64_t kRows = 16;      // queries per task: the columns of the S^T and O^T tiles
 constexpr int64_t kKeyStep = 32;   // keys per step of both products; Lk is padded to a multiple
 constexpr int64_t kCols = 16;      // f32 columns of a result tile: the task's queries
 constexpr float kPadScore = -1e30f;

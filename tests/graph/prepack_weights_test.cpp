@@ -57,20 +57,32 @@ TEST(PrepackWeights, PreparedLinearsComputeTheSame) {
   const Tensor w1 = random_tensor({24, 16}, 1), b1 = random_tensor({24}, 2), w2 = random_tensor({7, 24}, 3);
   const auto fn = [&](const std::vector<Tensor>& in) {
     const Tensor h = ops::linear(in[0], w1, b1);
-    // A strided input (a transposed view) stays with the eager op, which takes strides.
+    // A batched transposed view stays with the eager op, which takes strides; a [1, M, K]
+    // transposed view (the VAE attention's input) is read by columns by the prepared linear.
     const Tensor t = ops::linear(ops::transpose(in[1], 1, 2), w1, Tensor());
-    return std::vector<Tensor>{ops::linear(ops::gelu(h), w2, Tensor()), t};
+    const Tensor u = ops::linear(ops::transpose(in[2], 1, 2), w1, b1);
+    return std::vector<Tensor>{ops::linear(ops::gelu(h), w2, Tensor()), t, u};
   };
-  Graph g = trace(fn, {{{2, 5, 16}, DType::F32}, {{2, 16, 3}, DType::F32}});
-  const Tensor x = random_tensor({2, 5, 16}, 4), y = random_tensor({2, 16, 3}, 5);
-  const auto want = fn({x, y});
-  EXPECT_TRUE(prepack_weights(g));
-  size_t prepared = 0;
-  for (const Node& n : g.nodes) prepared += n.prepared != nullptr;
-  EXPECT_EQ(prepared, 2u);
-  const auto got = Executor(g).run({x, y});
-  EXPECT_LE(max_abs_diff(got[0], want[0]), 1e-5);
-  EXPECT_LE(max_abs_diff(got[1], want[1]), 1e-5);
+  const std::vector<InputSpec> sig = {{{2, 5, 16}, DType::F32}, {{2, 16, 3}, DType::F32}, {{1, 16, 9}, DType::F32}};
+  const Tensor x = random_tensor({2, 5, 16}, 4), y = random_tensor({2, 16, 3}, 5), z = random_tensor({1, 16, 9}, 6);
+  const auto want = fn({x, y, z});
+  for (const DType compute : {DType::F32, DType::BF16}) {
+    Graph g = trace(fn, sig);
+    CompileOptions options;
+    options.compute = compute;
+    EXPECT_TRUE(prepack_weights(g, options));
+    size_t prepared = 0, by_columns = 0;
+    for (const Node& n : g.nodes) {
+      prepared += n.prepared != nullptr;
+      by_columns += n.prepared && n.prepared->describe().find("x^T") != std::string::npos;
+    }
+    EXPECT_EQ(prepared, 3u);
+    EXPECT_EQ(by_columns, 1u);
+    const auto got = Executor(g).run({x, y, z});
+    // bf16 where the CPU runs it: bf16's rounding of 16-term products
+    const double tol = compute == DType::BF16 && ops::bf16_supported() ? 5e-2 : 1e-5;
+    for (int i = 0; i < 3; ++i) EXPECT_LE(max_abs_diff(got[i], want[i]), tol) << i;
+  }
 }
 
 // bf16 products where the CPU has them (relative error of bf16 rounding), else a clean

@@ -75,8 +75,14 @@ std::unique_ptr<PreparedOp> prepare_attention_bf16(const Shape& q, const Shape& 
 // linear of an x of shape x_shape ([..., K], rows contiguous) with constant w [N, K] and bias.
 // With compute bf16, x may be bf16 already (src BF16: no rounding pass per call), and the output
 // may be written in bf16 (dst BF16: rounded to nearest even as it is stored; no residual then).
+// src_columns: x's [M, K] rows are stored by columns (element (m, k) at k M + m; a [1, M, K]
+// transposed view of [1, K, M], as the VAE's attention reads its GroupNorm output); oneDNN reads it
+// so (or transposes it as it rounds it to bf16), with no copy first.
 std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                            DType compute = DType::F32, const Epilogue& epilogue = {},
-                                           DType src = DType::F32, DType dst = DType::F32);
+                                           DType src = DType::F32, DType dst = DType::F32, bool src_columns = false);
+// Whether a linear's input of this shape and these strides is stored by columns as prepare_linear's
+// src_columns means (and not also row-major).
+bool linear_input_by_columns(const Shape& x_shape, const Strides& x_strides);
 
 }  // namespace taiyi::ops

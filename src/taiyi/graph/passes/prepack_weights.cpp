@@ -72,8 +72,10 @@ bool will_prepack(const Graph& g, const Node& n) {
   // (the input may be bf16: bf16_inputs makes it so only for ops bound in bf16 that read it)
   if (x.dtype != DType::F32 && x.dtype != DType::BF16) return false;
   // Strided inputs stay with the eager op, which takes strides; a convolution also takes channels-last.
+  // A linear also reads a [1, M, K] transposed view (the VAE attention's input) by columns.
   const bool dense = x.strides == contiguous_strides(x.shape) ||
-                     (n.kind == ops::OpKind::kConv2d && layout_of(x) == ops::Layout::kNHWC);
+                     (n.kind == ops::OpKind::kConv2d && layout_of(x) == ops::Layout::kNHWC) ||
+                     (n.kind == ops::OpKind::kLinear && ops::linear_input_by_columns(x.shape, x.strides));
   return dense;
 }
 
@@ -95,7 +97,8 @@ bool prepack_weights(Graph& g, const CompileOptions& options) {
                      ? ops::prepare_conv2d(x.shape, w_packed, bias, n.attrs.conv, compute, layout_of(x),
                                            layout_of(g.values[n.output]), epilogue, x.dtype)
                      : ops::prepare_linear(x.shape, w_packed, bias, compute, epilogue, x.dtype,
-                                           g.values[n.output].dtype);
+                                           g.values[n.output].dtype,
+                                           ops::linear_input_by_columns(x.shape, x.strides));
     if (emulate) n.prepared = std::make_shared<Bf16Emulated>(std::move(n.prepared), x);
     // A prepared kernel that holds its own copy of the weights (every convolution: blocked or
     // Winograd; a bf16 linear) lets the checkpoint's pages of them leave memory (eager mode or a

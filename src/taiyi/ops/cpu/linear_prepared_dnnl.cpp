@@ -30,8 +30,9 @@ size_t round_up(size_t n) { return (n + 63) / 64 * 64; }
 class PreparedLinear : public PreparedOp {
  public:
   PreparedLinear(const Shape& xs, const Tensor& w, const Tensor& bias, DType compute, const Epilogue& epilogue,
-                 DType src, DType dst)
-      : bf16_(compute == DType::BF16),
+                 DType src, DType dst, bool src_columns)
+      : src_columns_(src_columns),
+        bf16_(compute == DType::BF16),
         residual_(epilogue.residual),
         post_op_(epilogue.post_op),
         src_bf16_(src == DType::BF16),
@@ -48,7 +49,7 @@ class PreparedLinear : public PreparedOp {
     k_ = xs.back();
     n_ = w.size(0);
     m_ = k_ > 0 ? shape_numel(xs) / k_ : 0;
-    user_src_ = memory::desc({m_, k_}, src_bf16_ ? bf16 : f32, tag::ab);
+    user_src_ = memory::desc({m_, k_}, src_bf16_ ? bf16 : f32, src_columns ? tag::ba : tag::ab);
     dst_ = memory::desc({m_, n_}, dst_bf16_ ? bf16 : f32, tag::ab);
     factor_ = memory::desc({m_, n_}, f32, tag::ab);
     if (bias.defined()) {
@@ -77,7 +78,7 @@ class PreparedLinear : public PreparedOp {
       dnnl::reorder(user_w, weights_).execute(strm, user_w, weights_);
       strm.wait();
       w_ = Tensor();  // the packed copy is all the primitive needs
-      if (!src_bf16_) {
+      if (!src_bf16_ || src_columns) {  // rounded to bf16 (and turned to rows) per call
         to_bf16_ = dnnl::reorder(dnnl::reorder::primitive_desc(eng, user_src_, eng, src_));
         src_bytes_ = round_up(src_.get_size());
       }
@@ -89,7 +90,7 @@ class PreparedLinear : public PreparedOp {
     matmul_ = dnnl::matmul(pd_);
     pad_bytes_ = round_up(pd_.scratchpad_desc().get_size());
     describe_ = std::string("linear ") + (bf16_ ? "bf16 " : "f32 ") + pd_.impl_info_str() +
-                (src_bf16_ ? " bf16-in" : "") + (dst_bf16_ ? " bf16-out" : "") +
+                (src_bf16_ ? " bf16-in" : "") + (dst_bf16_ ? " bf16-out" : "") + (src_columns ? " x^T" : "") +
                 (residual_ ? " +residual" : "") + (post_op_ == PostOp::kGelu ? " +gelu" : "") +
                 (post_op_ == PostOp::kMultiply ? " *input" : "");
   }
@@ -97,12 +98,15 @@ class PreparedLinear : public PreparedOp {
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override {
     const dnnl::engine& eng = cpu::dnnl_cpu_engine();
     dnnl::stream& strm = cpu::dnnl_cpu_stream();
-    const Tensor x = in[0].contiguous();
+    const Tensor x = src_columns_ ? in[0] : in[0].contiguous();
+    if (src_columns_ && !linear_input_by_columns(x.shape(), x.strides()))
+      throw Error("linear: prepared for an input stored by columns, given " + x.describe());
+    if (!out.is_contiguous()) throw Error("linear: the output " + out.describe() + " is not contiguous");
     if (x.dtype() != (src_bf16_ ? DType::BF16 : DType::F32) || out.dtype() != (dst_bf16_ ? DType::BF16 : DType::F32))
       throw Error("linear: prepared for " + std::string(src_bf16_ ? "bf16" : "f32") + " -> " +
                   (dst_bf16_ ? "bf16" : "f32") + ", given " + x.describe() + " -> " + out.describe());
     memory user_src = cpu::dnnl_wrap(user_src_, x.raw_data());
-    const bool round_input = bf16_ && !src_bf16_;
+    const bool round_input = bf16_ && (!src_bf16_ || src_columns_);
     memory src = round_input ? memory(src_, eng, scratch) : user_src;
     if (round_input) to_bf16_.execute(strm, user_src, src);
     if (residual_) cpu::copy_residual_into(in.at(1), out);
@@ -130,6 +134,7 @@ class PreparedLinear : public PreparedOp {
   double flops() const override { return 2.0 * m_ * n_ * k_; }
 
  private:
+  bool src_columns_;
   bool bf16_, residual_;
   PostOp post_op_;
   bool src_bf16_, dst_bf16_;
@@ -146,10 +151,19 @@ class PreparedLinear : public PreparedOp {
 
 }  // namespace
 
+bool linear_input_by_columns(const Shape& x_shape, const Strides& x_strides) {
+  const size_t r = x_shape.size();
+  if (r < 2 || x_strides.size() != r) return false;
+  int64_t lead = 1;
+  for (size_t i = 0; i + 2 < r; ++i) lead *= x_shape[i];
+  const int64_t m = x_shape[r - 2], k = x_shape[r - 1];
+  return lead == 1 && m > 1 && k > 1 && x_strides[r - 2] == 1 && x_strides[r - 1] == m;
+}
+
 std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w, const Tensor& bias, DType compute,
-                                           const Epilogue& epilogue, DType src, DType dst) {
+                                           const Epilogue& epilogue, DType src, DType dst, bool src_columns) {
   try {
-    return std::make_unique<PreparedLinear>(x_shape, w, bias, compute, epilogue, src, dst);
+    return std::make_unique<PreparedLinear>(x_shape, w, bias, compute, epilogue, src, dst, src_columns);
   } catch (const dnnl::error& e) {
     throw Error(std::string("linear: oneDNN could not prepare a matmul (") + e.what() + ") for input " +
                 shape_str(x_shape) + ", weight " + w.describe());

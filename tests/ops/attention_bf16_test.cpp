@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstddef>
 #include <memory>
 #include <string>
@@ -185,6 +186,36 @@ TEST(AttentionBf16, AmxKernelMatchesTheRoundedReference) {
     EXPECT_TRUE(all_close(run_prepared(q, k, v, c.heads, 0.2f, Kernel::kAmx),
                           bf16_attention_reference(q, k, v, c.heads, 0.2f), 1e-4, 2e-4))
         << shape_str(c.q) << " " << shape_str(c.v);
+  }
+}
+
+// The AMX and AVX512-BF16 kernels write a bf16 output as the f32 one rounded to nearest even
+// (the input of the bf16 linear after them); oneDNN's path writes f32 only.
+TEST(AttentionBf16, Bf16OutputIsTheF32OutputRounded) {
+  const Tensor q = random_tensor({2, 37, 80}, 31, -2.0f, 2.0f), k = random_tensor({2, 50, 80}, 32, -2.0f, 2.0f);
+  const Tensor v = random_tensor({2, 50, 80}, 33);
+  for (const Kernel kernel : {Kernel::kAvx512, Kernel::kAmx}) {
+    if (kernel == Kernel::kAvx512 && !ops::cpu::cpu_has_avx512_bf16()) continue;
+    if (kernel == Kernel::kAmx && !ops::cpu::cpu_has_amx_bf16()) continue;
+    const auto op = prepare(q, k, v, 2, 0.15f, kernel);
+    std::vector<std::byte> scratch(op->scratch_bytes() + 64);
+    auto* aligned = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) / 64 * 64);
+    Tensor f32 = Tensor::empty({2, 37, 80}), bf16 = Tensor::empty({2, 37, 80}, DType::BF16);
+    op->run({q, k, v}, f32, aligned);
+    op->run({q, k, v}, bf16, aligned);
+    int64_t differ = 0;
+    for (int64_t i = 0; i < f32.numel(); ++i) differ += bf16.data_u16()[i] != f32_to_bf16(f32.data<float>()[i]);
+    EXPECT_EQ(differ, 0) << op->describe();
+  }
+  if (ops::bf16_supported()) {
+    ::setenv("TAIYI_ATTENTION", "dnnl", 1);
+    EXPECT_FALSE(ops::attention_bf16_writes_bf16(0.15f));
+    const auto dnnl = ops::prepare_attention_bf16(q.shape(), k.shape(), v.shape(), 2, 0.15f,
+                                                  ops::Bf16Arithmetic::kNative);
+    ::unsetenv("TAIYI_ATTENTION");
+    std::vector<std::byte> scratch(dnnl->scratch_bytes() + 64);
+    auto* aligned = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) / 64 * 64);
+    EXPECT_THROW(dnnl->run({q, k, v}, Tensor::empty({2, 37, 80}, DType::BF16), aligned), Error);
   }
 }
 

@@ -69,6 +69,9 @@ enum class Bf16Arithmetic { kNative, kEmulated };
 // inputs [q, k, v]), with both matrix products in bf16 (f32 accumulation) and an f32 softmax.
 // kNative needs bf16_supported(). Scratch is O(threads x block x Lk), never Lq x Lk per head.
 bool prepared_attention_applicable(const Shape& q, const Shape& k, const Shape& v, int heads);
+// Whether the native kernel prepare_attention_bf16 picks for this scale can also write its output
+// in bf16 (the AMX and AVX512-BF16 kernels write the output tensor's dtype, f32 or bf16).
+bool attention_bf16_writes_bf16(float scale);
 std::unique_ptr<PreparedOp> prepare_attention_bf16(const Shape& q, const Shape& k, const Shape& v, int heads,
                                                    float scale, Bf16Arithmetic how);
 

@@ -3,8 +3,9 @@
 // over the same LayerNorm output for q, k and v). Where a value is read only by such ops (as their
 // input, not a residual or a multiply post-op's factor) and its producer can round as it writes,
 // this pass makes the value bf16:
-//   - read by linears bound in bf16: written by a LayerNorm, or by a prepared linear without a
-//     residual (the feed-forward's gated value);
+//   - read by linears bound in bf16: written by a LayerNorm, by a prepared linear without a
+//     residual (the feed-forward's gated value), or by an attention whose bf16 kernel writes bf16
+//     (the AMX and AVX512-BF16 kernels);
 //   - read by convolutions that take a bf16 input (ops::conv2d_takes_bf16_input: oneDNN's kernel)
 //     from channels-last memory: written by a GroupNorm(+SiLU) over channels-last memory.
 // The rounding is the same one (nearest even), so the graph computes exactly what it did before.
@@ -52,6 +53,13 @@ bool bf16_product_reads(const Graph& g, const Node& n, int v, const CompileOptio
 bool writes_bf16(const Graph& g, const Node& n, ops::OpKind readers) {
   if (readers == ops::OpKind::kLinear) {
     if (n.kind == ops::OpKind::kLayerNorm) return true;
+    if (n.kind == ops::OpKind::kAttention) {
+      // bf16_attention binds it to a kernel that writes bf16 (the same inputs it checks)
+      const Value &q = g.values[n.inputs[0]], &k = g.values[n.inputs[1]], &v = g.values[n.inputs[2]];
+      return q.dtype == DType::F32 && k.dtype == DType::F32 && v.dtype == DType::F32 &&
+             ops::prepared_attention_applicable(q.shape, k.shape, v.shape, n.attrs.heads) &&
+             ops::attention_bf16_writes_bf16(n.attrs.scale);
+    }
     return n.kind == ops::OpKind::kLinear && will_prepack(g, n) &&
            !ops::has_fused_residual(n.attrs, n.inputs.size()) && n.attrs.output_scale == 1.0f;
   }

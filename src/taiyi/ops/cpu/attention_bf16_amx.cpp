@@ -133,7 +133,7 @@ class AttentionBf16Amx : public PreparedOp {
     auto* kc = reinterpret_cast<uint16_t*>(scratch);
     auto* vc = reinterpret_cast<uint16_t*>(scratch + k_bytes_);
     std::byte* per_thread = scratch + k_bytes_ + v_bytes_;
-    float* op = out.data<float>();
+    const LaneRowsOut op = lane_rows_out(out);
     const int threads = std::min(threads_, std::max(1, omp_get_max_threads()));
     const int64_t tasks = batch_ * heads_ * qblocks_;
     const int64_t vblocks = lk32_ / kKeyStep;
@@ -178,7 +178,7 @@ class AttentionBf16Amx : public PreparedOp {
   }
 
   // One (batch x head, block of 16 queries).
-  TAIYI_TARGET_AMX void run_task(int64_t task, const View& q, const uint16_t* kc, const uint16_t* vc, float* out,
+  TAIYI_TARGET_AMX void run_task(int64_t task, const View& q, const uint16_t* kc, const uint16_t* vc, const LaneRowsOut& out,
                                  std::byte* mine) const {
     const int64_t bh = task / qblocks_, i0 = task % qblocks_ * kRows;
     const int64_t b = bh / heads_, h = bh % heads_;
@@ -278,7 +278,7 @@ class AttentionBf16Amx : public PreparedOp {
 
     // out = O / sum, lanes back to rows of out [B, Lq, H * Dv].
     for (int64_t e = 0; e < dv_; ++e) _mm512_store_ps(o + e * kCols, _mm512_mul_ps(_mm512_load_ps(o + e * kCols), inv_sum));
-    store_lanes_as_rows(o, nq, dv_, out + (b * lq_ + i0) * heads_ * dv_ + h * dv_, heads_ * dv_);
+    store_lanes_as_rows(o, nq, dv_, out, (b * lq_ + i0) * heads_ * dv_ + h * dv_);
   }
 
   // O^T[e0, e0 + 16 N) = V^T[e0, e0 + 16 N) P^T, into o [Dv16][16].

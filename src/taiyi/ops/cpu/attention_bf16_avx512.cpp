@@ -111,7 +111,7 @@ class AttentionBf16Avx512 : public PreparedOp {
     auto* kc = reinterpret_cast<uint16_t*>(scratch);
     auto* vc = reinterpret_cast<uint16_t*>(scratch + k_bytes_);
     std::byte* per_thread = scratch + k_bytes_ + v_bytes_;
-    float* op = out.data<float>();
+    const LaneRowsOut op = lane_rows_out(out);
     const int threads = std::min(threads_, std::max(1, omp_get_max_threads()));
     const int64_t tasks = batch_ * heads_ * qblocks_;
 
@@ -156,7 +156,7 @@ class AttentionBf16Avx512 : public PreparedOp {
 
   // One (batch x head, block of 16 queries).
   TAIYI_TARGET_AVX512_BF16 void run_task(int64_t task, const View& q, const uint16_t* kc, const uint16_t* vc,
-                                         float* out, std::byte* mine) const {
+                                         const LaneRowsOut& out, std::byte* mine) const {
     const int64_t bh = task / qblocks_, i0 = task % qblocks_ * kLanes;
     const int64_t b = bh / heads_, h = bh % heads_;
     const int64_t nq = std::min(kLanes, lq_ - i0);
@@ -209,7 +209,7 @@ class AttentionBf16Avx512 : public PreparedOp {
     if (d0 < dvp_) o_chunk<8>(vh, d0, p, inv_sum, o);
 
     // Lanes back to rows of out [B, Lq, H * Dv].
-    store_lanes_as_rows(o, nq, dv_, out + (b * lq_ + i0) * heads_ * dv_ + h * dv_, heads_ * dv_);
+    store_lanes_as_rows(o, nq, dv_, out, (b * lq_ + i0) * heads_ * dv_ + h * dv_);
   }
 
   template <int ND>

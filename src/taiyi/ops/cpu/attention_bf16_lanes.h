@@ -49,14 +49,41 @@ TAIYI_TARGET_AVX512_BF16 inline __m512bh probabilities(const float* s, __m512 c,
                    exp2_avx512(_mm512_fmadd_ps(_mm512_load_ps(s + 16), c, neg_cmax)));
 }
 
-// Lanes back to rows: dst[i * row_stride + e] = o[e * 16 + i] for i < nq, e < dv, 16 values of e of
-// one query at a time by a gather.
-TAIYI_TARGET_AVX512_BF16 inline void store_lanes_as_rows(const float* o, int64_t nq, int64_t dv, float* dst,
-                                                         int64_t row_stride) {
+// Where a kernel's rows of output go: out [B, Lq, H * Dv] in f32, or in bf16 (rounded to nearest
+// even as written, for the bf16 linear that reads it: graph/passes/bf16_inputs.cpp).
+struct LaneRowsOut {
+  float* f32 = nullptr;
+  uint16_t* bf16 = nullptr;
+  int64_t row_stride = 0;
+};
+inline LaneRowsOut lane_rows_out(const Tensor& out) {
+  if (out.dtype() != DType::F32 && out.dtype() != DType::BF16)
+    throw Error("attention: the output is f32 or bf16, not " + out.describe());
+  LaneRowsOut r;
+  if (out.dtype() == DType::BF16) {
+    r.bf16 = out.data_u16();
+  } else {
+    r.f32 = out.data<float>();
+  }
+  r.row_stride = out.size(2);
+  return r;
+}
+
+// Lanes back to rows: out[offset + i * row_stride + e] = o[e * 16 + i] for i < nq, e < dv, 16
+// values of e of one query at a time by a gather.
+TAIYI_TARGET_AVX512_BF16 inline void store_lanes_as_rows(const float* o, int64_t nq, int64_t dv, const LaneRowsOut& out,
+                                                         int64_t offset) {
   const __m512i rows = _mm512_mullo_epi32(lane_index(), _mm512_set1_epi32(16));
   for (int64_t i = 0; i < nq; ++i)
-    for (int64_t e = 0; e < dv; e += 16)
-      _mm512_mask_storeu_ps(dst + i * row_stride + e, first_lanes(dv - e), _mm512_i32gather_ps(rows, o + e * 16 + i, 4));
+    for (int64_t e = 0; e < dv; e += 16) {
+      const __m512 v = _mm512_i32gather_ps(rows, o + e * 16 + i, 4);
+      const int64_t at = offset + i * out.row_stride + e;
+      if (out.bf16) {
+        _mm256_mask_storeu_epi16(out.bf16 + at, first_lanes(dv - e), (__m256i)_mm512_cvtneps_pbh(v));
+      } else {
+        _mm512_mask_storeu_ps(out.f32 + at, first_lanes(dv - e), v);
+      }
+    }
 }
 
 }  // namespace taiyi::ops::cpu

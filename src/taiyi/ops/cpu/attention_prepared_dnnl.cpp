@@ -155,6 +155,7 @@ class PreparedAttention : public PreparedOp {
   }
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override {
+    if (out.dtype() != DType::F32) throw Error("attention: oneDNN's bf16 attention writes f32, not " + out.describe());
     if (emulated_) {
       run_impl<float>(in, out, scratch);
     } else {
@@ -294,6 +295,10 @@ AttentionKernel pick_kernel(float scale) {
 }
 
 }  // namespace
+
+bool attention_bf16_writes_bf16(float scale) {
+  return bf16_supported() && pick_kernel(scale) != AttentionKernel::kDnnl;
+}
 
 bool prepared_attention_applicable(const Shape& q, const Shape& k, const Shape& v, int heads) {
   return q.size() == 3 && k.size() == 3 && v.size() == 3 && heads > 0 && q[0] == k[0] && k[0] == v[0] &&

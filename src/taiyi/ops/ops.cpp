@@ -119,6 +119,17 @@ Tensor make_channels_last_output(const Shape& shape) {
                               layout_strides(shape, Layout::kNHWC), DType::F32);
 }
 
+// The planned bf16 buffer of this shape and strides, taken (graph mode's bf16 inputs of bf16
+// products, graph/passes/bf16_inputs.cpp: the op rounds as it writes); nullopt when there is none.
+std::optional<Tensor> take_bf16_target(const Shape& shape, const Strides& strides) {
+  const Tensor* target = output_target();
+  if (!target || target->shape() != shape || target->dtype() != DType::BF16 || target->strides() != strides)
+    return std::nullopt;
+  Tensor t = *target;
+  clear_output_target();
+  return t;
+}
+
 const std::vector<int> kNchwToNhwc = {0, 2, 3, 1};
 
 // While tracing, hands the checked call to the recorder instead of computing.
@@ -358,16 +369,10 @@ Tensor group_norm_impl(const char* op, OpKind kind, const Tensor& x, int groups,
   attrs.eps = eps;
   if (auto t = traced(kind, {x, gamma, beta}, attrs, x.shape())) return *t;
   const Tensor g = gamma.defined() ? gamma.contiguous() : gamma, b = beta.defined() ? beta.contiguous() : beta;
-  const Tensor* target = output_target();
-  if (is_channels_last(x) && target && target->shape() == x.shape() && target->dtype() == DType::BF16 &&
-      target->strides() == x.strides()) {
-    // Graph mode's bf16 input of bf16 convolutions (graph/passes/bf16_inputs.cpp): rounded as
-    // written.
-    Tensor y = *target;
-    clear_output_target();
-    cpu::group_norm_nhwc_f32_to_bf16(x.data<float>(), data_or_null(g), data_or_null(b), y.data_u16(), n, c,
+  if (auto y = is_channels_last(x) ? take_bf16_target(x.shape(), x.strides()) : std::nullopt) {
+    cpu::group_norm_nhwc_f32_to_bf16(x.data<float>(), data_or_null(g), data_or_null(b), y->data_u16(), n, c,
                                      x.size(2) * x.size(3), groups, eps, kind == OpKind::kGroupNormSilu);
-    return y;
+    return *y;
   }
   if (is_channels_last(x)) {
     // Channels-last in, channels-last out (graph mode's layout): no transposes.
@@ -408,13 +413,9 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, floa
   const Tensor g = gamma.defined() ? gamma.contiguous() : gamma;
   const Tensor bt = beta.defined() ? beta.contiguous() : beta;
   const int64_t rows = c > 0 ? x.numel() / c : 0;
-  const Tensor* target = output_target();
-  if (target && target->shape() == x.shape() && target->dtype() == DType::BF16 && target->is_contiguous()) {
-    // Graph mode's bf16 input of linears (graph/passes/bf16_inputs.cpp): rounded as written.
-    Tensor y = *target;
-    clear_output_target();
-    cpu::layer_norm_f32_to_bf16(xc.data<float>(), data_or_null(g), data_or_null(bt), y.data_u16(), rows, c, eps);
-    return y;
+  if (auto y = take_bf16_target(x.shape(), contiguous_strides(x.shape()))) {
+    cpu::layer_norm_f32_to_bf16(xc.data<float>(), data_or_null(g), data_or_null(bt), y->data_u16(), rows, c, eps);
+    return *y;
   }
   Tensor y = make_output(x.shape());
   cpu::layer_norm_f32(xc.data<float>(), data_or_null(g), data_or_null(bt), y.data<float>(), rows, c, eps);

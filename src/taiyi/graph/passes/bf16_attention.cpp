@@ -7,6 +7,13 @@
 
 namespace taiyi::graph {
 
+bool bf16_attention_binds(const Graph& g, const Node& n) {
+  if (n.kind != ops::OpKind::kAttention) return false;
+  const Value &q = g.values[n.inputs[0]], &k = g.values[n.inputs[1]], &v = g.values[n.inputs[2]];
+  return q.dtype == DType::F32 && k.dtype == DType::F32 && v.dtype == DType::F32 &&
+         ops::prepared_attention_applicable(q.shape, k.shape, v.shape, n.attrs.heads);
+}
+
 bool bf16_attention(Graph& g, const CompileOptions& options) {
   if (options.compute != DType::BF16) return false;
   ops::Bf16Arithmetic how;
@@ -19,10 +26,8 @@ bool bf16_attention(Graph& g, const CompileOptions& options) {
   }
   bool changed = false;
   for (Node& n : g.nodes) {
-    if (n.kind != ops::OpKind::kAttention || n.prepared) continue;
+    if (n.prepared || !bf16_attention_binds(g, n)) continue;
     const Value &q = g.values[n.inputs[0]], &k = g.values[n.inputs[1]], &v = g.values[n.inputs[2]];
-    if (q.dtype != DType::F32 || k.dtype != DType::F32 || v.dtype != DType::F32) continue;
-    if (!ops::prepared_attention_applicable(q.shape, k.shape, v.shape, n.attrs.heads)) continue;
     n.prepared = ops::prepare_attention_bf16(q.shape, k.shape, v.shape, n.attrs.heads, n.attrs.scale, how);
     changed = true;
   }

@@ -21,13 +21,6 @@ namespace taiyi::graph {
 
 namespace {
 
-ops::Layout layout(const Value& v) {
-  return v.shape.size() == 4 && v.strides != contiguous_strides(v.shape) &&
-                 v.strides == ops::layout_strides(v.shape, ops::Layout::kNHWC)
-             ? ops::Layout::kNHWC
-             : ops::Layout::kNCHW;
-}
-
 // Whether node n reads value v only as its input (not also as weights, bias, residual or factor).
 bool reads_only_as_input(const Node& n, int v) {
   if (n.inputs.empty() || n.inputs[0] != v) return false;
@@ -40,31 +33,25 @@ bool reads_only_as_input(const Node& n, int v) {
 bool bf16_product_reads(const Graph& g, const Node& n, int v, const CompileOptions& options) {
   if (!reads_only_as_input(n, v) || !will_prepack(g, n)) return false;
   if (n.kind == ops::OpKind::kLinear) return true;
-  ops::Epilogue e;
-  e.residual = ops::has_fused_residual(n.attrs, n.inputs.size());
-  e.scale = n.attrs.output_scale;
   const Value& x = g.values[v];
-  return n.kind == ops::OpKind::kConv2d && layout(x) == ops::Layout::kNHWC &&
+  return n.kind == ops::OpKind::kConv2d && value_layout(x) == ops::Layout::kNHWC &&
          ops::conv2d_takes_bf16_input(x.shape, g.values[n.inputs[1]].constant, n.attrs.conv, options.compute,
-                                      layout(x), layout(g.values[n.output]), e);
+                                      value_layout(x), value_layout(g.values[n.output]), node_epilogue(n));
 }
 
 // Whether the producer can write v in bf16 for readers of this kind.
 bool writes_bf16(const Graph& g, const Node& n, ops::OpKind readers) {
   if (readers == ops::OpKind::kLinear) {
     if (n.kind == ops::OpKind::kLayerNorm) return true;
-    if (n.kind == ops::OpKind::kAttention) {
-      // bf16_attention binds it to a kernel that writes bf16 (the same inputs it checks)
-      const Value &q = g.values[n.inputs[0]], &k = g.values[n.inputs[1]], &v = g.values[n.inputs[2]];
-      return q.dtype == DType::F32 && k.dtype == DType::F32 && v.dtype == DType::F32 &&
-             ops::prepared_attention_applicable(q.shape, k.shape, v.shape, n.attrs.heads) &&
-             ops::attention_bf16_writes_bf16(n.attrs.scale);
-    }
+    // (bf16_attention binds it to a kernel that writes bf16)
+    if (n.kind == ops::OpKind::kAttention)
+      return bf16_attention_binds(g, n) && ops::attention_bf16_writes_bf16(n.attrs.scale);
     return n.kind == ops::OpKind::kLinear && will_prepack(g, n) &&
            !ops::has_fused_residual(n.attrs, n.inputs.size()) && n.attrs.output_scale == 1.0f;
   }
   return (n.kind == ops::OpKind::kGroupNorm || n.kind == ops::OpKind::kGroupNormSilu) &&
-         layout(g.values[n.output]) == ops::Layout::kNHWC && layout(g.values[n.inputs[0]]) == ops::Layout::kNHWC;
+         value_layout(g.values[n.output]) == ops::Layout::kNHWC &&
+         value_layout(g.values[n.inputs[0]]) == ops::Layout::kNHWC;
 }
 
 }  // namespace
@@ -77,8 +64,7 @@ bool bf16_inputs(Graph& g, const CompileOptions& options) {
   bool changed = false;
   for (size_t v = 0; v < g.values.size(); ++v) {
     Value& x = g.values[v];
-    const bool dense = x.strides == contiguous_strides(x.shape) || layout(x) == ops::Layout::kNHWC;
-    if (x.kind != ValueKind::kNode || x.dtype != DType::F32 || g.is_output(static_cast<int>(v)) || !dense ||
+    if (x.kind != ValueKind::kNode || x.dtype != DType::F32 || g.is_output(static_cast<int>(v)) || !is_dense(x) ||
         readers[v].empty())
       continue;
     if (x.producer < 0 || g.nodes[x.producer].output != static_cast<int>(v)) continue;

@@ -55,9 +55,7 @@ bool channels_last_activations(Graph& g, const CompileOptions&) {
     if (x.producer < 0 || x.producer >= static_cast<int>(g.nodes.size()) || g.nodes[x.producer].output != v)
       return false;
     if (x.shape[2] * x.shape[3] <= 1) return false;  // both layouts are the same memory
-    const bool dense = x.strides == contiguous_strides(x.shape) ||
-                       x.strides == ops::layout_strides(x.shape, ops::Layout::kNHWC);
-    if (!dense || !takes_channels_last(g, g.nodes[x.producer])) return false;
+    if (!is_dense(x) || !takes_channels_last(g, g.nodes[x.producer])) return false;
     for (int r : readers[v]) {
       const Node& n = g.nodes[r];
       if (!takes_channels_last(g, n)) return false;

@@ -58,6 +58,19 @@ bool channels_last_activations(Graph& g, const CompileOptions& options = {});
 // reader. The same rounding: the graph computes the same.
 bool bf16_inputs(Graph& g, const CompileOptions& options = {});
 
+// A value's memory layout: channels-last when its strides say so (and differ from NCHW's), else
+// NCHW; and whether it is dense (row-major or channels-last).
+ops::Layout value_layout(const Value& v);
+bool is_dense(const Value& v);
+
+// The epilogue the fusion passes put on a conv2d or linear (fused residual, output scale, post-op),
+// as prepack_weights binds it.
+ops::Epilogue node_epilogue(const Node& n);
+
+// Whether bf16_attention binds this node when bf16 runs (an attention with f32 q, k, v of shapes the
+// prepared kernels take).
+bool bf16_attention_binds(const Graph& g, const Node& n);
+
 // Whether prepack_weights will bind this node (a conv2d or linear with constant f32 weights and
 // an input it can read).
 bool will_prepack(const Graph& g, const Node& n);

@@ -19,13 +19,6 @@ namespace {
 
 bool is_constant(const Graph& g, int v) { return v < 0 || g.values[v].kind == ValueKind::kConstant; }
 
-ops::Layout layout_of(const Value& v) {
-  return v.strides == ops::layout_strides(v.shape, ops::Layout::kNHWC) && v.shape.size() == 4 &&
-                 v.strides != contiguous_strides(v.shape)
-             ? ops::Layout::kNHWC
-             : ops::Layout::kNCHW;
-}
-
 // x rounded to bf16 and back, as a dense f32 copy.
 Tensor round_to_bf16(const Tensor& x) { return ops::cast(ops::cast(x, DType::BF16), DType::F32); }
 
@@ -59,6 +52,25 @@ class Bf16Emulated : public ops::PreparedOp {
 
 }  // namespace
 
+ops::Layout value_layout(const Value& v) {
+  return v.shape.size() == 4 && v.strides != contiguous_strides(v.shape) &&
+                 v.strides == ops::layout_strides(v.shape, ops::Layout::kNHWC)
+             ? ops::Layout::kNHWC
+             : ops::Layout::kNCHW;
+}
+
+bool is_dense(const Value& v) {
+  return v.strides == contiguous_strides(v.shape) || value_layout(v) == ops::Layout::kNHWC;
+}
+
+ops::Epilogue node_epilogue(const Node& n) {
+  ops::Epilogue e;  // set by fuse_residual_add and fuse_linear_gelu
+  e.post_op = n.attrs.post_op;
+  e.residual = ops::has_fused_residual(n.attrs, n.inputs.size());
+  e.scale = n.attrs.output_scale;
+  return e;
+}
+
 bool bf16_emulation_requested() {
   const char* v = std::getenv("TAIYI_BF16_EMULATE");
   return v != nullptr && *v != '\0' && std::string(v) != "0";
@@ -74,7 +86,7 @@ bool will_prepack(const Graph& g, const Node& n) {
   // Strided inputs stay with the eager op, which takes strides; a convolution also takes channels-last.
   // A linear also reads a [1, M, K] transposed view (the VAE attention's input) by columns.
   const bool dense = x.strides == contiguous_strides(x.shape) ||
-                     (n.kind == ops::OpKind::kConv2d && layout_of(x) == ops::Layout::kNHWC) ||
+                     (n.kind == ops::OpKind::kConv2d && value_layout(x) == ops::Layout::kNHWC) ||
                      (n.kind == ops::OpKind::kLinear && ops::linear_input_by_columns(x.shape, x.strides));
   return dense;
 }
@@ -89,13 +101,10 @@ bool prepack_weights(Graph& g, const CompileOptions& options) {
     const Tensor& w = g.values[n.inputs[1]].constant;
     const Tensor w_packed = emulate ? round_to_bf16(w) : w;
     const Tensor bias = n.inputs[2] >= 0 ? g.values[n.inputs[2]].constant : Tensor();
-    ops::Epilogue epilogue;  // set by fuse_residual_add and fuse_linear_gelu
-    epilogue.post_op = n.attrs.post_op;
-    epilogue.residual = ops::has_fused_residual(n.attrs, n.inputs.size());
-    epilogue.scale = n.attrs.output_scale;
+    const ops::Epilogue epilogue = node_epilogue(n);
     n.prepared = n.kind == ops::OpKind::kConv2d
-                     ? ops::prepare_conv2d(x.shape, w_packed, bias, n.attrs.conv, compute, layout_of(x),
-                                           layout_of(g.values[n.output]), epilogue, x.dtype)
+                     ? ops::prepare_conv2d(x.shape, w_packed, bias, n.attrs.conv, compute, value_layout(x),
+                                           value_layout(g.values[n.output]), epilogue, x.dtype)
                      : ops::prepare_linear(x.shape, w_packed, bias, compute, epilogue, x.dtype,
                                            g.values[n.output].dtype,
                                            ops::linear_input_by_columns(x.shape, x.strides));

@@ -90,7 +90,17 @@ TAIYI_ALWAYS_INLINE void round_to_bf16_body(const float* x, uint16_t* y, int64_t
   }
 }
 void round_to_bf16_generic(const float* x, uint16_t* y, int64_t n) { round_to_bf16_body(x, y, n); }
+// One pixel of c channels through the per-channel affine map (and SiLU), rounded to bf16 as it is
+// written; without avx512_bf16 one value at a time (bf16 compute never runs there: for completeness).
+void channel_affine_bf16_generic(const float* x, uint16_t* y, const float* m_hi, const float* m_lo, const float* a,
+                                 const float* b, int64_t c, bool silu) {
+  for (int64_t i = 0; i < c; ++i) {
+    const float v = ((x[i] - m_hi[i]) - m_lo[i]) * a[i] + b[i];
+    y[i] = f32_to_bf16(silu ? silu_approx_f32(v) : v);
+  }
+}
 #if defined(__x86_64__)
+
 // vcvtneps2bf16, 16 at a time: the same rounding; for CPUs with avx512_bf16 (all that run bf16).
 TAIYI_TARGET_AVX512_BF16 void round_to_bf16_avx512(const float* x, uint16_t* y, int64_t n) {
   int64_t i = 0;
@@ -99,8 +109,7 @@ TAIYI_TARGET_AVX512_BF16 void round_to_bf16_avx512(const float* x, uint16_t* y, 
   round_to_bf16_body(x + i, y + i, n - i);
 }
 
-// One pixel of c channels through the per-channel affine map (and SiLU), rounded to bf16 as it is
-// written: 16 channels at a time in a register.
+// The same, 16 channels at a time in a register.
 TAIYI_TARGET_AVX512_BF16 void channel_affine_bf16_avx512(const float* x, uint16_t* y, const float* m_hi,
                                                          const float* m_lo, const float* a, const float* b, int64_t c,
                                                          bool silu) {
@@ -117,10 +126,7 @@ TAIYI_TARGET_AVX512_BF16 void channel_affine_bf16_avx512(const float* x, uint16_
     }
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + c0), (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(v)));
   }
-  for (; c0 < c; ++c0) {
-    const float v = ((x[c0] - m_hi[c0]) - m_lo[c0]) * a[c0] + b[c0];
-    y[c0] = f32_to_bf16(silu ? silu_approx_f32(v) : v);
-  }
+  channel_affine_bf16_generic(x + c0, y + c0, m_hi + c0, m_lo + c0, a + c0, b + c0, c - c0, silu);
 }
 #endif
 
@@ -257,17 +263,12 @@ void group_norm_nhwc(const float* x, const float* gamma, const float* beta, floa
   std::vector<double> total(static_cast<size_t>(c)), mean(static_cast<size_t>(c));
   std::vector<float> m_hi(static_cast<size_t>(c)), m_lo(static_cast<size_t>(c)), a(static_cast<size_t>(c)),
       b(static_cast<size_t>(c));
-  // Per-channel totals over the sample's pixels, summed by each thread and then added up.
-  const auto affine_bf16 = [&](const float* xp, uint16_t* yp, const float* mh, const float* ml, const float* aa,
-                               const float* bb, int64_t cc, bool si) {
 #if defined(__x86_64__)
-    if (cpu_has_avx512_bf16()) return channel_affine_bf16_avx512(xp, yp, mh, ml, aa, bb, cc, si);
+  const auto affine_bf16 = cpu_has_avx512_bf16() ? channel_affine_bf16_avx512 : channel_affine_bf16_generic;
+#else
+  const auto affine_bf16 = channel_affine_bf16_generic;
 #endif
-    for (int64_t i = 0; i < cc; ++i) {
-      const float v = ((xp[i] - mh[i]) - ml[i]) * aa[i] + bb[i];
-      yp[i] = f32_to_bf16(si ? silu_approx_f32(v) : v);
-    }
-  };
+  // Per-channel totals over the sample's pixels, summed by each thread and then added up.
   const auto reduce = [&](const float* xs, bool deviations) {
     std::fill(total.begin(), total.end(), 0.0);
 #pragma omp parallel num_threads(threads)

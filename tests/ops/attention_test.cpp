@@ -1,9 +1,10 @@
 // attention against a naive per-head softmax(scale q k^T) v in double: odd and tiny shapes,
 // Lq != Lk, D != Dv, 1 and 8 heads, lengths and head dims that cross every tile, block and tail
-// boundary of the fused AVX2 kernel (attention_f32_avx2.cpp: tiles of 4 keys or value channels by
-// 24 queries, blocks of 96 queries and 64 keys), scores whose max grows or shrinks sharply from one
-// key block to the next (the online softmax's rescaling), strided views (slices of a fused qkv),
-// cross-attention shapes, both ISA paths, and a check that memory does not grow with Lq x Lk.
+// boundary of the fused kernel (attention_f32_flash.h: tiles of 4 keys or value channels by 24
+// queries on AVX2 and 48 on AVX-512, blocks of 96 queries and 64 keys), scores whose max grows or
+// shrinks sharply from one key block to the next (the online softmax's rescaling), strided views
+// (slices of a fused qkv), cross-attention shapes, every ISA path (AVX-512, AVX2, portable), and a
+// check that memory does not grow with Lq x Lk.
 #include <gtest/gtest.h>
 #include <sys/resource.h>
 
@@ -58,11 +59,18 @@ struct AttnCase {
   int64_t d, dv;
 };
 
-// Runs the body with the portable kernels forced (or not), restoring the default even on failure.
+using ops::cpu::KernelLevel;
+// Every kernel path: the best the CPU has (AVX-512 where it has it), AVX2 at most, portable.
+constexpr KernelLevel kLevels[] = {KernelLevel::kAll, KernelLevel::kAvx2, KernelLevel::kPortable};
+std::string level_name(KernelLevel level) {
+  return level == KernelLevel::kAll ? "default" : level == KernelLevel::kAvx2 ? "AVX2" : "portable";
+}
+
+// Runs the body with the kernels capped at `level`, restoring the default even on failure.
 class KernelPath {
  public:
-  explicit KernelPath(bool generic) { ops::cpu::set_force_generic_kernels(generic); }
-  ~KernelPath() { ops::cpu::set_force_generic_kernels(false); }
+  explicit KernelPath(KernelLevel level) { ops::cpu::set_kernel_level(level); }
+  ~KernelPath() { ops::cpu::set_kernel_level(KernelLevel::kAll); }
   KernelPath(const KernelPath&) = delete;
   KernelPath& operator=(const KernelPath&) = delete;
 };
@@ -97,18 +105,19 @@ TEST(Attention, MatchesNaiveSoftmax) {
 }
 
 TEST(Attention, PortableKernelPathMatches) {
-  KernelPath generic(true);
+  KernelPath generic(KernelLevel::kPortable);
   check_case({2, 37, 45, 4, 8, 8}, 100);
 }
 
 // Every Lq and Lk of the lists against each other, each D and Dv (never equal) eight or nine times.
-// Lengths 1, 5, 17, 63, 64, 65 and 257 cross the query vectors (8), tiles (24) and blocks (96), the
+// Lengths 1, 5, 17, 49, 63, 64, 65 and 257 cross the query vectors (8 or 16), tiles (24 or 48) and
+// blocks (96), the
 // key tiles (4) and blocks (64, the last up to 96 long); 97 and 161 keys end in a merged and a
 // separate last key block. Up to 65 queries the kernel reads K and V in place, at 300 it packs them.
 // D = 1 and 3 are shorter than a vector, 41 leaves a tail after the 8 x 8 transposes, and Dv = 1, 3
 // and 41 leave partly padded groups of 4 value channels.
 void check_odd_shapes() {
-  const int64_t query_lengths[] = {1, 5, 17, 63, 64, 65, 257, 300};
+  const int64_t query_lengths[] = {1, 5, 17, 49, 63, 64, 65, 257, 300};
   const int64_t key_lengths[] = {1, 5, 17, 63, 64, 65, 257, 97, 161};
   const int64_t dims[] = {1, 3, 8, 40, 41, 80, 160};
   uint32_t seed = 1000;
@@ -124,8 +133,13 @@ void check_odd_shapes() {
 
 TEST(Attention, OddShapesCrossEveryTileBoundary) { check_odd_shapes(); }
 
+TEST(Attention, OddShapesCrossEveryTileBoundaryAvx2) {
+  KernelPath avx2(KernelLevel::kAvx2);
+  check_odd_shapes();
+}
+
 TEST(Attention, OddShapesCrossEveryTileBoundaryPortable) {
-  KernelPath generic(true);
+  KernelPath generic(KernelLevel::kPortable);
   check_odd_shapes();
 }
 
@@ -144,10 +158,10 @@ TEST(Attention, ScoresThatGrowOrShrinkAcrossKeyBlocks) {
         kd[j * d + c] = direction * (static_cast<float>(j) / 8.0f) + static_cast<float>(noise_k.item(j * d + c));
     const Tensor q = Tensor::from_vector(qd, {b, lq, d}), k = Tensor::from_vector(kd, {b, lk, d});
     const Tensor v = random_tensor({b, lk, dv}, 7);
-    for (const bool generic : {false, true}) {
-      KernelPath path(generic);
+    for (const KernelLevel level : kLevels) {
+      KernelPath path(level);
       EXPECT_TRUE(all_close(ops::attention(q, k, v, 1, 1.0f), attention_reference(q, k, v, 1, 1.0)))
-          << (generic ? "portable" : "default") << " path";
+          << level_name(level) << " path";
     }
   }
 }
@@ -165,10 +179,10 @@ TEST(Attention, StridedSlicesOfFusedQkvAtHeadSize40) {
     ASSERT_FALSE(q.is_contiguous());
     ASSERT_FALSE(v.is_contiguous());
     const std::vector<double> ref = attention_reference(q, k, v, heads, 1.0 / std::sqrt(40.0));
-    for (const bool generic : {false, true}) {
-      KernelPath path(generic);
+    for (const KernelLevel level : kLevels) {
+      KernelPath path(level);
       EXPECT_TRUE(all_close(ops::attention(q, k, v, heads, 1.0f / std::sqrt(40.0f)), ref))
-          << (generic ? "portable" : "default") << " path";
+          << level_name(level) << " path";
     }
   }
 }
@@ -176,9 +190,9 @@ TEST(Attention, StridedSlicesOfFusedQkvAtHeadSize40) {
 // Cross-attention: many queries against a short context (CLIP's 77 tokens), and against Taiyi's
 // 512-token BERT context, checked on the first and last rows.
 TEST(Attention, CrossAttentionShapes) {
-  for (const bool generic : {false, true}) {
-    KernelPath path(generic);
-    SCOPED_TRACE(generic ? "portable" : "default");
+  for (const KernelLevel level : kLevels) {
+    KernelPath path(level);
+    SCOPED_TRACE(level_name(level));
     check_case({2, 1000, 77, 2, 40, 40}, 30);
     const int heads = 8;
     const int64_t b = 2, lq = 1024, lk = 512, d = 40;

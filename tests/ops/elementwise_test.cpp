@@ -30,19 +30,19 @@ TEST(Unary, SiluAndGelu) {
     const std::vector<double> silu = map(x, [](double v) { return v / (1.0 + std::exp(-v)); });
     const std::vector<double> gelu = map(x, gelu_ref);
     for (bool generic : {false, true}) {
-      ops::cpu::set_force_generic_kernels(generic);
+      ops::cpu::set_kernel_level(generic ? ops::cpu::KernelLevel::kPortable : ops::cpu::KernelLevel::kAll);
       EXPECT_TRUE(all_close(ops::silu(x), silu, 1e-6, 0.0));
       // Relative accuracy holds in the negative tail too (values down to ~1e-32 here).
       EXPECT_TRUE(all_close(ops::gelu(x), gelu, 1e-5, 1e-30));
     }
-    ops::cpu::set_force_generic_kernels(false);
+    ops::cpu::set_kernel_level(ops::cpu::KernelLevel::kAll);
   }
 }
 
 TEST(Unary, NanPropagates) {
   const Tensor x = Tensor::from_vector<float>({NAN, 1.0f, -100.0f, 100.0f}, {4});
   for (bool generic : {false, true}) {
-    ops::cpu::set_force_generic_kernels(generic);
+    ops::cpu::set_kernel_level(generic ? ops::cpu::KernelLevel::kPortable : ops::cpu::KernelLevel::kAll);
     const Tensor s = ops::silu(x), g = ops::gelu(x);
     EXPECT_TRUE(std::isnan(s.item(0)));
     EXPECT_TRUE(std::isnan(g.item(0)));
@@ -53,7 +53,7 @@ TEST(Unary, NanPropagates) {
     const Tensor sm = ops::softmax(x.view({1, 4}));
     for (int i = 0; i < 4; ++i) EXPECT_TRUE(std::isnan(sm.item(i))) << i;  // as torch: the whole row
   }
-  ops::cpu::set_force_generic_kernels(false);
+  ops::cpu::set_kernel_level(ops::cpu::KernelLevel::kAll);
 }
 
 TEST(Unary, GeluSmallValues) {

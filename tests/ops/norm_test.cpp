@@ -102,9 +102,9 @@ TEST(GroupNorm, StridedInputAndPortablePath) {
   const Tensor gamma = random_tensor({8}, 7), beta = random_tensor({8}, 8);
   const std::vector<double> ref = group_norm_reference(x, 4, gamma, beta, 1e-5);
   EXPECT_TRUE(all_close(ops::group_norm(x, 4, gamma, beta, 1e-5f), ref));
-  ops::cpu::set_force_generic_kernels(true);
+  ops::cpu::set_kernel_level(ops::cpu::KernelLevel::kPortable);
   EXPECT_TRUE(all_close(ops::group_norm(x, 4, gamma, beta, 1e-5f), ref));
-  ops::cpu::set_force_generic_kernels(false);
+  ops::cpu::set_kernel_level(ops::cpu::KernelLevel::kAll);
 }
 
 // group_norm_silu == silu(group_norm) against the double reference, on both kernel paths.
@@ -114,9 +114,9 @@ TEST(GroupNormSilu, MatchesReferenceOnBothPaths) {
   std::vector<double> ref = group_norm_reference(x, 4, gamma, beta, 1e-5);
   for (double& v : ref) v = v / (1.0 + std::exp(-v));
   for (const bool generic : {false, true}) {
-    ops::cpu::set_force_generic_kernels(generic);
+    ops::cpu::set_kernel_level(generic ? ops::cpu::KernelLevel::kPortable : ops::cpu::KernelLevel::kAll);
     const Tensor y = ops::group_norm_silu(x, 4, gamma, beta, 1e-5f);
-    ops::cpu::set_force_generic_kernels(false);
+    ops::cpu::set_kernel_level(ops::cpu::KernelLevel::kAll);
     EXPECT_TRUE(all_close(y, ref)) << (generic ? "portable" : "default") << " path";
   }
   EXPECT_TRUE(throws_error([&] { ops::group_norm_silu(x, 5, Tensor(), Tensor(), 1e-5f); },
@@ -162,9 +162,9 @@ TEST(Softmax, MatchesLoop) {
   const Tensor xt = random_tensor({9, 6, 5}, 60, -5.0f, 5.0f).transpose(0, 2);
   const std::vector<double> ref = softmax_reference(xt);
   EXPECT_TRUE(all_close(ops::softmax(xt), ref, 1e-5, 1e-6));
-  ops::cpu::set_force_generic_kernels(true);
+  ops::cpu::set_kernel_level(ops::cpu::KernelLevel::kPortable);
   EXPECT_TRUE(all_close(ops::softmax(xt), ref, 1e-5, 1e-6));
-  ops::cpu::set_force_generic_kernels(false);
+  ops::cpu::set_kernel_level(ops::cpu::KernelLevel::kAll);
 }
 
 }  // namespace

@@ -100,7 +100,9 @@ void attention_f32_sgemm(const Tensor& q, const Tensor& k, const Tensor& v, int 
 }
 
 void attention_f32(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale, const Tensor& out) {
-  if (cpu_has_avx2_fma()) {
+  if (cpu_has_avx512f()) {
+    attention_f32_avx512(q, k, v, heads, scale, out);
+  } else if (cpu_has_avx2_fma()) {
     attention_f32_avx2(q, k, v, heads, scale, out);
   } else {
     attention_f32_sgemm(q, k, v, heads, scale, out);

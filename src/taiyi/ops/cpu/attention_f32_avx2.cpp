@@ -1,569 +1,65 @@
-// Multi-head scaled-dot-product attention, f32, as one fused flash-attention kernel for AVX2+FMA.
-//
-// Follows the forward pass of FlashAttention (Dao et al. 2022, Algorithm 1): for each (batch, head,
-// block of 96 queries), in parallel over all three, walk the keys in blocks of 64, keep a running max
-// m and sum l per query, and never hold more than one query-block x key-block tile of scores.
-// Everything is computed transposed, with the queries of a block in the vector lanes (as DESIGN.md's
-// AMX probe did), and in base 2 with log2(e) folded into the scale:
-//   S^T = K_blk (c Q_blk)^T                             [keys x queries], c = scale * log2(e)
-//   m'  = max(m, column max of S^T),  P^T = 2^(S^T - m'),  l = l 2^(m - m') + column sum of P^T
-//   O^T = O^T 2^(m - m') + V_blk^T P^T                  [value channels x queries]
-// and at the end out = (O^T / l)^T. With queries in lanes the max, the sum and the rescaling are
-// vertical vector operations (no horizontal reductions), K and V are only read by broadcast loads,
-// and D, Dv and Lk need no vector tails: only a block's queries are padded, with zeros, to whole
-// vectors. After the first key block, the exponentials are taken in the score tile itself against
-// the reference max m so far (see attend_query_block), so most blocks make one pass over S^T.
-//
-// Both products run as 4 x 24 register tiles (4 keys or 4 value channels by 3 vectors of 8 queries:
-// 12 accumulators + 3 query vectors + 1 broadcast = all 16 ymm registers) streaming their operands:
-//   Q^T    per block:  [D][96], scaled                       (per-thread scratch)
-//   K      per head:   panels of 4 keys,      [Lk/4][D][4]   (packed once per head, shared)
-//   V      per head:   groups of 4 channels,  [Dv/4][Lk][4]  (packed once per head, shared)
-//   S^T, O^T per block: [64][96] and [Dv][96]                 (per-thread scratch)
-// (K and V are read in place instead when at most 3 query blocks share a head, Lq <= 288.)
-// Scratch is O(threads x (D + 96 + Dv) x 96) floats plus the packed K and V of a few heads at a time.
+// Multi-head scaled-dot-product attention, f32: the fused flash-attention kernel of
+// attention_f32_flash.h on AVX2+FMA, 8 queries to a vector.
 #include "taiyi/ops/cpu/attention_f32_kernels.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
-#include <algorithm>
-#include <cstdint>
-#include <vector>
-
 #include "taiyi/ops/cpu/cpu_isa.h"
-#include "taiyi/ops/ops.h"
+
+#define TAIYI_FLASH_TARGET TAIYI_TARGET_AVX2_FMA
 
 namespace taiyi::ops::cpu {
 namespace {
 
-constexpr int kLanes = 8;
-constexpr int kTileRows = 4;  // keys of a score tile, value channels of an output tile
-constexpr int kTileVecs = 3;  // query vectors of either tile
-constexpr int64_t kTileQueries = kTileVecs * kLanes;
-// Queries per block, also the row length of every per-block buffer. Each block streams the head's K
-// and V once, so bigger blocks read them less often; 96 keeps Q^T (D = 40) and O^T (Dv = 40) in L1.
-constexpr int64_t kQueryBlock = 96;
-constexpr int64_t kLd = kQueryBlock;
-// Keys per block: S^T is kKeyBlock x kQueryBlock floats (24 KiB), between the two products. The last
-// block takes up to half a block more rather than leave a short one (Lk = 77: one block, not 64 + 13).
-constexpr int64_t kKeyBlock = 64;
-constexpr int64_t kMaxKeyBlock = kKeyBlock + kKeyBlock / 2;
-constexpr float kLog2e = 1.44269504088896341f;
-// How far (in log2 units) a score may exceed its query's reference max m before the block is redone
-// with a new m: up to 2^32 per probability, sums and O^T stay far from overflow. See attend_query_block.
-constexpr float kMaxGrowth = 32.0f;
+struct Avx2F32 {
+  using T = __m256;
+  static constexpr int kLanes = 8;
+  TAIYI_FLASH_TARGET static T zero() { return _mm256_setzero_ps(); }
+  TAIYI_FLASH_TARGET static T set1(float x) { return _mm256_set1_ps(x); }
+  TAIYI_FLASH_TARGET static T load(const float* p) { return _mm256_load_ps(p); }
+  TAIYI_FLASH_TARGET static void store(float* p, T x) { _mm256_store_ps(p, x); }
+  TAIYI_FLASH_TARGET static T bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  TAIYI_FLASH_TARGET static T fmadd(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  TAIYI_FLASH_TARGET static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  TAIYI_FLASH_TARGET static T sub(T a, T b) { return _mm256_sub_ps(a, b); }
+  TAIYI_FLASH_TARGET static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
+  TAIYI_FLASH_TARGET static T max(T a, T b) { return _mm256_max_ps(a, b); }
+  TAIYI_FLASH_TARGET static bool any_greater(T a, T b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)); }
 
-// 2^x for x <= 127 (below -125: clamped to it), relative error ~2e-7. Above 127 the result is garbage;
-// callers either have x <= 0 or discard blocks with x > kMaxGrowth.
-TAIYI_TARGET_AVX2_FMA inline __m256 exp2_avx2(__m256 x) {
-  // Below 2^-125 the result would leave the normal range; that is as good as 0 next to the max's 1.
-  // The constant goes first because max returns its second operand for a NaN: NaN stays NaN.
-  x = _mm256_max_ps(_mm256_set1_ps(-125.0f), x);
-  // n = round(x) by adding 1.5 * 2^23, which also leaves n in the low mantissa bits of t (no
-  // float-to-int conversion needed).
-  const __m256 t = _mm256_add_ps(x, _mm256_set1_ps(12582912.0f));
-  const __m256 r = _mm256_sub_ps(x, _mm256_sub_ps(t, _mm256_set1_ps(12582912.0f)));  // in [-0.5, 0.5], exact
-  // Minimax polynomial for 2^r on [-0.5, 0.5] (Remez, degree 5): relative error 7.5e-8.
-  __m256 p = _mm256_set1_ps(1.3276472167819944e-3f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(9.675541331021392e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.550713272875391e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(2.402211972396918e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(6.931469670652649e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0000000716546416f));
-  // Times 2^n by adding n to the exponent field (p is in [0.7, 1.42]): shifting t's bits left by 23
-  // keeps just n's two's-complement bits, in place.
-  const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(t), 23);
-  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
-}
-
-// In place, rows r[t] become columns.
-TAIYI_TARGET_AVX2_FMA inline void transpose8x8_avx2(__m256 r[8]) {
-  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
-  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
-  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
-  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
-  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-}
-
-// A score tile, S^T rows [MR keys] x [NV vectors of queries]: s[r][i] = sum_c k[r k_row + c k_ch] qt[c kLd + i]
-// over c < d, k a panel of packed K (k_row 1, k_ch 4) or K in place (k_row the row stride, k_ch 1).
-// It folds the raw scores into the block's column max `col_max` (which the first tile of a block
-// sets). With kExp it stores p = 2^(s - m_ref) instead of s and adds the p to `col_sum` (which the
-// first tile sets): one pass, for blocks whose max does not outgrow m_ref.
-template <int MR, int NV, bool kExp>
-TAIYI_TARGET_AVX2_FMA void score_tile_avx2(const float* k, int64_t k_row, int64_t k_ch, const float* qt, int64_t d,
-                                           float* s, float* col_max, const float* m_ref, float* col_sum, bool first) {
-  __m256 acc[MR][NV];
-#pragma GCC unroll 4
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int u = 0; u < NV; ++u) acc[r][u] = _mm256_setzero_ps();
-  const float* kr[MR];
-#pragma GCC unroll 4
-  for (int r = 0; r < MR; ++r) kr[r] = k + r * k_row;
-  for (int64_t c = 0, kc = 0; c < d; ++c, kc += k_ch) {
-    __m256 qv[NV];
-#pragma GCC unroll 4
-    for (int u = 0; u < NV; ++u) qv[u] = _mm256_load_ps(qt + c * kLd + u * kLanes);
-#pragma GCC unroll 4
-    for (int r = 0; r < MR; ++r) {
-      const __m256 kb = _mm256_broadcast_ss(kr[r] + kc);
-#pragma GCC unroll 4
-      for (int u = 0; u < NV; ++u) acc[r][u] = _mm256_fmadd_ps(kb, qv[u], acc[r][u]);
-    }
+  // 2^x for x <= 127 (below -125: clamped to it), relative error ~2e-7. Above 127 the result is
+  // garbage; the kernel either has x <= 0 or discards blocks with x > kMaxGrowth.
+  TAIYI_FLASH_TARGET static T exp2(T x) {
+    // Below 2^-125 the result would leave the normal range; that is as good as 0 next to the max's 1.
+    // The constant goes first because max returns its second operand for a NaN: NaN stays NaN.
+    x = _mm256_max_ps(_mm256_set1_ps(-125.0f), x);
+    // n = round(x) by adding 1.5 * 2^23, which also leaves n in the low mantissa bits of t (no
+    // float-to-int conversion needed).
+    const __m256 t = _mm256_add_ps(x, _mm256_set1_ps(12582912.0f));
+    const __m256 r = _mm256_sub_ps(x, _mm256_sub_ps(t, _mm256_set1_ps(12582912.0f)));  // in [-0.5, 0.5], exact
+    // Minimax polynomial for 2^r on [-0.5, 0.5] (Remez, degree 5): relative error 7.5e-8.
+    __m256 p = _mm256_set1_ps(1.3276472167819944e-3f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(9.675541331021392e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.550713272875391e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(2.402211972396918e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(6.931469670652649e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0000000716546416f));
+    // Times 2^n by adding n to the exponent field (p is in [0.7, 1.42]): shifting t's bits left by 23
+    // keeps just n's two's-complement bits, in place.
+    const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(t), 23);
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
   }
-#pragma GCC unroll 4
-  for (int u = 0; u < NV; ++u) {
-    __m256 mx = first ? acc[0][u] : _mm256_max_ps(_mm256_load_ps(col_max + u * kLanes), acc[0][u]);
-#pragma GCC unroll 4
-    for (int r = 1; r < MR; ++r) mx = _mm256_max_ps(mx, acc[r][u]);
-    _mm256_store_ps(col_max + u * kLanes, mx);
-    if constexpr (kExp) {
-      const __m256 m = _mm256_load_ps(m_ref + u * kLanes);
-      __m256 sum = first ? _mm256_setzero_ps() : _mm256_load_ps(col_sum + u * kLanes);
-#pragma GCC unroll 4
-      for (int r = 0; r < MR; ++r) {
-        const __m256 p = exp2_avx2(_mm256_sub_ps(acc[r][u], m));
-        _mm256_store_ps(s + r * kLd + u * kLanes, p);
-        sum = _mm256_add_ps(sum, p);
-      }
-      _mm256_store_ps(col_sum + u * kLanes, sum);
-    } else {
-#pragma GCC unroll 4
-      for (int r = 0; r < MR; ++r) _mm256_store_ps(s + r * kLd + u * kLanes, acc[r][u]);
-    }
-  }
-}
-
-// How an output tile starts: from zero, from O^T rescaled by alpha (per query), or from O^T as is.
-enum class OutputStart { kZero, kRescaled, kKept };
-
-// An output tile, O^T rows [kTileRows value channels] x [NV vectors of queries]:
-// o[r][i] += sum_j v[j v_key + r] p[j kLd + i] over j < nk, v a group of packed V (v_key 4) or V in
-// place (v_key the row stride).
-template <int NV>
-TAIYI_TARGET_AVX2_FMA void value_tile_avx2(const float* v, int64_t v_key, const float* p, int64_t nk, float* ot,
-                                           const float* alpha, OutputStart start) {
-  __m256 acc[kTileRows][NV];
-#pragma GCC unroll 4
-  for (int u = 0; u < NV; ++u) {
-    const __m256 a = start == OutputStart::kRescaled ? _mm256_load_ps(alpha + u * kLanes) : _mm256_set1_ps(1.0f);
-#pragma GCC unroll 4
-    for (int r = 0; r < kTileRows; ++r)
-      acc[r][u] = start == OutputStart::kZero ? _mm256_setzero_ps()
-                                              : _mm256_mul_ps(_mm256_load_ps(ot + r * kLd + u * kLanes), a);
-  }
-  for (int64_t j = 0; j < nk; ++j) {
-    __m256 pv[NV];
-#pragma GCC unroll 4
-    for (int u = 0; u < NV; ++u) pv[u] = _mm256_load_ps(p + j * kLd + u * kLanes);
-#pragma GCC unroll 4
-    for (int r = 0; r < kTileRows; ++r) {
-      const __m256 vb = _mm256_broadcast_ss(v + j * v_key + r);
-#pragma GCC unroll 4
-      for (int u = 0; u < NV; ++u) acc[r][u] = _mm256_fmadd_ps(vb, pv[u], acc[r][u]);
-    }
-  }
-#pragma GCC unroll 4
-  for (int r = 0; r < kTileRows; ++r)
-#pragma GCC unroll 4
-    for (int u = 0; u < NV; ++u) _mm256_store_ps(ot + r * kLd + u * kLanes, acc[r][u]);
-}
-
-using ScoreTileFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, float*, float*, const float*,
-                             float*, bool);
-using ValueTileFn = void (*)(const float*, int64_t, const float*, int64_t, float*, const float*, OutputStart);
-
-// [exp][rows - 1][vectors - 1]: the full tile and every tail.
-constexpr ScoreTileFn kScoreTiles[2][kTileRows][kTileVecs] = {
-    {
-        {score_tile_avx2<1, 1, false>, score_tile_avx2<1, 2, false>, score_tile_avx2<1, 3, false>},
-        {score_tile_avx2<2, 1, false>, score_tile_avx2<2, 2, false>, score_tile_avx2<2, 3, false>},
-        {score_tile_avx2<3, 1, false>, score_tile_avx2<3, 2, false>, score_tile_avx2<3, 3, false>},
-        {score_tile_avx2<4, 1, false>, score_tile_avx2<4, 2, false>, score_tile_avx2<4, 3, false>},
-    },
-    {
-        {score_tile_avx2<1, 1, true>, score_tile_avx2<1, 2, true>, score_tile_avx2<1, 3, true>},
-        {score_tile_avx2<2, 1, true>, score_tile_avx2<2, 2, true>, score_tile_avx2<2, 3, true>},
-        {score_tile_avx2<3, 1, true>, score_tile_avx2<3, 2, true>, score_tile_avx2<3, 3, true>},
-        {score_tile_avx2<4, 1, true>, score_tile_avx2<4, 2, true>, score_tile_avx2<4, 3, true>},
-    },
 };
-// [vectors - 1]; value channels are padded to whole tiles in packed V and in O^T.
-constexpr ValueTileFn kValueTiles[kTileVecs] = {value_tile_avx2<1>, value_tile_avx2<2>, value_tile_avx2<3>};
-
-// The two-pass online-softmax step, for a block of raw scores: per query lane m' = max(m, col_max)
-// (col_max alone for the first block), s = 2^(s - m') in place, l = l 2^(m - m') + column sum,
-// alpha = 2^(m - m') for rescaling O^T.
-TAIYI_TARGET_AVX2_FMA void softmax_step_avx2(float* s, int64_t nk, int64_t vecs, const float* col_max, float* m,
-                                             float* l, float* alpha, bool first) {
-  for (int64_t u = 0; u < vecs; ++u) {
-    const int64_t off = u * kLanes;
-    const __m256 m_new =
-        first ? _mm256_load_ps(col_max + off) : _mm256_max_ps(_mm256_load_ps(m + off), _mm256_load_ps(col_max + off));
-    // Two partial sums to halve the dependency chain of the additions.
-    __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
-    int64_t j = 0;
-    for (; j + 2 <= nk; j += 2) {
-      float* s0 = s + j * kLd + off;
-      const __m256 p0 = exp2_avx2(_mm256_sub_ps(_mm256_load_ps(s0), m_new));
-      const __m256 p1 = exp2_avx2(_mm256_sub_ps(_mm256_load_ps(s0 + kLd), m_new));
-      _mm256_store_ps(s0, p0);
-      _mm256_store_ps(s0 + kLd, p1);
-      sum0 = _mm256_add_ps(sum0, p0);
-      sum1 = _mm256_add_ps(sum1, p1);
-    }
-    if (j < nk) {
-      float* s0 = s + j * kLd + off;
-      const __m256 p0 = exp2_avx2(_mm256_sub_ps(_mm256_load_ps(s0), m_new));
-      _mm256_store_ps(s0, p0);
-      sum0 = _mm256_add_ps(sum0, p0);
-    }
-    const __m256 sum = _mm256_add_ps(sum0, sum1);
-    if (first) {
-      _mm256_store_ps(l + off, sum);
-    } else {
-      const __m256 a = exp2_avx2(_mm256_sub_ps(_mm256_load_ps(m + off), m_new));
-      _mm256_store_ps(l + off, _mm256_fmadd_ps(_mm256_load_ps(l + off), a, sum));
-      _mm256_store_ps(alpha + off, a);
-    }
-    _mm256_store_ps(m + off, m_new);
-  }
-}
-
-// After a one-pass block: if no query's block max exceeds its m by more than kMaxGrowth, adds the
-// block's column sums to l and returns true; otherwise changes nothing and returns false.
-TAIYI_TARGET_AVX2_FMA bool accept_one_pass_avx2(int64_t vecs, const float* col_max, const float* col_sum,
-                                                const float* m, float* l) {
-  const __m256 growth = _mm256_set1_ps(kMaxGrowth);
-  int exceeded = 0;
-  for (int64_t u = 0; u < vecs; ++u) {
-    const __m256 limit = _mm256_add_ps(_mm256_load_ps(m + u * kLanes), growth);
-    exceeded |= _mm256_movemask_ps(_mm256_cmp_ps(_mm256_load_ps(col_max + u * kLanes), limit, _CMP_GT_OQ));
-  }
-  if (exceeded) return false;
-  for (int64_t u = 0; u < vecs; ++u)
-    _mm256_store_ps(l + u * kLanes,
-                    _mm256_add_ps(_mm256_load_ps(l + u * kLanes), _mm256_load_ps(col_sum + u * kLanes)));
-  return true;
-}
-
-struct Problem {
-  const float *q, *k, *v;
-  float* out;
-  int64_t lq, lk, d, dv, dv_pad;
-  int64_t q_bs, q_rs, k_bs, k_rs, v_bs, v_rs, o_bs, o_rs;
-  float c;  // scale * log2(e), folded into Q^T
-  // Packed K and V of one head: the sizes of the two parts of its slot in the packing buffer.
-  int64_t k_packed, v_packed;
-};
-
-// Keys per packing work item: enough to amortise the loop, small enough to balance the threads.
-constexpr int64_t kPackKeys = 512;
-// Heads with at most this many query blocks are not packed (see attention_f32_avx2).
-constexpr int64_t kInPlaceBlocks = 3;
-
-// Packs keys [j0, j1) of one head (j0 a multiple of kTileRows) into its packed K, panels of kTileRows
-// keys, [ceil(Lk / 4)][D][4], the last panel zero-padded, so that a score tile's broadcasts are one
-// contiguous run. Contiguity matters: in place, a head's rows sit H*D floats apart, which cost TLB and
-// prefetch misses (single-threaded at 4096 x 4096, D = 40: 49 GFLOP/s in place, 72 packed).
-TAIYI_TARGET_AVX2_FMA void pack_keys_avx2(const float* k, int64_t k_rs, int64_t d, int64_t j0, int64_t j1, float* kp) {
-  for (int64_t j = j0; j < j1; j += kTileRows) {
-    float* panel = kp + j * d;  // j / kTileRows panels of d * kTileRows floats before it
-    const float* kj = k + j * k_rs;
-    const int64_t n = std::min<int64_t>(kTileRows, j1 - j);
-    int64_t c = 0;
-    if (n == kTileRows) {
-      // Four rows of 8 channels -> 8 groups of four keys (a 4 x 8 transpose).
-      for (; c + kLanes <= d; c += kLanes) {
-        const __m256 a0 = _mm256_loadu_ps(kj + c), a1 = _mm256_loadu_ps(kj + k_rs + c);
-        const __m256 a2 = _mm256_loadu_ps(kj + 2 * k_rs + c), a3 = _mm256_loadu_ps(kj + 3 * k_rs + c);
-        const __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1);
-        const __m256 t2 = _mm256_unpacklo_ps(a2, a3), t3 = _mm256_unpackhi_ps(a2, a3);
-        const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);  // ch 0|4, 1|5
-        const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);  // ch 2|6, 3|7
-        float* dst = panel + c * kTileRows;
-        _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u1, 0x20));
-        _mm256_storeu_ps(dst + 8, _mm256_permute2f128_ps(u2, u3, 0x20));
-        _mm256_storeu_ps(dst + 16, _mm256_permute2f128_ps(u0, u1, 0x31));
-        _mm256_storeu_ps(dst + 24, _mm256_permute2f128_ps(u2, u3, 0x31));
-      }
-    }
-    for (; c < d; ++c)
-      for (int64_t r = 0; r < kTileRows; ++r) panel[c * kTileRows + r] = r < n ? kj[r * k_rs + c] : 0.0f;
-  }
-}
-
-// Packs keys [j0, j1) of one head into its packed V, groups of kTileRows value channels,
-// [ceil(Dv / 4)][Lk][4], the last group zero-padded, so that an output tile's broadcasts are one run.
-TAIYI_TARGET_AVX2_FMA void pack_values_avx2(const float* v, int64_t v_rs, int64_t dv, int64_t lk, int64_t j0,
-                                            int64_t j1, float* vp) {
-  const int64_t dv_pad = (dv + kTileRows - 1) / kTileRows * kTileRows;
-  // Rows a chunk at a time, so that the chunk stays in L1 while each group gets one sequential run.
-  constexpr int64_t kChunk = 32;
-  for (int64_t jc = j0; jc < j1; jc += kChunk) {
-    const int64_t je = std::min(j1, jc + kChunk);
-    int64_t c = 0;
-    for (; c + kLanes <= dv; c += kLanes) {
-      float* g0 = vp + c * lk;  // group c / 4 starts at vp + (c / 4) * kTileRows * lk
-      float* g1 = g0 + kTileRows * lk;
-      for (int64_t j = jc; j < je; ++j) {
-        const __m256 x = _mm256_loadu_ps(v + j * v_rs + c);
-        _mm_storeu_ps(g0 + j * kTileRows, _mm256_castps256_ps128(x));
-        _mm_storeu_ps(g1 + j * kTileRows, _mm256_extractf128_ps(x, 1));
-      }
-    }
-    for (; c < dv_pad; ++c) {
-      float* g = vp + c / kTileRows * kTileRows * lk + c % kTileRows;
-      if (c < dv) {
-        for (int64_t j = jc; j < je; ++j) g[j * kTileRows] = v[j * v_rs + c];
-      } else {
-        for (int64_t j = jc; j < je; ++j) g[j * kTileRows] = 0.0f;
-      }
-    }
-  }
-}
-
-// Q^T [d][kLd] of `rows` queries with the factor c folded in; lanes up to whole vectors are zero,
-// so they compute harmless finite values.
-TAIYI_TARGET_AVX2_FMA void pack_queries_avx2(const float* q, int64_t q_rs, int64_t rows, int64_t d, float c,
-                                             float* qt) {
-  const __m256 cv = _mm256_set1_ps(c);
-  int64_t i = 0;
-  for (; i + kLanes <= rows; i += kLanes) {
-    int64_t ch = 0;
-    for (; ch + kLanes <= d; ch += kLanes) {
-      __m256 r[kLanes];
-      for (int t = 0; t < kLanes; ++t) r[t] = _mm256_loadu_ps(q + (i + t) * q_rs + ch);
-      transpose8x8_avx2(r);
-      for (int t = 0; t < kLanes; ++t) _mm256_store_ps(qt + (ch + t) * kLd + i, _mm256_mul_ps(r[t], cv));
-    }
-    for (; ch < d; ++ch)
-      for (int64_t t = 0; t < kLanes; ++t) qt[ch * kLd + i + t] = c * q[(i + t) * q_rs + ch];
-  }
-  const int64_t lanes = (rows + kLanes - 1) / kLanes * kLanes;
-  for (int64_t ch = 0; ch < d; ++ch)
-    for (int64_t t = i; t < lanes; ++t) qt[ch * kLd + t] = t < rows ? c * q[t * q_rs + ch] : 0.0f;
-}
-
-// out[i][c] = O^T[c][i] / l[i] for `rows` queries and dv channels.
-TAIYI_TARGET_AVX2_FMA void store_output_avx2(const float* ot, const float* l, int64_t rows, int64_t dv, float* o,
-                                             int64_t o_rs) {
-  int64_t i = 0;
-  for (; i + kLanes <= rows; i += kLanes) {
-    const __m256 inv_l = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_load_ps(l + i));
-    int64_t c = 0;
-    for (; c + kLanes <= dv; c += kLanes) {
-      __m256 r[kLanes];
-      for (int t = 0; t < kLanes; ++t) r[t] = _mm256_mul_ps(_mm256_load_ps(ot + (c + t) * kLd + i), inv_l);
-      transpose8x8_avx2(r);
-      for (int t = 0; t < kLanes; ++t) _mm256_storeu_ps(o + (i + t) * o_rs + c, r[t]);
-    }
-    for (; c < dv; ++c)
-      for (int64_t t = 0; t < kLanes; ++t) o[(i + t) * o_rs + c] = ot[c * kLd + i + t] * (1.0f / l[i + t]);
-  }
-  for (; i < rows; ++i)
-    for (int64_t c = 0; c < dv; ++c) o[i * o_rs + c] = ot[c * kLd + i] * (1.0f / l[i]);
-}
-
-// Where the tiles read one head's K and V: packed (pack_keys_avx2, pack_values_avx2) or in place.
-// Key j (a multiple of 4) + r, channel c of K is at k + j k_key + r k_row + c k_ch; key j, channel
-// c0 (a multiple of 4) + r of V at v + c0 v_group + j v_key + r.
-struct HeadView {
-  const float* k;
-  int64_t k_key, k_row, k_ch;
-  const float* v;
-  int64_t v_group, v_key;
-};
-
-HeadView packed_view(const float* slot, int64_t d, int64_t lk, int64_t k_packed) {
-  return {slot, d, 1, kTileRows, slot + k_packed, lk, kTileRows};
-}
-HeadView in_place_view(const Problem& pr, int64_t b, int64_t h) {
-  return {pr.k + b * pr.k_bs + h * pr.d, pr.k_rs, pr.k_rs, 1, pr.v + b * pr.v_bs + h * pr.dv, 1, pr.v_rs};
-}
-
-// Per-thread buffers of one query block, each kLd floats wide; kLd is a multiple of 16, so every
-// buffer starts 64-byte aligned after the first.
-struct BlockScratch {
-  float *qt, *s, *ot, *col_max, *col_sum, *m, *l, *alpha;
-};
-
-BlockScratch block_scratch(float* p, int64_t d, int64_t dv_pad) {
-  BlockScratch w;
-  w.qt = p;
-  w.s = w.qt + d * kLd;
-  w.ot = w.s + kMaxKeyBlock * kLd;
-  w.col_max = w.ot + dv_pad * kLd;
-  w.col_sum = w.col_max + kLd;
-  w.m = w.col_sum + kLd;
-  w.l = w.m + kLd;
-  w.alpha = w.l + kLd;
-  return w;
-}
-int64_t block_scratch_floats(int64_t d, int64_t dv_pad) { return (d + kMaxKeyBlock + dv_pad + 5) * kLd; }
-
-// A thread's buffer for packed heads (the calling thread's, shared by the team) or for its block
-// scratch: 64-byte aligned, kept between calls, since OpenMP's threads persist and fresh pages cost
-// a fault each (DESIGN.md measured about 3 s per GiB on these machines).
-enum class ThreadBuffer { kPackedHeads, kBlockScratch };
-float* thread_buffer(ThreadBuffer which, size_t floats) {
-  thread_local std::vector<float> bufs[2];
-  std::vector<float>& buf = bufs[static_cast<int>(which)];
-  if (buf.size() < floats + 16) buf.resize(floats + 16);
-  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63});
-}
-
-// Queries [i0, i0 + rows) of head h of batch b, rows <= kQueryBlock, against the head's packed K and V.
-//
-// The first key block takes two passes over its scores (raw scores and their max, then the
-// exponentials), which sets each query's reference max m. Later blocks take one: a score tile
-// exponentiates against the m it already has (the true max is only needed up to a common factor,
-// which 1/l removes), and the block is kept unless some score exceeds its m by more than kMaxGrowth;
-// only then is it redone in two passes with a new m, rescaling l and O^T.
-TAIYI_TARGET_AVX2_FMA void attend_query_block(const Problem& pr, int64_t b, int64_t h, const HeadView& kv, int64_t i0,
-                                              int64_t rows, const BlockScratch& w) {
-  const int64_t d = pr.d, lk = pr.lk;
-  const int64_t vecs = (rows + kLanes - 1) / kLanes;
-  pack_queries_avx2(pr.q + b * pr.q_bs + i0 * pr.q_rs + h * d, pr.q_rs, rows, d, pr.c, w.qt);
-
-  for (int64_t kb = 0, nk = 0; kb < lk; kb += nk) {
-    nk = lk - kb <= kMaxKeyBlock ? lk - kb : kKeyBlock;
-    // Query tiles outside, key tiles inside: a tile's strip of Q^T stays in L1 across the key block.
-    auto scores = [&](bool one_pass) {
-      for (int64_t u0 = 0; u0 < vecs; u0 += kTileVecs) {
-        for (int64_t j0 = 0; j0 < nk; j0 += kTileRows) {
-          const int64_t mr = std::min<int64_t>(kTileRows, nk - j0);
-          const int64_t nv = std::min<int64_t>(kTileVecs, vecs - u0);
-          const int64_t off = u0 * kLanes;
-          kScoreTiles[one_pass][mr - 1][nv - 1](kv.k + (kb + j0) * kv.k_key, kv.k_row, kv.k_ch, w.qt + off, d,
-                                                w.s + j0 * kLd + off, w.col_max + off, w.m + off, w.col_sum + off,
-                                                j0 == 0);
-        }
-      }
-    };
-    OutputStart start = OutputStart::kKept;
-    if (kb == 0) {
-      scores(false);
-      softmax_step_avx2(w.s, nk, vecs, w.col_max, w.m, w.l, w.alpha, true);
-      start = OutputStart::kZero;
-    } else {
-      scores(true);
-      if (!accept_one_pass_avx2(vecs, w.col_max, w.col_sum, w.m, w.l)) {
-        scores(false);
-        softmax_step_avx2(w.s, nk, vecs, w.col_max, w.m, w.l, w.alpha, false);
-        start = OutputStart::kRescaled;
-      }
-    }
-    for (int64_t c0 = 0; c0 < pr.dv; c0 += kTileRows) {
-      for (int64_t u0 = 0; u0 < vecs; u0 += kTileVecs) {
-        const int64_t nv = std::min<int64_t>(kTileVecs, vecs - u0);
-        const int64_t off = u0 * kLanes;
-        kValueTiles[nv - 1](kv.v + c0 * kv.v_group + kb * kv.v_key, kv.v_key, w.s + off, nk, w.ot + c0 * kLd + off,
-                            w.alpha + off, start);
-      }
-    }
-  }
-  store_output_avx2(w.ot, w.l, rows, pr.dv, pr.out + b * pr.o_bs + i0 * pr.o_rs + h * pr.dv, pr.o_rs);
-}
 
 }  // namespace
+}  // namespace taiyi::ops::cpu
+
+#include "taiyi/ops/cpu/attention_f32_flash.h"
+
+namespace taiyi::ops::cpu {
 
 void attention_f32_avx2(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale, const Tensor& out) {
-  Problem pr;
-  pr.q = q.data<float>();
-  pr.k = k.data<float>();
-  pr.v = v.data<float>();
-  pr.out = out.data<float>();
-  const int64_t batch = q.size(0);
-  pr.lq = q.size(1), pr.lk = k.size(1);
-  pr.d = q.size(2) / heads;
-  pr.dv = v.size(2) / heads;
-  pr.dv_pad = (pr.dv + kTileRows - 1) / kTileRows * kTileRows;
-  pr.q_bs = q.stride(0), pr.q_rs = q.stride(1);
-  pr.k_bs = k.stride(0), pr.k_rs = k.stride(1);
-  pr.v_bs = v.stride(0), pr.v_rs = v.stride(1);
-  pr.o_rs = heads * pr.dv, pr.o_bs = pr.lq * pr.o_rs;
-  pr.c = scale * kLog2e;
-  pr.k_packed = (pr.lk + kTileRows - 1) / kTileRows * kTileRows * pr.d;
-  pr.v_packed = pr.dv_pad * pr.lk;
-  const int64_t head_floats = pr.k_packed + pr.v_packed;
-
-  // Query blocks: whole tiles, smaller than kQueryBlock when there are few queries for the threads.
-  const int64_t heads_total = batch * heads, threads = num_threads();
-  int64_t block = std::min(kQueryBlock, (pr.lq + kTileQueries - 1) / kTileQueries * kTileQueries);
-  while (block > kTileQueries && heads_total * ((pr.lq + block - 1) / block) < 4 * threads) block -= kTileQueries;
-  const int64_t blocks_per_head = (pr.lq + block - 1) / block;
-  // Packing pays for itself only when many query blocks reuse it: heads read by at most
-  // kInPlaceBlocks blocks (Lq <= 288) are read in place, where the reads overlap the arithmetic
-  // (measured: packing was 10-25 % slower at Lq = 64 and 256, D = 160). V in place needs whole
-  // groups of 4 channels, as a tile reads 4.
-  const bool in_place = blocks_per_head <= kInPlaceBlocks && pr.dv % kTileRows == 0;
-  // Otherwise heads are packed and attended a group at a time, the group big enough for ~32 tasks a
-  // thread (the threads idle at most a task at the end of each group) and its packed K and V within
-  // 4 MiB.
-  int64_t group = std::clamp<int64_t>((32 * threads + blocks_per_head - 1) / blocks_per_head, 1, heads_total);
-  group = std::max<int64_t>(1, std::min(group, (int64_t{1} << 20) / head_floats));
-  if (in_place) group = heads_total;
-  const int64_t pack_items_per_head = 2 * ((pr.lk + kPackKeys - 1) / kPackKeys);  // K and V, in key ranges
-  // Shared by the team: the calling thread's buffer, kept for the next call up to 4 MiB; a bigger
-  // one (one wide head, as the VAE's 4096 x 512) is freed after the call.
-  const int64_t packed_floats = in_place ? 0 : group * head_floats;
-  std::vector<float> big;
-  float* packed = nullptr;
-  if (packed_floats <= (int64_t{1} << 20)) {
-    packed = thread_buffer(ThreadBuffer::kPackedHeads, static_cast<size_t>(packed_floats));
-  } else {
-    big.resize(static_cast<size_t>(packed_floats));
-    packed = big.data();
-  }
-
-#pragma omp parallel if (heads_total * blocks_per_head > 1)
-  {
-    const BlockScratch w = block_scratch(
-        thread_buffer(ThreadBuffer::kBlockScratch, static_cast<size_t>(block_scratch_floats(pr.d, pr.dv_pad))), pr.d,
-        pr.dv_pad);
-    for (int64_t bh0 = 0; bh0 < heads_total; bh0 += group) {
-      const int64_t n = std::min(group, heads_total - bh0);
-      if (!in_place) {
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t item = 0; item < n * pack_items_per_head; ++item) {
-          const int64_t bh = bh0 + item / pack_items_per_head, b = bh / heads, h = bh % heads;
-          const int64_t part = item % pack_items_per_head, j0 = part / 2 * kPackKeys;
-          const int64_t j1 = std::min(pr.lk, j0 + kPackKeys);
-          float* slot = packed + (bh - bh0) * head_floats;
-          if (part % 2 == 0) {
-            pack_keys_avx2(pr.k + b * pr.k_bs + h * pr.d, pr.k_rs, pr.d, j0, j1, slot);
-          } else {
-            pack_values_avx2(pr.v + b * pr.v_bs + h * pr.dv, pr.v_rs, pr.dv, pr.lk, j0, j1, slot + pr.k_packed);
-          }
-        }
-        // (implicit barrier: the group is packed)
-      }
-      // Consecutive tasks share a head, so the threads stream the same K and V.
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t task = 0; task < n * blocks_per_head; ++task) {
-        const int64_t bh = bh0 + task / blocks_per_head, b = bh / heads, h = bh % heads;
-        const int64_t i0 = task % blocks_per_head * block;
-        const HeadView kv = in_place ? in_place_view(pr, b, h)
-                                     : packed_view(packed + (bh - bh0) * head_floats, pr.d, pr.lk, pr.k_packed);
-        attend_query_block(pr, b, h, kv, i0, std::min(block, pr.lq - i0), w);
-      }
-      // (implicit barrier: the group's slots may be packed over)
-    }
-  }
+  flash_attention<Avx2F32>(q, k, v, heads, scale, out);
 }
 
 }  // namespace taiyi::ops::cpu

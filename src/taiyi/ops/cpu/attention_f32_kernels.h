@@ -7,9 +7,12 @@
 
 namespace taiyi::ops::cpu {
 
-// attention_f32_avx2.cpp: fused flash attention with AVX2+FMA micro-kernels and an online softmax.
-// Only call when cpu_has_avx2_fma().
+// attention_f32_avx2.cpp and attention_f32_avx512.cpp: fused flash attention with an online softmax
+// (attention_f32_flash.h), on AVX2+FMA and on AVX-512F. Only call when cpu_has_avx2_fma(),
+// cpu_has_avx512f().
 void attention_f32_avx2(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale, const Tensor& out);
+void attention_f32_avx512(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale,
+                          const Tensor& out);
 
 // attention_f32.cpp: the portable path, two dnnl_sgemm products per query block with an exact
 // softmax between them; scratch is O(block * Lk) per thread.

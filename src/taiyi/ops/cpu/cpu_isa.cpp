@@ -21,6 +21,15 @@ bool detect_avx2_fma() {
 #endif
 }
 
+bool detect_avx512f() {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && detect_avx2_fma();
+#else
+  return false;
+#endif
+}
+
 bool detect_avx512_bf16() {
 #if defined(__x86_64__)
   __builtin_cpu_init();
@@ -45,13 +54,18 @@ bool detect_amx_bf16() {
 #endif
 }
 
-std::atomic<bool> g_force_generic{false};
+std::atomic<KernelLevel> g_kernel_level{KernelLevel::kAll};
 
 }  // namespace
 
 bool cpu_has_avx2_fma() {
   static const bool has = detect_avx2_fma();
-  return has && !g_force_generic.load(std::memory_order_relaxed);
+  return has && g_kernel_level.load(std::memory_order_relaxed) != KernelLevel::kPortable;
+}
+
+bool cpu_has_avx512f() {
+  static const bool has = detect_avx512f();
+  return has && g_kernel_level.load(std::memory_order_relaxed) == KernelLevel::kAll;
 }
 
 bool cpu_has_avx512_bf16() {
@@ -64,6 +78,6 @@ bool cpu_has_amx_bf16() {
   return has;
 }
 
-void set_force_generic_kernels(bool force) { g_force_generic.store(force, std::memory_order_relaxed); }
+void set_kernel_level(KernelLevel level) { g_kernel_level.store(level, std::memory_order_relaxed); }
 
 }  // namespace taiyi::ops::cpu

@@ -1,6 +1,6 @@
 // The Winograd F(4x4,3x3) and F(2x2,3x3) prepared convolutions (every test runs for both tiles)
 // against eager ops::conv2d (oneDNN's direct convolution): odd and tiny sizes, partial tiles, channel
-// counts off the 6 x 16 register tile, padding 0..2, batch, all four src/dst layouts, bias or none, a
+// counts off the 6 x 16 register tile (6 x 32 on AVX-512; each test also runs capped at AVX2), padding 0..2, batch, all four src/dst layouts, bias or none, a
 // residual (also in place), with NaN-filled scratch and guard values after the scratch and the
 // output. Also a DISABLED_ speed comparison of both with the oneDNN prepared direct convolution at
 // the UNet's sizes.
@@ -15,6 +15,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <tuple>
 
 #include "guarded_buffers.h"
 #include "op_testing.h"
@@ -69,16 +70,28 @@ void check_case(int tile, const WinoCase& c, Layout src_layout, Layout dst_layou
   EXPECT_EQ(op->flops(), 2.0 * c.n * c.cout * ys[2] * ys[3] * c.cin * 9);
 }
 
-// The parameter is the output tile edge: 4 (F(4x4,3x3)) or 2 (F(2x2,3x3)).
-class Conv2dWinograd : public ::testing::TestWithParam<int> {
+using ops::cpu::KernelLevel;
+
+// The parameters are the output tile edge, 4 (F(4x4,3x3)) or 2 (F(2x2,3x3)), and the kernel
+// level: kAll runs the products on AVX-512 where the CPU has it (pairs of tile panels, with the
+// AVX2 tile for an odd last panel), kAvx2 on AVX2 only.
+class Conv2dWinograd : public ::testing::TestWithParam<std::tuple<int, KernelLevel>> {
  protected:
   void SetUp() override {
     if (!ops::cpu::cpu_has_avx2_fma()) GTEST_SKIP() << "no AVX2+FMA";
+    ops::cpu::set_kernel_level(std::get<1>(GetParam()));
   }
+  void TearDown() override { ops::cpu::set_kernel_level(KernelLevel::kAll); }
+  static int tile() { return std::get<0>(GetParam()); }
 };
 
-INSTANTIATE_TEST_SUITE_P(Tile, Conv2dWinograd, ::testing::Values(4, 2),
-                         [](const ::testing::TestParamInfo<int>& tile) { return tile.param == 2 ? "F23" : "F43"; });
+INSTANTIATE_TEST_SUITE_P(Tile, Conv2dWinograd,
+                         ::testing::Combine(::testing::Values(4, 2),
+                                            ::testing::Values(KernelLevel::kAll, KernelLevel::kAvx2)),
+                         [](const ::testing::TestParamInfo<std::tuple<int, KernelLevel>>& p) {
+                           return std::string(std::get<0>(p.param) == 2 ? "F23" : "F43") +
+                                  (std::get<1>(p.param) == KernelLevel::kAll ? "" : "Avx2");
+                         });
 
 TEST_P(Conv2dWinograd, MatchesDirectConvOnOddShapes) {
   const WinoCase cases[] = {
@@ -93,7 +106,7 @@ TEST_P(Conv2dWinograd, MatchesDirectConvOnOddShapes) {
   for (const WinoCase& c : cases) {
     SCOPED_TRACE("x [" + std::to_string(c.n) + "," + std::to_string(c.cin) + "," + std::to_string(c.h) + "," +
                  std::to_string(c.w) + "] cout " + std::to_string(c.cout) + " pad " + std::to_string(c.pad));
-    check_case(GetParam(), c, Layout::kNCHW, Layout::kNCHW, Residual::kNone, seed);
+    check_case(tile(), c, Layout::kNCHW, Layout::kNCHW, Residual::kNone, seed);
     seed += 10;
   }
 }
@@ -108,7 +121,7 @@ TEST_P(Conv2dWinograd, AllLayoutsAndResiduals) {
     SCOPED_TRACE("x [" + std::to_string(c.n) + "," + std::to_string(c.cin) + "," + std::to_string(c.h) + "," +
                  std::to_string(c.w) + "]");
     for_each_layout_and_residual([&](Layout src, Layout dst, Residual r) {
-      check_case(GetParam(), c, src, dst, r, seed);
+      check_case(tile(), c, src, dst, r, seed);
       seed += 10;
     });
   }
@@ -119,12 +132,12 @@ TEST_P(Conv2dWinograd, ManyBlocksAndThreadCounts) {
   // once with one thread and once with the default count.
   const WinoCase c = {2, 260, 36, 44, 250, 1, true};
   const int threads = omp_get_max_threads();
-  check_case(GetParam(), c, Layout::kNCHW, Layout::kNCHW, Residual::kSeparate, 5000);
+  check_case(tile(), c, Layout::kNCHW, Layout::kNCHW, Residual::kSeparate, 5000);
   omp_set_num_threads(1);
-  check_case(GetParam(), c, Layout::kNHWC, Layout::kNCHW, Residual::kInPlace, 5010);
+  check_case(tile(), c, Layout::kNHWC, Layout::kNCHW, Residual::kInPlace, 5010);
   omp_set_num_threads(threads);
-  std::printf("winograd tile %d: max |err| / max |expected| over the tests so far: %.3g (tolerance %.3g)\n", GetParam(),
-              g_max_rel_err[GetParam()], tolerance(GetParam()));
+  std::printf("winograd tile %d: max |err| / max |expected| over the tests so far: %.3g (tolerance %.3g)\n", tile(),
+              g_max_rel_err[tile()], tolerance(tile()));
 }
 
 TEST_P(Conv2dWinograd, AsymmetricPadding) {
@@ -132,11 +145,11 @@ TEST_P(Conv2dWinograd, AsymmetricPadding) {
   const ops::Conv2dParams p = {1, 1, 0, 2, 1, 0, 1, 1, 1};
   const Tensor x = random_tensor(xs, 7), w = random_tensor({5, 6, 3, 3}, 8), bias = random_tensor({5}, 9);
   const Tensor ref = ops::conv2d(x, w, bias, p);
-  const auto op = ops::cpu::prepare_conv2d_winograd_f32(xs, w, bias, p, Layout::kNCHW, Layout::kNCHW, GetParam());
+  const auto op = ops::cpu::prepare_conv2d_winograd_f32(xs, w, bias, p, Layout::kNCHW, Layout::kNCHW, tile());
   Scratch scratch(op->scratch_bytes());
   const Tensor y = guarded_tensor(ref.shape(), Layout::kNCHW);
   op->run({x}, y, scratch.mem.get());
-  EXPECT_TRUE(all_close(y, values(ref), tolerance(GetParam()), tolerance(GetParam())));
+  EXPECT_TRUE(all_close(y, values(ref), tolerance(tile()), tolerance(tile())));
   EXPECT_TRUE(scratch.guard_intact());
   EXPECT_TRUE(tensor_guard_intact(y));
 }
@@ -154,7 +167,7 @@ TEST_P(Conv2dWinograd, ApplicableOnlyTo3x3Stride1) {
   EXPECT_FALSE(ops::cpu::winograd_f32_applicable(xs, w3, {1, 1, 2, 2, 2, 2, 2, 2, 1}));
   EXPECT_FALSE(ops::cpu::winograd_f32_applicable({1, 4, 8}, w3, ops::Conv2dParams::same(1)));
   EXPECT_TRUE(throws_error(
-      [&] { ops::cpu::prepare_conv2d_winograd_f32(xs, w1, Tensor(), {}, Layout::kNCHW, Layout::kNCHW, GetParam()); },
+      [&] { ops::cpu::prepare_conv2d_winograd_f32(xs, w1, Tensor(), {}, Layout::kNCHW, Layout::kNCHW, tile()); },
       {"winograd", "not applicable"}));
 }
 
@@ -162,14 +175,15 @@ TEST_P(Conv2dWinograd, DescribesTileAndWeightMemory) {
   const Shape xs = {1, 8, 8, 8};
   const Tensor w = random_tensor({12, 8, 3, 3}, 4);
   const auto op = ops::cpu::prepare_conv2d_winograd_f32(xs, w, Tensor(), ops::Conv2dParams::same(1), Layout::kNHWC,
-                                                        Layout::kNCHW, GetParam());
-  EXPECT_EQ(op->describe(),
-            std::string("conv2d f32 ") + (GetParam() == 2 ? "winograd_f23:avx2" : "winograd_f43:avx2") + " nhwc");
+                                                        Layout::kNCHW, tile());
+  const bool avx512 = std::get<1>(GetParam()) == KernelLevel::kAll && ops::cpu::cpu_has_avx512f();
+  EXPECT_EQ(op->describe(), std::string("conv2d f32 ") + (tile() == 2 ? "winograd_f23" : "winograd_f43") +
+                                (avx512 ? ":avx512" : ":avx2") + " nhwc");
   // The weights keep their size (reordered, not pre-transformed): 12 = 2 panels of 6, 13 pads to 18.
   EXPECT_EQ(op->packed_weight_bytes(), static_cast<size_t>(12 * 8 * 9) * sizeof(float));
   const Tensor w13 = random_tensor({13, 8, 3, 3}, 5);
   EXPECT_EQ(ops::cpu::prepare_conv2d_winograd_f32(xs, w13, Tensor(), ops::Conv2dParams::same(1), Layout::kNCHW,
-                                                  Layout::kNCHW, GetParam())
+                                                  Layout::kNCHW, tile())
                 ->packed_weight_bytes(),
             static_cast<size_t>(18 * 8 * 9) * sizeof(float));
   EXPECT_TRUE(throws_error(

@@ -46,6 +46,10 @@
 #include "taiyi/ops/cpu/cpu_isa.h"
 
 #if defined(__x86_64__) || defined(__i386__)
+// GCC 12's AVX-512 intrinsics pass an uninitialised _mm512_undefined_ps() as the unused merge
+// source of their unmasked forms, which -W(maybe-)uninitialized reports at each use.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 namespace taiyi::ops::cpu {
@@ -97,7 +101,7 @@ struct Tiling<4> {
                                       {0, 0, 1}};
   // 4x4 transposes inside 128-bit halves (no lane crossing) put tile kLaneTile[l] of 8 in lane l.
   static constexpr int kLaneTile[kLanes] = {0, 2, 4, 6, 1, 3, 5, 7};
-  static constexpr const char* kName = "winograd_f43:avx2";
+  static constexpr const char* kName = "winograd_f43";
 };
 
 template <>
@@ -106,7 +110,7 @@ struct Tiling<2> {
   static constexpr double kG[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
   // Even / odd shuffles inside 128-bit halves put tile kLaneTile[l] of 8 in lane l.
   static constexpr int kLaneTile[kLanes] = {0, 1, 4, 5, 2, 3, 6, 7};
-  static constexpr const char* kName = "winograd_f23:avx2";
+  static constexpr const char* kName = "winograd_f23";
 };
 
 // ---- 1-D transforms on M + 2 vectors ----
@@ -232,6 +236,36 @@ TAIYI_TARGET_AVX2_FMA void gemm_6x16(const float* u, const float* v, int64_t kc,
   for (int r = 0; r < kMr; ++r) _mm256_store_ps(c + r * ldc, c0[r]), _mm256_store_ps(c + r * ldc + 8, c1[r]);
 }
 
+// The AVX-512 tile, 6 x 32: two panels of 16 tiles (v0 and v1, one vector each) at once, 12
+// accumulators, so that each broadcast weight feeds two 16-lane multiply-adds;
+// c[6][0..15] (+)= u^T . v0, c[6][16..31] (+)= u^T . v1.
+TAIYI_TARGET_AVX512_F32 void gemm_6x32_avx512(const float* u, const float* v0, const float* v1, int64_t kc, float* c,
+                                              int64_t ldc, bool accumulate) {
+  __m512 c0[kMr], c1[kMr];
+  if (accumulate) {
+#pragma GCC unroll 6
+    for (int r = 0; r < kMr; ++r) c0[r] = _mm512_loadu_ps(c + r * ldc), c1[r] = _mm512_loadu_ps(c + r * ldc + kNr);
+  } else {
+#pragma GCC unroll 6
+    for (int r = 0; r < kMr; ++r) c0[r] = _mm512_setzero_ps(), c1[r] = _mm512_setzero_ps();
+  }
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 b0 = _mm512_loadu_ps(v0), b1 = _mm512_loadu_ps(v1);
+#pragma GCC unroll 6
+    for (int r = 0; r < kMr; ++r) {
+      const __m512 a = _mm512_set1_ps(u[r]);
+      c0[r] = _mm512_fmadd_ps(a, b0, c0[r]);
+      c1[r] = _mm512_fmadd_ps(a, b1, c1[r]);
+    }
+    u += kMr;
+    v0 += kNr;
+    v1 += kNr;
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < kMr; ++r) _mm512_storeu_ps(c + r * ldc, c0[r]), _mm512_storeu_ps(c + r * ldc + kNr, c1[r]);
+}
+
 // ---- The prepared op ----
 
 template <int M>
@@ -274,7 +308,7 @@ class WinogradConv2dF32 : public PreparedOp {
       std::memcpy(bias_.data(), b.data<float>(), static_cast<size_t>(cout_) * sizeof(float));
     }
     flops_ = 2.0 * n_ * cout_ * ho_ * wo_ * cin_ * 9;
-    describe_ = std::string("conv2d f32 ") + Tiling<M>::kName + (src_layout == Layout::kNHWC ? " nhwc" : " nchw") +
+    describe_ = std::string("conv2d f32 ") + Tiling<M>::kName + (avx512_ ? ":avx512" : ":avx2") + (src_layout == Layout::kNHWC ? " nhwc" : " nchw") +
                 (dst_layout == Layout::kNHWC ? "->nhwc" : "");
   }
 
@@ -308,6 +342,7 @@ class WinogradConv2dF32 : public PreparedOp {
   int64_t nblocks_ = 0, tb_ = 0, npanels_ = 0, kc_ = 0;
   int64_t v_pos_ = 0, m_row_ = 0;  // floats between positions of V, output channels of M
   int threads_ = 1;
+  bool avx512_ = cpu_has_avx512f();  // products by gemm_6x32_avx512, pairs of tile panels at a time
   size_t v_floats_ = 0, m_floats_ = 0, u_floats_ = 0;  // u: one thread's slice of U
   AlignedFloats g_;  // the weights, [Cout/6][9][Cin][6]
   std::vector<float> bias_;
@@ -489,7 +524,14 @@ TAIYI_TARGET_AVX2_FMA void WinogradConv2dF32<M>::products(int64_t i0, int64_t i1
           const int64_t p = a * kA + b;
           const float* up = u + b * slice;
           const float* vp = v + p * v_pos_ + k0 * kNr;
-          for (int64_t j = 0; j < panels_of_tiles; ++j)
+          int64_t j = 0;
+          if (avx512_) {
+            for (; j + 2 <= panels_of_tiles; j += 2)
+              for (int64_t i = 0; i < ns; ++i)
+                gemm_6x32_avx512(up + i * kc * kMr, vp + j * cin_ * kNr, vp + (j + 1) * cin_ * kNr, kc,
+                                 m + (ib + i) * kMr * m_row_ + p * tb_ + j * kNr, m_row_, k0 > 0);
+          }
+          for (; j < panels_of_tiles; ++j)
             for (int64_t i = 0; i < ns; ++i)
               gemm_6x16(up + i * kc * kMr, vp + j * cin_ * kNr, kc, m + (ib + i) * kMr * m_row_ + p * tb_ + j * kNr,
                         m_row_, k0 > 0);

@@ -1,9 +1,9 @@
 // The Winograd F(4x4,3x3) and F(2x2,3x3) prepared convolutions (every test runs for both tiles)
 // against eager ops::conv2d (oneDNN's direct convolution): odd and tiny sizes, partial tiles, channel
-// counts off the 6 x 16 register tile (6 x 32 on AVX-512; each test also runs capped at AVX2), padding 0..2, batch, all four src/dst layouts, bias or none, a
-// residual (also in place), with NaN-filled scratch and guard values after the scratch and the
-// output. Also a DISABLED_ speed comparison of both with the oneDNN prepared direct convolution at
-// the UNet's sizes.
+// counts off the 6 x 16 register tile (6 x 32 on AVX-512; each test also runs capped at AVX2), padding 0..2, batch, all
+// four src/dst layouts, bias or none, a residual (also in place), with NaN-filled scratch and guard values after the
+// scratch and the output. Also a DISABLED_ speed comparison of both with the oneDNN prepared direct convolution at the
+// UNet's sizes.
 #include <gtest/gtest.h>
 #include <omp.h>
 

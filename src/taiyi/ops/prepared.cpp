@@ -39,8 +39,8 @@ int winograd_tile(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, 
 // direct kernel is already at the machine's bf16 peak, so only fewer products help), when both
 // channel counts are large enough for the products to dominate the transforms.
 bool winograd_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute) {
-  return compute == DType::BF16 && winograd_enabled() && x_shape.size() == 4 && x_shape[1] >= 16 &&
-         w.size(0) >= 16 && cpu::winograd_bf16_avx512_applicable(x_shape, w, p) && !cpu::dnnl_uses_amx();
+  return compute == DType::BF16 && winograd_enabled() && x_shape.size() == 4 && x_shape[1] >= 16 && w.size(0) >= 16 &&
+         cpu::winograd_bf16_avx512_applicable(x_shape, w, p) && !cpu::dnnl_uses_amx();
 }
 
 // bf16 1x1 convolutions from NCHW to NCHW go to our AVX512-BF16 kernel where oneDNN has no AMX:
@@ -81,16 +81,20 @@ bool conv2d_takes_bf16_input(const Shape& x_shape, const Tensor& w, const Conv2d
          pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue) == ConvKernel::kDnnl;
 }
 
+bool conv2d_prefers_channels_last(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute) {
+  return winograd_tile(x_shape, w, p, compute) == 0;
+}
+
 std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,
-                                           const Conv2dParams& p, DType compute, Layout src_layout,
-                                           Layout dst_layout, const Epilogue& epilogue, DType src) {
+                                           const Conv2dParams& p, DType compute, Layout src_layout, Layout dst_layout,
+                                           const Epilogue& epilogue, DType src) {
   if (epilogue.post_op != PostOp::kNone)
     throw Error("conv2d: gelu and multiply post-ops are for linears, not the convolution of input " +
                 shape_str(x_shape));
   if (src != DType::F32 &&
       !(src == DType::BF16 && conv2d_takes_bf16_input(x_shape, w, p, compute, src_layout, dst_layout, epilogue)))
-    throw Error("conv2d: no prepared kernel reads a " + std::string(dtype_name(src)) + " input " +
-                shape_str(x_shape) + " here");
+    throw Error("conv2d: no prepared kernel reads a " + std::string(dtype_name(src)) + " input " + shape_str(x_shape) +
+                " here");
   switch (pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue)) {
     case ConvKernel::kWinogradF32:
       return cpu::prepare_conv2d_winograd_f32(x_shape, w, bias, p, src_layout, dst_layout,

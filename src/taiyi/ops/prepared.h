@@ -28,7 +28,7 @@ class PreparedOp {
   virtual size_t scratch_bytes() const = 0;
   virtual size_t packed_weight_bytes() const = 0;
   virtual std::string describe() const = 0;  // e.g. "conv2d jit:avx2 nChw8c"
-  virtual double flops() const = 0;           // per run, for flop_count()
+  virtual double flops() const = 0;          // per run, for flop_count()
 };
 
 // Compute precision of a prepared op: f32, or bf16 products with f32 accumulation and
@@ -60,6 +60,11 @@ std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w
                                            const Epilogue& epilogue = {}, DType src = DType::F32);
 bool conv2d_takes_bf16_input(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
                              Layout src_layout, Layout dst_layout, const Epilogue& epilogue);
+// Whether the kernel prepare_conv2d picks is fastest on NHWC activations (oneDNN's, the bf16
+// kernels), not on NCHW (the f32 Winograd kernel, whose fast paths read and write NCHW rows of
+// tiles and which gathers NHWC element by element: 42 against 30 ms at [2, 320, 64, 64] on the
+// Xeon with AMX). graph/passes/channels_last_activations.cpp asks.
+bool conv2d_prefers_channels_last(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute);
 // How a prepared op computes in bf16: on the CPU's bf16 instructions through oneDNN, or
 // emulated (f32 kernels on operands rounded to bf16; for measuring bf16's error where the CPU has
 // no bf16, see TAIYI_BF16_EMULATE in graph/passes/prepack_weights.cpp).

@@ -27,9 +27,13 @@ bool same_layout_op(ops::OpKind k) {
          k == ops::OpKind::kConcat || k == ops::OpKind::kUpsampleNearest;
 }
 
-// Whether node n reads or writes 4-D values in either layout (its kernel takes NHWC).
-bool takes_channels_last(const Graph& g, const Node& n) {
-  if (n.kind == ops::OpKind::kConv2d) return will_prepack(g, n);
+// Whether node n reads or writes 4-D values in either layout (its kernel takes NHWC, and for a
+// convolution also runs fastest on it).
+bool takes_channels_last(const Graph& g, const Node& n, const CompileOptions& options) {
+  if (n.kind == ops::OpKind::kConv2d)
+    return will_prepack(g, n) &&
+           ops::conv2d_prefers_channels_last(g.values[n.inputs[0]].shape, g.values[n.inputs[1]].constant, n.attrs.conv,
+                                             options.compute);
   if (n.kind == ops::OpKind::kConcat) return n.attrs.dim == 1;
   return same_layout_op(n.kind);
 }
@@ -43,7 +47,7 @@ struct Groups {
 
 }  // namespace
 
-bool channels_last_activations(Graph& g, const CompileOptions&) {
+bool channels_last_activations(Graph& g, const CompileOptions& options) {
   const char* off = std::getenv("TAIYI_CHANNELS_LAST");
   if (off != nullptr && std::string(off) == "0") return false;
   const auto readers = g.readers();
@@ -55,10 +59,10 @@ bool channels_last_activations(Graph& g, const CompileOptions&) {
     if (x.producer < 0 || x.producer >= static_cast<int>(g.nodes.size()) || g.nodes[x.producer].output != v)
       return false;
     if (x.shape[2] * x.shape[3] <= 1) return false;  // both layouts are the same memory
-    if (!is_dense(x) || !takes_channels_last(g, g.nodes[x.producer])) return false;
+    if (!is_dense(x) || !takes_channels_last(g, g.nodes[x.producer], options)) return false;
     for (int r : readers[v]) {
       const Node& n = g.nodes[r];
-      if (!takes_channels_last(g, n)) return false;
+      if (!takes_channels_last(g, n, options)) return false;
       // A convolution reads it as its input or fused residual, never as weights.
       if (n.kind == ops::OpKind::kConv2d && (n.inputs[1] == v || n.inputs[2] == v)) return false;
     }
@@ -71,8 +75,8 @@ bool channels_last_activations(Graph& g, const CompileOptions&) {
       for (size_t i = 0; i < n.inputs.size(); ++i) {
         const int v = n.inputs[i];
         // gamma and beta of a norm, a broadcast operand of add: no layout to share.
-        if (v < 0 || g.values[v].shape != out || ((n.kind == ops::OpKind::kGroupNorm ||
-                                                  n.kind == ops::OpKind::kGroupNormSilu) && i > 0))
+        if (v < 0 || g.values[v].shape != out ||
+            ((n.kind == ops::OpKind::kGroupNorm || n.kind == ops::OpKind::kGroupNormSilu) && i > 0))
           continue;
         groups.unite(v, n.output);
       }

@@ -94,8 +94,8 @@ TAIYI_TARGET_AVX2_FMA inline void transpose8x8_avx2(__m256 r[8]) {
 // sets). With kExp it stores p = 2^(s - m_ref) instead of s and adds the p to `col_sum` (which the
 // first tile sets): one pass, for blocks whose max does not outgrow m_ref.
 template <class V, int MR, int NV, bool kExp>
-TAIYI_FLASH_TARGET void score_tile(const float* k, int64_t k_row, int64_t k_ch, const float* qt, int64_t d,
-                                           float* s, float* col_max, const float* m_ref, float* col_sum, bool first) {
+TAIYI_FLASH_TARGET void score_tile(const float* k, int64_t k_row, int64_t k_ch, const float* qt, int64_t d, float* s,
+                                   float* col_max, const float* m_ref, float* col_sum, bool first) {
   using Vec = typename V::T;
   Vec acc[MR][NV];
 #pragma GCC unroll 4
@@ -147,7 +147,7 @@ enum class OutputStart { kZero, kRescaled, kKept };
 // place (v_key the row stride).
 template <class V, int NV>
 TAIYI_FLASH_TARGET void value_tile(const float* v, int64_t v_key, const float* p, int64_t nk, float* ot,
-                                           const float* alpha, OutputStart start) {
+                                   const float* alpha, OutputStart start) {
   using Vec = typename V::T;
   Vec acc[kTileRows][NV];
 #pragma GCC unroll 4
@@ -155,8 +155,7 @@ TAIYI_FLASH_TARGET void value_tile(const float* v, int64_t v_key, const float* p
     const Vec a = start == OutputStart::kRescaled ? V::load(alpha + u * V::kLanes) : V::set1(1.0f);
 #pragma GCC unroll 4
     for (int r = 0; r < kTileRows; ++r)
-      acc[r][u] = start == OutputStart::kZero ? V::zero()
-                                              : V::mul(V::load(ot + r * kLd + u * V::kLanes), a);
+      acc[r][u] = start == OutputStart::kZero ? V::zero() : V::mul(V::load(ot + r * kLd + u * V::kLanes), a);
   }
   for (int64_t j = 0; j < nk; ++j) {
     Vec pv[NV];
@@ -204,13 +203,12 @@ struct Tiles {
 // (col_max alone for the first block), s = 2^(s - m') in place, l = l 2^(m - m') + column sum,
 // alpha = 2^(m - m') for rescaling O^T.
 template <class V>
-TAIYI_FLASH_TARGET void softmax_step(float* s, int64_t nk, int64_t vecs, const float* col_max, float* m,
-                                  float* l, float* alpha, bool first) {
+TAIYI_FLASH_TARGET void softmax_step(float* s, int64_t nk, int64_t vecs, const float* col_max, float* m, float* l,
+                                     float* alpha, bool first) {
   using Vec = typename V::T;
   for (int64_t u = 0; u < vecs; ++u) {
     const int64_t off = u * V::kLanes;
-    const Vec m_new =
-        first ? V::load(col_max + off) : V::max(V::load(m + off), V::load(col_max + off));
+    const Vec m_new = first ? V::load(col_max + off) : V::max(V::load(m + off), V::load(col_max + off));
     // Two partial sums to halve the dependency chain of the additions.
     Vec sum0 = V::zero(), sum1 = V::zero();
     int64_t j = 0;
@@ -430,7 +428,7 @@ float* thread_buffer(ThreadBuffer which, size_t floats) {
 // only then is it redone in two passes with a new m, rescaling l and O^T.
 template <class V>
 TAIYI_FLASH_TARGET void attend_query_block(const Problem& pr, int64_t b, int64_t h, const HeadView& kv, int64_t i0,
-                                              int64_t rows, const BlockScratch& w) {
+                                           int64_t rows, const BlockScratch& w) {
   const int64_t d = pr.d, lk = pr.lk;
   const int64_t vecs = (rows + V::kLanes - 1) / V::kLanes;
   pack_queries_avx2(pr.q + b * pr.q_bs + i0 * pr.q_rs + h * d, pr.q_rs, rows, d, pr.c, V::kLanes, w.qt);
@@ -445,8 +443,8 @@ TAIYI_FLASH_TARGET void attend_query_block(const Problem& pr, int64_t b, int64_t
           const int64_t nv = std::min<int64_t>(kTileVecs, vecs - u0);
           const int64_t off = u0 * V::kLanes;
           Tiles<V>::score[one_pass][mr - 1][nv - 1](kv.k + (kb + j0) * kv.k_key, kv.k_row, kv.k_ch, w.qt + off, d,
-                                                w.s + j0 * kLd + off, w.col_max + off, w.m + off, w.col_sum + off,
-                                                j0 == 0);
+                                                    w.s + j0 * kLd + off, w.col_max + off, w.m + off, w.col_sum + off,
+                                                    j0 == 0);
         }
       }
     };
@@ -468,7 +466,7 @@ TAIYI_FLASH_TARGET void attend_query_block(const Problem& pr, int64_t b, int64_t
         const int64_t nv = std::min<int64_t>(kTileVecs, vecs - u0);
         const int64_t off = u0 * V::kLanes;
         Tiles<V>::value[nv - 1](kv.v + c0 * kv.v_group + kb * kv.v_key, kv.v_key, w.s + off, nk, w.ot + c0 * kLd + off,
-                            w.alpha + off, start);
+                                w.alpha + off, start);
       }
     }
   }

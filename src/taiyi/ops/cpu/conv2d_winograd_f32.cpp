@@ -55,9 +55,9 @@
 namespace taiyi::ops::cpu {
 namespace {
 
-constexpr int kLanes = 8;          // tiles per vector
-constexpr int kMr = 6;             // output channels of a register tile
-constexpr int kNr = 16;            // tiles of a register tile
+constexpr int kLanes = 8;     // tiles per vector
+constexpr int kMr = 6;        // output channels of a register tile
+constexpr int kNr = 16;       // tiles of a register tile
 constexpr int64_t kKc = 128;  // input channels per L1 panel of V (kc x 16 floats = 8 KiB)
 // Output-channel panels per slice of U: the slice of the weights (16 x 6 x 128 x 9 floats) and one
 // row of U made from it (a x 16 x 6 x 128) mostly stay in L2 while the row's a products run. (On the
@@ -308,8 +308,8 @@ class WinogradConv2dF32 : public PreparedOp {
       std::memcpy(bias_.data(), b.data<float>(), static_cast<size_t>(cout_) * sizeof(float));
     }
     flops_ = 2.0 * n_ * cout_ * ho_ * wo_ * cin_ * 9;
-    describe_ = std::string("conv2d f32 ") + Tiling<M>::kName + (avx512_ ? ":avx512" : ":avx2") + (src_layout == Layout::kNHWC ? " nhwc" : " nchw") +
-                (dst_layout == Layout::kNHWC ? "->nhwc" : "");
+    describe_ = std::string("conv2d f32 ") + Tiling<M>::kName + (avx512_ ? ":avx512" : ":avx2") +
+                (src_layout == Layout::kNHWC ? " nhwc" : " nchw") + (dst_layout == Layout::kNHWC ? "->nhwc" : "");
   }
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override;
@@ -342,9 +342,9 @@ class WinogradConv2dF32 : public PreparedOp {
   int64_t nblocks_ = 0, tb_ = 0, npanels_ = 0, kc_ = 0;
   int64_t v_pos_ = 0, m_row_ = 0;  // floats between positions of V, output channels of M
   int threads_ = 1;
-  bool avx512_ = cpu_has_avx512f();  // products by gemm_6x32_avx512, pairs of tile panels at a time
+  bool avx512_ = cpu_has_avx512f();                    // products by gemm_6x32_avx512, pairs of tile panels at a time
   size_t v_floats_ = 0, m_floats_ = 0, u_floats_ = 0;  // u: one thread's slice of U
-  AlignedFloats g_;  // the weights, [Cout/6][9][Cin][6]
+  AlignedFloats g_;                                    // the weights, [Cout/6][9][Cin][6]
   std::vector<float> bias_;
   double flops_ = 0;
   std::string describe_;
@@ -402,7 +402,8 @@ TAIYI_TARGET_AVX2_FMA void WinogradConv2dF32<M>::transform_weights(int a, int64_
       for (int j = 0; j < 3; ++j)
         t[j] = std::fma(ga2, g[(6 + j) * tap_stride + e],
                         std::fma(ga1, g[(3 + j) * tap_stride + e], ga0 * g[j * tap_stride + e]));
-      for (int b = 0; b < kA; ++b) dst[b * slice + e] = std::fma(gb[b][2], t[2], std::fma(gb[b][1], t[1], gb[b][0] * t[0]));
+      for (int b = 0; b < kA; ++b)
+        dst[b * slice + e] = std::fma(gb[b][2], t[2], std::fma(gb[b][1], t[1], gb[b][0] * t[0]));
     }
   }
 }

@@ -92,6 +92,19 @@ TEST(Norms, LargeMeanSmallSpread) {
   const Tensor x = ops::add_scalar(random_tensor({2, 4, 32, 32}, 3, -0.01f, 0.01f), 1000.0f);
   const Tensor gamma = random_tensor({4}, 4), beta = random_tensor({4}, 5);
   EXPECT_TRUE(all_close(ops::group_norm(x, 2, gamma, beta, 1e-6f), group_norm_reference(x, 2, gamma, beta, 1e-6)));
+  // The same through the channels-last kernel (one pass, moments about the first pixel), with a
+  // first pixel far off the rest: its offset must not cost the spread its digits either.
+  Tensor xn = ops::contiguous(ops::permute(x, {0, 2, 3, 1}));
+  xn.data<float>()[0] = 1000.5f;
+  xn.data<float>()[1] = 999.5f;
+  const Tensor x_nhwc = xn.permute({0, 3, 1, 2});
+  EXPECT_TRUE(
+      all_close(ops::group_norm(x_nhwc, 2, gamma, beta, 1e-6f), group_norm_reference(x_nhwc, 2, gamma, beta, 1e-6)));
+  EXPECT_TRUE(all_close(ops::group_norm_silu(x_nhwc, 2, gamma, beta, 1e-6f).contiguous(), [&] {
+    std::vector<double> r = group_norm_reference(x_nhwc, 2, gamma, beta, 1e-6);
+    for (double& v : r) v = v / (1.0 + std::exp(-v));
+    return r;
+  }()));
   const Tensor xl = ops::add_scalar(random_tensor({3, 256}, 6, -0.01f, 0.01f), -500.0f);
   EXPECT_TRUE(
       all_close(ops::layer_norm(xl, Tensor(), Tensor(), 1e-6f), layer_norm_reference(xl, Tensor(), Tensor(), 1e-6)));

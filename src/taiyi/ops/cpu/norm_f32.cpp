@@ -163,20 +163,17 @@ void layer_norm_row_generic(const float* x, const float* gamma, const float* bet
   layer_norm_row_body(x, gamma, beta, y, c, eps);
 }
 
-
 // ---- GroupNorm over channels-last memory: pixels of c channels, one row each ----
 
-// sum[ch] += x[ch] for one pixel.
-TAIYI_ALWAYS_INLINE void channel_sums_body(const float* x, double* sum, int64_t c) {
-#pragma omp simd
-  for (int64_t i = 0; i < c; ++i) sum[i] += static_cast<double>(x[i]);
-}
-// sq[ch] += (x[ch] - mean[ch])^2 for one pixel.
-TAIYI_ALWAYS_INLINE void channel_squares_body(const float* x, const double* mean, double* sq, int64_t c) {
+// s1[ch] += x[ch] - k[ch], s2[ch] += (x[ch] - k[ch])^2 for one pixel, in f32: the moments about a
+// shift k near the data (one pixel of the sample), summed over short runs of pixels and then added
+// to double totals, so one pass gives the variance without cancellation (see group_norm_nhwc).
+TAIYI_ALWAYS_INLINE void shifted_moments_body(const float* x, const float* k, float* s1, float* s2, int64_t c) {
 #pragma omp simd
   for (int64_t i = 0; i < c; ++i) {
-    const double d = static_cast<double>(x[i]) - mean[i];
-    sq[i] += d * d;
+    const float d = x[i] - k[i];
+    s1[i] += d;
+    s2[i] += d * d;
   }
 }
 // One pixel through the per-channel affine map (and SiLU).
@@ -191,13 +188,11 @@ TAIYI_ALWAYS_INLINE void channel_affine_body(const float* x, float* y, const flo
   }
 }
 
-TAIYI_TARGET_AVX2_FMA void channel_sums_avx2(const float* x, double* sum, int64_t c) { channel_sums_body(x, sum, c); }
-void channel_sums_generic(const float* x, double* sum, int64_t c) { channel_sums_body(x, sum, c); }
-TAIYI_TARGET_AVX2_FMA void channel_squares_avx2(const float* x, const double* mean, double* sq, int64_t c) {
-  channel_squares_body(x, mean, sq, c);
+TAIYI_TARGET_AVX2_FMA void shifted_moments_avx2(const float* x, const float* k, float* s1, float* s2, int64_t c) {
+  shifted_moments_body(x, k, s1, s2, c);
 }
-void channel_squares_generic(const float* x, const double* mean, double* sq, int64_t c) {
-  channel_squares_body(x, mean, sq, c);
+void shifted_moments_generic(const float* x, const float* k, float* s1, float* s2, int64_t c) {
+  shifted_moments_body(x, k, s1, s2, c);
 }
 TAIYI_TARGET_AVX2_FMA void channel_affine_avx2(const float* x, float* y, const float* m_hi, const float* m_lo,
                                                const float* a, const float* b, int64_t c, bool silu) {
@@ -256,56 +251,64 @@ void group_norm_nhwc(const float* x, const float* gamma, const float* beta, floa
   const int64_t cg = c / groups;
   if (n == 0 || c == 0 || pixels == 0) return;
   const bool avx2 = cpu_has_avx2_fma();
-  const auto sums = avx2 ? channel_sums_avx2 : channel_sums_generic;
-  const auto squares = avx2 ? channel_squares_avx2 : channel_squares_generic;
+  const auto moments = avx2 ? shifted_moments_avx2 : shifted_moments_generic;
   const auto affine = avx2 ? channel_affine_avx2 : channel_affine_generic;
   const int threads = pixels * c > 32768 ? omp_get_max_threads() : 1;
-  std::vector<double> total(static_cast<size_t>(c)), mean(static_cast<size_t>(c));
-  std::vector<float> m_hi(static_cast<size_t>(c)), m_lo(static_cast<size_t>(c)), a(static_cast<size_t>(c)),
-      b(static_cast<size_t>(c));
+  std::vector<double> total1(static_cast<size_t>(c)), total2(static_cast<size_t>(c));
+  std::vector<float> shift(static_cast<size_t>(c)), m_hi(static_cast<size_t>(c)), m_lo(static_cast<size_t>(c)),
+      a(static_cast<size_t>(c)), b(static_cast<size_t>(c));
 #if defined(__x86_64__)
   const auto affine_bf16 = cpu_has_avx512_bf16() ? channel_affine_bf16_avx512 : channel_affine_bf16_generic;
 #else
   const auto affine_bf16 = channel_affine_bf16_generic;
 #endif
-  // Per-channel totals over the sample's pixels, summed by each thread and then added up.
-  const auto reduce = [&](const float* xs, bool deviations) {
-    std::fill(total.begin(), total.end(), 0.0);
-#pragma omp parallel num_threads(threads)
-    {
-      std::vector<double> mine(static_cast<size_t>(c), 0.0);
-#pragma omp for schedule(static)
-      for (int64_t p = 0; p < pixels; ++p) {
-        if (deviations) {
-          squares(xs + p * c, mean.data(), mine.data(), c);
-        } else {
-          sums(xs + p * c, mine.data(), c);
-        }
-      }
-#pragma omp critical
-      for (int64_t i = 0; i < c; ++i) total[i] += mine[i];
-    }
-  };
-  // Each group's total, spread back over its channels.
-  const auto per_group = [&](auto&& set) {
-    for (int64_t g = 0; g < groups; ++g) {
-      double t = 0.0;
-      for (int64_t j = 0; j < cg; ++j) t += total[g * cg + j];
-      for (int64_t j = 0; j < cg; ++j) set(g * cg + j, t / static_cast<double>(cg * pixels));
-    }
-  };
+  // Pixels per run of f32 sums: short enough that the f32 rounding stays near 1e-7 of the moments.
+  constexpr int64_t kRun = 32;
   for (int64_t s = 0; s < n; ++s) {
     const float* xs = x + s * pixels * c;
-    reduce(xs, false);
-    per_group([&](int64_t ch, double m) { mean[ch] = m; });
-    reduce(xs, true);
-    per_group([&](int64_t ch, double var) {
-      const double rstd = 1.0 / std::sqrt(var + static_cast<double>(eps));
-      m_hi[ch] = static_cast<float>(mean[ch]);
-      m_lo[ch] = static_cast<float>(mean[ch] - static_cast<double>(m_hi[ch]));
-      a[ch] = static_cast<float>(rstd * (gamma ? static_cast<double>(gamma[ch]) : 1.0));
-      b[ch] = beta ? beta[ch] : 0.0f;
-    });
+    // One pass: per-channel moments about the sample's first pixel, each thread over its pixels in
+    // runs of kRun (f32) added to its double totals, then the threads' totals added up. (Two passes,
+    // the mean and then the squared deviations, read the activation once more: at [1, 128, 512,
+    // 512], 134 MB per pass.)
+    std::copy(xs, xs + c, shift.begin());
+    std::fill(total1.begin(), total1.end(), 0.0);
+    std::fill(total2.begin(), total2.end(), 0.0);
+#pragma omp parallel num_threads(threads)
+    {
+      const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+      const int64_t p0 = pixels * id / nt, p1 = pixels * (id + 1) / nt;
+      std::vector<float> f1(static_cast<size_t>(c)), f2(static_cast<size_t>(c));
+      std::vector<double> d1(static_cast<size_t>(c), 0.0), d2(static_cast<size_t>(c), 0.0);
+      for (int64_t r = p0; r < p1; r += kRun) {
+        std::fill(f1.begin(), f1.end(), 0.0f);
+        std::fill(f2.begin(), f2.end(), 0.0f);
+        for (int64_t p = r; p < std::min(p1, r + kRun); ++p) moments(xs + p * c, shift.data(), f1.data(), f2.data(), c);
+        for (int64_t i = 0; i < c; ++i) d1[i] += f1[i], d2[i] += f2[i];
+      }
+#pragma omp critical
+      for (int64_t i = 0; i < c; ++i) total1[i] += d1[i], total2[i] += d2[i];
+    }
+    // Per group over its channels (shift k_c, moments d1_c and d2_c about it, P pixels):
+    //   mean = sum_c (d1_c + P k_c) / (cg P),
+    //   sum of (x - mean)^2 = sum_c d2_c + 2 (k_c - mean) d1_c + P (k_c - mean)^2.
+    const double count = static_cast<double>(cg * pixels), pd = static_cast<double>(pixels);
+    for (int64_t g = 0; g < groups; ++g) {
+      double sum = 0.0;
+      for (int64_t j = g * cg; j < (g + 1) * cg; ++j) sum += total1[j] + pd * static_cast<double>(shift[j]);
+      const double mean = sum / count;
+      double sq = 0.0;
+      for (int64_t j = g * cg; j < (g + 1) * cg; ++j) {
+        const double dk = static_cast<double>(shift[j]) - mean;
+        sq += total2[j] + 2.0 * dk * total1[j] + pd * dk * dk;
+      }
+      const double rstd = 1.0 / std::sqrt(std::max(sq, 0.0) / count + static_cast<double>(eps));
+      for (int64_t ch = g * cg; ch < (g + 1) * cg; ++ch) {
+        m_hi[ch] = static_cast<float>(mean);
+        m_lo[ch] = static_cast<float>(mean - static_cast<double>(m_hi[ch]));
+        a[ch] = static_cast<float>(rstd * (gamma ? static_cast<double>(gamma[ch]) : 1.0));
+        b[ch] = beta ? beta[ch] : 0.0f;
+      }
+    }
     if (y) {
       float* ys = y + s * pixels * c;
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -333,8 +336,8 @@ void group_norm_nhwc_f32_to_bf16(const float* x, const float* gamma, const float
   group_norm_nhwc(x, gamma, beta, nullptr, y, n, c, pixels, groups, eps, silu);
 }
 
-void layer_norm_f32_to_bf16(const float* x, const float* gamma, const float* beta, uint16_t* y, int64_t rows,
-                            int64_t c, float eps) {
+void layer_norm_f32_to_bf16(const float* x, const float* gamma, const float* beta, uint16_t* y, int64_t rows, int64_t c,
+                            float eps) {
   if (rows == 0 || c == 0) return;
   const bool avx2 = cpu_has_avx2_fma();
 #pragma omp parallel if (rows > 1 && rows * c > 32768)

@@ -1,22 +1,25 @@
-// The fusion passes: fuse_group_norm_silu, fuse_residual_add and fuse_linear_gelu. Each graph computes the same
+// The fusion passes: fuse_group_norm_silu, fuse_residual_add, fuse_linear_gelu and
+// fuse_sibling_linears. Each graph computes the same
 // before and after (and as eager mode), the pattern is gone, and look-alikes that must not
 // fuse (a second reader, a broadcasting add, a graph output in the middle) stay as they were.
 #include <gtest/gtest.h>
 
+#include <string>
+
+#include "small_blocks.h"
 #include "taiyi/graph/executor.h"
 #include "taiyi/graph/passes/passes.h"
 #include "taiyi/graph/tracer.h"
 #include "taiyi/nn/resnet.h"
 #include "taiyi/nn/transformer_2d.h"
-#include "small_blocks.h"
 #include "test_util.h"
 
 namespace taiyi::graph {
 namespace {
 
 using testing::max_abs_diff;
-using testing::relative_l2;
 using testing::random_tensor;
+using testing::relative_l2;
 
 size_t residual_epilogues(const Graph& g) {
   size_t n = 0;
@@ -28,7 +31,7 @@ TEST(FuseGroupNormSilu, PairBecomesOneNode) {
   const Tensor gamma = random_tensor({12}, 1), beta = random_tensor({12}, 2);
   const auto fn = [&](const std::vector<Tensor>& in) {
     const Tensor a = ops::silu(ops::group_norm(in[0], 4, gamma, beta, 1e-5f));  // fuses
-    const Tensor n2 = ops::group_norm(in[0], 3, Tensor(), Tensor(), 1e-6f);    // read twice: stays
+    const Tensor n2 = ops::group_norm(in[0], 3, Tensor(), Tensor(), 1e-6f);     // read twice: stays
     const Tensor b = ops::add(ops::silu(n2), n2);
     return std::vector<Tensor>{ops::add(a, b)};
   };
@@ -71,8 +74,8 @@ TEST(FuseResidualAdd, ConvAndLinearTakeTheResidual) {
     const Tensor twice = ops::conv2d(h, w1, Tensor(), ops::Conv2dParams::same(1));     // read twice: stays
     h = ops::add(ops::add(twice, h), twice);
     const Tensor s = ops::reshape(ops::permute(h, {0, 2, 3, 1}), {2, 30, 8});
-    const Tensor t = ops::add(s, ops::linear(s, wl, bl));                              // fuses (residual first)
-    const Tensor u = ops::add(ops::linear(t, in[2], Tensor()), t);                     // weight an input: stays
+    const Tensor t = ops::add(s, ops::linear(s, wl, bl));           // fuses (residual first)
+    const Tensor u = ops::add(ops::linear(t, in[2], Tensor()), t);  // weight an input: stays
     return std::vector<Tensor>{u};
   };
   Graph g = trace(fn, {{{2, 8, 5, 6}, DType::F32}, {{2, 8}, DType::F32}, {{8, 8}, DType::F32}});
@@ -127,10 +130,10 @@ TEST(FuseLinearGelu, GeluAndGegluBecomePostOps) {
   const Tensor w1 = random_tensor({24, 16}, 1), b1 = random_tensor({24}, 2);
   const Tensor w2 = random_tensor({40, 24}, 3), b2 = random_tensor({40}, 4), w3 = random_tensor({14, 20}, 5);
   const auto fn = [&](const std::vector<Tensor>& in) {
-    const Tensor h = ops::gelu(ops::linear(in[0], w1, b1));          // fuses: [.., 24]
-    const Tensor gg = ops::geglu(ops::linear(h, w2, b2));            // splits: [.., 20]
-    const Tensor g2 = ops::geglu(ops::linear(gg, w3, Tensor()));     // splits, no bias: [.., 7]
-    const Tensor twice = ops::linear(in[0], w1, Tensor());           // read twice: stays
+    const Tensor h = ops::gelu(ops::linear(in[0], w1, b1));       // fuses: [.., 24]
+    const Tensor gg = ops::geglu(ops::linear(h, w2, b2));         // splits: [.., 20]
+    const Tensor g2 = ops::geglu(ops::linear(gg, w3, Tensor()));  // splits, no bias: [.., 7]
+    const Tensor twice = ops::linear(in[0], w1, Tensor());        // read twice: stays
     const Tensor t = ops::add(ops::gelu(twice), twice);
     const Tensor u = ops::gelu(ops::linear(in[0], in[1], Tensor()));  // weight an input: stays
     return std::vector<Tensor>{g2, ops::add(t, u)};
@@ -176,6 +179,87 @@ TEST(FuseLinearGelu, GeluAndGegluBecomePostOps) {
       }
     }
   }
+}
+
+size_t linears(const Graph& g) { return g.count(ops::OpKind::kLinear); }
+
+// A transformer block in bf16: attn1's q, k, v (one hidden state) and attn2's k, v (the context)
+// become two stacked linears whose outputs the attentions read as slices; attn2's q (the only
+// linear on its input) and everything else stays. The graph computes the same, and replays the
+// same. In f32 the pass leaves the graph alone.
+TEST(FuseSiblingLinears, QkvAndContextKvBecomeOneLinearEach) {
+  nn::ParameterSet params;
+  const nn::Transformer2DModel block = small_transformer(params);
+  params.init_random(9);
+  const auto fn = [&](const std::vector<Tensor>& in) { return std::vector<Tensor>{block(in[0], in[1])}; };
+  const std::vector<InputSpec> sig = {{{2, 16, 5, 6}, DType::F32}, {{2, 7, 12}, DType::F32}};
+  const Tensor x = random_tensor({2, 16, 5, 6}, 1), ctx = random_tensor({2, 7, 12}, 2);
+  const Tensor want = fn({x, ctx})[0];
+  for (const DType compute : {DType::F32, DType::BF16}) {
+    SCOPED_TRACE(compute == DType::F32 ? "f32" : "bf16");
+    CompileOptions options;
+    options.compute = compute;
+    std::vector<Pass> without;
+    for (const Pass& p : default_passes())
+      if (std::string(p.name) != "fuse_sibling_linears") without.push_back(p);
+    Graph plain = trace(fn, sig), fused = trace(fn, sig);
+    run_passes(plain, options, without);
+    run_passes(fused, options);
+    if (compute == DType::F32 || !ops::bf16_supported()) {
+      EXPECT_EQ(linears(plain), linears(fused));
+      continue;
+    }
+    EXPECT_EQ(linears(plain) - linears(fused), 3u);  // 3 + 2 linears -> 2
+    EXPECT_EQ(fused.count(ops::OpKind::kSlice) - plain.count(ops::OpKind::kSlice), 5u);
+    size_t stacked = 0;
+    for (const Node& n : fused.nodes) {
+      if (n.kind != ops::OpKind::kLinear) continue;
+      const int64_t width = fused.values[n.output].shape.back();
+      stacked += width == 3 * 16 || width == 2 * 16;
+    }
+    EXPECT_EQ(stacked, 2u) << fused.dump();
+    const Executor ex_plain(plain), ex_fused(fused);
+    const Tensor a = ex_plain.run({x, ctx})[0];
+    // The same products over the same weights; only oneDNN's blocking over N may differ.
+    EXPECT_LE(max_abs_diff(ex_fused.run({x, ctx})[0], a), 1e-2);
+    EXPECT_LE(max_abs_diff(ex_fused.run({x, ctx})[0], want), 5e-2);
+    // The stacked f32 weights are gone once packed in bf16.
+    for (const Node& n : fused.nodes) {
+      if (n.kind == ops::OpKind::kLinear && n.prepared && n.prepared->packed_weight_bytes() > 0) {
+        EXPECT_FALSE(fused.values[n.inputs[1]].constant.defined());
+      }
+    }
+  }
+}
+
+// Siblings stay apart when one output has another reader, when one has a residual fused, or when
+// their weights differ in K (here: different inputs, so never siblings), and a lone linear stays.
+TEST(FuseSiblingLinears, LeavesLinearsWithOtherReadersAlone) {
+  const Tensor wq = random_tensor({8, 6}, 1), wk = random_tensor({8, 6}, 2), wv = random_tensor({8, 6}, 3);
+  const auto fn = [&](const std::vector<Tensor>& in) {
+    const Tensor q = ops::linear(in[0], wq, Tensor()), k = ops::linear(in[0], wk, Tensor());
+    const Tensor v = ops::linear(in[0], wv, Tensor());
+    const Tensor o = ops::attention(q, k, v, 2, 0.5f);
+    return std::vector<Tensor>{ops::add(o, v)};  // v also read by the add
+  };
+  if (!ops::bf16_supported()) GTEST_SKIP() << "no bf16 on this CPU: the pass does not run";
+  CompileOptions bf16;
+  bf16.compute = DType::BF16;
+  Graph g = trace(fn, {{{2, 5, 6}, DType::F32}});
+  const Tensor x = random_tensor({2, 5, 6}, 4);
+  const Tensor want = fn({x})[0];
+  EXPECT_FALSE(fuse_sibling_linears(g));       // f32: never
+  EXPECT_TRUE(fuse_sibling_linears(g, bf16));  // q and k still fuse
+  g.validate();
+  EXPECT_EQ(linears(g), 2u);
+  EXPECT_EQ(g.count(ops::OpKind::kSlice), 2u);
+  EXPECT_LE(max_abs_diff(Executor(g).run({x})[0], want), 1e-5);
+
+  const auto lone = [&](const std::vector<Tensor>& in) {
+    return std::vector<Tensor>{ops::attention(ops::linear(in[0], wq, Tensor()), in[1], in[1], 2, 0.5f)};
+  };
+  Graph g2 = trace(lone, {{{2, 5, 6}, DType::F32}, {{2, 4, 8}, DType::F32}});
+  EXPECT_FALSE(fuse_sibling_linears(g2, bf16));
 }
 
 TEST(FuseLinearGelu, PreparedLinearRefusesAResidualWithAPostOp) {

@@ -47,6 +47,11 @@ bool fuse_residual_add(Graph& g, const CompileOptions& options = {});
 // gate. Only for linears prepack_weights will bind.
 bool fuse_linear_gelu(Graph& g, const CompileOptions& options = {});
 
+// Linears reading one input and feeding only attentions (q, k, v; the context's k and v) -> one
+// linear over their stacked weights, each former output a slice view of its output. Only with
+// bf16 the CPU runs, for linears prepack_weights will bind, with nothing fused into them.
+bool fuse_sibling_linears(Graph& g, const CompileOptions& options = {});
+
 // The 4-D activations between convolutions (norms, adds, channel concats, upsamples whose
 // kernels take NHWC) laid out channels-last, where every producer and reader of a group of them
 // can; graph inputs and outputs stay NCHW.
@@ -95,6 +100,7 @@ inline const std::vector<Pass>& default_passes() {
       {"fuse_group_norm_silu", fuse_group_norm_silu},
       {"fuse_residual_add", fuse_residual_add},
       {"fuse_linear_gelu", fuse_linear_gelu},
+      {"fuse_sibling_linears", fuse_sibling_linears},
       {"channels_last_activations", channels_last_activations},
       {"bf16_inputs", bf16_inputs},
       {"prepack_weights", prepack_weights},

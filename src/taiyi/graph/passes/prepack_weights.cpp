@@ -28,7 +28,8 @@ Tensor round_to_bf16(const Tensor& x) { return ops::cast(ops::cast(x, DType::BF1
 class Bf16Emulated : public ops::PreparedOp {
  public:
   Bf16Emulated(std::shared_ptr<const ops::PreparedOp> inner, const Value& x)
-      : inner_(std::move(inner)), x_bytes_((static_cast<size_t>(shape_numel(x.shape)) * sizeof(float) + 63) / 64 * 64) {}
+      : inner_(std::move(inner)),
+        x_bytes_((static_cast<size_t>(shape_numel(x.shape)) * sizeof(float) + 63) / 64 * 64) {}
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override {
     const Tensor& x = in[0];
     const int64_t n = x.numel();
@@ -95,6 +96,7 @@ bool prepack_weights(Graph& g, const CompileOptions& options) {
   const DType compute = options.compute == DType::BF16 && ops::bf16_supported() ? DType::BF16 : DType::F32;
   const bool emulate = options.compute == DType::BF16 && compute == DType::F32 && bf16_emulation_requested();
   bool changed = false;
+  const auto readers = g.readers();
   for (Node& n : g.nodes) {
     if (n.prepared || !will_prepack(g, n)) continue;
     const Value& x = g.values[n.inputs[0]];
@@ -106,14 +108,18 @@ bool prepack_weights(Graph& g, const CompileOptions& options) {
                      ? ops::prepare_conv2d(x.shape, w_packed, bias, n.attrs.conv, compute, value_layout(x),
                                            value_layout(g.values[n.output]), epilogue, x.dtype)
                      : ops::prepare_linear(x.shape, w_packed, bias, compute, epilogue, x.dtype,
-                                           g.values[n.output].dtype,
-                                           ops::linear_input_by_columns(x.shape, x.strides));
+                                           g.values[n.output].dtype, ops::linear_input_by_columns(x.shape, x.strides));
     if (emulate) n.prepared = std::make_shared<Bf16Emulated>(std::move(n.prepared), x);
     // A prepared kernel that holds its own copy of the weights (every convolution: blocked or
     // Winograd; a bf16 linear) lets the checkpoint's pages of them leave memory (eager mode or a
     // new signature's trace reads them back from the file). f32 linears read the weights in place.
-    if (n.prepared->packed_weight_bytes() > 0 && w.is_contiguous())
-      w.storage()->release_pages(w.byte_offset(), static_cast<size_t>(w.numel()) * dtype_size(w.dtype()));
+    if (n.prepared->packed_weight_bytes() > 0) {
+      if (w.is_contiguous())
+        w.storage()->release_pages(w.byte_offset(), static_cast<size_t>(w.numel()) * dtype_size(w.dtype()));
+      // Nothing reads the constant any more: the graph lets go of it (the model keeps its own
+      // parameters; weights a pass made, such as fuse_sibling_linears' stacked ones, are freed).
+      if (readers[n.inputs[1]].size() == 1) g.values[n.inputs[1]].constant = Tensor();
+    }
     changed = true;
   }
   return changed;

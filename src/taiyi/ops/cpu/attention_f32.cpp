@@ -1,5 +1,6 @@
-// Multi-head scaled dot-product attention, f32: the entry point, which picks the fused AVX2 kernel
-// (attention_f32_avx2.cpp) when the CPU has AVX2+FMA, and the portable path below otherwise.
+// Multi-head scaled dot-product attention, f32: the entry point, which picks the fused kernel of
+// attention_f32_flash.h built for AVX-512F (attention_f32_avx512.cpp) or for AVX2+FMA
+// (attention_f32_avx2.cpp) when the CPU has either, and the portable path below otherwise.
 //
 // Both follow torch.nn.functional.scaled_dot_product_attention without mask or dropout,
 // with diffusers' head packing (heads side by side in the channel dim). The portable path,

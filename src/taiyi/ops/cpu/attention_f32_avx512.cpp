@@ -33,9 +33,12 @@ struct Avx512F32 {
   TAIYI_FLASH_TARGET static bool any_greater(T a, T b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ) != 0; }
 
   // 2^x, relative error ~2e-7: the AVX2 build's polynomial on the fraction, with the exponent
-  // applied by vscalefps, which gives 0 far below (no clamp) and infinity above 127 (the kernel
-  // either has x <= 0 or discards blocks with x > kMaxGrowth).
+  // applied by vscalefps, which gives infinity above 127 (the kernel either has x <= 0 or discards
+  // blocks with x > kMaxGrowth). Below -125 x is clamped, as in the AVX2 build, so that no result
+  // is subnormal (as good as 0 next to the max's 1, and slow to multiply on some CPUs); the
+  // constant goes first because max returns its second operand for a NaN: NaN stays NaN.
   TAIYI_FLASH_TARGET static T exp2(T x) {
+    x = _mm512_max_ps(_mm512_set1_ps(-125.0f), x);
     const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 r = _mm512_sub_ps(x, n);  // in [-0.5, 0.5], exact
     __m512 p = _mm512_set1_ps(1.3276472167819944e-3f);

@@ -5,9 +5,26 @@
 // A fused epilogue (residual add, scale) rides on oneDNN post-ops: the residual is
 // copied into the output (unless it already is the output's memory) and summed in by
 // the convolution itself when it writes the plain layout, else by the reorder back.
+//
+// A bf16 3x3 convolution with many input channels from channels-last bf16 memory (the UNet's
+// decoder ResNets, whose conv1 reads the skip concat's 1280-2560 channels) runs as several
+// convolutions over slices of the input channels, each summing into the output (oneDNN's sum
+// post-op): oneDNN 2.6's AMX kernel keeps each output block's weights for all of K = 9 Cin, which
+// from ~1280 channels no longer fit its L2 (2 MiB a core), and its tile loads from further out are
+// slow. Measured on the Xeon with AMX, bf16 NHWC input: [2,2560,16,16] -> 1280 25.7 ms whole,
+// 11.7 ms as 4 x 640; [2,1920,32,32] -> 640 27.8 / 16.2 ms (3 x 640); [2,1280,16,16] -> 1280
+// 7.8 / 5.8 ms; [2,640,64,64] -> 320 10.9 / 10.3 ms (not worth the slices' copies, so not split).
+// Each slice is copied into dense scratch first (a strided source sends oneDNN to its reference
+// kernel).
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <dnnl.hpp>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "taiyi/ops/cpu/cpu_kernels.h"
 #include "taiyi/ops/cpu/dnnl_context.h"
@@ -22,6 +39,23 @@ using dnnl::memory;
 using tag = memory::format_tag;
 
 size_t round_up(size_t n) { return (n + 63) / 64 * 64; }
+
+// Input channels per slice of a split convolution (see the top), or 0 for no split.
+// TAIYI_CONV_SPLIT=0 turns splitting off (A/B runs).
+int64_t split_channels(const Shape& xs, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
+                       Layout dst_layout, const Epilogue& epilogue, DType src) {
+  static const bool off = [] {
+    const char* e = std::getenv("TAIYI_CONV_SPLIT");
+    return e != nullptr && std::string(e) == "0";
+  }();
+  const int64_t cin = xs[1];
+  if (off || p.groups != 1 || compute != DType::BF16 || src != DType::BF16 || src_layout != Layout::kNHWC ||
+      dst_layout != Layout::kNHWC || epilogue.scale != 1.0f || w.size(2) * w.size(3) != 9)
+    return 0;
+  if (cin >= 1280 && cin % 640 == 0) return 640;
+  if (cin >= 960 && cin % 320 == 0) return 320;
+  return 0;
+}
 
 std::string format_name(const memory::desc& md) {
   // oneDNN 2.6 has no public tag query; report the plain cases and "blocked" otherwise.
@@ -56,10 +90,15 @@ class PreparedConv2d : public PreparedOp {
     if (bias.defined()) bias_md_ = memory::desc({cout}, f32, tag::x);
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    auto conv_desc = [&](const memory::desc& dst) {
+    split_ = split_channels(xs, w, p, compute, src_layout, dst_layout, epilogue, src);
+    if (split_ > 0) {
+      prepare_split(xs, w, bias, p, epilogue, src_dims, dst_dims);
+      return;
+    }
+    auto conv_desc = [&](const memory::desc& dst_md) {
       return dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
                                              memory::desc(src_dims, cdt, tag::any),
-                                             memory::desc(wei_dims, cdt, tag::any), bias_md_, dst,
+                                             memory::desc(wei_dims, cdt, tag::any), bias_md_, dst_md,
                                              {p.stride_h, p.stride_w}, {p.dilation_h - 1, p.dilation_w - 1},
                                              {p.pad_top, p.pad_left}, {p.pad_bottom, p.pad_right});
     };
@@ -113,6 +152,7 @@ class PreparedConv2d : public PreparedOp {
     const Tensor x = src_layout_ == Layout::kNCHW ? in[0].contiguous() : in[0];
     if (x.dtype() != src_dtype_)
       throw Error("conv2d: prepared for a " + std::string(dtype_name(src_dtype_)) + " input, given " + x.describe());
+    if (split_ > 0) return run_split(x, in, out, scratch);
     memory user_src = cpu::dnnl_wrap(user_src_, x.raw_data());
     if (epilogue_.residual) cpu::copy_residual_into(in.at(1), out);
     memory user_dst = cpu::dnnl_wrap(user_dst_, out.data<float>());
@@ -129,11 +169,92 @@ class PreparedConv2d : public PreparedOp {
   }
 
   size_t scratch_bytes() const override { return src_bytes_ + dst_bytes_ + pad_bytes_; }
-  size_t packed_weight_bytes() const override { return pd_.weights_desc().get_size(); }
+  size_t packed_weight_bytes() const override {
+    if (split_ == 0) return pd_.weights_desc().get_size();
+    size_t bytes = 0;
+    for (const auto& pd : part_pds_) bytes += pd.weights_desc().get_size();
+    return bytes;
+  }
   std::string describe() const override { return describe_; }
   double flops() const override { return flops_; }
 
  private:
+  // One convolution per slice of split_ input channels, each into the output (NHWC f32): the
+  // first adds the bias (and sums into a residual already copied there), the others sum.
+  void prepare_split(const Shape& xs, const Tensor& w, const Tensor& bias, const Conv2dParams& p,
+                     const Epilogue& epilogue, const memory::dims& src_dims, const memory::dims& dst_dims) {
+    const dnnl::engine& eng = cpu::dnnl_cpu_engine();
+    dnnl::stream& strm = cpu::dnnl_cpu_stream();
+    const auto bf16 = memory::data_type::bf16, f32 = memory::data_type::f32;
+    const int64_t cin = xs[1], cout = w.size(0), kh = w.size(2), kw = w.size(3);
+    part_src_ = memory::desc({src_dims[0], split_, src_dims[2], src_dims[3]}, bf16, tag::nhwc);
+    const Tensor wc = w.contiguous();
+    size_t pad = 0;
+    for (int64_t c0 = 0; c0 < cin; c0 += split_) {
+      dnnl::primitive_attr attr;
+      attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+      if (c0 > 0 || epilogue.residual) {
+        dnnl::post_ops ops;
+        ops.append_sum(1.0f);
+        attr.set_post_ops(ops);
+      }
+      const dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+                                              part_src_, memory::desc({cout, split_, kh, kw}, bf16, tag::any),
+                                              c0 == 0 ? bias_md_ : memory::desc(), user_dst_, {p.stride_h, p.stride_w},
+                                              {p.dilation_h - 1, p.dilation_w - 1}, {p.pad_top, p.pad_left},
+                                              {p.pad_bottom, p.pad_right});
+      part_pds_.emplace_back(d, attr, eng);
+      part_convs_.emplace_back(part_pds_.back());
+      // This slice of the weights: [Cout, split, kh, kw] at input channel c0 of [Cout, Cin, kh, kw].
+      const memory::desc user_wei({cout, split_, kh, kw}, f32, memory::dims{cin * kh * kw, kh * kw, kw, 1});
+      memory user_w = cpu::dnnl_wrap(user_wei, const_cast<float*>(wc.data<float>()) + c0 * kh * kw);
+      part_weights_.emplace_back(part_pds_.back().weights_desc(), eng);
+      dnnl::reorder(user_w, part_weights_.back()).execute(strm, user_w, part_weights_.back());
+      pad = std::max(pad, part_pds_.back().scratchpad_desc().get_size());
+    }
+    strm.wait();
+    if (bias.defined()) bias_ = bias.contiguous();
+    pd_ = part_pds_.front();
+    src_bytes_ = round_up(part_src_.get_size());
+    pad_bytes_ = round_up(pad);
+    flops_ = 2.0 * xs[0] * cout * dst_dims[2] * dst_dims[3] * cin * kh * kw;
+    describe_ = std::string("conv2d bf16 ") + pd_.impl_info_str() + " nhwc bf16-in" +
+                (epilogue.residual ? " +residual" : "") + " split " + std::to_string(cin / split_) + "x" +
+                std::to_string(split_);
+  }
+
+  // Per slice: its channels copied into dense scratch (a strided source would send oneDNN to its
+  // reference kernel), then its convolution.
+  void run_split(const Tensor& x, const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const {
+    const dnnl::engine& eng = cpu::dnnl_cpu_engine();
+    dnnl::stream& strm = cpu::dnnl_cpu_stream();
+    if (epilogue_.residual) cpu::copy_residual_into(in.at(1), out);
+    memory user_dst = cpu::dnnl_wrap(user_dst_, out.raw_data());
+    memory part_src(part_src_, eng, scratch);
+    const int64_t pixels = x.size(0) * x.size(2) * x.size(3), cin = x.size(1);
+    const auto* xp = static_cast<const uint16_t*>(x.raw_data());
+    auto* dst = reinterpret_cast<uint16_t*>(scratch);
+    for (size_t k = 0; k < part_convs_.size(); ++k) {
+      const int64_t c0 = static_cast<int64_t>(k) * split_;
+#pragma omp parallel for schedule(static)
+      for (int64_t px = 0; px < pixels; ++px)
+        std::memcpy(dst + px * split_, xp + px * cin + c0, static_cast<size_t>(split_) * sizeof(uint16_t));
+      std::unordered_map<int, memory> args = {
+          {DNNL_ARG_SRC, part_src},
+          {DNNL_ARG_WEIGHTS, part_weights_[k]},
+          {DNNL_ARG_DST, user_dst},
+          {DNNL_ARG_SCRATCHPAD, memory(part_pds_[k].scratchpad_desc(), eng, scratch + src_bytes_)}};
+      if (k == 0 && bias_.defined()) args.insert({DNNL_ARG_BIAS, cpu::dnnl_wrap(bias_md_, bias_.data<float>())});
+      part_convs_[k].execute(strm, args);
+      strm.wait();
+    }
+  }
+
+  int64_t split_ = 0;
+  memory::desc part_src_;
+  std::vector<dnnl::convolution_forward::primitive_desc> part_pds_;
+  std::vector<dnnl::convolution_forward> part_convs_;
+  std::vector<memory> part_weights_;
   Layout src_layout_;
   Epilogue epilogue_;
   DType src_dtype_;

@@ -2,8 +2,8 @@
 // conv2d_prepared_dnnl.cpp runs as convolutions over slices of 640 (or 320) input channels summed
 // into the output: against the same convolution unsplit (from NCHW f32 input holding the same
 // bf16-rounded values: the same products, the sums in another order), with a bias or none, a
-// residual (separate or in place), stride 1 and 2, and 2, 3 or 4 slices. Skipped on CPUs without
-// bf16.
+// residual (separate or in place), stride 1 and 2, 2, 3 or 4 slices, and an f32 channels-last
+// input (rounded to bf16 as it is sliced). Skipped on CPUs without bf16.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -24,7 +24,8 @@ struct Case {
   int64_t n, cin, h, cout;
   int stride;
   bool bias, residual, in_place;
-  const char* split;  // how the describe() names the slices
+  const char* split;       // how the describe() names the slices
+  bool f32_input = false;  // channels-last f32 (the upsamplers' convolutions), rounded as sliced
 };
 
 // x [N, C, H, W] as bf16 in channels-last memory (a view with NHWC strides), and the same values in f32.
@@ -48,6 +49,7 @@ TEST(Conv2dSplit, SlicesOfInputChannelsSumToTheWholeConvolution) {
       {1, 960, 5, 16, 1, false, true, false, "split 3x320"},
       {1, 1920, 4, 32, 2, true, true, true, "split 3x640"},
       {2, 2560, 3, 8, 1, true, true, false, "split 4x640"},
+      {1, 1280, 5, 16, 1, true, false, false, "split 2x640", true},
   };
   uint32_t seed = 10;
   for (const Case& c : cases) {
@@ -57,19 +59,24 @@ TEST(Conv2dSplit, SlicesOfInputChannelsSumToTheWholeConvolution) {
     const Shape xs = {c.n, c.cin, c.h, c.h};
     const int64_t ho = (c.h + 2 - 3) / c.stride + 1;
     const Shape ys = {c.n, c.cout, ho, ho};
-    const auto [x_bf16, x_f32] = bf16_nhwc(random_tensor(xs, seed));
+    const Tensor x = random_tensor(xs, seed);
+    const auto [x_bf16, x_f32] = bf16_nhwc(x);
     const Tensor w = random_tensor({c.cout, c.cin, 3, 3}, seed + 1, -0.05f, 0.05f);
     const Tensor bias = c.bias ? random_tensor({c.cout}, seed + 2) : Tensor();
     ops::Epilogue e;
     e.residual = c.residual;
-    const auto split = ops::prepare_conv2d(xs, w, bias, p, DType::BF16, Layout::kNHWC, Layout::kNHWC, e, DType::BF16);
+    const DType src = c.f32_input ? DType::F32 : DType::BF16;
+    const auto split = ops::prepare_conv2d(xs, w, bias, p, DType::BF16, Layout::kNHWC, Layout::kNHWC, e, src);
     const auto whole = ops::prepare_conv2d(xs, w, bias, p, DType::BF16, Layout::kNCHW, Layout::kNHWC, e);
     EXPECT_NE(split->describe().find(c.split), std::string::npos) << split->describe();
     EXPECT_EQ(whole->describe().find("split"), std::string::npos) << whole->describe();
     EXPECT_DOUBLE_EQ(split->flops(), whole->flops());
     const Tensor residual = random_tensor(ys, seed + 3);
     Tensor got = nhwc_output(ys), want = nhwc_output(ys);
-    std::vector<Tensor> in_split = {x_bf16}, in_whole = {x_f32};
+    // An f32 input is rounded by both: as it is sliced, and by oneDNN's reorder of the whole.
+    std::vector<Tensor> in_split = {c.f32_input ? ops::contiguous(ops::permute(x, {0, 2, 3, 1})).permute({0, 3, 1, 2})
+                                                : x_bf16},
+                        in_whole = {c.f32_input ? x : x_f32};
     if (c.residual) {
       if (c.in_place) {
         got.copy_from(residual);

@@ -6,16 +6,16 @@
 // copied into the output (unless it already is the output's memory) and summed in by
 // the convolution itself when it writes the plain layout, else by the reorder back.
 //
-// A bf16 3x3 convolution with many input channels from channels-last bf16 memory (the UNet's
-// decoder ResNets, whose conv1 reads the skip concat's 1280-2560 channels) runs as several
+// A bf16 3x3 convolution with many input channels from channels-last memory (the UNet's decoder
+// ResNets, whose conv1 reads the skip concat's 1280-2560 channels; its upsamplers) runs as several
 // convolutions over slices of the input channels, each summing into the output (oneDNN's sum
 // post-op): oneDNN 2.6's AMX kernel keeps each output block's weights for all of K = 9 Cin, which
 // from ~1280 channels no longer fit its L2 (2 MiB a core), and its tile loads from further out are
 // slow. Measured on the Xeon with AMX, bf16 NHWC input: [2,2560,16,16] -> 1280 25.7 ms whole,
 // 11.7 ms as 4 x 640; [2,1920,32,32] -> 640 27.8 / 16.2 ms (3 x 640); [2,1280,16,16] -> 1280
 // 7.8 / 5.8 ms; [2,640,64,64] -> 320 10.9 / 10.3 ms (not worth the slices' copies, so not split).
-// Each slice is copied into dense scratch first (a strided source sends oneDNN to its reference
-// kernel).
+// Each slice is copied into dense bf16 scratch first (rounded, from f32 input; a strided source
+// sends oneDNN to its reference kernel).
 #include <omp.h>
 
 #include <algorithm>
@@ -49,8 +49,9 @@ int64_t split_channels(const Shape& xs, const Tensor& w, const Conv2dParams& p, 
     return e != nullptr && std::string(e) == "0";
   }();
   const int64_t cin = xs[1];
-  if (off || p.groups != 1 || compute != DType::BF16 || src != DType::BF16 || src_layout != Layout::kNHWC ||
-      dst_layout != Layout::kNHWC || epilogue.scale != 1.0f || w.size(2) * w.size(3) != 9)
+  if (off || p.groups != 1 || compute != DType::BF16 || (src != DType::BF16 && src != DType::F32) ||
+      src_layout != Layout::kNHWC || dst_layout != Layout::kNHWC || epilogue.scale != 1.0f ||
+      w.size(2) * w.size(3) != 9)
     return 0;
   if (cin >= 1280 && cin % 640 == 0) return 640;
   if (cin >= 960 && cin % 320 == 0) return 320;
@@ -218,9 +219,9 @@ class PreparedConv2d : public PreparedOp {
     src_bytes_ = round_up(part_src_.get_size());
     pad_bytes_ = round_up(pad);
     flops_ = 2.0 * xs[0] * cout * dst_dims[2] * dst_dims[3] * cin * kh * kw;
-    describe_ = std::string("conv2d bf16 ") + pd_.impl_info_str() + " nhwc bf16-in" +
-                (epilogue.residual ? " +residual" : "") + " split " + std::to_string(cin / split_) + "x" +
-                std::to_string(split_);
+    describe_ = std::string("conv2d bf16 ") + pd_.impl_info_str() + " nhwc" +
+                (src_dtype_ == DType::BF16 ? " bf16-in" : "") + (epilogue.residual ? " +residual" : "") + " split " +
+                std::to_string(cin / split_) + "x" + std::to_string(split_);
   }
 
   // Per slice: its channels copied into dense scratch (a strided source would send oneDNN to its
@@ -232,13 +233,21 @@ class PreparedConv2d : public PreparedOp {
     memory user_dst = cpu::dnnl_wrap(user_dst_, out.raw_data());
     memory part_src(part_src_, eng, scratch);
     const int64_t pixels = x.size(0) * x.size(2) * x.size(3), cin = x.size(1);
-    const auto* xp = static_cast<const uint16_t*>(x.raw_data());
     auto* dst = reinterpret_cast<uint16_t*>(scratch);
     for (size_t k = 0; k < part_convs_.size(); ++k) {
       const int64_t c0 = static_cast<int64_t>(k) * split_;
+      if (x.dtype() == DType::BF16) {
+        const auto* xp = static_cast<const uint16_t*>(x.raw_data());
 #pragma omp parallel for schedule(static)
-      for (int64_t px = 0; px < pixels; ++px)
-        std::memcpy(dst + px * split_, xp + px * cin + c0, static_cast<size_t>(split_) * sizeof(uint16_t));
+        for (int64_t px = 0; px < pixels; ++px)
+          std::memcpy(dst + px * split_, xp + px * cin + c0, static_cast<size_t>(split_) * sizeof(uint16_t));
+      } else {
+        // An f32 input (the upsamplers' convolutions) is rounded to bf16 as it is copied, as
+        // oneDNN's own reorder would.
+        const float* xp = x.data<float>();
+#pragma omp parallel for schedule(static)
+        for (int64_t px = 0; px < pixels; ++px) cpu::round_to_bf16(xp + px * cin + c0, dst + px * split_, split_);
+      }
       std::unordered_map<int, memory> args = {
           {DNNL_ARG_SRC, part_src},
           {DNNL_ARG_WEIGHTS, part_weights_[k]},

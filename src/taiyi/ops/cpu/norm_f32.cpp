@@ -130,14 +130,6 @@ TAIYI_TARGET_AVX512_BF16 void channel_affine_bf16_avx512(const float* x, uint16_
 }
 #endif
 
-// Rounds with the fastest instructions this CPU has.
-void round_to_bf16(const float* x, uint16_t* y, int64_t n) {
-#if defined(__x86_64__)
-  if (cpu_has_avx512_bf16()) return round_to_bf16_avx512(x, y, n);
-#endif
-  round_to_bf16_generic(x, y, n);
-}
-
 TAIYI_TARGET_AVX2_FMA MeanRstd mean_rstd_avx2(const float* x, int64_t n, float eps) {
   return mean_rstd_body(x, n, eps);
 }
@@ -354,6 +346,13 @@ void layer_norm_f32_to_bf16(const float* x, const float* gamma, const float* bet
       }
     }
   }
+}
+
+void round_to_bf16(const float* x, uint16_t* y, int64_t n) {
+#if defined(__x86_64__)
+  if (cpu_has_avx512_bf16()) return round_to_bf16_avx512(x, y, n);
+#endif
+  round_to_bf16_generic(x, y, n);
 }
 
 }  // namespace taiyi::ops::cpu

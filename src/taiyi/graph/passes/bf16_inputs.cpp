@@ -11,8 +11,6 @@
 // The rounding is the same one (nearest even), so the graph computes exactly what it did before.
 // Needs bf16 the CPU runs (not the f32 fallback or its emulation). TAIYI_BF16_INPUTS=0 turns the
 // pass off (A/B runs).
-#include <cstdlib>
-#include <string>
 
 #include "taiyi/graph/passes/passes.h"
 #include "taiyi/ops/op_call.h"
@@ -46,8 +44,8 @@ bool writes_bf16(const Graph& g, const Node& n, ops::OpKind readers) {
     // (bf16_attention binds it to a kernel that writes bf16)
     if (n.kind == ops::OpKind::kAttention)
       return bf16_attention_binds(g, n) && ops::attention_bf16_writes_bf16(n.attrs.scale);
-    return n.kind == ops::OpKind::kLinear && will_prepack(g, n) &&
-           !ops::has_fused_residual(n.attrs, n.inputs.size()) && n.attrs.output_scale == 1.0f;
+    return n.kind == ops::OpKind::kLinear && will_prepack(g, n) && !ops::has_fused_residual(n.attrs, n.inputs.size()) &&
+           n.attrs.output_scale == 1.0f;
   }
   return (n.kind == ops::OpKind::kGroupNorm || n.kind == ops::OpKind::kGroupNormSilu) &&
          value_layout(g.values[n.output]) == ops::Layout::kNHWC &&
@@ -57,8 +55,7 @@ bool writes_bf16(const Graph& g, const Node& n, ops::OpKind readers) {
 }  // namespace
 
 bool bf16_inputs(Graph& g, const CompileOptions& options) {
-  const char* off = std::getenv("TAIYI_BF16_INPUTS");
-  if (off != nullptr && std::string(off) == "0") return false;
+  if (pass_turned_off("TAIYI_BF16_INPUTS")) return false;
   if (options.compute != DType::BF16 || !ops::bf16_supported()) return false;
   const auto readers = g.readers();
   bool changed = false;

@@ -11,9 +11,7 @@
 // or as such a convolution's input or fused residual. Graph inputs and outputs keep NCHW; so does
 // anything a view (permute, reshape) or another op reads. TAIYI_CHANNELS_LAST=0 turns the pass off
 // (A/B runs).
-#include <cstdlib>
 #include <numeric>
-#include <string>
 #include <vector>
 
 #include "taiyi/graph/passes/passes.h"
@@ -48,8 +46,7 @@ struct Groups {
 }  // namespace
 
 bool channels_last_activations(Graph& g, const CompileOptions& options) {
-  const char* off = std::getenv("TAIYI_CHANNELS_LAST");
-  if (off != nullptr && std::string(off) == "0") return false;
+  if (pass_turned_off("TAIYI_CHANNELS_LAST")) return false;
   const auto readers = g.readers();
   const int nv = static_cast<int>(g.values.size());
   const auto candidate = [&](int v) {

@@ -8,8 +8,6 @@
 // weight, so views, no copies. Only linears prepack_weights will bind (their prepared kernels run
 // the post-ops), whose output nothing else reads, with no fused residual or scale.
 // TAIYI_FUSE_GELU=0 turns the pass off (A/B runs).
-#include <cstdlib>
-#include <string>
 #include <vector>
 
 #include "taiyi/graph/passes/passes.h"
@@ -32,8 +30,7 @@ int constant_rows(Graph& g, int v, int64_t start, int64_t end) {
 }  // namespace
 
 bool fuse_linear_gelu(Graph& g, const CompileOptions&) {
-  const char* off = std::getenv("TAIYI_FUSE_GELU");
-  if (off != nullptr && std::string(off) == "0") return false;
+  if (pass_turned_off("TAIYI_FUSE_GELU")) return false;
   const auto readers = g.readers();
   std::vector<bool> removed(g.nodes.size(), false);
   bool changed = false;

@@ -15,9 +15,7 @@
 // prepack_weights does), since nothing reads them any more; prepack_weights drops the stacked
 // f32 copy once its bf16 one is packed. TAIYI_FUSE_QKV=0 turns the pass off
 // (A/B runs).
-#include <cstdlib>
 #include <cstring>
-#include <string>
 #include <vector>
 
 #include "taiyi/graph/passes/passes.h"
@@ -79,8 +77,7 @@ Tensor stack_rows(const std::vector<Tensor>& parts) {
 }  // namespace
 
 bool fuse_sibling_linears(Graph& g, const CompileOptions& options) {
-  const char* off = std::getenv("TAIYI_FUSE_QKV");
-  if (off != nullptr && std::string(off) == "0") return false;
+  if (pass_turned_off("TAIYI_FUSE_QKV")) return false;
   if (options.compute != DType::BF16 || !ops::bf16_supported()) return false;
   const auto readers = g.readers();
   // The qualifying linears of each input value, in node order.

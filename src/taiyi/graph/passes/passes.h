@@ -68,6 +68,10 @@ bool bf16_inputs(Graph& g, const CompileOptions& options = {});
 ops::Layout value_layout(const Value& v);
 bool is_dense(const Value& v);
 
+// Whether the environment variable a pass names for A/B runs is set to "0" (the pass then
+// changes nothing): TAIYI_CHANNELS_LAST, TAIYI_FUSE_GELU, TAIYI_FUSE_QKV, TAIYI_BF16_INPUTS.
+bool pass_turned_off(const char* env_var);
+
 // The epilogue the fusion passes put on a conv2d or linear (fused residual, output scale, post-op),
 // as prepack_weights binds it.
 ops::Epilogue node_epilogue(const Node& n);

@@ -1,8 +1,15 @@
 #include <chrono>
+#include <cstdlib>
+#include <string>
 
 #include "taiyi/graph/passes/passes.h"
 
 namespace taiyi::graph {
+
+bool pass_turned_off(const char* env_var) {
+  const char* v = std::getenv(env_var);
+  return v != nullptr && std::string(v) == "0";
+}
 
 std::vector<PassReport> run_passes(Graph& g, const CompileOptions& options, const std::vector<Pass>& passes) {
   std::vector<PassReport> reports;

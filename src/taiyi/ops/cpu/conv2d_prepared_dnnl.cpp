@@ -58,6 +58,14 @@ int64_t split_channels(const Shape& xs, const Tensor& w, const Conv2dParams& p, 
   return 0;
 }
 
+// A forward-inference direct convolution of these memory descriptors with p's geometry.
+dnnl::convolution_forward::desc conv_desc(const memory::desc& src, const memory::desc& wei, const memory::desc& bias,
+                                          const memory::desc& dst, const Conv2dParams& p) {
+  return dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src,
+                                         wei, bias, dst, {p.stride_h, p.stride_w}, {p.dilation_h - 1, p.dilation_w - 1},
+                                         {p.pad_top, p.pad_left}, {p.pad_bottom, p.pad_right});
+}
+
 std::string format_name(const memory::desc& md) {
   // oneDNN 2.6 has no public tag query; report the plain cases and "blocked" otherwise.
   const memory::dims d = md.dims();
@@ -89,21 +97,17 @@ class PreparedConv2d : public PreparedOp {
     user_dst_ = memory::desc(dst_dims, f32, dst_layout == Layout::kNHWC ? tag::nhwc : tag::nchw);
     const memory::desc user_wei(wei_dims, f32, g == 1 ? tag::oihw : tag::goihw);
     if (bias.defined()) bias_md_ = memory::desc({cout}, f32, tag::x);
-    dnnl::primitive_attr attr;
-    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    flops_ = 2.0 * xs[0] * cout * ho * wo * (xs[1] / g) * w.size(2) * w.size(3);
     split_ = split_channels(xs, w, p, compute, src_layout, dst_layout, epilogue, src);
     if (split_ > 0) {
-      prepare_split(xs, w, bias, p, epilogue, src_dims, dst_dims);
+      prepare_split(xs, w, bias, p, epilogue, src_dims);
       return;
     }
-    auto conv_desc = [&](const memory::desc& dst_md) {
-      return dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-                                             memory::desc(src_dims, cdt, tag::any),
-                                             memory::desc(wei_dims, cdt, tag::any), bias_md_, dst_md,
-                                             {p.stride_h, p.stride_w}, {p.dilation_h - 1, p.dilation_w - 1},
-                                             {p.pad_top, p.pad_left}, {p.pad_bottom, p.pad_right});
-    };
-    pd_ = dnnl::convolution_forward::primitive_desc(conv_desc(memory::desc(dst_dims, f32, tag::any)), attr, eng);
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    const memory::desc any_src(src_dims, cdt, tag::any), any_wei(wei_dims, cdt, tag::any);
+    pd_ = dnnl::convolution_forward::primitive_desc(
+        conv_desc(any_src, any_wei, bias_md_, memory::desc(dst_dims, f32, tag::any), p), attr, eng);
     const bool has_epilogue = epilogue.residual || epilogue.scale != 1.0f;
     if (has_epilogue && pd_.dst_desc() == user_dst_) {
       // The convolution writes the output's own layout: the epilogue goes into its post-ops.
@@ -111,7 +115,7 @@ class PreparedConv2d : public PreparedOp {
       if (epilogue.residual) ops.append_sum(1.0f);
       if (epilogue.scale != 1.0f) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_linear, epilogue.scale, 0.0f);
       attr.set_post_ops(ops);
-      pd_ = dnnl::convolution_forward::primitive_desc(conv_desc(user_dst_), attr, eng);
+      pd_ = dnnl::convolution_forward::primitive_desc(conv_desc(any_src, any_wei, bias_md_, user_dst_, p), attr, eng);
     }
     conv_ = dnnl::convolution_forward(pd_);
     // Weights: reordered once into memory this object owns.
@@ -140,7 +144,6 @@ class PreparedConv2d : public PreparedOp {
       }
       to_plain_ = dnnl::reorder(dnnl::reorder::primitive_desc(eng, pd_.dst_desc(), eng, user_dst_, rattr));
     }
-    flops_ = 2.0 * xs[0] * cout * ho * wo * (xs[1] / g) * w.size(2) * w.size(3);
     describe_ = std::string("conv2d ") + (compute == DType::BF16 ? "bf16 " : "f32 ") + pd_.impl_info_str() + " " +
                 format_name(pd_.src_desc()) + (src == DType::BF16 ? " bf16-in" : "") +
                 (epilogue.residual ? " +residual" : "");
@@ -183,7 +186,7 @@ class PreparedConv2d : public PreparedOp {
   // One convolution per slice of split_ input channels, each into the output (NHWC f32): the
   // first adds the bias (and sums into a residual already copied there), the others sum.
   void prepare_split(const Shape& xs, const Tensor& w, const Tensor& bias, const Conv2dParams& p,
-                     const Epilogue& epilogue, const memory::dims& src_dims, const memory::dims& dst_dims) {
+                     const Epilogue& epilogue, const memory::dims& src_dims) {
     const dnnl::engine& eng = cpu::dnnl_cpu_engine();
     dnnl::stream& strm = cpu::dnnl_cpu_stream();
     const auto bf16 = memory::data_type::bf16, f32 = memory::data_type::f32;
@@ -199,12 +202,9 @@ class PreparedConv2d : public PreparedOp {
         ops.append_sum(1.0f);
         attr.set_post_ops(ops);
       }
-      const dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-                                              part_src_, memory::desc({cout, split_, kh, kw}, bf16, tag::any),
-                                              c0 == 0 ? bias_md_ : memory::desc(), user_dst_, {p.stride_h, p.stride_w},
-                                              {p.dilation_h - 1, p.dilation_w - 1}, {p.pad_top, p.pad_left},
-                                              {p.pad_bottom, p.pad_right});
-      part_pds_.emplace_back(d, attr, eng);
+      part_pds_.emplace_back(conv_desc(part_src_, memory::desc({cout, split_, kh, kw}, bf16, tag::any),
+                                       c0 == 0 ? bias_md_ : memory::desc(), user_dst_, p),
+                             attr, eng);
       part_convs_.emplace_back(part_pds_.back());
       // This slice of the weights: [Cout, split, kh, kw] at input channel c0 of [Cout, Cin, kh, kw].
       const memory::desc user_wei({cout, split_, kh, kw}, f32, memory::dims{cin * kh * kw, kh * kw, kw, 1});
@@ -218,7 +218,6 @@ class PreparedConv2d : public PreparedOp {
     pd_ = part_pds_.front();
     src_bytes_ = round_up(part_src_.get_size());
     pad_bytes_ = round_up(pad);
-    flops_ = 2.0 * xs[0] * cout * dst_dims[2] * dst_dims[3] * cin * kh * kw;
     describe_ = std::string("conv2d bf16 ") + pd_.impl_info_str() + " nhwc" +
                 (src_dtype_ == DType::BF16 ? " bf16-in" : "") + (epilogue.residual ? " +residual" : "") + " split " +
                 std::to_string(cin / split_) + "x" + std::to_string(split_);

@@ -49,6 +49,8 @@ struct Epilogue {
   // Linear only, instead of a residual: after the bias, gelu (exact, erf), or a product with
   // inputs[1] (of the output's shape, row-major): out = (x w^T + b) * inputs[1].
   PostOp post_op = PostOp::kNone;
+  // The multiply post-op's factor: f32, or bf16 (with bf16 compute: graph/passes/bf16_gate.cpp).
+  DType factor = DType::F32;
 };
 
 // conv2d of an x of shape x_shape with constant w (and bias, or undefined).

@@ -63,13 +63,18 @@ bool channels_last_activations(Graph& g, const CompileOptions& options = {});
 // reader. The same rounding: the graph computes the same.
 bool bf16_inputs(Graph& g, const CompileOptions& options = {});
 
+// With bf16 compute the CPU runs: the GEGLU's gate (a gelu linear's output read only as the
+// multiply factor of the value linear) is written and read in bf16. One more rounding: the graph
+// computes within bf16's error of what it did (bf16_gate.cpp).
+bool bf16_gate(Graph& g, const CompileOptions& options = {});
+
 // A value's memory layout: channels-last when its strides say so (and differ from NCHW's), else
 // NCHW; and whether it is dense (row-major or channels-last).
 ops::Layout value_layout(const Value& v);
 bool is_dense(const Value& v);
 
 // Whether the environment variable a pass names for A/B runs is set to "0" (the pass then
-// changes nothing): TAIYI_CHANNELS_LAST, TAIYI_FUSE_GELU, TAIYI_FUSE_QKV, TAIYI_BF16_INPUTS.
+// changes nothing): TAIYI_CHANNELS_LAST, TAIYI_FUSE_GELU, TAIYI_FUSE_QKV, TAIYI_BF16_INPUTS, TAIYI_BF16_GATE.
 bool pass_turned_off(const char* env_var);
 
 // The epilogue the fusion passes put on a conv2d or linear (fused residual, output scale, post-op),
@@ -107,6 +112,7 @@ inline const std::vector<Pass>& default_passes() {
       {"fuse_sibling_linears", fuse_sibling_linears},
       {"channels_last_activations", channels_last_activations},
       {"bf16_inputs", bf16_inputs},
+      {"bf16_gate", bf16_gate},
       {"prepack_weights", prepack_weights},
       {"bf16_attention", bf16_attention},
   };

@@ -103,7 +103,8 @@ bool prepack_weights(Graph& g, const CompileOptions& options) {
     const Tensor& w = g.values[n.inputs[1]].constant;
     const Tensor w_packed = emulate ? round_to_bf16(w) : w;
     const Tensor bias = n.inputs[2] >= 0 ? g.values[n.inputs[2]].constant : Tensor();
-    const ops::Epilogue epilogue = node_epilogue(n);
+    ops::Epilogue epilogue = node_epilogue(n);
+    if (epilogue.post_op == ops::PostOp::kMultiply) epilogue.factor = g.values[n.inputs.at(3)].dtype;
     n.prepared = n.kind == ops::OpKind::kConv2d
                      ? ops::prepare_conv2d(x.shape, w_packed, bias, n.attrs.conv, compute, value_layout(x),
                                            value_layout(g.values[n.output]), epilogue, x.dtype)

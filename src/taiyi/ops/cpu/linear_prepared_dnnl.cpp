@@ -7,7 +7,8 @@
 // rows to bf16 in caller scratch; the output and the accumulation stay f32.
 // A fused epilogue is a post-op sum of the residual (copied into the output unless it
 // is the output's memory) and an eltwise_linear scale; or, instead of the residual, a post-op
-// eltwise_gelu_erf or a binary_mul by a second input of the output's shape. In bf16, an input
+// eltwise_gelu_erf or a binary_mul by a second input of the output's shape (f32, or bf16 with bf16
+// compute: the GEGLU's gate, graph/passes/bf16_gate.cpp). In bf16, an input
 // that is bf16 already goes straight to the matmul, and a bf16 output is rounded as oneDNN stores it
 // (graph/passes/bf16_inputs.cpp lays such values out).
 #include <dnnl.hpp>
@@ -36,11 +37,14 @@ class PreparedLinear : public PreparedOp {
         residual_(epilogue.residual),
         post_op_(epilogue.post_op),
         src_bf16_(src == DType::BF16),
-        dst_bf16_(dst == DType::BF16) {
+        dst_bf16_(dst == DType::BF16),
+        factor_dtype_(epilogue.factor) {
     if (post_op_ != PostOp::kNone && residual_)
       throw Error("linear: a fused residual and a gelu or multiply post-op cannot be combined");
-    if ((src_bf16_ || dst_bf16_) && !bf16_)
-      throw Error("linear: a bf16 input or output needs bf16 compute");
+    if ((src_bf16_ || dst_bf16_ || factor_dtype_ == DType::BF16) && !bf16_)
+      throw Error("linear: a bf16 input, output or factor needs bf16 compute");
+    if (factor_dtype_ != DType::F32 && factor_dtype_ != DType::BF16)
+      throw Error("linear: the multiply post-op's factor is f32 or bf16");
     if (dst_bf16_ && residual_) throw Error("linear: a fused residual needs an f32 output");
     if ((src != DType::F32 && !src_bf16_) || (dst != DType::F32 && !dst_bf16_))
       throw Error("linear: inputs and outputs are f32 or bf16");
@@ -51,7 +55,7 @@ class PreparedLinear : public PreparedOp {
     m_ = k_ > 0 ? shape_numel(xs) / k_ : 0;
     user_src_ = memory::desc({m_, k_}, src_bf16_ ? bf16 : f32, src_columns ? tag::ba : tag::ab);
     dst_ = memory::desc({m_, n_}, dst_bf16_ ? bf16 : f32, tag::ab);
-    factor_ = memory::desc({m_, n_}, f32, tag::ab);
+    factor_ = memory::desc({m_, n_}, factor_dtype_ == DType::BF16 ? bf16 : f32, tag::ab);
     if (bias.defined()) {
       bias_md_ = memory::desc({1, n_}, f32, tag::ab);
       bias_ = bias.contiguous();
@@ -77,7 +81,7 @@ class PreparedLinear : public PreparedOp {
       dnnl::stream& strm = cpu::dnnl_cpu_stream();
       dnnl::reorder(user_w, weights_).execute(strm, user_w, weights_);
       strm.wait();
-      w_ = Tensor();  // the packed copy is all the primitive needs
+      w_ = Tensor();                    // the packed copy is all the primitive needs
       if (!src_bf16_ || src_columns) {  // rounded to bf16 (and turned to rows) per call
         to_bf16_ = dnnl::reorder(dnnl::reorder::primitive_desc(eng, user_src_, eng, src_));
         src_bytes_ = round_up(src_.get_size());
@@ -92,7 +96,7 @@ class PreparedLinear : public PreparedOp {
     describe_ = std::string("linear ") + (bf16_ ? "bf16 " : "f32 ") + pd_.impl_info_str() +
                 (src_bf16_ ? " bf16-in" : "") + (dst_bf16_ ? " bf16-out" : "") + (src_columns ? " x^T" : "") +
                 (residual_ ? " +residual" : "") + (post_op_ == PostOp::kGelu ? " +gelu" : "") +
-                (post_op_ == PostOp::kMultiply ? " *input" : "");
+                (post_op_ == PostOp::kMultiply ? (factor_dtype_ == DType::BF16 ? " *bf16 input" : " *input") : "");
   }
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override {
@@ -119,10 +123,10 @@ class PreparedLinear : public PreparedOp {
     Tensor factor;
     if (post_op_ == PostOp::kMultiply) {
       factor = in.at(1).contiguous();
-      if (factor.shape() != out.shape() || factor.dtype() != DType::F32)
+      if (factor.shape() != out.shape() || factor.dtype() != factor_dtype_)
         throw Error("linear: the multiply post-op's input " + factor.describe() + " does not match the output " +
                     out.describe());
-      args.insert({DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, cpu::dnnl_wrap(factor_, factor.data<float>())});
+      args.insert({DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, cpu::dnnl_wrap(factor_, factor.raw_data())});
     }
     matmul_.execute(strm, args);
     strm.wait();
@@ -138,6 +142,7 @@ class PreparedLinear : public PreparedOp {
   bool bf16_, residual_;
   PostOp post_op_;
   bool src_bf16_, dst_bf16_;
+  DType factor_dtype_;
   int64_t m_ = 0, k_ = 0, n_ = 0;
   memory::desc user_src_, src_, dst_, factor_, bias_md_;
   dnnl::matmul::primitive_desc pd_;

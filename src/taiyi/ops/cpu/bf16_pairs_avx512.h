@@ -40,21 +40,19 @@ TAIYI_TARGET_AVX512_BF16 inline __m512i lane_index() {
 }
 
 // The mask of lanes [0, n), n clamped to [0, 16].
-inline __mmask16 first_lanes(int64_t n) {
-  return static_cast<__mmask16>((1u << std::clamp<int64_t>(n, 0, 16)) - 1u);
-}
+inline __mmask16 first_lanes(int64_t n) { return static_cast<__mmask16>((1u << std::clamp<int64_t>(n, 0, 16)) - 1u); }
 
-// 2^x with the polynomial of exp2_nonpositive_f32 (vector_math_f32.h) on the fraction, and the
-// exponent applied by vscalefps, which gives 0 for very negative x (the pads) and needs no clamp.
+// 2^x as exp2_nonpositive_f32 (vector_math_f32.h) computes it: the fraction f = x - floor(x) in
+// one vreduceps, its polynomial, and 2^floor(x) applied by vscalefps (which floors x itself, and
+// gives 0 for very negative x, the pads, with no clamp).
 TAIYI_TARGET_AVX512_BF16 inline __m512 exp2_avx512(__m512 x) {
-  const __m512 r = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(x, r);
-  __m512 p = _mm512_set1_ps(0.00957007147f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.0559177734f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.240247443f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.693121850f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.999999285f));
-  return _mm512_scalef_ps(p, r);
+  const __m512 f = _mm512_reduce_ps(x, 0x09);  // imm 0x09: round down (01), suppress exceptions (8)
+  __m512 p = _mm512_set1_ps(0.013534166850149632f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.05201146379113197f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.2414427548646927f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.6930038332939148f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000026226043701f));
+  return _mm512_scalef_ps(p, x);
 }
 
 // Panels per chunk when at most `most` fit: as many chunks as needed, of equal size, so that

@@ -1,16 +1,18 @@
 // The prepared bf16 attention (ops/cpu/attention_prepared_dnnl.cpp, and the AVX512-BF16 kernel of
-// attention_bf16_avx512.cpp and the AMX kernel of attention_bf16_amx.cpp where the CPU has them) against a reference in double
-// that rounds as the kernel does: q, k, v to bf16, scores in full precision, probabilities
-// 2^(log2(e) (s - max)) rounded to bf16 (with the kernel's exp2_nonpositive_f32, itself checked
-// against std::exp2 here) and normalised by their rounded sum. Emulated arithmetic (f32
-// matmuls on bf16-rounded values) runs on every CPU; native bf16 where oneDNN has it. Shapes cross
-// the query-block boundary (full blocks plus a tail), D != Dv, 1 to 8 heads, Lq = Lk = 1, strided
-// views; the result stays within bf16's error of f32 attention; scratch grows with L, not L x L.
+// attention_bf16_avx512.cpp and the AMX kernel of attention_bf16_amx.cpp where the CPU has them) against a reference in
+// double that rounds as the kernel does: q, k, v to bf16, scores in full precision, probabilities 2^(log2(e) (s - max))
+// (max over all keys; for the AMX kernel's online softmax, the running max over its chunks of 128 keys, with the sums
+// and outputs before rescaled) rounded to bf16 (with the kernel's exp2_nonpositive_f32, itself checked against
+// std::exp2 here) and normalised by their rounded sum. Emulated arithmetic (f32 matmuls on bf16-rounded values) runs on
+// every CPU; native bf16 where oneDNN has it. Shapes cross the query-block boundary (full blocks plus a tail), D != Dv,
+// 1 to 8 heads, Lq = Lk = 1, strided views; the result stays within bf16's error of f32 attention; scratch grows with
+// L, not L x L.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstddef>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,36 +33,47 @@ constexpr float kLog2e = 1.44269504088896341f;
 
 double round_bf16(double x) { return bf16_to_f32(f32_to_bf16(static_cast<float>(x))); }
 
-std::vector<double> bf16_attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, int heads,
-                                             float scale) {
+// chunk > 0: the AMX kernel's online softmax, keys in chunks of `chunk`, each chunk's
+// probabilities taken against the running max of the keys so far, the sums and outputs before it
+// scaled by 2^(old max - new max) where the max grew.
+std::vector<double> bf16_attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale,
+                                             int64_t chunk = 0) {
   const int64_t b = q.size(0), lq = q.size(1), lk = k.size(1);
   const int64_t d = q.size(2) / heads, dv = v.size(2) / heads;
+  if (chunk <= 0) chunk = lk;
   std::vector<double> qv = values(q), kv = values(k), vv = values(v);
   for (auto* xs : {&qv, &kv, &vv})
     for (double& x : *xs) x = round_bf16(x);
   std::vector<double> out(static_cast<size_t>(b * lq * heads * dv));
-  std::vector<double> s(static_cast<size_t>(lk));
+  std::vector<double> s(static_cast<size_t>(lk)), acc(static_cast<size_t>(dv));
   for (int64_t n = 0; n < b; ++n)
     for (int64_t i = 0; i < lq; ++i)
       for (int h = 0; h < heads; ++h) {
-        double mx = -INFINITY;
         for (int64_t j = 0; j < lk; ++j) {
           double dot = 0.0;
           for (int64_t c = 0; c < d; ++c)
             dot += qv[(n * lq + i) * heads * d + h * d + c] * kv[(n * lk + j) * heads * d + h * d + c];
           s[j] = static_cast<float>(scale * kLog2e * dot);  // the kernel's matmul output scale
-          mx = std::max(mx, s[j]);
         }
-        double sum = 0.0;
-        for (int64_t j = 0; j < lk; ++j) {
-          s[j] = round_bf16(ops::cpu::exp2_nonpositive_f32(static_cast<float>(s[j] - mx)));
-          sum += s[j];
+        double mx = -INFINITY, sum = 0.0;
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int64_t j0 = 0; j0 < lk; j0 += chunk) {
+          const int64_t j1 = std::min(lk, j0 + chunk);
+          double m_new = mx;
+          for (int64_t j = j0; j < j1; ++j) m_new = std::max(m_new, s[j]);
+          if (j0 > 0 && m_new > mx) {
+            const double alpha = std::exp2(mx - m_new);
+            sum *= alpha;
+            for (double& a : acc) a *= alpha;
+          }
+          mx = m_new;
+          for (int64_t j = j0; j < j1; ++j) {
+            const double p = round_bf16(ops::cpu::exp2_nonpositive_f32(static_cast<float>(s[j] - mx)));
+            sum += p;
+            for (int64_t c = 0; c < dv; ++c) acc[c] += p * vv[(n * lk + j) * heads * dv + h * dv + c];
+          }
         }
-        for (int64_t c = 0; c < dv; ++c) {
-          double acc = 0.0;
-          for (int64_t j = 0; j < lk; ++j) acc += s[j] * vv[(n * lk + j) * heads * dv + h * dv + c];
-          out[(n * lq + i) * heads * dv + h * dv + c] = acc / sum;
-        }
+        for (int64_t c = 0; c < dv; ++c) out[(n * lq + i) * heads * dv + h * dv + c] = acc[c] / sum;
       }
   return out;
 }
@@ -73,7 +86,8 @@ std::unique_ptr<ops::PreparedOp> prepare(const Tensor& q, const Tensor& k, const
                                          Kernel kernel) {
   if (kernel == Kernel::kAvx512)
     return ops::cpu::prepare_attention_bf16_avx512(q.shape(), k.shape(), v.shape(), heads, scale);
-  if (kernel == Kernel::kAmx) return ops::cpu::prepare_attention_bf16_amx(q.shape(), k.shape(), v.shape(), heads, scale);
+  if (kernel == Kernel::kAmx)
+    return ops::cpu::prepare_attention_bf16_amx(q.shape(), k.shape(), v.shape(), heads, scale);
   return ops::prepare_attention_bf16(
       q.shape(), k.shape(), v.shape(), heads, scale,
       kernel == Kernel::kNative ? ops::Bf16Arithmetic::kNative : ops::Bf16Arithmetic::kEmulated);
@@ -87,6 +101,14 @@ Tensor run_prepared(const Tensor& q, const Tensor& k, const Tensor& v, int heads
   op->run({q, k, v}, out, aligned);
   EXPECT_DOUBLE_EQ(op->flops(), 2.0 * q.size(0) * q.size(1) * k.size(1) * (q.size(2) + v.size(2)));
   return out;
+}
+
+// The reference's chunk for the kernel a case's op runs: the AMX kernel's online softmax works in
+// chunks of 128 keys (its describe() says so), the others over whole rows of keys.
+int64_t chunk_of(Kernel kernel, float scale) {
+  const auto op =
+      prepare(random_tensor({1, 2, 4}, 1), random_tensor({1, 3, 4}, 2), random_tensor({1, 3, 4}, 3), 1, scale, kernel);
+  return op->describe().find("online softmax per 128 keys") != std::string::npos ? 128 : 0;
 }
 
 struct Case {
@@ -120,7 +142,8 @@ void check_cases(Kernel kernel) {
     // The same roundings as the kernel: what remains is the f32 accumulation order, and the odd
     // probability that rounds the other way when the kernel's exp and the reference's differ in
     // the last bit (one bf16 ulp, 2^-8, of one weight out of Lk).
-    EXPECT_TRUE(all_close(got, bf16_attention_reference(q, k, v, c.heads, scale), 1e-4, 2e-4)) << what;
+    EXPECT_TRUE(all_close(got, bf16_attention_reference(q, k, v, c.heads, scale, chunk_of(kernel, scale)), 1e-4, 2e-4))
+        << what;
     // Against f32 attention: bf16's error, and not less (the roundings happen).
     const Tensor f32 = ops::attention(q, k, v, c.heads, scale);
     double num = 0, den = 0;
@@ -160,13 +183,13 @@ void check_kernel(Kernel kernel) {
   check_cases(kernel);
   const Tensor q = random_tensor({2, 45, 64}, 21, -6.0f, 6.0f), k = random_tensor({2, 93, 64}, 22, -6.0f, 6.0f);
   const Tensor v = random_tensor({2, 93, 64}, 23);
-  EXPECT_TRUE(all_close(run_prepared(q, k, v, 1, 0.5f, kernel), bf16_attention_reference(q, k, v, 1, 0.5f), 1e-4,
-                        2e-4));
+  EXPECT_TRUE(all_close(run_prepared(q, k, v, 1, 0.5f, kernel),
+                        bf16_attention_reference(q, k, v, 1, 0.5f, chunk_of(kernel, 0.5f)), 1e-4, 2e-4));
   const Tensor qkv = random_tensor({2, 70, 72}, 24);
   const Tensor qs = qkv.slice(2, 0, 24), ks = qkv.slice(2, 24, 48);
   const Tensor vs = random_tensor({70, 2, 24}, 25).permute({1, 0, 2});
-  EXPECT_TRUE(all_close(run_prepared(qs, ks, vs, 3, 0.35f, kernel), bf16_attention_reference(qs, ks, vs, 3, 0.35f),
-                        1e-4, 2e-4));
+  EXPECT_TRUE(all_close(run_prepared(qs, ks, vs, 3, 0.35f, kernel),
+                        bf16_attention_reference(qs, ks, vs, 3, 0.35f, chunk_of(kernel, 0.35f)), 1e-4, 2e-4));
 }
 
 TEST(AttentionBf16, Avx512KernelMatchesTheRoundedReference) {
@@ -180,11 +203,12 @@ TEST(AttentionBf16, AmxKernelMatchesTheRoundedReference) {
   // D = 64 and 96 (two and three full d steps: Q leaves its tiles), Dv = 72 (48 + 16 + 8 columns),
   // Lk = 33 (one key past a step of 32).
   uint32_t seed = 40;
-  for (const Case& c : {Case{{1, 20, 128}, {1, 33, 128}, {1, 33, 144}, 2}, Case{{2, 18, 192}, {2, 40, 192}, {2, 40, 48}, 2}}) {
+  for (const Case& c :
+       {Case{{1, 20, 128}, {1, 33, 128}, {1, 33, 144}, 2}, Case{{2, 18, 192}, {2, 40, 192}, {2, 40, 48}, 2}}) {
     const Tensor q = random_tensor(c.q, seed++, -2.0f, 2.0f), k = random_tensor(c.k, seed++, -2.0f, 2.0f);
     const Tensor v = random_tensor(c.v, seed++);
     EXPECT_TRUE(all_close(run_prepared(q, k, v, c.heads, 0.2f, Kernel::kAmx),
-                          bf16_attention_reference(q, k, v, c.heads, 0.2f), 1e-4, 2e-4))
+                          bf16_attention_reference(q, k, v, c.heads, 0.2f, 128), 1e-4, 2e-4))
         << shape_str(c.q) << " " << shape_str(c.v);
   }
 }
@@ -210,8 +234,8 @@ TEST(AttentionBf16, Bf16OutputIsTheF32OutputRounded) {
   if (ops::bf16_supported()) {
     ::setenv("TAIYI_ATTENTION", "dnnl", 1);
     EXPECT_FALSE(ops::attention_bf16_writes_bf16(0.15f));
-    const auto dnnl = ops::prepare_attention_bf16(q.shape(), k.shape(), v.shape(), 2, 0.15f,
-                                                  ops::Bf16Arithmetic::kNative);
+    const auto dnnl =
+        ops::prepare_attention_bf16(q.shape(), k.shape(), v.shape(), 2, 0.15f, ops::Bf16Arithmetic::kNative);
     ::unsetenv("TAIYI_ATTENTION");
     std::vector<std::byte> scratch(dnnl->scratch_bytes() + 64);
     auto* aligned = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) / 64 * 64);
@@ -221,8 +245,8 @@ TEST(AttentionBf16, Bf16OutputIsTheF32OutputRounded) {
 
 TEST(AttentionBf16, NativePicksTheFastestKernelOfTheCpu) {
   if (!ops::bf16_supported() || !ops::cpu::cpu_has_avx512_bf16()) GTEST_SKIP() << "needs avx512_bf16";
-  const auto op = ops::prepare_attention_bf16({2, 64, 80}, {2, 77, 80}, {2, 77, 80}, 2, 0.15f,
-                                              ops::Bf16Arithmetic::kNative);
+  const auto op =
+      ops::prepare_attention_bf16({2, 64, 80}, {2, 77, 80}, {2, 77, 80}, 2, 0.15f, ops::Bf16Arithmetic::kNative);
   const bool amx = ops::cpu::cpu_has_amx_bf16(), dnnl_amx = ops::onednn_isa() == "avx512_core_amx";
   const std::string want = amx ? "attention bf16 amx (" : dnnl_amx ? "attention bf16 brg" : "avx512_bf16 (";
   EXPECT_NE(op->describe().find(want), std::string::npos) << op->describe();

@@ -14,7 +14,9 @@
 //       2^(c m_old - c m).
 //   O^T += V^T P^T  A: V^T [16 e][32 keys], B: P pairs [16 key pairs][16 queries][2], C: O^T [16 e]
 //                 [16 queries] f32, up to three tiles at a time, in L1 between chunks.
-//   out = O / sum, transposed back by gathers.
+//   out = O / sum, transposed back by gathers. The sums: vdpbf16ps of P's pairs with ones, or, where
+//       Dv is no multiple of 16, a row of ones in V^T under the last tile's padding, so that O^T's
+//       row Dv is the sum.
 // On this core the tile unit and the AVX-512 units do not overlap (bench/RESULTS.md, 2026-12-07):
 // what counts is the number of tile loads, stores and products and of vector operations, and that
 // the tile stores land in L1 (a tile store to a line not in L1 costs four times one that is: the
@@ -97,6 +99,7 @@ class AttentionBf16Amx : public PreparedOp {
         dv16_(round_up(dv_, kCols)),
         lk32_(round_up(lk_, kKeyStep)),
         qblocks_((lq_ + kRows - 1) / kRows),
+        sum_row_(dv_ < dv16_),
         c_(scale * 1.44269504088896341f),
         threads_(std::max(1, omp_get_max_threads())) {
     const size_t bh = static_cast<size_t>(batch_ * heads_);
@@ -157,7 +160,8 @@ class AttentionBf16Amx : public PreparedOp {
           }
         }
       }
-      // V^T as bf16 blocks [b][h][block of 32 keys][e][32 keys], zeros past Lk and Dv.
+      // V^T as bf16 blocks [b][h][block of 32 keys][e][32 keys], zeros past Lk and Dv; row Dv all
+      // ones where Dv is no multiple of 16.
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < batch_ * heads_ * vblocks; ++r) {
         const int64_t b = r / (heads_ * vblocks), h = r / vblocks % heads_, j0 = r % vblocks * kKeyStep;
@@ -169,6 +173,8 @@ class AttentionBf16Amx : public PreparedOp {
           if (e < dv_) {
             lo = load_strided(src + e * v.s2, v.s1, keys);
             hi = load_strided(src + e * v.s2 + 16 * v.s1, v.s1, keys - 16);
+          } else if (e == dv_) {  // the sums' row (sum_row_), ones for every key (padded keys get P = 0)
+            lo = hi = _mm512_set1_ps(1.0f);
           }
           _mm512_store_si512(dst + e * kKeyStep, as_si(_mm512_cvtne2ps_pbh(hi, lo)));
         }
@@ -250,14 +256,18 @@ class AttentionBf16Amx : public PreparedOp {
               _mm512_mask_blend_ps(grew, _mm512_set1_ps(1.0f), exp2_avx512(_mm512_fmadd_ps(m, c, neg_cmax)));
           sum0 = _mm512_mul_ps(sum0, alpha);
           sum1 = _mm512_mul_ps(sum1, alpha);
-          for (int64_t e = 0; e < dv_; ++e)
+          for (int64_t e = 0; e < dv_ + sum_row_; ++e)
             _mm512_store_ps(o + e * kCols, _mm512_mul_ps(_mm512_load_ps(o + e * kCols), alpha));
         }
       }
       m = m_new;
-      for (int64_t t = 0; t < (end - c0) / 2; t += 2) {
-        sum0 = _mm512_dpbf16_ps(sum0, pp[t] = probabilities(st + 2 * t * kCols, c, neg_cmax), ones);
-        sum1 = _mm512_dpbf16_ps(sum1, pp[t + 1] = probabilities(st + (2 * t + 2) * kCols, c, neg_cmax), ones);
+      if (sum_row_) {
+        for (int64_t t = 0; t < (end - c0) / 2; ++t) pp[t] = probabilities(st + 2 * t * kCols, c, neg_cmax);
+      } else {
+        for (int64_t t = 0; t < (end - c0) / 2; t += 2) {
+          sum0 = _mm512_dpbf16_ps(sum0, pp[t] = probabilities(st + 2 * t * kCols, c, neg_cmax), ones);
+          sum1 = _mm512_dpbf16_ps(sum1, pp[t + 1] = probabilities(st + (2 * t + 2) * kCols, c, neg_cmax), ones);
+        }
       }
       // 3.
       for (int64_t e0 = 0; e0 < dv16_; e0 += 3 * kCols) {
@@ -270,7 +280,8 @@ class AttentionBf16Amx : public PreparedOp {
     }
 
     // out = O / sum, lanes back to rows of out [B, Lq, H * Dv].
-    const __m512 inv_sum = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(sum0, sum1));
+    const __m512 sum = sum_row_ ? _mm512_load_ps(o + dv_ * kCols) : _mm512_add_ps(sum0, sum1);
+    const __m512 inv_sum = _mm512_div_ps(_mm512_set1_ps(1.0f), sum);
     for (int64_t e = 0; e < dv_; ++e)
       _mm512_store_ps(o + e * kCols, _mm512_mul_ps(_mm512_load_ps(o + e * kCols), inv_sum));
     store_lanes_as_rows(o, nq, dv_, out, (b * lq_ + i0) * heads_ * dv_ + h * dv_);
@@ -311,6 +322,9 @@ class AttentionBf16Amx : public PreparedOp {
   }
 
   int64_t batch_, lq_, lk_, heads_, d_, dv_, dp_, steps_, last_, dq_, dv16_, lk32_, qblocks_;
+  // Where Dv is no multiple of 16, V^T's row Dv is all ones, so that O^T's row Dv is the sum of the
+  // rounded P (the tiles add them in f32 as vdpbf16ps would): no vector work for the sums.
+  bool sum_row_;
   float c_;
   int threads_;
   TileConfig cfg_;

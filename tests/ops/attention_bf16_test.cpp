@@ -162,12 +162,15 @@ TEST(AttentionBf16, Exp2OfNonPositiveIsWithinItsBound) {
   double worst = 0.0;
   for (double x = -130.0; x <= 0.0; x += 1.0 / 4096 + 1e-7) {
     const float xf = static_cast<float>(x);
-    const double want = std::exp2(std::max(static_cast<double>(xf), -126.0));
+    const double want = std::exp2(std::max(static_cast<double>(xf), -125.0));
     worst = std::max(worst, std::abs(ops::cpu::exp2_nonpositive_f32(xf) / want - 1.0));
   }
-  EXPECT_LT(worst, 3e-6);
-  EXPECT_NEAR(ops::cpu::exp2_nonpositive_f32(-0.0f), 1.0, 3e-6);
-  EXPECT_NEAR(ops::cpu::exp2_nonpositive_f32(-1e30f), std::exp2(-126.0), 3e-6 * std::exp2(-126.0));
+  // A degree-3 fit: 7.5e-5, under 4% of the bf16 rounding that follows it (2^-9), and not much less
+  // (a slip back to a degree-4 fit would show here as well as in the kernels' speed).
+  EXPECT_LT(worst, 8e-5);
+  EXPECT_GT(worst, 1e-5);
+  EXPECT_NEAR(ops::cpu::exp2_nonpositive_f32(-0.0f), 1.0, 8e-5);
+  EXPECT_NEAR(ops::cpu::exp2_nonpositive_f32(-1e30f), std::exp2(-125.0), 8e-5 * std::exp2(-125.0));
 }
 
 TEST(AttentionBf16, EmulatedMatchesTheRoundedReference) { check_cases(Kernel::kEmulated); }

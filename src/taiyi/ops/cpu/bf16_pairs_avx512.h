@@ -47,11 +47,10 @@ inline __mmask16 first_lanes(int64_t n) { return static_cast<__mmask16>((1u << s
 // gives 0 for very negative x, the pads, with no clamp).
 TAIYI_TARGET_AVX512_BF16 inline __m512 exp2_avx512(__m512 x) {
   const __m512 f = _mm512_reduce_ps(x, 0x09);  // imm 0x09: round down (01), suppress exceptions (8)
-  __m512 p = _mm512_set1_ps(0.013534166850149632f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.05201146379113197f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.2414427548646927f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.6930038332939148f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000026226043701f));
+  __m512 p = _mm512_set1_ps(0.07802451401948929f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.2260671705007553f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.6958335638046265f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.9999251961708069f));
   return _mm512_scalef_ps(p, x);
 }
 

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "small_blocks.h"
@@ -109,6 +110,38 @@ TEST(Bf16Inputs, GroupNormOutputsReadByOneDnnConvolutionsBecomeBf16) {
   EXPECT_EQ(bf16_values(g), onednn ? 4u : 0u) << g.dump();
   const Tensor want = Executor(plain).run({x, temb})[0];
   EXPECT_EQ(max_abs_diff(Executor(g).run({x, temb})[0], want), 0.0);
+}
+
+// A nearest upsample between channels-last convolutions (the upsamplers' convolutions read it)
+// writes bf16 where the convolution after it is oneDNN's, at 2x and at sizes whose source rows and
+// columns repeat unevenly; the graph computes exactly what it does without the pass.
+TEST(Bf16Inputs, UpsampleOutputsReadByOneDnnConvolutionsBecomeBf16) {
+  if (!ops::bf16_supported()) GTEST_SKIP() << "this CPU runs no bf16";
+  unsetenv("TAIYI_BF16_EMULATE");
+  const Tensor w1 = random_tensor({24, 4, 3, 3}, 1, -0.3f, 0.3f), w2 = random_tensor({8, 24, 3, 3}, 2, -0.3f, 0.3f);
+  for (const auto& [oh, ow] : {std::pair<int64_t, int64_t>{12, 14}, std::pair<int64_t, int64_t>{11, 19}}) {
+    const auto fn = [&](const std::vector<Tensor>& in) {
+      const Tensor h = ops::conv2d(in[0], w1, Tensor(), ops::Conv2dParams::same(1));
+      return std::vector<Tensor>{
+          ops::conv2d(ops::upsample_nearest(h, oh, ow), w2, Tensor(), ops::Conv2dParams::same(1))};
+    };
+    const std::vector<InputSpec> sig = {{{2, 4, 6, 7}, DType::F32}};
+    const Tensor x = random_tensor({2, 4, 6, 7}, 3);
+    CompileOptions bf16;
+    bf16.compute = DType::BF16;
+    Graph plain = without_bf16_inputs(fn, sig, bf16);
+    Graph g = trace(fn, sig);
+    run_passes(g, bf16);
+    const bool onednn = ops::conv2d_takes_bf16_input({2, 24, oh, ow}, w2, ops::Conv2dParams::same(1), DType::BF16,
+                                                     ops::Layout::kNHWC, ops::Layout::kNHWC, {});
+    size_t upsampled_bf16 = 0;
+    for (const Node& n : g.nodes)
+      upsampled_bf16 += n.kind == ops::OpKind::kUpsampleNearest && g.values[n.output].dtype == DType::BF16 &&
+                        value_layout(g.values[n.output]) == ops::Layout::kNHWC;
+    EXPECT_EQ(upsampled_bf16, onednn ? 1u : 0u) << g.dump();
+    const Tensor want = Executor(plain).run({x})[0];
+    EXPECT_EQ(max_abs_diff(Executor(g).run({x})[0], want), 0.0) << oh << "x" << ow;
+  }
 }
 
 // Values something else reads (a residual, a graph output) stay f32.

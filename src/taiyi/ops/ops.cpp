@@ -384,8 +384,8 @@ Tensor group_norm_impl(const char* op, OpKind kind, const Tensor& x, int groups,
   const Tensor xc = x.contiguous();
   Tensor y = make_output(x.shape());
   const int64_t spatial = n * c > 0 ? x.numel() / (n * c) : 0;
-  cpu::group_norm_f32(xc.data<float>(), data_or_null(g), data_or_null(b), y.data<float>(), n, c, spatial, groups,
-                      eps, kind == OpKind::kGroupNormSilu);
+  cpu::group_norm_f32(xc.data<float>(), data_or_null(g), data_or_null(b), y.data<float>(), n, c, spatial, groups, eps,
+                      kind == OpKind::kGroupNormSilu);
   return y;
 }
 
@@ -561,7 +561,12 @@ Tensor upsample_nearest(const Tensor& x, int64_t out_h, int64_t out_w) {
   attrs.out_w = out_w;
   if (auto t = traced(OpKind::kUpsampleNearest, {x}, attrs, {x.size(0), x.size(1), out_h, out_w})) return *t;
   if (is_channels_last(x)) {
-    Tensor y = make_channels_last_output({x.size(0), x.size(1), out_h, out_w});
+    const Shape ys = {x.size(0), x.size(1), out_h, out_w};
+    if (auto y = take_bf16_target(ys, layout_strides(ys, Layout::kNHWC))) {
+      cpu::upsample_nearest_nhwc_f32_to_bf16(x, *y);
+      return *y;
+    }
+    Tensor y = make_channels_last_output(ys);
     if (y.numel() > 0) cpu::upsample_nearest_nhwc_f32(x, y);
     return y;
   }
@@ -576,8 +581,7 @@ Tensor embedding(const Tensor& table, const Tensor& ids) {
   require_f32(op, "table", table);
   require_rank(op, "table", table, 2);
   require_defined(op, "ids", ids);
-  if (ids.dtype() != DType::I64 && ids.dtype() != DType::I32)
-    fail(op, "ids must be i64 or i32, got " + ids.describe());
+  if (ids.dtype() != DType::I64 && ids.dtype() != DType::I32) fail(op, "ids must be i64 or i32, got " + ids.describe());
   const int64_t rows = table.size(0), dim = table.size(1), n = ids.numel();
   Shape out_shape = ids.shape();
   out_shape.push_back(dim);
@@ -588,8 +592,7 @@ Tensor embedding(const Tensor& table, const Tensor& ids) {
   float* dst = y.data<float>();
   for (int64_t i = 0; i < n; ++i) {
     const int64_t id = ic.dtype() == DType::I64 ? ic.data<int64_t>()[i] : ic.data<int32_t>()[i];
-    if (id < 0 || id >= rows)
-      fail(op, "id " + std::to_string(id) + " is outside the table " + table.describe());
+    if (id < 0 || id >= rows) fail(op, "id " + std::to_string(id) + " is outside the table " + table.describe());
     std::copy_n(src + id * dim, dim, dst + i * dim);
   }
   return y;

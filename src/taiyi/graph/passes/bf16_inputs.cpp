@@ -7,7 +7,8 @@
 //     residual (the feed-forward's gated value), or by an attention whose bf16 kernel writes bf16
 //     (the AMX and AVX512-BF16 kernels);
 //   - read by convolutions that take a bf16 input (ops::conv2d_takes_bf16_input: oneDNN's kernel)
-//     from channels-last memory: written by a GroupNorm(+SiLU) over channels-last memory.
+//     from channels-last memory: written by a GroupNorm(+SiLU) or a nearest upsample (the
+//     upsamplers' convolutions) over channels-last memory.
 // The rounding is the same one (nearest even), so the graph computes exactly what it did before.
 // Needs bf16 the CPU runs (not the f32 fallback or its emulation). TAIYI_BF16_INPUTS=0 turns the
 // pass off (A/B runs).
@@ -47,7 +48,8 @@ bool writes_bf16(const Graph& g, const Node& n, ops::OpKind readers) {
     return n.kind == ops::OpKind::kLinear && will_prepack(g, n) && !ops::has_fused_residual(n.attrs, n.inputs.size()) &&
            n.attrs.output_scale == 1.0f;
   }
-  return (n.kind == ops::OpKind::kGroupNorm || n.kind == ops::OpKind::kGroupNormSilu) &&
+  return (n.kind == ops::OpKind::kGroupNorm || n.kind == ops::OpKind::kGroupNormSilu ||
+          n.kind == ops::OpKind::kUpsampleNearest) &&
          value_layout(g.values[n.output]) == ops::Layout::kNHWC &&
          value_layout(g.values[n.inputs[0]]) == ops::Layout::kNHWC;
 }

@@ -3,6 +3,7 @@
 // arithmetic (aten/src/ATen/native/UpSample.h, nearest_idx), dst >> 1 when out == 2 * in.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "taiyi/ops/cpu/cpu_kernels.h"
@@ -53,6 +54,41 @@ void upsample_nearest_nhwc_f32(const Tensor& x, const Tensor& y) {
       const float* src = xr + nearest_source_index(j, w, ow) * c;
       std::copy(src, src + c, yr + j * c);
     }
+  }
+}
+
+void upsample_nearest_nhwc_f32_to_bf16(const Tensor& x, const Tensor& y) {
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t oh = y.size(2), ow = y.size(3);
+  std::vector<int64_t> src_col(static_cast<size_t>(ow)), first(static_cast<size_t>(h), -1),
+      count(static_cast<size_t>(h), 0);
+  for (int64_t j = 0; j < ow; ++j) src_col[j] = nearest_source_index(j, w, ow);
+  // The output rows that read one source row are consecutive (the index only grows with dst).
+  for (int64_t i = 0; i < oh; ++i) {
+    const int64_t si = nearest_source_index(i, h, oh);
+    if (first[si] < 0) first[si] = i;
+    ++count[si];
+  }
+  const float* px = x.data<float>();
+  uint16_t* py = y.data_u16();
+  const auto row_bytes = static_cast<size_t>(ow * c) * sizeof(uint16_t);
+  const auto pixel_bytes = static_cast<size_t>(c) * sizeof(uint16_t);
+  // Each source row rounded once into its first output row, pixel by pixel (a repeated source
+  // pixel copied), then that row copied to the others.
+#pragma omp parallel for schedule(static) if (n * oh * ow * c > 32768)
+  for (int64_t r = 0; r < n * h; ++r) {
+    const int64_t s = r / h, si = r % h;
+    if (count[si] == 0) continue;
+    const float* xr = px + (s * h + si) * w * c;
+    uint16_t* y0 = py + (s * oh + first[si]) * ow * c;
+    for (int64_t j = 0; j < ow; ++j) {
+      if (j > 0 && src_col[j] == src_col[j - 1]) {
+        std::memcpy(y0 + j * c, y0 + (j - 1) * c, pixel_bytes);
+      } else {
+        round_to_bf16(xr + src_col[j] * c, y0 + j * c, c);
+      }
+    }
+    for (int64_t k = 1; k < count[si]; ++k) std::memcpy(y0 + k * ow * c, y0, row_bytes);
   }
 }
 

@@ -33,7 +33,9 @@ Tensor Attention::operator()(const Tensor& x, const Tensor& context) const {
   const Tensor v = to_v_(kv_in);
   const float scale = 1.0f / std::sqrt(static_cast<float>(o_.dim_head));
   Tensor out = to_out_(ops::attention(q, k, v, o_.heads, scale));
-  if (spatial) out = ops::reshape(ops::transpose(out, 1, 2), x.shape());
+  // [B, H W, C] rows back to [B, C, H, W]: the rows are that tensor's channels-last memory, so a
+  // reshape to [B, H, W, C] and a permute are views (transpose then reshape would copy).
+  if (spatial) out = ops::permute(ops::reshape(out, {x.size(0), x.size(2), x.size(3), x.size(1)}), {0, 3, 1, 2});
   if (o_.residual_connection) out = ops::add(out, x);
   if (o_.rescale_output_factor != 1.0f) out = ops::scale(out, 1.0f / o_.rescale_output_factor);
   return out;

@@ -168,6 +168,20 @@ TEST(Binary, StridedOperands) {
   EXPECT_TRUE(all_close(ops::mul(a, c), broadcast_reference(a, c, {3, 5, 7}, std::multiplies<double>()), 1e-7, 0.0));
 }
 
+// A channels-last view added to an NCHW tensor (the VAE attention's output and its residual):
+// a transposed operand, small (the general path) and large (the 32 x 32 tiles, sizes off them), either side.
+TEST(Binary, TransposedOperandTiles) {
+  const Tensor nhwc = random_tensor({2, 9, 11, 37}, 1).permute({0, 3, 1, 2});  // [2, 37, 9, 11]
+  const Tensor nchw = random_tensor({2, 37, 9, 11}, 2);
+  EXPECT_TRUE(all_close(ops::add(nhwc, nchw), broadcast_reference(nhwc, nchw, {2, 37, 9, 11}, std::plus<double>()),
+                        1e-7, 1e-7));
+  const Tensor wide = random_tensor({1, 70, 90, 50}, 3).permute({0, 3, 1, 2}), flat = random_tensor({1, 50, 70, 90}, 4);
+  EXPECT_TRUE(all_close(ops::sub(flat, wide), broadcast_reference(flat, wide, {1, 50, 70, 90}, std::minus<double>()),
+                        1e-7, 1e-7));
+  EXPECT_TRUE(all_close(ops::mul(wide, flat),
+                        broadcast_reference(wide, flat, {1, 50, 70, 90}, std::multiplies<double>()), 1e-7, 0.0));
+}
+
 TEST(Binary, RejectsBadShapes) {
   EXPECT_TRUE(throws_error(
       [] {

@@ -232,6 +232,42 @@ TEST(FuseSiblingLinears, QkvAndContextKvBecomeOneLinearEach) {
   }
 }
 
+// Two transformer blocks on one context: each cross-attention's k and v stack on their own (one
+// product per attention, never all the context's projections in one: those run slower as one
+// very wide product), so 4 stacked linears of widths 3C and 2C, none wider.
+TEST(FuseSiblingLinears, ContextProjectionsStackPerAttention) {
+  if (!ops::bf16_supported()) GTEST_SKIP() << "the pass runs with bf16 only";
+  nn::ParameterSet p1, p2;
+  const nn::Transformer2DModel first = small_transformer(p1), second = small_transformer(p2);
+  p1.init_random(3);
+  p2.init_random(4);
+  const auto fn = [&](const std::vector<Tensor>& in) {
+    return std::vector<Tensor>{second(first(in[0], in[1]), in[1])};
+  };
+  const std::vector<InputSpec> sig = {{{2, 16, 5, 6}, DType::F32}, {{2, 7, 12}, DType::F32}};
+  CompileOptions options;
+  options.compute = DType::BF16;
+  Graph g = trace(fn, sig);
+  run_passes(g, options);
+  size_t three = 0, two = 0, wider = 0;
+  const auto readers = g.readers();
+  for (const Node& n : g.nodes) {
+    // a stacked linear: its outputs are read as slices
+    if (n.kind != ops::OpKind::kLinear || readers[n.output].empty() ||
+        g.nodes[readers[n.output][0]].kind != ops::OpKind::kSlice)
+      continue;
+    const int64_t width = g.values[n.output].shape.back();
+    three += width == 3 * 16;
+    two += width == 2 * 16;
+    wider += width > 3 * 16;
+  }
+  EXPECT_EQ(three, 2u) << g.dump();
+  EXPECT_EQ(two, 2u) << g.dump();
+  EXPECT_EQ(wider, 0u) << g.dump();
+  const Tensor x = random_tensor({2, 16, 5, 6}, 1), ctx = random_tensor({2, 7, 12}, 2);
+  EXPECT_LE(max_abs_diff(Executor(g).run({x, ctx})[0], fn({x, ctx})[0]), 5e-2);
+}
+
 // Siblings stay apart when one output has another reader, when one has a residual fused, or when
 // their weights differ in K (here: different inputs, so never siblings), and a lone linear stays.
 TEST(FuseSiblingLinears, LeavesLinearsWithOtherReadersAlone) {

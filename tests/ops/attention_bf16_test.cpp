@@ -204,10 +204,12 @@ TEST(AttentionBf16, AmxKernelMatchesTheRoundedReference) {
   if (!ops::cpu::cpu_has_amx_bf16()) GTEST_SKIP() << "this CPU has no AMX-BF16 (or Linux does not allow it)";
   check_kernel(Kernel::kAmx);
   // D = 64 and 96 (two and three full d steps: Q leaves its tiles), Dv = 72 (48 + 16 + 8 columns),
-  // Lk = 33 (one key past a step of 32).
+  // Lk = 33 (one key past a step of 32); D = 80 (32 + 32 + 16) and D = 160 (five steps) over 300
+  // keys (three chunks).
   uint32_t seed = 40;
   for (const Case& c :
-       {Case{{1, 20, 128}, {1, 33, 128}, {1, 33, 144}, 2}, Case{{2, 18, 192}, {2, 40, 192}, {2, 40, 48}, 2}}) {
+       {Case{{1, 20, 128}, {1, 33, 128}, {1, 33, 144}, 2}, Case{{2, 18, 192}, {2, 40, 192}, {2, 40, 48}, 2},
+        Case{{1, 21, 160}, {1, 300, 160}, {1, 300, 160}, 2}, Case{{1, 19, 320}, {1, 300, 320}, {1, 300, 80}, 2}}) {
     const Tensor q = random_tensor(c.q, seed++, -2.0f, 2.0f), k = random_tensor(c.k, seed++, -2.0f, 2.0f);
     const Tensor v = random_tensor(c.v, seed++);
     EXPECT_TRUE(all_close(run_prepared(q, k, v, c.heads, 0.2f, Kernel::kAmx),

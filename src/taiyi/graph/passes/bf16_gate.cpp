@@ -32,18 +32,14 @@ bool bf16_gate(Graph& g, const CompileOptions& options) {
   const auto readers = g.readers();
   bool changed = false;
   for (size_t v = 0; v < g.values.size(); ++v) {
-    Value& x = g.values[v];
-    if (x.kind != ValueKind::kNode || x.dtype != DType::F32 || g.is_output(static_cast<int>(v)) ||
-        x.strides != contiguous_strides(x.shape) || readers[v].empty() || x.producer < 0)
-      continue;
-    const Node& p = g.nodes[x.producer];
-    if (p.output != static_cast<int>(v) || p.kind != ops::OpKind::kLinear || p.attrs.post_op != ops::PostOp::kGelu ||
-        ops::has_fused_residual(p.attrs, p.inputs.size()) || p.attrs.output_scale != 1.0f || !will_prepack(g, p))
+    const Node* p = f32_value_producer(g, v, readers);
+    if (!p || p->kind != ops::OpKind::kLinear || p->attrs.post_op != ops::PostOp::kGelu ||
+        ops::has_fused_residual(p->attrs, p->inputs.size()) || p->attrs.output_scale != 1.0f || !will_prepack(g, *p))
       continue;
     bool all = true;
     for (int r : readers[v]) all = all && multiplies_by(g, g.nodes[r], static_cast<int>(v));
     if (!all) continue;
-    x.dtype = DType::BF16;
+    g.values[v].dtype = DType::BF16;
     changed = true;
   }
   return changed;

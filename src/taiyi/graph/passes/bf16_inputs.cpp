@@ -35,7 +35,7 @@ bool bf16_product_reads(const Graph& g, const Node& n, int v, const CompileOptio
   const Value& x = g.values[v];
   return n.kind == ops::OpKind::kConv2d && value_layout(x) == ops::Layout::kNHWC &&
          ops::conv2d_takes_bf16_input(x.shape, g.values[n.inputs[1]].constant, n.attrs.conv, options.compute,
-                                      value_layout(x), value_layout(g.values[n.output]), node_epilogue(n));
+                                      value_layout(x), value_layout(g.values[n.output]), node_epilogue(g, n));
 }
 
 // Whether the producer can write v in bf16 for readers of this kind.
@@ -62,21 +62,26 @@ bool bf16_inputs(Graph& g, const CompileOptions& options) {
   const auto readers = g.readers();
   bool changed = false;
   for (size_t v = 0; v < g.values.size(); ++v) {
-    Value& x = g.values[v];
-    if (x.kind != ValueKind::kNode || x.dtype != DType::F32 || g.is_output(static_cast<int>(v)) || !is_dense(x) ||
-        readers[v].empty())
-      continue;
-    if (x.producer < 0 || g.nodes[x.producer].output != static_cast<int>(v)) continue;
+    const Node* producer = f32_value_producer(g, v, readers);
+    if (!producer) continue;
     // Every reader a product of one kind (all linears, or all convolutions) that takes bf16.
     const ops::OpKind kind = g.nodes[readers[v][0]].kind;
     bool all = true;
     for (int r : readers[v])
       all = all && g.nodes[r].kind == kind && bf16_product_reads(g, g.nodes[r], static_cast<int>(v), options);
-    if (!all || !writes_bf16(g, g.nodes[x.producer], kind)) continue;
-    x.dtype = DType::BF16;
+    if (!all || !writes_bf16(g, *producer, kind)) continue;
+    g.values[v].dtype = DType::BF16;
     changed = true;
   }
   return changed;
+}
+
+const Node* f32_value_producer(const Graph& g, size_t v, const std::vector<std::vector<int>>& readers) {
+  const Value& x = g.values[v];
+  if (x.kind != ValueKind::kNode || x.dtype != DType::F32 || g.is_output(static_cast<int>(v)) || !is_dense(x) ||
+      readers[v].empty() || x.producer < 0 || g.nodes[x.producer].output != static_cast<int>(v))
+    return nullptr;
+  return &g.nodes[x.producer];
 }
 
 }  // namespace taiyi::graph

@@ -77,9 +77,13 @@ bool is_dense(const Value& v);
 // changes nothing): TAIYI_CHANNELS_LAST, TAIYI_FUSE_GELU, TAIYI_FUSE_QKV, TAIYI_BF16_INPUTS, TAIYI_BF16_GATE.
 bool pass_turned_off(const char* env_var);
 
-// The epilogue the fusion passes put on a conv2d or linear (fused residual, output scale, post-op),
-// as prepack_weights binds it.
-ops::Epilogue node_epilogue(const Node& n);
+// The epilogue the fusion passes put on a conv2d or linear (fused residual, output scale, post-op,
+// and the dtype of a multiply post-op's factor), as prepack_weights binds it.
+ops::Epilogue node_epilogue(const Graph& g, const Node& n);
+
+// The node that writes value v when v is an f32 node output, dense, read by some node and not a
+// graph output: a value bf16_inputs or bf16_gate may make bf16. Null otherwise.
+const Node* f32_value_producer(const Graph& g, size_t v, const std::vector<std::vector<int>>& readers);
 
 // Whether bf16_attention binds this node when bf16 runs (an attention with f32 q, k, v of shapes the
 // prepared kernels take).

@@ -64,11 +64,12 @@ bool is_dense(const Value& v) {
   return v.strides == contiguous_strides(v.shape) || value_layout(v) == ops::Layout::kNHWC;
 }
 
-ops::Epilogue node_epilogue(const Node& n) {
-  ops::Epilogue e;  // set by fuse_residual_add and fuse_linear_gelu
+ops::Epilogue node_epilogue(const Graph& g, const Node& n) {
+  ops::Epilogue e;  // set by fuse_residual_add and fuse_linear_gelu (and bf16_gate: the factor's dtype)
   e.post_op = n.attrs.post_op;
   e.residual = ops::has_fused_residual(n.attrs, n.inputs.size());
   e.scale = n.attrs.output_scale;
+  if (e.post_op == ops::PostOp::kMultiply) e.factor = g.values[n.inputs.at(3)].dtype;
   return e;
 }
 
@@ -103,8 +104,7 @@ bool prepack_weights(Graph& g, const CompileOptions& options) {
     const Tensor& w = g.values[n.inputs[1]].constant;
     const Tensor w_packed = emulate ? round_to_bf16(w) : w;
     const Tensor bias = n.inputs[2] >= 0 ? g.values[n.inputs[2]].constant : Tensor();
-    ops::Epilogue epilogue = node_epilogue(n);
-    if (epilogue.post_op == ops::PostOp::kMultiply) epilogue.factor = g.values[n.inputs.at(3)].dtype;
+    const ops::Epilogue epilogue = node_epilogue(g, n);
     n.prepared = n.kind == ops::OpKind::kConv2d
                      ? ops::prepare_conv2d(x.shape, w_packed, bias, n.attrs.conv, compute, value_layout(x),
                                            value_layout(g.values[n.output]), epilogue, x.dtype)

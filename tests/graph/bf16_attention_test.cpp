@@ -56,7 +56,7 @@ TEST_F(Bf16Attention, ComputesTheSameWithinBf16Error) {
   const Tensor after = Executor(g).run({x, ctx})[0];
   const double err = relative_l2(after, before);
   EXPECT_LT(err, 1e-2);
-  EXPECT_GT(err, 1e-6);  // the products did run in bf16
+  EXPECT_GT(err, 1e-6);                     // the products did run in bf16
   EXPECT_FALSE(bf16_attention(g, bf16()));  // already bound
 
   // The whole pipeline of passes, linears and attention in bf16, runs twice to the same result.

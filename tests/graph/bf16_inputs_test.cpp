@@ -1,7 +1,8 @@
 // bf16_inputs: in a Transformer2DModel (the diffusers module, random weights) compiled for bf16,
 // the LayerNorm outputs (read by q, k, v and by the feed-forward's two halves), the feed-forward's
-// gated value (read by its output linear) and the attention outputs (read by to_out, where the
-// attention kernel writes bf16) become bf16 values; in ResNet blocks over
+// gated value (read by its output linear), the attention outputs (read by to_out, where the
+// attention kernel writes bf16) and the feed-forward's output (read by proj_out, a 1x1
+// convolution, through views, where it is oneDNN's) become bf16 values; in ResNet blocks over
 // channels-last activations, the GroupNorm(+SiLU) outputs read by oneDNN convolutions do (where the
 // convolution is oneDNN's: on AMX). Either way the graph computes exactly what it computes without
 // the pass: the readers round the same values the same way.
@@ -61,8 +62,19 @@ TEST(Bf16Inputs, LayerNormAndGatedValuesBecomeBf16AndComputeTheSame) {
   // norm1 (q, k, v), norm2 (q of the cross-attention), norm3 (the GEGLU's two halves), the gated
   // value (the feed-forward's output linear), and where the CPU's bf16 attention kernel writes
   // bf16 (AMX, AVX512-BF16) both attentions' outputs (their to_out linears).
+  // And where proj_out (a 1x1 convolution from the channels-last view of the feed-forward's output
+  // to the NCHW graph output) is oneDNN's, the feed-forward's output with its residual, and the
+  // reshape and permute that view it: the linear adds the residual in f32 and rounds once.
   const bool attention_bf16 = ops::attention_bf16_writes_bf16(1.0f / std::sqrt(8.0f));
-  EXPECT_EQ(bf16_values(g), attention_bf16 ? 6u : 4u) << g.dump();
+  const bool proj_out_bf16 =
+      ops::conv2d_takes_bf16_input({2, 16, 5, 7}, random_tensor({16, 16, 1, 1}, 4), ops::Conv2dParams{}, DType::BF16,
+                                   ops::Layout::kNHWC, ops::Layout::kNCHW, {.residual = true});
+  EXPECT_EQ(bf16_values(g), (attention_bf16 ? 6u : 4u) + (proj_out_bf16 ? 3u : 0u)) << g.dump();
+  if (proj_out_bf16) {
+    const Node& proj_out = g.nodes.back();
+    EXPECT_EQ(proj_out.kind, ops::OpKind::kConv2d);
+    EXPECT_EQ(g.values[proj_out.inputs[0]].dtype, DType::BF16) << g.dump();
+  }
   const Tensor want = Executor(plain).run({x, ctx})[0];
   const Executor ex(g);
   EXPECT_EQ(max_abs_diff(ex.run({x, ctx})[0], want), 0.0);

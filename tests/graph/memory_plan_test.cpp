@@ -2,10 +2,11 @@
 // reused once a value is dead, views share their base's buffer, outputs get their own
 // memory, a fused residual epilogue writes in place when its residual dies there; and an
 // executor replaying from its arena gives the eager numbers every run.
+#include "taiyi/graph/memory_plan.h"
+
 #include <gtest/gtest.h>
 
 #include "taiyi/graph/executor.h"
-#include "taiyi/graph/memory_plan.h"
 #include "taiyi/graph/passes/passes.h"
 #include "taiyi/graph/tracer.h"
 #include "test_util.h"
@@ -111,7 +112,8 @@ TEST(MemoryPlan, ResidualEpiloguesWriteInPlaceWhenTheResidualDies) {
   std::vector<bool> in_place;  // per fused node, in order: a b c d f g
   for (const Node& n : g.nodes)
     if (n.prepared && n.inputs.size() > 3)
-      in_place.push_back(plan.offset[n.output] >= 0 && plan.offset[n.output] == plan.offset[plan.alias_of[n.inputs[3]]]);
+      in_place.push_back(plan.offset[n.output] >= 0 &&
+                         plan.offset[n.output] == plan.offset[plan.alias_of[n.inputs[3]]]);
   EXPECT_EQ(in_place, (std::vector<bool>{true, true, false, false, true, false}));
   const Tensor x = random_tensor({1, 8, 6, 6}, 5), r = random_tensor({1, 6, 6, 8}, 6);
   const auto want = fn({x, r});

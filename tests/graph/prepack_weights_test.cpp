@@ -2,12 +2,12 @@
 // (weights packed once); the graph computes the same before and after. Also the prepared ops'
 // epilogues, prepare_conv2d's choice of kernel, and the release of a checkpoint's pages of weights
 // that a prepared kernel copied.
-#include <gtest/gtest.h>
-
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -223,13 +223,13 @@ TEST(PreparedEpilogue, ResidualAndScaleInEveryLayout) {
   for (const ops::Layout dst : {ops::Layout::kNCHW, ops::Layout::kNHWC})
     for (const bool in_place : {false, true}) {
       SCOPED_TRACE(std::string(dst == ops::Layout::kNHWC ? "nhwc" : "nchw") + (in_place ? " in place" : ""));
-      const auto op = ops::prepare_conv2d(x.shape(), w, b, ops::Conv2dParams::same(1), DType::F32,
-                                          ops::Layout::kNCHW, dst, e);
+      const auto op =
+          ops::prepare_conv2d(x.shape(), w, b, ops::Conv2dParams::same(1), DType::F32, ops::Layout::kNCHW, dst, e);
       const Strides st = ops::layout_strides(r.shape(), dst);
       Tensor res = Tensor::from_storage(Storage::allocate(r.numel() * 4), 0, r.shape(), st, DType::F32);
       res.copy_from(r);
-      Tensor out = in_place ? res
-                            : Tensor::from_storage(Storage::allocate(r.numel() * 4), 0, r.shape(), st, DType::F32);
+      Tensor out =
+          in_place ? res : Tensor::from_storage(Storage::allocate(r.numel() * 4), 0, r.shape(), st, DType::F32);
       const auto scratch = Storage::allocate(op->scratch_bytes() + 64);  // 64-byte aligned, as the arena
       op->run({x, res}, out, scratch->data());
       EXPECT_LE(max_abs_diff(out, want), 1e-5);
@@ -245,6 +245,29 @@ TEST(PreparedEpilogue, ResidualAndScaleInEveryLayout) {
     op->run({xl, res}, out, scratch->data());
     EXPECT_LE(max_abs_diff(out, want_l), 1e-5) << (in_place ? "in place" : "");
   }
+}
+
+// A bf16 linear writing bf16 with a residual (the transformer's last feed-forward, read by
+// proj_out): the residual is added in f32 and the sum rounded once, the f32 output rounded.
+TEST(PreparedEpilogue, Bf16OutputWithResidualIsTheF32SumRounded) {
+  using testing::random_tensor;
+  if (!ops::bf16_supported()) GTEST_SKIP() << "this CPU runs no bf16";
+  const Tensor w = random_tensor({40, 32}, 1), b = random_tensor({40}, 2);
+  const Tensor x = ops::cast(random_tensor({2, 9, 32}, 3), DType::BF16), r = random_tensor({2, 9, 40}, 4);
+  ops::Epilogue e;
+  e.residual = true;
+  const auto f32_out = ops::prepare_linear(x.shape(), w, b, DType::BF16, e, DType::BF16, DType::F32);
+  const auto bf16_out = ops::prepare_linear(x.shape(), w, b, DType::BF16, e, DType::BF16, DType::BF16);
+  EXPECT_NE(bf16_out->describe().find("bf16-out +residual"), std::string::npos) << bf16_out->describe();
+  const auto scratch = Storage::allocate(std::max(f32_out->scratch_bytes(), bf16_out->scratch_bytes()) + 64);
+  Tensor want = r.clone();  // in place, as the planner may place it
+  f32_out->run({x, want}, want, scratch->data());
+  Tensor got = Tensor::empty(r.shape(), DType::BF16);
+  bf16_out->run({x, r}, got, scratch->data());
+  EXPECT_EQ(testing::max_abs_diff(ops::cast(got, DType::F32), ops::cast(ops::cast(want, DType::BF16), DType::F32)),
+            0.0);
+  // The residual is read, not written.
+  EXPECT_EQ(testing::max_abs_diff(r, random_tensor({2, 9, 40}, 4)), 0.0);
 }
 
 }  // namespace

@@ -1,11 +1,24 @@
 #include "taiyi/graph/graph_function.h"
 
 #include <chrono>
+#include <cstdlib>
+#include <fstream>
 
 namespace taiyi::graph {
 
 namespace {
 double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+// TAIYI_DUMP_GRAPH=DIR writes each compiled graph, after its passes, to DIR/<function>-<n>.txt
+// (one line per node, Graph::dump()): for reading what the passes made of a model.
+void dump_if_asked(const Graph& g, const std::string& function) {
+  const char* dir = std::getenv("TAIYI_DUMP_GRAPH");
+  if (!dir || !*dir) return;
+  static int count = 0;
+  const std::string path = std::string(dir) + "/" + function + "-" + std::to_string(count++) + ".txt";
+  std::ofstream out(path);
+  out << g.dump();
+  if (!out) throw Error("TAIYI_DUMP_GRAPH: cannot write " + path);
+}
 }  // namespace
 
 Mode parse_mode(const std::string& s) {
@@ -63,6 +76,7 @@ std::vector<Tensor> GraphFunction::operator()(const std::vector<Tensor>& inputs,
       stats.packed_weight_bytes += n.prepared->packed_weight_bytes();
     }
     const double t2 = now_s();
+    dump_if_asked(g, name_);
     stats.nodes = g.nodes.size();
     for (const auto& v : g.values) stats.constants += v.kind == ValueKind::kConstant && v.constant.defined();
     auto ex = std::make_unique<Executor>(std::move(g), workspace_, options_.repeated_inputs);

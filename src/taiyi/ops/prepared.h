@@ -84,7 +84,8 @@ std::unique_ptr<PreparedOp> prepare_attention_bf16(const Shape& q, const Shape& 
 
 // linear of an x of shape x_shape ([..., K], rows contiguous) with constant w [N, K] and bias.
 // With compute bf16, x may be bf16 already (src BF16: no rounding pass per call), and the output
-// may be written in bf16 (dst BF16: rounded to nearest even as it is stored; no residual then).
+// may be written in bf16 (dst BF16: rounded to nearest even as it is stored, after a residual
+// is added in f32).
 // src_columns: x's [M, K] rows are stored by columns (element (m, k) at k M + m; a [1, M, K]
 // transposed view of [1, K, M], as the VAE's attention reads its GroupNorm output); oneDNN reads it
 // so (or transposes it as it rounds it to bf16), with no copy first.

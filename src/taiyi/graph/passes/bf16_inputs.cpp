@@ -3,12 +3,14 @@
 // over the same LayerNorm output for q, k and v). Where a value is read only by such ops (as their
 // input, not a residual or a multiply post-op's factor) and its producer can round as it writes,
 // this pass makes the value bf16:
-//   - read by linears bound in bf16: written by a LayerNorm, by a prepared linear without a
-//     residual (the feed-forward's gated value), or by an attention whose bf16 kernel writes bf16
-//     (the AMX and AVX512-BF16 kernels);
+//   - read by linears bound in bf16: written by a LayerNorm, by a prepared linear with nothing
+//     but a residual after its bias (the feed-forward's gated value), or by an attention whose
+//     bf16 kernel writes bf16 (the AMX and AVX512-BF16 kernels);
 //   - read by convolutions that take a bf16 input (ops::conv2d_takes_bf16_input: oneDNN's kernel)
 //     from channels-last memory: written by a GroupNorm(+SiLU) or a nearest upsample (the
-//     upsamplers' convolutions) over channels-last memory.
+//     upsamplers' convolutions) over channels-last memory, or by such a linear (the transformer's
+//     last feed-forward, with its residual, read by proj_out through a reshape and a permute).
+// Readers are looked for through reshapes and permutes, which become bf16 views.
 // The rounding is the same one (nearest even), so the graph computes exactly what it did before.
 // Needs bf16 the CPU runs (not the f32 fallback or its emulation). TAIYI_BF16_INPUTS=0 turns the
 // pass off (A/B runs).
@@ -38,20 +40,43 @@ bool bf16_product_reads(const Graph& g, const Node& n, int v, const CompileOptio
                                       value_layout(x), value_layout(g.values[n.output]), node_epilogue(g, n));
 }
 
-// Whether the producer can write v in bf16 for readers of this kind.
+// A linear bound in bf16: oneDNN rounds its output (after the epilogue: a residual added, a gelu
+// or a product, in f32) as it stores it.
+bool linear_writes_bf16(const Graph& g, const Node& n) {
+  return n.kind == ops::OpKind::kLinear && will_prepack(g, n) && n.attrs.output_scale == 1.0f;
+}
+
+// Whether the producer can write v in bf16 for readers of this kind (linears or convolutions).
 bool writes_bf16(const Graph& g, const Node& n, ops::OpKind readers) {
+  if (linear_writes_bf16(g, n)) return true;
   if (readers == ops::OpKind::kLinear) {
     if (n.kind == ops::OpKind::kLayerNorm) return true;
     // (bf16_attention binds it to a kernel that writes bf16)
-    if (n.kind == ops::OpKind::kAttention)
-      return bf16_attention_binds(g, n) && ops::attention_bf16_writes_bf16(n.attrs.scale);
-    return n.kind == ops::OpKind::kLinear && will_prepack(g, n) && !ops::has_fused_residual(n.attrs, n.inputs.size()) &&
-           n.attrs.output_scale == 1.0f;
+    return n.kind == ops::OpKind::kAttention && bf16_attention_binds(g, n) &&
+           ops::attention_bf16_writes_bf16(n.attrs.scale);
   }
   return (n.kind == ops::OpKind::kGroupNorm || n.kind == ops::OpKind::kGroupNormSilu ||
           n.kind == ops::OpKind::kUpsampleNearest) &&
          value_layout(g.values[n.output]) == ops::Layout::kNHWC &&
          value_layout(g.values[n.inputs[0]]) == ops::Layout::kNHWC;
+}
+
+// The nodes that read v, looking through reshapes and permutes (views: the transformer's output
+// [B, H W, C] seen as the [B, C, H, W] channels-last input of proj_out): each with the value it
+// reads. The views passed are listed in `views`. False if a view is a graph output.
+bool readers_through_views(const Graph& g, int v, const std::vector<std::vector<int>>& readers,
+                           std::vector<std::pair<int, int>>& reads, std::vector<int>& views) {
+  for (int r : readers[v]) {
+    const Node& n = g.nodes[r];
+    if (n.kind == ops::OpKind::kReshape || n.kind == ops::OpKind::kPermute) {
+      if (g.is_output(n.output) || readers[n.output].empty()) return false;
+      views.push_back(n.output);
+      if (!readers_through_views(g, n.output, readers, reads, views)) return false;
+    } else {
+      reads.emplace_back(r, v);
+    }
+  }
+  return true;
 }
 
 }  // namespace
@@ -64,13 +89,18 @@ bool bf16_inputs(Graph& g, const CompileOptions& options) {
   for (size_t v = 0; v < g.values.size(); ++v) {
     const Node* producer = f32_value_producer(g, v, readers);
     if (!producer) continue;
-    // Every reader a product of one kind (all linears, or all convolutions) that takes bf16.
-    const ops::OpKind kind = g.nodes[readers[v][0]].kind;
+    // Every reader (through views) a product of one kind (all linears, or all convolutions) that
+    // takes bf16.
+    std::vector<std::pair<int, int>> reads;
+    std::vector<int> views;
+    if (!readers_through_views(g, static_cast<int>(v), readers, reads, views) || reads.empty()) continue;
+    const ops::OpKind kind = g.nodes[reads[0].first].kind;
     bool all = true;
-    for (int r : readers[v])
-      all = all && g.nodes[r].kind == kind && bf16_product_reads(g, g.nodes[r], static_cast<int>(v), options);
+    for (const auto& [r, x] : reads)
+      all = all && g.nodes[r].kind == kind && bf16_product_reads(g, g.nodes[r], x, options);
     if (!all || !writes_bf16(g, *producer, kind)) continue;
     g.values[v].dtype = DType::BF16;
+    for (int view : views) g.values[view].dtype = DType::BF16;
     changed = true;
   }
   return changed;

@@ -6,8 +6,8 @@
 // converted and packed once into the layout oneDNN picks; each call rounds the input
 // rows to bf16 in caller scratch; the output and the accumulation stay f32.
 // A fused epilogue is a post-op sum of the residual (copied into the output unless it
-// is the output's memory) and an eltwise_linear scale; or, instead of the residual, a post-op
-// eltwise_gelu_erf or a binary_mul by a second input of the output's shape (f32, or bf16 with bf16
+// is the output's memory; a binary_add of it for a bf16 output) and an eltwise_linear scale; or, instead of the
+// residual, a post-op eltwise_gelu_erf or a binary_mul by a second input of the output's shape (f32, or bf16 with bf16
 // compute: the GEGLU's gate, graph/passes/bf16_gate.cpp). In bf16, an input
 // that is bf16 already goes straight to the matmul, and a bf16 output is rounded as oneDNN stores it
 // (graph/passes/bf16_inputs.cpp lays such values out).
@@ -45,7 +45,6 @@ class PreparedLinear : public PreparedOp {
       throw Error("linear: a bf16 input, output or factor needs bf16 compute");
     if (factor_dtype_ != DType::F32 && factor_dtype_ != DType::BF16)
       throw Error("linear: the multiply post-op's factor is f32 or bf16");
-    if (dst_bf16_ && residual_) throw Error("linear: a fused residual needs an f32 output");
     if ((src != DType::F32 && !src_bf16_) || (dst != DType::F32 && !dst_bf16_))
       throw Error("linear: inputs and outputs are f32 or bf16");
     const auto f32 = memory::data_type::f32, bf16 = memory::data_type::bf16;
@@ -64,7 +63,11 @@ class PreparedLinear : public PreparedOp {
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     if (epilogue.residual || epilogue.scale != 1.0f || post_op_ != PostOp::kNone) {
       dnnl::post_ops ops;
-      if (epilogue.residual) ops.append_sum(1.0f);
+      // The residual: summed into the f32 output it was copied into, or, for a bf16 output, added
+      // as a binary post-op's f32 input (the sum rounded once, as it is stored).
+      if (epilogue.residual && !dst_bf16_) ops.append_sum(1.0f);
+      if (epilogue.residual && dst_bf16_)
+        ops.append_binary(dnnl::algorithm::binary_add, memory::desc({m_, n_}, f32, tag::ab));
       if (post_op_ == PostOp::kGelu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
       if (post_op_ == PostOp::kMultiply) ops.append_binary(dnnl::algorithm::binary_mul, factor_);
       if (epilogue.scale != 1.0f) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_linear, epilogue.scale, 0.0f);
@@ -113,7 +116,7 @@ class PreparedLinear : public PreparedOp {
     const bool round_input = bf16_ && (!src_bf16_ || src_columns_);
     memory src = round_input ? memory(src_, eng, scratch) : user_src;
     if (round_input) to_bf16_.execute(strm, user_src, src);
-    if (residual_) cpu::copy_residual_into(in.at(1), out);
+    if (residual_ && !dst_bf16_) cpu::copy_residual_into(in.at(1), out);
     std::unordered_map<int, memory> args = {
         {DNNL_ARG_SRC, src},
         {DNNL_ARG_WEIGHTS, weights_},
@@ -121,6 +124,12 @@ class PreparedLinear : public PreparedOp {
         {DNNL_ARG_SCRATCHPAD, memory(pd_.scratchpad_desc(), eng, scratch + src_bytes_)}};
     if (bias_.defined()) args.insert({DNNL_ARG_BIAS, cpu::dnnl_wrap(bias_md_, bias_.data<float>())});
     Tensor factor;
+    if (residual_ && dst_bf16_) {
+      factor = in.at(1).contiguous();
+      if (factor.shape() != out.shape() || factor.dtype() != DType::F32)
+        throw Error("linear: the residual " + factor.describe() + " does not match the output " + out.describe());
+      args.insert({DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, cpu::dnnl_wrap(factor_, factor.raw_data())});
+    }
     if (post_op_ == PostOp::kMultiply) {
       factor = in.at(1).contiguous();
       if (factor.shape() != out.shape() || factor.dtype() != factor_dtype_)

@@ -1,5 +1,5 @@
-// The fusion passes: fuse_group_norm_silu, fuse_residual_add, fuse_linear_gelu and
-// fuse_sibling_linears. Each graph computes the same
+// The fusion passes: fuse_group_norm_silu, fuse_residual_add, fuse_bias_add, fuse_linear_gelu
+// and fuse_sibling_linears. Each graph computes the same
 // before and after (and as eager mode), the pattern is gone, and look-alikes that must not
 // fuse (a second reader, a broadcasting add, a graph output in the middle) stay as they were.
 #include <gtest/gtest.h>
@@ -115,6 +115,69 @@ TEST(FuseResidualAdd, ResnetAndTransformerBlocksThroughAllPasses) {
   // conv2 + shortcut, attn1/attn2 to_out + input, ff + input, proj_out + input.
   EXPECT_EQ(residual_epilogues(g), 5u);
   EXPECT_LE(max_abs_diff(Executor(g).run({x, temb, ctx})[0], want), 1e-4);
+}
+
+// The time embedding's add into the bias of the convolution before it (fuse_bias_add): a
+// per-channel value ([1, C, 1, 1], [C, 1, 1]) fuses where the convolution is oneDNN's (any 1x1;
+// a 3x3 one where it is not our Winograd kernel: bf16 on AMX); one per batch item ([2, C, 1, 1])
+// or per position stays. Unprepared (the eager op adds), prepared, and replayed, as eager mode.
+TEST(FuseBiasAdd, PerChannelAddsJoinTheConvolutionsBias) {
+  const Tensor w3 = random_tensor({8, 6, 3, 3}, 1), b3 = random_tensor({8}, 2), w1 = random_tensor({8, 8, 1, 1}, 3);
+  const auto fn = [&](const std::vector<Tensor>& in) {
+    Tensor h = ops::conv2d(in[0], w3, b3, ops::Conv2dParams::same(1));
+    h = ops::add(h, ops::reshape(in[1], {1, 8, 1, 1}));                              // fuses (3x3: oneDNN's?)
+    h = ops::add(ops::reshape(in[1], {8, 1, 1}), ops::conv2d(h, w1, Tensor(), {}));  // fuses, no bias
+    h = ops::add(ops::conv2d(h, w1, b3, {}), ops::reshape(in[2], {2, 8, 1, 1}));     // per batch item: stays
+    return std::vector<Tensor>{ops::add(ops::conv2d(h, w1, b3, {}), in[3])};         // per position: stays
+  };
+  const std::vector<InputSpec> sig = {
+      {{2, 6, 4, 5}, DType::F32}, {{1, 8}, DType::F32}, {{2, 8}, DType::F32}, {{1, 1, 4, 5}, DType::F32}};
+  const Tensor x = random_tensor({2, 6, 4, 5}, 4), t = random_tensor({1, 8}, 5), t2 = random_tensor({2, 8}, 6);
+  const Tensor t3 = random_tensor({1, 1, 4, 5}, 7);
+  const Tensor want = fn({x, t, t2, t3})[0];
+  for (const DType compute : {DType::F32, DType::BF16}) {
+    SCOPED_TRACE(dtype_name(compute));
+    CompileOptions options;
+    options.compute = compute;
+    Graph g = trace(fn, sig);
+    const size_t adds = g.count(ops::OpKind::kAdd);
+    const bool conv3x3 = ops::conv2d_takes_bias_add({2, 6, 4, 5}, w3, ops::Conv2dParams::same(1),
+                                                    prepared_compute(options), ops::Layout::kNCHW, ops::Layout::kNCHW);
+    EXPECT_TRUE(fuse_bias_add(g, options));
+    g.validate();
+    size_t fused = 0;
+    for (const Node& n : g.nodes) fused += n.kind == ops::OpKind::kConv2d && n.attrs.post_op == ops::PostOp::kBiasAdd;
+    EXPECT_EQ(fused, conv3x3 ? 2u : 1u) << g.dump();
+    EXPECT_EQ(g.count(ops::OpKind::kAdd), adds - fused);
+    EXPECT_EQ(residual_epilogues(g), 0u);
+    EXPECT_LE(max_abs_diff(Executor(g).run({x, t, t2, t3})[0], want), 1e-5);  // the eager op with its add
+    EXPECT_FALSE(fuse_bias_add(g, options));
+    run_passes(g, options);
+    const Executor ex(g);
+    const double bound = prepared_compute(options) == DType::BF16 ? 3e-2 : 1e-4;
+    EXPECT_LE(relative_l2(ex.run({x, t, t2, t3})[0], want), bound);
+    EXPECT_LE(relative_l2(ex.run({x, t, t2, t3})[0], want), bound);  // a replay gives the same
+  }
+}
+
+// A ResnetBlock2D called with one time embedding for the batch (the UNet's) through every default
+// pass in bf16: conv1 takes the embedding into its bias where it is oneDNN's.
+TEST(FuseBiasAdd, ResnetBlockTimeEmbedding) {
+  nn::ParameterSet params;
+  const nn::ResnetBlock2D resnet(nn::Scope(params, "r"), 8, 16, 12, 4, 1e-5f, 1.0f);
+  params.init_random(7);
+  const auto fn = [&](const std::vector<Tensor>& in) { return std::vector<Tensor>{resnet(in[0], in[1])}; };
+  const Tensor x = random_tensor({2, 8, 6, 5}, 1), temb = random_tensor({1, 12}, 2);
+  const Tensor want = fn({x, temb})[0];
+  CompileOptions bf16;
+  bf16.compute = DType::BF16;
+  Graph g = trace(fn, {{{2, 8, 6, 5}, DType::F32}, {{1, 12}, DType::F32}});
+  run_passes(g, bf16);
+  const bool fused =
+      ops::conv2d_takes_bias_add({2, 8, 6, 5}, random_tensor({16, 8, 3, 3}, 3), ops::Conv2dParams::same(1),
+                                 prepared_compute(bf16), ops::Layout::kNCHW, ops::Layout::kNCHW);
+  EXPECT_EQ(g.count(ops::OpKind::kAdd), fused ? 0u : 1u) << g.dump();
+  EXPECT_LE(relative_l2(Executor(g).run({x, temb})[0], want), 3e-2);
 }
 
 size_t post_ops(const Graph& g, ops::PostOp p) {

@@ -16,8 +16,8 @@ MeasuredPeak measure_conv_peak(DType compute) {
   float* wd = w.data<float>();
   for (int64_t i = 0; i < x.numel(); ++i) xd[i] = static_cast<float>((i * 7919) % 255) / 255.0f - 0.5f;
   for (int64_t i = 0; i < w.numel(); ++i) wd[i] = static_cast<float>((i * 104729) % 251) / 2510.0f - 0.05f;
-  const auto op = prepare_conv2d_dnnl(xs, w, Tensor(), Conv2dParams::same(1), compute, Layout::kNCHW, Layout::kNCHW,
-                                      Epilogue{});
+  const auto op =
+      prepare_conv2d_dnnl(xs, w, Tensor(), Conv2dParams::same(1), compute, Layout::kNCHW, Layout::kNCHW, Epilogue{});
   Tensor out = Tensor::empty({2, 256, 64, 64});
   const auto scratch = Storage::allocate(op->scratch_bytes() + 64);
   double best = 1e30;

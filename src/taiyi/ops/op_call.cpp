@@ -76,10 +76,12 @@ Tensor run_op(OpKind kind, const std::vector<Tensor>& in, const OpAttrs& a) {
     case OpKind::kConv2d:
     case OpKind::kLinear: {
       // A fused epilogue (graph/passes/fuse_residual_add.cpp) adds a residual 4th input and a scale;
-      // a linear's post-op (graph/passes/fuse_linear_gelu.cpp) applies gelu, or multiplies by the 4th input.
+      // a linear's post-op (graph/passes/fuse_linear_gelu.cpp) applies gelu, or multiplies by the 4th input;
+      // a convolution's adds the 4th input, one value per channel (graph/passes/fuse_bias_add.cpp).
       Tensor r = kind == OpKind::kConv2d ? conv2d(arg(0), arg(1), arg(2), a.conv) : linear(arg(0), arg(1), arg(2));
       if (a.post_op == PostOp::kGelu) r = gelu(r);
       if (a.post_op == PostOp::kMultiply) r = mul(r, in.at(3));
+      if (a.post_op == PostOp::kBiasAdd) r = add(r, in.at(3));
       if (has_fused_residual(a, in.size())) r = add(r, in[3]);
       return a.output_scale != 1.0f ? scale(r, a.output_scale) : r;
     }

@@ -55,29 +55,31 @@ bool is_view(OpKind k);
 
 // The attributes of one call; each op reads only its own fields.
 struct OpAttrs {
-  Conv2dParams conv;        // conv2d
-  int heads = 0;            // attention
-  int groups = 0;           // group_norm(_silu)
-  float eps = 0;            // group_norm(_silu), layer_norm
-  float output_scale = 1;   // conv2d, linear: out = (op(x) + residual) * output_scale, residual the 4th input
-  PostOp post_op = PostOp::kNone;  // linear: after the bias, gelu, or times the 4th input (then no residual)
-  float scale = 0;          // attention, scale, add_scalar (the scalar), timestep_embedding
-  float lo = 0, hi = 0;     // clamp
-  float freq_shift = 0;     // timestep_embedding
-  float max_period = 0;     // timestep_embedding
+  Conv2dParams conv;       // conv2d
+  int heads = 0;           // attention
+  int groups = 0;          // group_norm(_silu)
+  float eps = 0;           // group_norm(_silu), layer_norm
+  float output_scale = 1;  // conv2d, linear: out = (op(x) + residual) * output_scale, residual the 4th input
+  // linear: after the bias, gelu, or times the 4th input; conv2d: the 4th input (one value per
+  // output channel) added to the bias. Then no residual.
+  PostOp post_op = PostOp::kNone;
+  float scale = 0;       // attention, scale, add_scalar (the scalar), timestep_embedding
+  float lo = 0, hi = 0;  // clamp
+  float freq_shift = 0;  // timestep_embedding
+  float max_period = 0;  // timestep_embedding
   bool flip_sin_to_cos = false;
-  int64_t dim = 0;          // concat, slice; timestep_embedding (embedding size)
-  int64_t start = 0, end = 0;  // slice
+  int64_t dim = 0;               // concat, slice; timestep_embedding (embedding size)
+  int64_t start = 0, end = 0;    // slice
   int64_t out_h = 0, out_w = 0;  // upsample_nearest
-  Shape shape;              // reshape
-  std::vector<int> dims;    // permute
-  DType dtype = DType::F32;  // cast
+  Shape shape;                   // reshape
+  std::vector<int> dims;         // permute
+  DType dtype = DType::F32;      // cast
 };
 
 // Whether a conv2d or linear call with these attributes and this many inputs carries a fused
-// residual (its 4th input), rather than a multiply post-op's factor.
+// residual (its 4th input), rather than a multiply post-op's factor or a bias to add.
 inline bool has_fused_residual(const OpAttrs& a, size_t inputs) {
-  return inputs > 3 && a.post_op != PostOp::kMultiply;
+  return inputs > 3 && a.post_op != PostOp::kMultiply && a.post_op != PostOp::kBiasAdd;
 }
 
 class Recorder {

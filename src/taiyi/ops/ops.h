@@ -47,8 +47,10 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias);
 // a [..., M, K] @ b [..., K, N] -> [..., M, N]. Batch dims must be equal, or b may be 2-D (shared).
 Tensor matmul(const Tensor& a, const Tensor& b);
 // What graph mode may fuse after a linear's bias (graph/passes/fuse_linear_gelu.cpp): gelu, or
-// a product with a tensor of the output's shape (GEGLU's value half times gelu of its gate half).
-enum class PostOp : uint8_t { kNone, kGelu, kMultiply };
+// a product with a tensor of the output's shape (GEGLU's value half times gelu of its gate half);
+// and into a convolution's bias (graph/passes/fuse_bias_add.cpp): a tensor of one value per output
+// channel added to the bias on every call (the ResNet blocks' time embedding).
+enum class PostOp : uint8_t { kNone, kGelu, kMultiply, kBiasAdd };
 
 // ---- Attention ----
 
@@ -71,8 +73,8 @@ Tensor softmax(const Tensor& x);
 // ---- Element-wise ----
 
 Tensor silu(const Tensor& x);
-Tensor gelu(const Tensor& x);   // exact (erf) form, torch's default
-Tensor geglu(const Tensor& x);  // [..., 2N] -> [..., N]: x[..., :N] * gelu(x[..., N:]) (diffusers GEGLU)
+Tensor gelu(const Tensor& x);                  // exact (erf) form, torch's default
+Tensor geglu(const Tensor& x);                 // [..., 2N] -> [..., N]: x[..., :N] * gelu(x[..., N:]) (diffusers GEGLU)
 Tensor add(const Tensor& a, const Tensor& b);  // numpy broadcasting
 Tensor sub(const Tensor& a, const Tensor& b);  // numpy broadcasting
 Tensor mul(const Tensor& a, const Tensor& b);  // numpy broadcasting

@@ -77,8 +77,13 @@ ConvKernel pick(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DT
 
 bool conv2d_takes_bf16_input(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
                              Layout src_layout, Layout dst_layout, const Epilogue& epilogue) {
-  return compute == DType::BF16 && epilogue.post_op == PostOp::kNone &&
+  return compute == DType::BF16 && (epilogue.post_op == PostOp::kNone || epilogue.post_op == PostOp::kBiasAdd) &&
          pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue) == ConvKernel::kDnnl;
+}
+
+bool conv2d_takes_bias_add(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
+                           Layout src_layout, Layout dst_layout) {
+  return pick(x_shape, w, p, compute, src_layout, dst_layout, {}) == ConvKernel::kDnnl;
 }
 
 bool conv2d_prefers_channels_last(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute) {
@@ -88,9 +93,13 @@ bool conv2d_prefers_channels_last(const Shape& x_shape, const Tensor& w, const C
 std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                            const Conv2dParams& p, DType compute, Layout src_layout, Layout dst_layout,
                                            const Epilogue& epilogue, DType src) {
-  if (epilogue.post_op != PostOp::kNone)
+  if (epilogue.post_op != PostOp::kNone && epilogue.post_op != PostOp::kBiasAdd)
     throw Error("conv2d: gelu and multiply post-ops are for linears, not the convolution of input " +
                 shape_str(x_shape));
+  if (epilogue.post_op == PostOp::kBiasAdd &&
+      (epilogue.residual || !conv2d_takes_bias_add(x_shape, w, p, compute, src_layout, dst_layout)))
+    throw Error("conv2d: no prepared kernel adds a per-call bias to the convolution of input " + shape_str(x_shape) +
+                (epilogue.residual ? " with a residual" : " here"));
   if (src != DType::F32 &&
       !(src == DType::BF16 && conv2d_takes_bf16_input(x_shape, w, p, compute, src_layout, dst_layout, epilogue)))
     throw Error("conv2d: no prepared kernel reads a " + std::string(dtype_name(src)) + " input " + shape_str(x_shape) +

@@ -51,6 +51,8 @@ struct Epilogue {
   PostOp post_op = PostOp::kNone;
   // The multiply post-op's factor: f32, or bf16 (with bf16 compute: graph/passes/bf16_gate.cpp).
   DType factor = DType::F32;
+  // Convolution only (oneDNN's, conv2d_takes_bias_add), post_op kBiasAdd: inputs[1] of run() holds
+  // one f32 value per output channel (any shape of Cout elements), added to the bias per call.
 };
 
 // conv2d of an x of shape x_shape with constant w (and bias, or undefined).
@@ -62,6 +64,10 @@ std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w
                                            const Epilogue& epilogue = {}, DType src = DType::F32);
 bool conv2d_takes_bf16_input(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
                              Layout src_layout, Layout dst_layout, const Epilogue& epilogue);
+// Whether the kernel prepare_conv2d picks takes a per-call bias (Epilogue post_op kBiasAdd): oneDNN's,
+// whose bias is an argument of each call. Where it is with NCHW layouts, it is with any.
+bool conv2d_takes_bias_add(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
+                           Layout src_layout, Layout dst_layout);
 // Whether the kernel prepare_conv2d picks is fastest on NHWC activations (oneDNN's, the bf16
 // kernels), not on NCHW (the f32 Winograd kernel, whose fast paths read and write NCHW rows of
 // tiles and which gathers NHWC element by element: 42 against 30 ms at [2, 320, 64, 64] on the

@@ -42,6 +42,10 @@ bool fuse_group_norm_silu(Graph& g, const CompileOptions& options = {});
 // attrs.output_scale, for ops prepack_weights will bind.
 bool fuse_residual_add(Graph& g, const CompileOptions& options = {});
 
+// add(conv2d(x), t) with t one value per output channel (the ResNet blocks' time embedding) -> the
+// convolution with t added to its bias per call, where its prepared kernel takes that (oneDNN's).
+bool fuse_bias_add(Graph& g, const CompileOptions& options = {});
+
 // gelu(linear) -> the linear with a gelu post-op; geglu(linear) -> a gate linear (the weight's
 // second half, post-op gelu) and a value linear (the first half) whose post-op multiplies by the
 // gate. Only for linears prepack_weights will bind.
@@ -89,6 +93,9 @@ const Node* f32_value_producer(const Graph& g, size_t v, const std::vector<std::
 // prepared kernels take).
 bool bf16_attention_binds(const Graph& g, const Node& n);
 
+// The precision prepack_weights binds products in: bf16 where asked and the CPU runs it, else f32.
+DType prepared_compute(const CompileOptions& options);
+
 // Whether prepack_weights will bind this node (a conv2d or linear with constant f32 weights and
 // an input it can read).
 bool will_prepack(const Graph& g, const Node& n);
@@ -112,6 +119,7 @@ inline const std::vector<Pass>& default_passes() {
       {"channels_last_transformers", channels_last_transformers},
       {"fuse_group_norm_silu", fuse_group_norm_silu},
       {"fuse_residual_add", fuse_residual_add},
+      {"fuse_bias_add", fuse_bias_add},
       {"fuse_linear_gelu", fuse_linear_gelu},
       {"fuse_sibling_linears", fuse_sibling_linears},
       {"channels_last_activations", channels_last_activations},

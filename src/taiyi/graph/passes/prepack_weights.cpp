@@ -93,8 +93,12 @@ bool will_prepack(const Graph& g, const Node& n) {
   return dense;
 }
 
+DType prepared_compute(const CompileOptions& options) {
+  return options.compute == DType::BF16 && ops::bf16_supported() ? DType::BF16 : DType::F32;
+}
+
 bool prepack_weights(Graph& g, const CompileOptions& options) {
-  const DType compute = options.compute == DType::BF16 && ops::bf16_supported() ? DType::BF16 : DType::F32;
+  const DType compute = prepared_compute(options);
   const bool emulate = options.compute == DType::BF16 && compute == DType::F32 && bf16_emulation_requested();
   bool changed = false;
   const auto readers = g.readers();

@@ -16,6 +16,8 @@
 // 7.8 / 5.8 ms; [2,640,64,64] -> 320 10.9 / 10.3 ms (not worth the slices' copies, so not split).
 // Each slice is copied into dense bf16 scratch first (rounded, from f32 input; a strided source
 // sends oneDNN to its reference kernel).
+// A per-call bias (Epilogue post_op kBiasAdd: the time embedding of a ResNet block's conv1) is
+// added to the constant bias into scratch before each call; oneDNN takes the bias per call.
 #include <omp.h>
 
 #include <algorithm>
@@ -96,7 +98,9 @@ class PreparedConv2d : public PreparedOp {
                              src_layout == Layout::kNHWC ? tag::nhwc : tag::nchw);
     user_dst_ = memory::desc(dst_dims, f32, dst_layout == Layout::kNHWC ? tag::nhwc : tag::nchw);
     const memory::desc user_wei(wei_dims, f32, g == 1 ? tag::oihw : tag::goihw);
-    if (bias.defined()) bias_md_ = memory::desc({cout}, f32, tag::x);
+    bias_add_ = epilogue.post_op == PostOp::kBiasAdd;
+    if (bias.defined() || bias_add_) bias_md_ = memory::desc({cout}, f32, tag::x);
+    bias_add_bytes_ = bias_add_ ? round_up(static_cast<size_t>(cout) * sizeof(float)) : 0;
     flops_ = 2.0 * xs[0] * cout * ho * wo * (xs[1] / g) * w.size(2) * w.size(3);
     split_ = split_channels(xs, w, p, compute, src_layout, dst_layout, epilogue, src);
     if (split_ > 0) {
@@ -146,7 +150,7 @@ class PreparedConv2d : public PreparedOp {
     }
     describe_ = std::string("conv2d ") + (compute == DType::BF16 ? "bf16 " : "f32 ") + pd_.impl_info_str() + " " +
                 format_name(pd_.src_desc()) + (src == DType::BF16 ? " bf16-in" : "") +
-                (epilogue.residual ? " +residual" : "");
+                (epilogue.residual ? " +residual" : "") + (bias_add_ ? " +bias input" : "");
   }
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override {
@@ -166,13 +170,14 @@ class PreparedConv2d : public PreparedOp {
     if (src_reorder_) to_blocked_.execute(strm, user_src, src);
     std::unordered_map<int, memory> args = {
         {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights_}, {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, pad}};
-    if (bias_.defined()) args.insert({DNNL_ARG_BIAS, cpu::dnnl_wrap(bias_md_, bias_.data<float>())});
+    if (!bias_md_.is_zero())
+      args.insert({DNNL_ARG_BIAS, bias_memory(in, scratch + src_bytes_ + dst_bytes_ + pad_bytes_)});
     conv_.execute(strm, args);
     if (dst_reorder_) to_plain_.execute(strm, dst, user_dst);
     strm.wait();
   }
 
-  size_t scratch_bytes() const override { return src_bytes_ + dst_bytes_ + pad_bytes_; }
+  size_t scratch_bytes() const override { return src_bytes_ + dst_bytes_ + pad_bytes_ + bias_add_bytes_; }
   size_t packed_weight_bytes() const override {
     if (split_ == 0) return pd_.weights_desc().get_size();
     size_t bytes = 0;
@@ -219,8 +224,9 @@ class PreparedConv2d : public PreparedOp {
     src_bytes_ = round_up(part_src_.get_size());
     pad_bytes_ = round_up(pad);
     describe_ = std::string("conv2d bf16 ") + pd_.impl_info_str() + " nhwc" +
-                (src_dtype_ == DType::BF16 ? " bf16-in" : "") + (epilogue.residual ? " +residual" : "") + " split " +
-                std::to_string(cin / split_) + "x" + std::to_string(split_);
+                (src_dtype_ == DType::BF16 ? " bf16-in" : "") + (epilogue.residual ? " +residual" : "") +
+                (bias_add_ ? " +bias input" : "") + " split " + std::to_string(cin / split_) + "x" +
+                std::to_string(split_);
   }
 
   // Per slice: its channels copied into dense scratch (a strided source would send oneDNN to its
@@ -252,10 +258,27 @@ class PreparedConv2d : public PreparedOp {
           {DNNL_ARG_WEIGHTS, part_weights_[k]},
           {DNNL_ARG_DST, user_dst},
           {DNNL_ARG_SCRATCHPAD, memory(part_pds_[k].scratchpad_desc(), eng, scratch + src_bytes_)}};
-      if (k == 0 && bias_.defined()) args.insert({DNNL_ARG_BIAS, cpu::dnnl_wrap(bias_md_, bias_.data<float>())});
+      if (k == 0 && !bias_md_.is_zero())
+        args.insert({DNNL_ARG_BIAS, bias_memory(in, scratch + src_bytes_ + dst_bytes_ + pad_bytes_)});
       part_convs_[k].execute(strm, args);
       strm.wait();
     }
+  }
+
+  // The bias of this call: the constant one, or with a per-call bias added (Epilogue post_op
+  // kBiasAdd, inputs[1]: the time embedding), summed into `room` (bias_add_bytes_ of scratch).
+  memory bias_memory(const std::vector<Tensor>& in, std::byte* room) const {
+    if (!bias_add_) return cpu::dnnl_wrap(bias_md_, bias_.data<float>());
+    const Tensor add = in.at(1).contiguous();
+    const int64_t cout = bias_md_.dims()[0];
+    if (add.dtype() != DType::F32 || add.numel() != cout)
+      throw Error("conv2d: the bias to add " + add.describe() + " is not one f32 value for each of the " +
+                  std::to_string(cout) + " output channels");
+    const float* a = add.data<float>();
+    const float* b = bias_.defined() ? bias_.data<float>() : nullptr;
+    auto* sum = reinterpret_cast<float*>(room);
+    for (int64_t c = 0; c < cout; ++c) sum[c] = (b ? b[c] : 0.0f) + a[c];
+    return cpu::dnnl_wrap(bias_md_, sum);
   }
 
   int64_t split_ = 0;
@@ -272,8 +295,8 @@ class PreparedConv2d : public PreparedOp {
   dnnl::reorder to_blocked_, to_plain_;
   memory weights_;
   Tensor bias_;
-  bool src_reorder_ = false, dst_reorder_ = false;
-  size_t src_bytes_ = 0, dst_bytes_ = 0, pad_bytes_ = 0;
+  bool src_reorder_ = false, dst_reorder_ = false, bias_add_ = false;
+  size_t src_bytes_ = 0, dst_bytes_ = 0, pad_bytes_ = 0, bias_add_bytes_ = 0;
   double flops_ = 0;
   std::string describe_;
 };

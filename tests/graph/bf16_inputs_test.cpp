@@ -2,7 +2,8 @@
 // the LayerNorm outputs (read by q, k, v and by the feed-forward's two halves), the feed-forward's
 // gated value (read by its output linear), the attention outputs (read by to_out, where the
 // attention kernel writes bf16) and the feed-forward's output (read by proj_out, a 1x1
-// convolution, through views, where it is oneDNN's) become bf16 values; in ResNet blocks over
+// convolution, through views, where it is oneDNN's) and q, k, v (where the attention kernel reads
+// bf16) become bf16 values; in ResNet blocks over
 // channels-last activations, the GroupNorm(+SiLU) outputs read by oneDNN convolutions do (where the
 // convolution is oneDNN's: on AMX). Either way the graph computes exactly what it computes without
 // the pass: the readers round the same values the same way.
@@ -69,7 +70,11 @@ TEST(Bf16Inputs, LayerNormAndGatedValuesBecomeBf16AndComputeTheSame) {
   const bool proj_out_bf16 =
       ops::conv2d_takes_bf16_input({2, 16, 5, 7}, random_tensor({16, 16, 1, 1}, 4), ops::Conv2dParams{}, DType::BF16,
                                    ops::Layout::kNHWC, ops::Layout::kNCHW, {.residual = true});
-  EXPECT_EQ(bf16_values(g), (attention_bf16 ? 6u : 4u) + (proj_out_bf16 ? 3u : 0u)) << g.dump();
+  // And where the attention kernel reads bf16 (AMX), q, k and v: the stacked q, k, v projection and
+  // its three slices, the cross-attention's q, the context's stacked k, v and its two slices.
+  const bool attention_reads = ops::attention_bf16_reads_bf16(1.0f / std::sqrt(8.0f), 8, 1);
+  EXPECT_EQ(bf16_values(g), (attention_bf16 ? 6u : 4u) + (proj_out_bf16 ? 3u : 0u) + (attention_reads ? 8u : 0u))
+      << g.dump();
   if (proj_out_bf16) {
     const Node& proj_out = g.nodes.back();
     EXPECT_EQ(proj_out.kind, ops::OpKind::kConv2d);

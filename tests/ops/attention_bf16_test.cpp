@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "op_testing.h"
@@ -245,6 +246,45 @@ TEST(AttentionBf16, Bf16OutputIsTheF32OutputRounded) {
     std::vector<std::byte> scratch(dnnl->scratch_bytes() + 64);
     auto* aligned = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) / 64 * 64);
     EXPECT_THROW(dnnl->run({q, k, v}, Tensor::empty({2, 37, 80}, DType::BF16), aligned), Error);
+  }
+}
+
+// The AMX kernel reads q, k and v in bf16 (the linears before it write them so in graph mode:
+// graph/passes/bf16_inputs.cpp) and computes exactly what it computes from the f32 values it would
+// round: q, k, v slices of one stacked projection (element stride 1), D = 40 (a 32 and an 8 step)
+// and 80, Dv = 40 and 80 (the ones row of the sums and not), keys not a multiple of 32 nor of 16
+// over more than one chunk; cross-attention with the context's k and v in bf16 and q in f32.
+TEST(AttentionBf16, AmxKernelReadsBf16InputsAsTheF32ItWouldRound) {
+  if (!ops::cpu::cpu_has_amx_bf16()) GTEST_SKIP() << "this CPU has no AMX-BF16 (or Linux does not allow it)";
+  uint32_t seed = 60;
+  for (const auto& [l, lk, c, heads] :
+       std::vector<std::tuple<int64_t, int64_t, int64_t, int>>{{37, 37, 80, 2}, {21, 300, 160, 2}, {50, 77, 320, 8}}) {
+    SCOPED_TRACE("L " + std::to_string(l) + " Lk " + std::to_string(lk) + " C " + std::to_string(c));
+    // f32 values that are bf16 already, so that both runs see the same numbers.
+    const Tensor qf = ops::cast(ops::cast(random_tensor({2, l, c}, seed++, -2.0f, 2.0f), DType::BF16), DType::F32);
+    const Tensor kvf =
+        ops::cast(ops::cast(random_tensor({2, lk, 2 * c}, seed++, -2.0f, 2.0f), DType::BF16), DType::F32);
+    const Tensor qb = ops::cast(qf, DType::BF16), kvb = ops::cast(kvf, DType::BF16);
+    const auto op = prepare(qf, kvf.slice(2, 0, c), kvf.slice(2, c, 2 * c), heads, 0.2f, Kernel::kAmx);
+    std::vector<std::byte> scratch(op->scratch_bytes() + 64);
+    auto* aligned = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) / 64 * 64);
+    Tensor want = Tensor::empty({2, l, c}), got = Tensor::empty({2, l, c}), mixed = Tensor::empty({2, l, c});
+    op->run({qf, kvf.slice(2, 0, c), kvf.slice(2, c, 2 * c)}, want, aligned);
+    op->run({qb, kvb.slice(2, 0, c), kvb.slice(2, c, 2 * c)}, got, aligned);
+    op->run({qf, kvb.slice(2, 0, c), kvb.slice(2, c, 2 * c)}, mixed, aligned);
+    EXPECT_TRUE(all_close(got, values(want), 0.0, 0.0));
+    EXPECT_TRUE(all_close(mixed, values(want), 0.0, 0.0));
+    EXPECT_TRUE(ops::attention_bf16_reads_bf16(0.2f, c / heads, 1));
+    EXPECT_FALSE(ops::attention_bf16_reads_bf16(0.2f, c / heads, 2));  // a strided head
+    EXPECT_FALSE(ops::attention_bf16_reads_bf16(0.2f, 3, 1));          // an odd head size
+  }
+  // The other kernels read f32 only.
+  if (ops::cpu::cpu_has_avx512_bf16()) {
+    const Tensor q = ops::cast(random_tensor({1, 20, 16}, 1), DType::BF16);
+    const auto op = prepare(q, q, q, 2, 0.2f, Kernel::kAvx512);
+    std::vector<std::byte> scratch(op->scratch_bytes() + 64);
+    auto* aligned = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) / 64 * 64);
+    EXPECT_THROW(op->run({q, q, q}, Tensor::empty({1, 20, 16}), aligned), Error);
   }
 }
 

@@ -69,7 +69,7 @@ std::vector<Tensor> GraphFunction::operator()(const std::vector<Tensor>& inputs,
     Graph g = trace(fn_, specs);
     const double t1 = now_s();
     stats.passes = run_passes(g, options_);
-    stats.compute = options_.compute == DType::BF16 && ops::bf16_supported() ? DType::BF16 : DType::F32;
+    stats.compute = prepared_compute(options_);
     for (const Node& n : g.nodes) {
       if (!n.prepared) continue;
       ++stats.prepared_ops;

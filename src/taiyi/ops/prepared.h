@@ -85,6 +85,9 @@ bool prepared_attention_applicable(const Shape& q, const Shape& k, const Shape& 
 // Whether the native kernel prepare_attention_bf16 picks for this scale can also write its output
 // in bf16 (the AMX and AVX512-BF16 kernels write the output tensor's dtype, f32 or bf16).
 bool attention_bf16_writes_bf16(float scale);
+// Whether that kernel also reads q, k and v in bf16 (the AMX kernel), each with element stride 1 and
+// an even head size (head_dim): graph/passes/bf16_inputs.cpp then has the linears before it write bf16.
+bool attention_bf16_reads_bf16(float scale, int64_t head_dim, int64_t element_stride);
 std::unique_ptr<PreparedOp> prepare_attention_bf16(const Shape& q, const Shape& k, const Shape& v, int heads,
                                                    float scale, Bf16Arithmetic how);
 

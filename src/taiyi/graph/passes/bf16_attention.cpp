@@ -10,8 +10,17 @@ namespace taiyi::graph {
 bool bf16_attention_binds(const Graph& g, const Node& n) {
   if (n.kind != ops::OpKind::kAttention) return false;
   const Value &q = g.values[n.inputs[0]], &k = g.values[n.inputs[1]], &v = g.values[n.inputs[2]];
-  return q.dtype == DType::F32 && k.dtype == DType::F32 && v.dtype == DType::F32 &&
-         ops::prepared_attention_applicable(q.shape, k.shape, v.shape, n.attrs.heads);
+  if (!ops::prepared_attention_applicable(q.shape, k.shape, v.shape, n.attrs.heads)) return false;
+  // Inputs f32, or bf16 where bf16_inputs made them so for a kernel that reads them (q and k share the head size).
+  for (const Value* x : {&q, &k, &v})
+    if (x->dtype != DType::F32 && !(x->dtype == DType::BF16 && attention_reads_bf16(n, *x))) return false;
+  return true;
+}
+
+bool attention_reads_bf16(const Node& n, const Value& x) {
+  return n.kind == ops::OpKind::kAttention && n.attrs.heads > 0 && x.shape.size() == 3 &&
+         x.shape[2] % n.attrs.heads == 0 &&
+         ops::attention_bf16_reads_bf16(n.attrs.scale, x.shape[2] / n.attrs.heads, x.strides[2]);
 }
 
 bool bf16_attention(Graph& g, const CompileOptions& options) {

@@ -3,14 +3,17 @@
 // over the same LayerNorm output for q, k and v). Where a value is read only by such ops (as their
 // input, not a residual or a multiply post-op's factor) and its producer can round as it writes,
 // this pass makes the value bf16:
-//   - read by linears bound in bf16: written by a LayerNorm, by a prepared linear with nothing
-//     but a residual after its bias (the feed-forward's gated value), or by an attention whose
-//     bf16 kernel writes bf16 (the AMX and AVX512-BF16 kernels);
+//   - read by linears bound in bf16: written by a LayerNorm, by a prepared linear (the
+//     feed-forward's gated value), or by an attention whose bf16 kernel writes bf16 (the AMX and
+//     AVX512-BF16 kernels);
 //   - read by convolutions that take a bf16 input (ops::conv2d_takes_bf16_input: oneDNN's kernel)
 //     from channels-last memory: written by a GroupNorm(+SiLU) or a nearest upsample (the
 //     upsamplers' convolutions) over channels-last memory, or by such a linear (the transformer's
-//     last feed-forward, with its residual, read by proj_out through a reshape and a permute).
-// Readers are looked for through reshapes and permutes, which become bf16 views.
+//     last feed-forward, with its residual, read by proj_out through a reshape and a permute);
+//   - read as q, k or v by attentions whose bf16 kernel reads bf16 (the AMX kernel: it packs them
+//     to bf16 tiles anyway): written by a prepared linear (the stacked q, k, v projection, the
+//     cross-attention's q, the context's k and v).
+// Readers are looked for through reshapes, permutes and slices, which become bf16 views.
 // The rounding is the same one (nearest even), so the graph computes exactly what it did before.
 // Needs bf16 the CPU runs (not the f32 fallback or its emulation). TAIYI_BF16_INPUTS=0 turns the
 // pass off (A/B runs).
@@ -30,8 +33,13 @@ bool reads_only_as_input(const Node& n, int v) {
   return true;
 }
 
-// A linear prepack_weights will bind in bf16, or a convolution whose prepared kernel reads bf16.
+// A linear prepack_weights will bind in bf16, a convolution whose prepared kernel reads bf16, or an
+// attention whose bf16 kernel reads q, k, v in bf16.
 bool bf16_product_reads(const Graph& g, const Node& n, int v, const CompileOptions& options) {
+  if (n.kind == ops::OpKind::kAttention) {
+    // (the attention's binding is checked with its inputs' dtypes as they are now: f32)
+    return bf16_attention_binds(g, n) && attention_reads_bf16(n, g.values[v]);
+  }
   if (!reads_only_as_input(n, v) || !will_prepack(g, n)) return false;
   if (n.kind == ops::OpKind::kLinear) return true;
   const Value& x = g.values[v];
@@ -46,9 +54,11 @@ bool linear_writes_bf16(const Graph& g, const Node& n) {
   return n.kind == ops::OpKind::kLinear && will_prepack(g, n) && n.attrs.output_scale == 1.0f;
 }
 
-// Whether the producer can write v in bf16 for readers of this kind (linears or convolutions).
+// Whether the producer can write v in bf16 for readers of this kind (linears, convolutions or
+// attentions).
 bool writes_bf16(const Graph& g, const Node& n, ops::OpKind readers) {
   if (linear_writes_bf16(g, n)) return true;
+  if (readers == ops::OpKind::kAttention) return false;
   if (readers == ops::OpKind::kLinear) {
     if (n.kind == ops::OpKind::kLayerNorm) return true;
     // (bf16_attention binds it to a kernel that writes bf16)
@@ -61,14 +71,15 @@ bool writes_bf16(const Graph& g, const Node& n, ops::OpKind readers) {
          value_layout(g.values[n.inputs[0]]) == ops::Layout::kNHWC;
 }
 
-// The nodes that read v, looking through reshapes and permutes (views: the transformer's output
-// [B, H W, C] seen as the [B, C, H, W] channels-last input of proj_out): each with the value it
-// reads. The views passed are listed in `views`. False if a view is a graph output.
+// The nodes that read v, looking through reshapes, permutes and slices (views: the transformer's
+// output [B, H W, C] seen as the [B, C, H, W] channels-last input of proj_out; q, k and v, slices of
+// one stacked linear's output): each with the value it reads. The views passed are listed in `views`. False if a view
+// is a graph output.
 bool readers_through_views(const Graph& g, int v, const std::vector<std::vector<int>>& readers,
                            std::vector<std::pair<int, int>>& reads, std::vector<int>& views) {
   for (int r : readers[v]) {
     const Node& n = g.nodes[r];
-    if (n.kind == ops::OpKind::kReshape || n.kind == ops::OpKind::kPermute) {
+    if (n.kind == ops::OpKind::kReshape || n.kind == ops::OpKind::kPermute || n.kind == ops::OpKind::kSlice) {
       if (g.is_output(n.output) || readers[n.output].empty()) return false;
       views.push_back(n.output);
       if (!readers_through_views(g, n.output, readers, reads, views)) return false;
@@ -89,8 +100,8 @@ bool bf16_inputs(Graph& g, const CompileOptions& options) {
   for (size_t v = 0; v < g.values.size(); ++v) {
     const Node* producer = f32_value_producer(g, v, readers);
     if (!producer) continue;
-    // Every reader (through views) a product of one kind (all linears, or all convolutions) that
-    // takes bf16.
+    // Every reader (through views) a product of one kind (all linears, all convolutions or all
+    // attentions) that takes bf16.
     std::vector<std::pair<int, int>> reads;
     std::vector<int> views;
     if (!readers_through_views(g, static_cast<int>(v), readers, reads, views) || reads.empty()) continue;

@@ -89,9 +89,11 @@ ops::Epilogue node_epilogue(const Graph& g, const Node& n);
 // graph output: a value bf16_inputs or bf16_gate may make bf16. Null otherwise.
 const Node* f32_value_producer(const Graph& g, size_t v, const std::vector<std::vector<int>>& readers);
 
-// Whether bf16_attention binds this node when bf16 runs (an attention with f32 q, k, v of shapes the
-// prepared kernels take).
+// Whether bf16_attention binds this node when bf16 runs (an attention with q, k, v of shapes the
+// prepared kernels take, f32 or, where attention_reads_bf16, bf16).
 bool bf16_attention_binds(const Graph& g, const Node& n);
+// Whether attention node n's bf16 kernel reads its input x (q, k or v) in bf16 (the AMX kernel).
+bool attention_reads_bf16(const Node& n, const Value& x);
 
 // The precision prepack_weights binds products in: bf16 where asked and the CPU runs it, else f32.
 DType prepared_compute(const CompileOptions& options);

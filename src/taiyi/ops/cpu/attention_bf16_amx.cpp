@@ -147,8 +147,18 @@ class AttentionBf16Amx : public PreparedOp {
       for (int64_t r = 0; r < batch_ * lk32_; ++r) {
         const int64_t b = r / lk32_, j = r % lk32_;
         for (int64_t h = 0; h < heads_; ++h) {
-          const float* src = k.p + b * k.s0 + j * k.s1 + h * d_ * k.s2;
           uint16_t* head = kc + (b * heads_ + h) * lk32_ * dp_;
+          if (k.h) {  // bf16 rows (element stride 1, D even: takes_bf16_inputs): copied
+            const uint16_t* src = k.h + b * k.s0 + j * k.s1 + h * d_;
+            for (int64_t st = 0; st < steps_; ++st) {
+              const int64_t width = st + 1 < steps_ ? 32 : last_;
+              const __mmask32 lanes = static_cast<__mmask32>((uint64_t{1} << width) - 1);
+              const __m512i x = j < lk_ ? _mm512_maskz_loadu_epi16(lanes, src + st * 32) : _mm512_setzero_si512();
+              _mm512_mask_storeu_epi16(head + st * lk32_ * 32 + j * width, lanes, x);
+            }
+            continue;
+          }
+          const float* src = k.p + b * k.s0 + j * k.s1 + h * d_ * k.s2;
           for (int64_t st = 0; st < steps_; ++st) {
             const int64_t width = st + 1 < steps_ ? 32 : last_;
             uint16_t* dst = head + st * lk32_ * 32 + j * width;
@@ -166,8 +176,12 @@ class AttentionBf16Amx : public PreparedOp {
       for (int64_t r = 0; r < batch_ * heads_ * vblocks; ++r) {
         const int64_t b = r / (heads_ * vblocks), h = r / vblocks % heads_, j0 = r % vblocks * kKeyStep;
         const int64_t keys = lk_ - j0;
-        const float* src = v.p + b * v.s0 + j0 * v.s1 + h * dv_ * v.s2;
         uint16_t* dst = vc + r * dv16_ * kKeyStep;
+        if (v.h) {
+          pack_bf16_value_block(v.h + b * v.s0 + j0 * v.s1 + h * dv_, v.s1, keys, dst);
+          continue;
+        }
+        const float* src = v.p + b * v.s0 + j0 * v.s1 + h * dv_ * v.s2;
         for (int64_t e = 0; e < dv16_; ++e) {
           __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
           if (e < dv_) {
@@ -185,6 +199,30 @@ class AttentionBf16Amx : public PreparedOp {
 #pragma omp for schedule(dynamic, 1)
       for (int64_t task = 0; task < tasks; ++task) run_task(task, q, kc, vc, op, mine);
       _tile_release();
+    }
+  }
+
+  // One block of 32 keys of V^T, [Dv16][32 keys] bf16, from bf16 rows of v (src: key 0's element
+  // 0 of the head, row stride s1, element stride 1, Dv even): each 32-bit gather brings a pair of
+  // elements (e, e + 1) of 16 keys, whose halves are rows e and e + 1. Zeros past `keys` and Dv;
+  // row Dv all ones where sum_row_.
+  TAIYI_TARGET_AMX void pack_bf16_value_block(const uint16_t* src, int64_t s1, int64_t keys, uint16_t* dst) const {
+    const __m512i idx = _mm512_mullo_epi32(lane_index(), _mm512_set1_epi32(static_cast<int32_t>(s1)));
+    const __mmask16 m0 = first_lanes(keys), m1 = first_lanes(keys - 16);
+    const __m512i high = _mm512_set1_epi32(static_cast<int32_t>(0xffff0000u));
+    for (int64_t e = 0; e < dv_; e += 2) {
+      const __m512i w0 = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m0, idx, src + e, 2);
+      const __m512i w1 = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m1, idx, src + e + 16 * s1, 2);
+      _mm512_store_si512(dst + e * kKeyStep,
+                         as_si(_mm512_cvtne2ps_pbh(_mm512_castsi512_ps(_mm512_slli_epi32(w1, 16)),
+                                                   _mm512_castsi512_ps(_mm512_slli_epi32(w0, 16)))));
+      _mm512_store_si512(dst + (e + 1) * kKeyStep,
+                         as_si(_mm512_cvtne2ps_pbh(_mm512_castsi512_ps(_mm512_and_si512(w1, high)),
+                                                   _mm512_castsi512_ps(_mm512_and_si512(w0, high)))));
+    }
+    for (int64_t e = dv_; e < dv16_; ++e) {
+      const __m512 fill = _mm512_set1_ps(e == dv_ && sum_row_ ? 1.0f : 0.0f);
+      _mm512_store_si512(dst + e * kKeyStep, as_si(_mm512_cvtne2ps_pbh(fill, fill)));
     }
   }
 
@@ -232,7 +270,16 @@ class AttentionBf16Amx : public PreparedOp {
 
     // The task's queries as pairs: qp[e] lane i = (q[i0 + i, 2e], q[i0 + i, 2e + 1]) in bf16; zeros
     // past Lq and D.
-    gather_query_pairs(q.p + b * q.s0 + i0 * q.s1 + h * d_ * q.s2, q.s1, q.s2, nq, d_, dq_ / 2, qp);
+    if (q.h) {  // bf16 (element stride 1, D even): each 32-bit gather brings 16 queries' pair
+      const uint16_t* src = q.h + b * q.s0 + i0 * q.s1 + h * d_;
+      const __m512i idx = _mm512_mullo_epi32(lane_index(), _mm512_set1_epi32(static_cast<int32_t>(q.s1)));
+      for (int64_t e = 0; e < dq_ / 2; ++e)
+        qp[e] =
+            as_bh(2 * e < d_ ? _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), first_lanes(nq), idx, src + 2 * e, 2)
+                             : _mm512_setzero_si512());
+    } else {
+      gather_query_pairs(q.p + b * q.s0 + i0 * q.s1 + h * d_ * q.s2, q.s1, q.s2, nq, d_, dq_ / 2, qp);
+    }
     if (steps_ <= 2) {
       if (steps_ == 2) _tile_loadd(0, qp, 64);
       _tile_loadd(1, qp + (steps_ - 1) * 16, 64);

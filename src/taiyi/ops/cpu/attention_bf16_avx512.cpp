@@ -42,18 +42,16 @@ namespace taiyi::ops::cpu {
 
 namespace {
 
-constexpr int64_t kLanes = 16;     // queries per task
-constexpr int64_t kKeyGroup = 8;   // keys per register group of S; Lk is padded to a multiple
-constexpr int64_t kVBlock = 64;    // keys per block of packed V^T
+constexpr int64_t kLanes = 16;    // queries per task
+constexpr int64_t kKeyGroup = 8;  // keys per register group of S; Lk is padded to a multiple
+constexpr int64_t kVBlock = 64;   // keys per block of packed V^T
 constexpr float kPadScore = -1e30f;
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
 
-
 // dst[i] = bf16(src[i * stride]) for i < n, then zeros up to n_padded.
-TAIYI_TARGET_AVX512_BF16 void round_row(const float* src, int64_t stride, uint16_t* dst, int64_t n,
-                                        int64_t n_padded) {
+TAIYI_TARGET_AVX512_BF16 void round_row(const float* src, int64_t stride, uint16_t* dst, int64_t n, int64_t n_padded) {
   int64_t i = 0;
   if (stride == 1) {
     for (; i < n; i += 16) {
@@ -103,10 +101,12 @@ class AttentionBf16Avx512 : public PreparedOp {
 
  private:
   using View = AttentionView;
-  static View view(const Tensor& t) { return attention_view(t); }
+  static View view(const Tensor& t) {
+    if (t.dtype() != DType::F32) throw Error("attention: the AVX512-BF16 kernel reads f32 inputs, not " + t.describe());
+    return attention_view(t);
+  }
 
-  TAIYI_TARGET_AVX512_BF16 void run_avx512(const std::vector<Tensor>& in, const Tensor& out,
-                                           std::byte* scratch) const {
+  TAIYI_TARGET_AVX512_BF16 void run_avx512(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const {
     const View q = view(in.at(0)), k = view(in.at(1)), v = view(in.at(2));
     auto* kc = reinterpret_cast<uint16_t*>(scratch);
     auto* vc = reinterpret_cast<uint16_t*>(scratch + k_bytes_);
@@ -142,8 +142,8 @@ class AttentionBf16Avx512 : public PreparedOp {
         for (int64_t d = 0; d < dvp_; ++d)
           for (int64_t j0 = 0; j0 < kVBlock; j0 += 16) {
             const int64_t n = d < dv_ ? std::clamp<int64_t>(keys - j0, 0, 16) : 0;
-            const __m512 x = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), first_lanes(n), rows,
-                                                      src + j0 * v.s1 + d * v.s2, 4);
+            const __m512 x =
+                _mm512_mask_i32gather_ps(_mm512_setzero_ps(), first_lanes(n), rows, src + j0 * v.s1 + d * v.s2, 4);
             _mm256_store_si256(reinterpret_cast<__m256i*>(dst + d * kVBlock + j0), (__m256i)_mm512_cvtneps_pbh(x));
           }
       }  // the implicit barrier: all packing is done
@@ -177,7 +177,8 @@ class AttentionBf16Avx512 : public PreparedOp {
       const uint16_t* kr = kh + j0 * dp_;
       for (int64_t e = 0; e < dp_ / 2; ++e) {
         const __m512bh qv = qp[e];
-        for (int64_t j = 0; j < kKeyGroup; ++j) acc[j] = _mm512_dpbf16_ps(acc[j], qv, broadcast_pair(kr + j * dp_ + 2 * e));
+        for (int64_t j = 0; j < kKeyGroup; ++j)
+          acc[j] = _mm512_dpbf16_ps(acc[j], qv, broadcast_pair(kr + j * dp_ + 2 * e));
       }
       const int64_t valid = std::min(kKeyGroup, lk_ - j0);
       for (int64_t j = 0; j < kKeyGroup; ++j) {

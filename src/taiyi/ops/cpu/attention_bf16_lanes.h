@@ -14,12 +14,15 @@
 
 namespace taiyi::ops::cpu {
 
-// A [B, L, H * dim] input's element strides.
+// A [B, L, H * dim] input's element strides, and its data: f32 (p), or bf16 (h; the AMX kernel
+// reads q, k and v in bf16 where graph/passes/bf16_inputs.cpp made them so).
 struct AttentionView {
   const float* p;
   int64_t s0, s1, s2;
+  const uint16_t* h = nullptr;
 };
 inline AttentionView attention_view(const Tensor& t) {
+  if (t.dtype() == DType::BF16) return {nullptr, t.stride(0), t.stride(1), t.stride(2), t.data_u16()};
   return {t.data<float>(), t.stride(0), t.stride(1), t.stride(2)};
 }
 

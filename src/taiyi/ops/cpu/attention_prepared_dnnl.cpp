@@ -299,6 +299,10 @@ bool attention_bf16_writes_bf16(float scale) {
   return bf16_supported() && pick_kernel(scale) != AttentionKernel::kDnnl;
 }
 
+bool attention_bf16_reads_bf16(float scale, int64_t head_dim, int64_t element_stride) {
+  return bf16_supported() && pick_kernel(scale) == AttentionKernel::kAmx && head_dim % 2 == 0 && element_stride == 1;
+}
+
 bool prepared_attention_applicable(const Shape& q, const Shape& k, const Shape& v, int heads) {
   return q.size() == 3 && k.size() == 3 && v.size() == 3 && heads > 0 && q[0] == k[0] && k[0] == v[0] && k[1] == v[1] &&
          q[2] == k[2] && q[2] % heads == 0 && v[2] % heads == 0 && q[0] > 0 && q[1] > 0 && k[1] > 0 && q[2] > 0 &&

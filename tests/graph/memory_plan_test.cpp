@@ -125,5 +125,33 @@ TEST(MemoryPlan, ResidualEpiloguesWriteInPlaceWhenTheResidualDies) {
   }
 }
 
+// A residual that is a reshape of a whole buffer (the transformer's input, [B, H W, C] over the
+// proj_in convolution's output) is taken in place like the buffer itself; one that is a slice of a
+// buffer (a part of it, at an offset) is copied.
+TEST(MemoryPlan, WholeViewResidualsAreTakenInPlaceSlicesAreNot) {
+  const Tensor wl = random_tensor({8, 8}, 3, -0.3f, 0.3f), bl = random_tensor({8}, 4);
+  const auto fn = [&](const std::vector<Tensor>& in) {
+    const Tensor v = ops::reshape(ops::silu(in[0]), {1, 36, 8});      // a whole view of a buffer
+    const Tensor a = ops::add(ops::linear(ops::gelu(v), wl, bl), v);  // v dies: in place
+    const Tensor s = ops::slice(ops::silu(in[1]), 0, 1, 2);           // the second half of a buffer
+    const Tensor b = ops::add(ops::linear(ops::gelu(s), wl, bl), s);  // a copy
+    return std::vector<Tensor>{ops::mul(a, b)};
+  };
+  Graph g = trace(fn, {{{1, 6, 6, 8}, DType::F32}, {{2, 36, 8}, DType::F32}});
+  fuse_residual_add(g);
+  prepack_weights(g);
+  const MemoryPlan plan = plan_memory(g);
+  std::vector<bool> in_place;
+  for (const Node& n : g.nodes)
+    if (n.prepared && n.inputs.size() > 3)
+      in_place.push_back(plan.offset[n.output] >= 0 &&
+                         plan.offset[n.output] == plan.offset[plan.alias_of[n.inputs[3]]]);
+  EXPECT_EQ(in_place, (std::vector<bool>{true, false})) << g.dump();
+  const Tensor x = random_tensor({1, 6, 6, 8}, 5), y = random_tensor({2, 36, 8}, 6);
+  const Tensor want = fn({x, y})[0];
+  const Executor ex(g);
+  for (int run = 0; run < 2; ++run) EXPECT_LE(max_abs_diff(ex.run({x, y})[0], want), 1e-4);
+}
+
 }  // namespace
 }  // namespace taiyi::graph

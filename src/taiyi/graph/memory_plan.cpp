@@ -31,9 +31,22 @@ bool node_is_alias(const Graph& g, const Node& n) {
   }
 }
 
+// Whether view value v shows all of its base buffer from its start: made by reshapes and permutes
+// only (a slice starts elsewhere or shows part of it).
+bool whole_view(const Graph& g, int v, const std::vector<bool>& is_view) {
+  while (is_view[v]) {
+    const Node& n = g.nodes[g.values[v].producer];
+    if (n.kind == ops::OpKind::kSlice) return false;
+    v = n.inputs[0];
+  }
+  return true;
+}
+
 // Whether node i's output may take the memory of its fused residual (4th input of a prepared
 // conv2d or linear), so that the epilogue adds into it in place with no copy first: the residual
-// is its buffer's base or an earlier in-place output (not a view), of the output's layout; nothing
+// is its buffer's base, an earlier in-place output, or a reshaped or permuted view of all of one
+// (the transformer's input, [B, H W, C] over the proj_in convolution's channels-last output), with
+// the output's shape, strides and dtype (so each element is at the same address in both); nothing
 // reads that buffer after node i (group_last: the last read of any value in it); the op's x is
 // not in it; and neither value is a graph output or kept in memory of its own. A linear's multiply
 // post-op input is no residual (oneDNN's binary post-op is not promised to read before it writes).
@@ -44,7 +57,7 @@ bool may_take_residual(const Graph& g, size_t i, const std::vector<int>& alias_o
       (n.kind != ops::OpKind::kConv2d && n.kind != ops::OpKind::kLinear))
     return false;
   const int r = n.inputs[3];
-  if (r < 0 || is_view[r]) return false;
+  if (r < 0 || !whole_view(g, r, is_view)) return false;
   const int base = alias_of[r];
   if (g.values[base].kind != ValueKind::kNode || group_last[base] != static_cast<int>(i)) return false;
   if (alias_of[n.inputs[0]] == base || g.is_output(r) || g.is_output(n.output)) return false;
@@ -142,9 +155,9 @@ MemoryPlan plan_memory(const Graph& g, const std::vector<bool>* own_memory) {
     plan.arena_bytes = std::max(plan.arena_bytes, static_cast<size_t>(at) + b.bytes);
     placed.push_back(idx);
   }
-  // In-place outputs write at their residual's offset.
+  // In-place outputs write at their residual's buffer's offset (a whole view starts there).
   for (size_t i = 0; i < g.nodes.size(); ++i)
-    if (in_place[i] >= 0) plan.offset[g.nodes[i].output] = plan.offset[in_place[i]];
+    if (in_place[i] >= 0) plan.offset[g.nodes[i].output] = plan.offset[plan.alias_of[in_place[i]]];
   return plan;
 }
 

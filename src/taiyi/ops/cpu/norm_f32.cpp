@@ -194,6 +194,15 @@ void channel_affine_generic(const float* x, float* y, const float* m_hi, const f
                             const float* b, int64_t c, bool silu) {
   channel_affine_body(x, y, m_hi, m_lo, a, b, c, silu);
 }
+// Software prefetch of a row of c floats (a pixel of channels-last memory, a LayerNorm row), every line of it: the
+// hardware prefetchers of the Xeon VMs this was measured on keep a streaming pass at ~10 GB/s
+// (the bf16 GEGLU kernel: 63 MB in 6.2 ms without, 2.4 ms with).
+inline void prefetch_row(const float* x, int64_t c) {
+  for (int64_t i = 0; i < c; i += 16) __builtin_prefetch(x + i, 0, 3);
+}
+// Rows of c floats ahead to prefetch: about 4 KiB.
+inline int64_t prefetch_rows(int64_t c) { return std::max<int64_t>(1, 1024 / std::max<int64_t>(c, 1)); }
+
 }  // namespace
 
 void group_norm_f32(const float* x, const float* gamma, const float* beta, float* y, int64_t n, int64_t c,
@@ -256,6 +265,7 @@ void group_norm_nhwc(const float* x, const float* gamma, const float* beta, floa
 #endif
   // Pixels per run of f32 sums: short enough that the f32 rounding stays near 1e-7 of the moments.
   constexpr int64_t kRun = 32;
+  const int64_t ahead = prefetch_rows(c);
   for (int64_t s = 0; s < n; ++s) {
     const float* xs = x + s * pixels * c;
     // One pass: per-channel moments about the sample's first pixel, each thread over its pixels in
@@ -274,7 +284,10 @@ void group_norm_nhwc(const float* x, const float* gamma, const float* beta, floa
       for (int64_t r = p0; r < p1; r += kRun) {
         std::fill(f1.begin(), f1.end(), 0.0f);
         std::fill(f2.begin(), f2.end(), 0.0f);
-        for (int64_t p = r; p < std::min(p1, r + kRun); ++p) moments(xs + p * c, shift.data(), f1.data(), f2.data(), c);
+        for (int64_t p = r; p < std::min(p1, r + kRun); ++p) {
+          if (p + ahead < p1) prefetch_row(xs + (p + ahead) * c, c);
+          moments(xs + p * c, shift.data(), f1.data(), f2.data(), c);
+        }
         for (int64_t i = 0; i < c; ++i) d1[i] += f1[i], d2[i] += f2[i];
       }
 #pragma omp critical
@@ -304,14 +317,18 @@ void group_norm_nhwc(const float* x, const float* gamma, const float* beta, floa
     if (y) {
       float* ys = y + s * pixels * c;
 #pragma omp parallel for schedule(static) num_threads(threads)
-      for (int64_t p = 0; p < pixels; ++p)
+      for (int64_t p = 0; p < pixels; ++p) {
+        if (p + ahead < pixels) prefetch_row(xs + (p + ahead) * c, c);
         affine(xs + p * c, ys + p * c, m_hi.data(), m_lo.data(), a.data(), b.data(), c, silu);
+      }
     } else {
       // Rounded as written (callers make sure the CPU has avx512_bf16: bf16_supported()).
       uint16_t* ys = yb + s * pixels * c;
 #pragma omp parallel for schedule(static) num_threads(threads)
-      for (int64_t p = 0; p < pixels; ++p)
+      for (int64_t p = 0; p < pixels; ++p) {
+        if (p + ahead < pixels) prefetch_row(xs + (p + ahead) * c, c);
         affine_bf16(xs + p * c, ys + p * c, m_hi.data(), m_lo.data(), a.data(), b.data(), c, silu);
+      }
     }
   }
 }
@@ -335,8 +352,10 @@ void layer_norm_f32_to_bf16(const float* x, const float* gamma, const float* bet
 #pragma omp parallel if (rows > 1 && rows * c > 32768)
   {
     std::vector<float> row(static_cast<size_t>(c));
+    const int64_t ahead = prefetch_rows(c);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
+      if (r + ahead < rows) prefetch_row(x + (r + ahead) * c, c);
       if (avx2) {
         layer_norm_row_avx2(x + r * c, gamma, beta, row.data(), c, eps);
         round_to_bf16(row.data(), y + r * c, c);

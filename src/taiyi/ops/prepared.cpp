@@ -86,6 +86,20 @@ bool conv2d_takes_bias_add(const Shape& x_shape, const Tensor& w, const Conv2dPa
   return pick(x_shape, w, p, compute, src_layout, dst_layout, {}) == ConvKernel::kDnnl;
 }
 
+bool geglu_bf16_supported() { return bf16_supported() && cpu::geglu_bf16_avx512_applicable(); }
+
+bool geglu_bf16_preferred() {
+  const char* v = std::getenv("TAIYI_GEGLU_KERNEL");
+  const std::string env = v ? v : "";
+  return env != "0" && env != "off" && geglu_bf16_supported() && cpu::dnnl_uses_amx();
+}
+
+std::unique_ptr<PreparedOp> prepare_geglu_bf16(const Shape& x_shape) {
+  if (!geglu_bf16_supported())
+    throw Error("geglu: this CPU runs no bf16 GEGLU kernel (input " + shape_str(x_shape) + ")");
+  return cpu::prepare_geglu_bf16_avx512(x_shape);
+}
+
 bool conv2d_prefers_channels_last(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute) {
   return winograd_tile(x_shape, w, p, compute) == 0;
 }

@@ -91,6 +91,16 @@ bool attention_bf16_reads_bf16(float scale, int64_t head_dim, int64_t element_st
 std::unique_ptr<PreparedOp> prepare_attention_bf16(const Shape& q, const Shape& k, const Shape& v, int heads,
                                                    float scale, Bf16Arithmetic how);
 
+// GEGLU (diffusers': hidden * gelu(gate), [hidden | gate] = x.chunk(2, -1)) of a bf16 x, contiguous,
+// of shape x_shape, into a contiguous bf16 or f32 output: inputs [x]. geglu_bf16_supported(): the CPU
+// runs bf16 and the kernel (avx512_bf16). geglu_bf16_preferred(): also the GEGLU projection is
+// better left whole (bf16 output, this kernel after it) than split into two linears with oneDNN
+// gelu and multiply post-ops (graph/passes/fuse_linear_gelu.cpp): on AMX, where the post-ops cost
+// about as much as the products. TAIYI_GEGLU_KERNEL=0 says no (A/B runs).
+bool geglu_bf16_supported();
+bool geglu_bf16_preferred();
+std::unique_ptr<PreparedOp> prepare_geglu_bf16(const Shape& x_shape);
+
 // linear of an x of shape x_shape ([..., K], rows contiguous) with constant w [N, K] and bias.
 // With compute bf16, x may be bf16 already (src BF16: no rounding pass per call), and the output
 // may be written in bf16 (dst BF16: rounded to nearest even as it is stored, after a residual

@@ -7,10 +7,16 @@
 // once by the second matmul's epilogue. Both halves of w are row ranges of the checkpoint's [2N, K]
 // weight, so views, no copies. Only linears prepack_weights will bind (their prepared kernels run
 // the post-ops), whose output nothing else reads, with no fused residual or scale.
+// In bf16 where ops::geglu_bf16_preferred() (AMX) a GEGLU of 2048 rows or more is not split: the
+// whole projection writes bf16 and a kernel of ours computes the GEGLU (bf16_geglu.cpp). Measured
+// in the UNet step (per 64x64 block): the halves with post-ops 13.5 ms, the whole projection 9.8
+// plus the kernel 2.6; at 32x32 10.1 against 9.8; at 16x16 (512 rows) the N = 10240 projection
+// alone took longer than both halves (10.4 against 10.1).
 // TAIYI_FUSE_GELU=0 turns the pass off (A/B runs).
 #include <vector>
 
 #include "taiyi/graph/passes/passes.h"
+#include "taiyi/ops/prepared.h"
 
 namespace taiyi::graph {
 
@@ -29,8 +35,10 @@ int constant_rows(Graph& g, int v, int64_t start, int64_t end) {
 
 }  // namespace
 
-bool fuse_linear_gelu(Graph& g, const CompileOptions&) {
+bool fuse_linear_gelu(Graph& g, const CompileOptions& options) {
   if (pass_turned_off("TAIYI_FUSE_GELU")) return false;
+  // In bf16 on AMX the GEGLU stays: its projection writes bf16 and our kernel follows (bf16_geglu).
+  const bool keep_geglu = prepared_compute(options) == DType::BF16 && ops::geglu_bf16_preferred();
   const auto readers = g.readers();
   std::vector<bool> removed(g.nodes.size(), false);
   bool changed = false;
@@ -45,6 +53,9 @@ bool fuse_linear_gelu(Graph& g, const CompileOptions&) {
     const int reader = readers[y][0];
     const ops::OpKind kind = g.nodes[reader].kind;
     if (kind != ops::OpKind::kGelu && kind != ops::OpKind::kGeglu) continue;
+    // (from 2048 rows: below, the whole projection with N = 2 x 5120 runs slower than its halves)
+    if (kind == ops::OpKind::kGeglu && keep_geglu && shape_numel(g.values[y].shape) / g.values[y].shape.back() >= 2048)
+      continue;
     const int out = g.nodes[reader].output;
     if (g.values[out].strides != contiguous_strides(g.values[out].shape)) continue;
     if (kind == ops::OpKind::kGelu) {

@@ -72,6 +72,11 @@ bool bf16_inputs(Graph& g, const CompileOptions& options = {});
 // computes within bf16's error of what it did (bf16_gate.cpp).
 bool bf16_gate(Graph& g, const CompileOptions& options = {});
 
+// With bf16 the CPU runs: a GEGLU left whole (fuse_linear_gelu, on AMX) reads its projection's
+// output in bf16 through the prepared kernel (ops::prepare_geglu_bf16), and writes bf16 where only
+// bf16 linears read it. One more rounding: within bf16's error of what it computed (bf16_geglu.cpp).
+bool bf16_geglu(Graph& g, const CompileOptions& options = {});
+
 // A value's memory layout: channels-last when its strides say so (and differ from NCHW's), else
 // NCHW; and whether it is dense (row-major or channels-last).
 ops::Layout value_layout(const Value& v);
@@ -127,6 +132,7 @@ inline const std::vector<Pass>& default_passes() {
       {"channels_last_activations", channels_last_activations},
       {"bf16_inputs", bf16_inputs},
       {"bf16_gate", bf16_gate},
+      {"bf16_geglu", bf16_geglu},
       {"prepack_weights", prepack_weights},
       {"bf16_attention", bf16_attention},
   };

@@ -42,5 +42,10 @@ bool attention_bf16_amx_applicable(float scale);
 std::unique_ptr<PreparedOp> prepare_attention_bf16_amx(const Shape& q, const Shape& k, const Shape& v, int heads,
                                                        float scale);
 
+// geglu_bf16_avx512.cpp: GEGLU of a bf16 [..., 2N] input into bf16 or f32 [..., N] (contiguous),
+// exact GELU in f32 on AVX-512. Needs cpu_has_avx512_bf16().
+bool geglu_bf16_avx512_applicable();
+std::unique_ptr<PreparedOp> prepare_geglu_bf16_avx512(const Shape& x);
+
 }  // namespace cpu
 }  // namespace taiyi::ops

@@ -1,0 +1,104 @@
+// The bf16 GEGLU: the prepared kernel (ops::prepare_geglu_bf16) against the eager f32 GEGLU of the
+// same bf16 values, within the error of its erf and exp approximations (its bf16 output is its f32
+// output rounded); and in graph mode on AMX (ops::geglu_bf16_preferred), from 2048 rows, the
+// feed-forward's projection left whole with a bf16 output and the kernel after it (bf16_geglu),
+// within bf16's error of the split form with oneDNN post-ops (TAIYI_GEGLU_KERNEL=0).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "small_blocks.h"
+#include "taiyi/graph/executor.h"
+#include "taiyi/graph/passes/passes.h"
+#include "taiyi/graph/tracer.h"
+#include "taiyi/ops/ops.h"
+#include "taiyi/ops/prepared.h"
+#include "test_util.h"
+
+namespace taiyi::graph {
+namespace {
+
+using testing::random_tensor;
+using testing::relative_l2;
+
+TEST(Bf16Geglu, KernelMatchesTheF32GegluOfItsInput) {
+  if (!ops::geglu_bf16_supported()) GTEST_SKIP() << "this CPU runs no bf16 GEGLU kernel";
+  // Hidden in [-2, 2], gate in [-6, 6] (both tails of the GELU); 40 values a half: a tail of 8 lanes.
+  const Tensor hidden = random_tensor({3, 37, 40}, 1, -2.0f, 2.0f), gate = random_tensor({3, 37, 40}, 2, -6.0f, 6.0f);
+  const Tensor x = ops::cast(ops::concat({hidden, gate}, 2), DType::BF16);
+  const Tensor want = ops::geglu(ops::cast(x, DType::F32));
+  const auto op = ops::prepare_geglu_bf16(x.shape());
+  Tensor got = Tensor::empty({3, 37, 40}), got16 = Tensor::empty({3, 37, 40}, DType::BF16);
+  op->run({x}, got, nullptr);
+  op->run({x}, got16, nullptr);
+  const Tensor xf = ops::cast(x, DType::F32);
+  int64_t bad = 0, rounded_differently = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    const int64_t r = i / 40, j = i % 40;
+    const double h = xf.data<float>()[r * 80 + j], g = xf.data<float>()[r * 80 + 40 + j];
+    const double err = std::fabs(got.data<float>()[i] - want.data<float>()[i]);
+    bad += !(err <= 1e-4 * std::fabs(h * g) + 1e-6);
+    rounded_differently += got16.data_u16()[i] != f32_to_bf16(got.data<float>()[i]);
+  }
+  EXPECT_EQ(bad, 0);
+  EXPECT_EQ(rounded_differently, 0);
+  // An odd last dim, or an f32 input, is refused.
+  EXPECT_THROW(ops::prepare_geglu_bf16({2, 5}), Error);
+  EXPECT_THROW(op->run({ops::cast(x, DType::F32)}, got, nullptr), Error);
+}
+
+Graph compiled_transformer(const nn::Transformer2DModel& block, const std::vector<InputSpec>& sig) {
+  CompileOptions bf16;
+  bf16.compute = DType::BF16;
+  Graph g = trace([&](const std::vector<Tensor>& in) { return std::vector<Tensor>{block(in[0], in[1])}; }, sig);
+  run_passes(g, bf16);
+  return g;
+}
+
+size_t count(const Graph& g, bool (*pred)(const Graph&, const Node&)) {
+  size_t n = 0;
+  for (const Node& node : g.nodes) n += pred(g, node);
+  return n;
+}
+
+TEST(Bf16Geglu, FeedForwardKeepsItsProjectionWholeOnAmx) {
+  if (!ops::geglu_bf16_preferred()) GTEST_SKIP() << "the GEGLU is split into post-op linears on this CPU";
+  unsetenv("TAIYI_BF16_EMULATE");
+  nn::ParameterSet params;
+  const nn::Transformer2DModel block = small_transformer(params);
+  params.init_random(3);
+  // 2 x 32 x 32 = 2048 rows: from there the projection stays whole (fuse_linear_gelu.cpp).
+  const std::vector<InputSpec> sig = {{{2, 16, 32, 32}, DType::F32}, {{2, 6, 12}, DType::F32}};
+  const Tensor x = random_tensor({2, 16, 32, 32}, 1), ctx = random_tensor({2, 6, 12}, 2);
+  const Tensor f32 = block(x, ctx);
+  const Graph g = compiled_transformer(block, sig);
+  ::setenv("TAIYI_GEGLU_KERNEL", "0", 1);
+  const Graph split = compiled_transformer(block, sig);
+  ::unsetenv("TAIYI_GEGLU_KERNEL");
+  const auto bound_geglu = [](const Graph& gr, const Node& n) {
+    return n.kind == ops::OpKind::kGeglu && n.prepared && n.prepared->describe() == "geglu bf16 avx512" &&
+           gr.values[n.inputs[0]].dtype == DType::BF16 && gr.values[n.output].dtype == DType::BF16;
+  };
+  const auto multiply = [](const Graph&, const Node& n) { return n.attrs.post_op == ops::PostOp::kMultiply; };
+  EXPECT_EQ(count(g, bound_geglu), 1u) << g.dump();
+  EXPECT_EQ(count(g, multiply), 0u);
+  EXPECT_EQ(count(split, bound_geglu), 0u);
+  EXPECT_EQ(count(split, multiply), 1u) << split.dump();
+  // Below 2048 rows it is split there too.
+  const Graph small = compiled_transformer(block, {{{2, 16, 31, 33}, DType::F32}, {{2, 6, 12}, DType::F32}});
+  EXPECT_EQ(count(small, bound_geglu), 0u);
+  EXPECT_EQ(count(small, multiply), 1u);
+  const Tensor want = Executor(split).run({x, ctx})[0];
+  const Executor ex(g);
+  for (int replay = 0; replay < 2; ++replay) {
+    const Tensor got = ex.run({x, ctx})[0];
+    EXPECT_LT(relative_l2(got, want), 4e-3);                                // bf16's roundings, placed otherwise
+    EXPECT_LT(relative_l2(got, f32), 2.0 * relative_l2(want, f32) + 1e-3);  // no worse than the split form
+  }
+}
+
+}  // namespace
+}  // namespace taiyi::graph

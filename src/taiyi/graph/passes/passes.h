@@ -84,6 +84,8 @@ bool is_dense(const Value& v);
 
 // Whether the environment variable a pass names for A/B runs is set to "0" (the pass then
 // changes nothing): TAIYI_CHANNELS_LAST, TAIYI_FUSE_GELU, TAIYI_FUSE_QKV, TAIYI_BF16_INPUTS, TAIYI_BF16_GATE.
+// (TAIYI_GEGLU_KERNEL=0 keeps the GEGLU split on AMX: ops/prepared.h; TAIYI_DUMP_GRAPH=DIR writes each
+// compiled graph: graph_function.cpp.)
 bool pass_turned_off(const char* env_var);
 
 // The epilogue the fusion passes put on a conv2d or linear (fused residual, output scale, post-op,

@@ -37,11 +37,10 @@ bool fuse_bias_add(Graph& g, const CompileOptions& options) {
     const Value& sum = g.values[add.output];
     for (int side = 0; side < 2; ++side) {
       const int conv_out = add.inputs[side], t = add.inputs[1 - side];
+      const int producer = add_operand_producer(g, readers, removed, conv_out, t);
+      if (producer < 0) continue;
       const Value& y = g.values[conv_out];
-      if (y.kind != ValueKind::kNode || g.is_output(conv_out) || readers[conv_out].size() != 1 || conv_out == t ||
-          removed[y.producer])
-        continue;
-      Node& conv = g.nodes[y.producer];
+      const Node& conv = g.nodes[producer];
       if (conv.kind != ops::OpKind::kConv2d || conv.inputs.size() != 3 || conv.attrs.post_op != ops::PostOp::kNone ||
           conv.attrs.output_scale != 1.0f || !will_prepack(g, conv) || y.shape != sum.shape ||
           !per_channel(g.values[t], sum.shape))
@@ -50,12 +49,7 @@ bool fuse_bias_add(Graph& g, const CompileOptions& options) {
       if (!ops::conv2d_takes_bias_add(x.shape, g.values[conv.inputs[1]].constant, conv.attrs.conv,
                                       prepared_compute(options), value_layout(x), value_layout(y)))
         continue;
-      Node fused = std::move(conv);
-      removed[y.producer] = true;
-      fused.inputs.push_back(t);
-      fused.attrs.post_op = ops::PostOp::kBiasAdd;
-      fused.output = add.output;
-      add = std::move(fused);
+      fold_into_add(g, i, producer, t, removed).attrs.post_op = ops::PostOp::kBiasAdd;
       changed = true;
       break;
     }

@@ -42,6 +42,15 @@ bool fuse_group_norm_silu(Graph& g, const CompileOptions& options = {});
 // attrs.output_scale, for ops prepack_weights will bind.
 bool fuse_residual_add(Graph& g, const CompileOptions& options = {});
 
+// For the passes that fold an add into the op before it (fuse_residual_add, fuse_bias_add): the
+// node producing the add's operand op_out when only that add reads it (not a graph output, not
+// the add's other operand, not removed), else -1; and the fold itself: the producer moves to the
+// add's place (its operand may be computed after it), `extra` appended to its inputs, writing the
+// add's output. Returns the moved node.
+int add_operand_producer(const Graph& g, const std::vector<std::vector<int>>& readers, const std::vector<bool>& removed,
+                         int op_out, int other);
+Node& fold_into_add(Graph& g, size_t add_index, int producer, int extra, std::vector<bool>& removed);
+
 // add(conv2d(x), t) with t one value per output channel (the ResNet blocks' time embedding) -> the
 // convolution with t added to its bias per call, where its prepared kernel takes that (oneDNN's).
 bool fuse_bias_add(Graph& g, const CompileOptions& options = {});

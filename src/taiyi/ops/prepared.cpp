@@ -22,11 +22,14 @@ namespace taiyi::ops {
 
 namespace {
 
-bool winograd_enabled() {
-  const char* v = std::getenv("TAIYI_WINOGRAD");
+// Whether an A/B switch (TAIYI_WINOGRAD, TAIYI_CONV1X1, TAIYI_GEGLU_KERNEL) is set to "0" or "off".
+bool switched_off(const char* env_var) {
+  const char* v = std::getenv(env_var);
   const std::string s = v ? v : "";
-  return !(s == "0" || s == "off");
+  return s == "0" || s == "off";
 }
+
+bool winograd_enabled() { return !switched_off("TAIYI_WINOGRAD"); }
 
 // The Winograd output tile for this convolution (4 or 2), or 0 for oneDNN.
 int winograd_tile(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute) {
@@ -50,9 +53,7 @@ bool winograd_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p,
 // proj_in and proj_out) oneDNN has no transpose to do there and stays. TAIYI_CONV1X1=0 keeps oneDNN.
 bool conv1x1_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
                   Layout dst_layout) {
-  const char* v = std::getenv("TAIYI_CONV1X1");
-  const std::string env = v ? v : "";
-  return compute == DType::BF16 && env != "0" && env != "off" && src_layout == Layout::kNCHW &&
+  return compute == DType::BF16 && !switched_off("TAIYI_CONV1X1") && src_layout == Layout::kNCHW &&
          dst_layout == Layout::kNCHW && x_shape.size() == 4 && x_shape[1] >= 16 &&
          cpu::conv1x1_bf16_avx512_applicable(x_shape, w, p) && !cpu::dnnl_uses_amx();
 }
@@ -89,9 +90,7 @@ bool conv2d_takes_bias_add(const Shape& x_shape, const Tensor& w, const Conv2dPa
 bool geglu_bf16_supported() { return bf16_supported() && cpu::geglu_bf16_avx512_applicable(); }
 
 bool geglu_bf16_preferred() {
-  const char* v = std::getenv("TAIYI_GEGLU_KERNEL");
-  const std::string env = v ? v : "";
-  return env != "0" && env != "off" && geglu_bf16_supported() && cpu::dnnl_uses_amx();
+  return !switched_off("TAIYI_GEGLU_KERNEL") && geglu_bf16_supported() && cpu::dnnl_uses_amx();
 }
 
 std::unique_ptr<PreparedOp> prepare_geglu_bf16(const Shape& x_shape) {

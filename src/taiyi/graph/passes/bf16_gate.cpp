@@ -28,7 +28,7 @@ bool multiplies_by(const Graph& g, const Node& n, int v) {
 
 bool bf16_gate(Graph& g, const CompileOptions& options) {
   if (pass_turned_off("TAIYI_BF16_GATE")) return false;
-  if (options.compute != DType::BF16 || !ops::bf16_supported()) return false;
+  if (prepared_compute(options) != DType::BF16) return false;
   const auto readers = g.readers();
   bool changed = false;
   for (size_t v = 0; v < g.values.size(); ++v) {

@@ -94,7 +94,7 @@ bool readers_through_views(const Graph& g, int v, const std::vector<std::vector<
 
 bool bf16_inputs(Graph& g, const CompileOptions& options) {
   if (pass_turned_off("TAIYI_BF16_INPUTS")) return false;
-  if (options.compute != DType::BF16 || !ops::bf16_supported()) return false;
+  if (prepared_compute(options) != DType::BF16) return false;
   const auto readers = g.readers();
   bool changed = false;
   for (size_t v = 0; v < g.values.size(); ++v) {

@@ -80,7 +80,7 @@ Tensor stack_rows(const std::vector<Tensor>& parts) {
 
 bool fuse_sibling_linears(Graph& g, const CompileOptions& options) {
   if (pass_turned_off("TAIYI_FUSE_QKV")) return false;
-  if (options.compute != DType::BF16 || !ops::bf16_supported()) return false;
+  if (prepared_compute(options) != DType::BF16) return false;
   const auto readers = g.readers();
   // The qualifying linears of each input value and attention they feed, in node order: one group
   // per attention (its q, k and v, or a cross-attention's k and v), not one per input. The UNet's

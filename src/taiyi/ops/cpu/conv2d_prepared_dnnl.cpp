@@ -170,8 +170,7 @@ class PreparedConv2d : public PreparedOp {
     if (src_reorder_) to_blocked_.execute(strm, user_src, src);
     std::unordered_map<int, memory> args = {
         {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights_}, {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, pad}};
-    if (!bias_md_.is_zero())
-      args.insert({DNNL_ARG_BIAS, bias_memory(in, scratch + src_bytes_ + dst_bytes_ + pad_bytes_)});
+    if (!bias_md_.is_zero()) args.insert({DNNL_ARG_BIAS, bias_memory(in, scratch)});
     conv_.execute(strm, args);
     if (dst_reorder_) to_plain_.execute(strm, dst, user_dst);
     strm.wait();
@@ -258,16 +257,15 @@ class PreparedConv2d : public PreparedOp {
           {DNNL_ARG_WEIGHTS, part_weights_[k]},
           {DNNL_ARG_DST, user_dst},
           {DNNL_ARG_SCRATCHPAD, memory(part_pds_[k].scratchpad_desc(), eng, scratch + src_bytes_)}};
-      if (k == 0 && !bias_md_.is_zero())
-        args.insert({DNNL_ARG_BIAS, bias_memory(in, scratch + src_bytes_ + dst_bytes_ + pad_bytes_)});
+      if (k == 0 && !bias_md_.is_zero()) args.insert({DNNL_ARG_BIAS, bias_memory(in, scratch)});
       part_convs_[k].execute(strm, args);
       strm.wait();
     }
   }
 
   // The bias of this call: the constant one, or with a per-call bias added (Epilogue post_op
-  // kBiasAdd, inputs[1]: the time embedding), summed into `room` (bias_add_bytes_ of scratch).
-  memory bias_memory(const std::vector<Tensor>& in, std::byte* room) const {
+  // kBiasAdd, inputs[1]: the time embedding), summed into the last bias_add_bytes_ of scratch.
+  memory bias_memory(const std::vector<Tensor>& in, std::byte* scratch) const {
     if (!bias_add_) return cpu::dnnl_wrap(bias_md_, bias_.data<float>());
     const Tensor add = in.at(1).contiguous();
     const int64_t cout = bias_md_.dims()[0];
@@ -276,7 +274,7 @@ class PreparedConv2d : public PreparedOp {
                   std::to_string(cout) + " output channels");
     const float* a = add.data<float>();
     const float* b = bias_.defined() ? bias_.data<float>() : nullptr;
-    auto* sum = reinterpret_cast<float*>(room);
+    auto* sum = reinterpret_cast<float*>(scratch + src_bytes_ + dst_bytes_ + pad_bytes_);
     for (int64_t c = 0; c < cout; ++c) sum[c] = (b ? b[c] : 0.0f) + a[c];
     return cpu::dnnl_wrap(bias_md_, sum);
   }

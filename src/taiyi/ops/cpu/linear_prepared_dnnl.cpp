@@ -54,7 +54,10 @@ class PreparedLinear : public PreparedOp {
     m_ = k_ > 0 ? shape_numel(xs) / k_ : 0;
     user_src_ = memory::desc({m_, k_}, src_bf16_ ? bf16 : f32, src_columns ? tag::ba : tag::ab);
     dst_ = memory::desc({m_, n_}, dst_bf16_ ? bf16 : f32, tag::ab);
-    factor_ = memory::desc({m_, n_}, factor_dtype_ == DType::BF16 ? bf16 : f32, tag::ab);
+    // The binary post-op's second input (inputs[1] of run()): the multiply's factor, or the residual
+    // added into a bf16 output (f32).
+    src1_dtype_ = post_op_ == PostOp::kMultiply ? factor_dtype_ : DType::F32;
+    src1_ = memory::desc({m_, n_}, src1_dtype_ == DType::BF16 ? bf16 : f32, tag::ab);
     if (bias.defined()) {
       bias_md_ = memory::desc({1, n_}, f32, tag::ab);
       bias_ = bias.contiguous();
@@ -66,10 +69,9 @@ class PreparedLinear : public PreparedOp {
       // The residual: summed into the f32 output it was copied into, or, for a bf16 output, added
       // as a binary post-op's f32 input (the sum rounded once, as it is stored).
       if (epilogue.residual && !dst_bf16_) ops.append_sum(1.0f);
-      if (epilogue.residual && dst_bf16_)
-        ops.append_binary(dnnl::algorithm::binary_add, memory::desc({m_, n_}, f32, tag::ab));
+      if (epilogue.residual && dst_bf16_) ops.append_binary(dnnl::algorithm::binary_add, src1_);
       if (post_op_ == PostOp::kGelu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
-      if (post_op_ == PostOp::kMultiply) ops.append_binary(dnnl::algorithm::binary_mul, factor_);
+      if (post_op_ == PostOp::kMultiply) ops.append_binary(dnnl::algorithm::binary_mul, src1_);
       if (epilogue.scale != 1.0f) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_linear, epilogue.scale, 0.0f);
       attr.set_post_ops(ops);
     }
@@ -123,19 +125,13 @@ class PreparedLinear : public PreparedOp {
         {DNNL_ARG_DST, cpu::dnnl_wrap(dst_, out.raw_data())},
         {DNNL_ARG_SCRATCHPAD, memory(pd_.scratchpad_desc(), eng, scratch + src_bytes_)}};
     if (bias_.defined()) args.insert({DNNL_ARG_BIAS, cpu::dnnl_wrap(bias_md_, bias_.data<float>())});
-    Tensor factor;
-    if (residual_ && dst_bf16_) {
-      factor = in.at(1).contiguous();
-      if (factor.shape() != out.shape() || factor.dtype() != DType::F32)
-        throw Error("linear: the residual " + factor.describe() + " does not match the output " + out.describe());
-      args.insert({DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, cpu::dnnl_wrap(factor_, factor.raw_data())});
-    }
-    if (post_op_ == PostOp::kMultiply) {
-      factor = in.at(1).contiguous();
-      if (factor.shape() != out.shape() || factor.dtype() != factor_dtype_)
-        throw Error("linear: the multiply post-op's input " + factor.describe() + " does not match the output " +
-                    out.describe());
-      args.insert({DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, cpu::dnnl_wrap(factor_, factor.raw_data())});
+    Tensor src1;
+    if ((residual_ && dst_bf16_) || post_op_ == PostOp::kMultiply) {
+      src1 = in.at(1).contiguous();
+      if (src1.shape() != out.shape() || src1.dtype() != src1_dtype_)
+        throw Error(std::string("linear: the ") + (residual_ ? "residual " : "multiply post-op's input ") +
+                    src1.describe() + " does not match the output " + out.describe());
+      args.insert({DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, cpu::dnnl_wrap(src1_, src1.raw_data())});
     }
     matmul_.execute(strm, args);
     strm.wait();
@@ -153,7 +149,8 @@ class PreparedLinear : public PreparedOp {
   bool src_bf16_, dst_bf16_;
   DType factor_dtype_;
   int64_t m_ = 0, k_ = 0, n_ = 0;
-  memory::desc user_src_, src_, dst_, factor_, bias_md_;
+  DType src1_dtype_ = DType::F32;
+  memory::desc user_src_, src_, dst_, src1_, bias_md_;
   dnnl::matmul::primitive_desc pd_;
   dnnl::matmul matmul_;
   dnnl::reorder to_bf16_;

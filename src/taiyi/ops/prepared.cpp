@@ -99,6 +99,12 @@ std::unique_ptr<PreparedOp> prepare_geglu_bf16(const Shape& x_shape) {
   return cpu::prepare_geglu_bf16_avx512(x_shape);
 }
 
+std::unique_ptr<PreparedOp> prepare_gelu_bf16(const Shape& x_shape) {
+  if (!geglu_bf16_supported())
+    throw Error("gelu: this CPU runs no bf16 GELU kernel (input " + shape_str(x_shape) + ")");
+  return cpu::prepare_gelu_bf16_avx512(x_shape);
+}
+
 bool conv2d_prefers_channels_last(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute) {
   return winograd_tile(x_shape, w, p, compute) == 0;
 }

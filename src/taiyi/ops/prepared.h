@@ -100,6 +100,10 @@ std::unique_ptr<PreparedOp> prepare_attention_bf16(const Shape& q, const Shape& 
 bool geglu_bf16_supported();
 bool geglu_bf16_preferred();
 std::unique_ptr<PreparedOp> prepare_geglu_bf16(const Shape& x_shape);
+// The same kernel's exact GELU of a bf16 x (contiguous, any shape) into a bf16 or f32 output of its
+// shape; where geglu_bf16_preferred(), the linear before a GELU (BERT's intermediate dense) writes
+// bf16 and this kernel follows instead of oneDNN's gelu post-op.
+std::unique_ptr<PreparedOp> prepare_gelu_bf16(const Shape& x_shape);
 
 // linear of an x of shape x_shape ([..., K], rows contiguous) with constant w [N, K] and bias.
 // With compute bf16, x may be bf16 already (src BF16: no rounding pass per call), and the output

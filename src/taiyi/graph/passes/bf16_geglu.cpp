@@ -4,6 +4,8 @@
 // linears bound in bf16 read it as their input (the feed-forward's output linear, which would round
 // it anyway). One more rounding than the f32 GEGLU (the projection's output, 2^-9, before the GELU),
 // as PyTorch's bf16 has: the graph computes within bf16's error of what it did (bf16_geglu_test.cpp).
+// A plain GELU left by fuse_linear_gelu (BERT's intermediate activation) gets the same kernel
+// without the gate, the same way.
 // TAIYI_GEGLU_KERNEL=0 keeps the split form (ops/prepared.h).
 #include "taiyi/graph/passes/passes.h"
 #include "taiyi/ops/prepared.h"
@@ -31,18 +33,20 @@ bool bf16_geglu(Graph& g, const CompileOptions& options) {
   const auto readers = g.readers();
   bool changed = false;
   for (Node& n : g.nodes) {
-    if (n.prepared || n.kind != ops::OpKind::kGeglu) continue;
+    const bool gated = n.kind == ops::OpKind::kGeglu;
+    if (n.prepared || (!gated && n.kind != ops::OpKind::kGelu)) continue;
     const int x = n.inputs[0];
     const Node* projection = f32_value_producer(g, static_cast<size_t>(x), readers);
     const Value &xv = g.values[x], &y = g.values[n.output];
     if (!projection || projection->kind != ops::OpKind::kLinear || !will_prepack(g, *projection) ||
-        projection->attrs.output_scale != 1.0f || readers[x].size() != 1 || xv.shape.back() % 2 != 0 ||
-        xv.strides != contiguous_strides(xv.shape) || y.strides != contiguous_strides(y.shape))
+        projection->attrs.output_scale != 1.0f || projection->attrs.post_op != ops::PostOp::kNone ||
+        readers[x].size() != 1 || (gated && xv.shape.back() % 2 != 0) || xv.strides != contiguous_strides(xv.shape) ||
+        y.strides != contiguous_strides(y.shape))
       continue;
     g.values[x].dtype = DType::BF16;
     if (!g.is_output(n.output) && y.dtype == DType::F32 && read_only_as_linear_input(g, n.output, readers))
       g.values[n.output].dtype = DType::BF16;
-    n.prepared = ops::prepare_geglu_bf16(xv.shape);
+    n.prepared = gated ? ops::prepare_geglu_bf16(xv.shape) : ops::prepare_gelu_bf16(xv.shape);
     changed = true;
   }
   return changed;

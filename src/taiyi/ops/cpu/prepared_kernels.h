@@ -46,6 +46,8 @@ std::unique_ptr<PreparedOp> prepare_attention_bf16_amx(const Shape& q, const Sha
 // exact GELU in f32 on AVX-512. Needs cpu_has_avx512_bf16().
 bool geglu_bf16_avx512_applicable();
 std::unique_ptr<PreparedOp> prepare_geglu_bf16_avx512(const Shape& x);
+// The same kernel's exact GELU of a bf16 [..., N] input into bf16 or f32 [..., N].
+std::unique_ptr<PreparedOp> prepare_gelu_bf16_avx512(const Shape& x);
 
 }  // namespace cpu
 }  // namespace taiyi::ops

@@ -6,7 +6,10 @@
 // bf16) become bf16 values; in ResNet blocks over
 // channels-last activations, the GroupNorm(+SiLU) outputs read by oneDNN convolutions do (where the
 // convolution is oneDNN's: on AMX). Either way the graph computes exactly what it computes without
-// the pass: the readers round the same values the same way.
+// the pass: the readers round the same values the same way. The one exception, tested apart: a
+// ResNet's first convolution writes bf16 for the GroupNorm after it (TAIYI_BF16_CONV_OUT), which
+// adds a rounding; the prepared convolution's bf16 output and the GroupNorm's bf16 input have
+// their own tests here.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -117,11 +120,15 @@ TEST(Bf16Inputs, GroupNormOutputsReadByOneDnnConvolutionsBecomeBf16) {
     const Tensor h = ops::conv2d(in[0], w_in, Tensor(), ops::Conv2dParams::same(1));
     return std::vector<Tensor>{second(first(h, in[1]), in[1])};
   };
-  const std::vector<InputSpec> sig = {{{2, 4, 6, 7}, DType::F32}, {{2, 12}, DType::F32}};
-  const Tensor x = random_tensor({2, 4, 6, 7}, 2), temb = random_tensor({2, 12}, 3);
+  // One time embedding for the batch (the UNet's: one timestep), which fuse_bias_add puts into the
+  // first convolution's bias.
+  const std::vector<InputSpec> sig = {{{2, 4, 6, 7}, DType::F32}, {{1, 12}, DType::F32}};
+  const Tensor x = random_tensor({2, 4, 6, 7}, 2), temb = random_tensor({1, 12}, 3);
   CompileOptions bf16;
   bf16.compute = DType::BF16;
   Graph plain = without_bf16_inputs(fn, sig, bf16);
+  // (the first convolutions' outputs, read by norm2, stay f32 here: the next test)
+  ::setenv("TAIYI_BF16_CONV_OUT", "0", 1);
   Graph g = trace(fn, sig);
   run_passes(g, bf16);
   // norm1 + silu and norm2 + silu of both blocks, channels-last, each read by a 3x3 convolution;
@@ -132,6 +139,88 @@ TEST(Bf16Inputs, GroupNormOutputsReadByOneDnnConvolutionsBecomeBf16) {
   EXPECT_EQ(bf16_values(g), onednn ? 4u : 0u) << g.dump();
   const Tensor want = Executor(plain).run({x, temb})[0];
   EXPECT_EQ(max_abs_diff(Executor(g).run({x, temb})[0], want), 0.0);
+
+  // With the switch on (the default), each block's first convolution (its per-call bias the time
+  // embedding) writes bf16 for norm2 where oneDNN runs it: one more rounding, so close, not equal.
+  ::unsetenv("TAIYI_BF16_CONV_OUT");
+  Graph g2 = trace(fn, sig);
+  run_passes(g2, bf16);
+  size_t conv_bf16 = 0;
+  for (const Node& n : g2.nodes)
+    conv_bf16 += n.kind == ops::OpKind::kConv2d && g2.values[n.output].dtype == DType::BF16 && n.prepared &&
+                 n.prepared->describe().find("bf16-out") != std::string::npos;
+  EXPECT_EQ(conv_bf16, onednn ? 2u : 0u) << g2.dump();
+  EXPECT_EQ(bf16_values(g2), onednn ? 6u : 0u);
+  const Tensor got = Executor(g2).run({x, temb})[0];
+  if (onednn) {
+    EXPECT_GT(max_abs_diff(got, want), 0.0);
+    EXPECT_LT(testing::relative_l2(got, want), 8e-3);  // the GroupNorm's input rounded: ~2^-9 relative
+  }
+}
+
+// The prepared convolution's bf16 output is its f32 output rounded (to within one bf16 step where
+// oneDNN's two kernels add in another order), with a per-call bias; where the kernel cannot write
+// bf16 (a residual, a split by input channels), conv2d_writes_bf16 says no and preparing throws.
+TEST(Bf16Inputs, PreparedConvolutionWritesBf16) {
+  if (!ops::bf16_supported()) GTEST_SKIP() << "this CPU runs no bf16";
+  const Shape xs = {2, 16, 6, 7};
+  const Tensor w = random_tensor({24, 16, 3, 3}, 1, -0.3f, 0.3f), b = random_tensor({24}, 2);
+  const auto p = ops::Conv2dParams::same(1);
+  const auto nhwc = ops::Layout::kNHWC;
+  const Tensor x = ops::permute(random_tensor({2, 6, 7, 16}, 3), {0, 3, 1, 2});  // channels-last [2, 16, 6, 7]
+  ops::Epilogue bias_add;
+  bias_add.post_op = ops::PostOp::kBiasAdd;
+  const Tensor t = random_tensor({24}, 4);
+  if (!ops::conv2d_writes_bf16(xs, w, p, DType::BF16, nhwc, nhwc, bias_add, DType::F32))
+    GTEST_SKIP() << "the prepared convolution is not oneDNN's here";
+  const auto f32 = ops::prepare_conv2d(xs, w, b, p, DType::BF16, nhwc, nhwc, bias_add);
+  const auto bf16 = ops::prepare_conv2d(xs, w, b, p, DType::BF16, nhwc, nhwc, bias_add, DType::F32, DType::BF16);
+  EXPECT_NE(bf16->describe().find("bf16-out"), std::string::npos);
+  const Shape ys = {2, 24, 6, 7};
+  // Channels-last outputs: NHWC memory seen as [2, 24, 6, 7].
+  const Tensor y = ops::permute(Tensor::empty({2, 6, 7, 24}), {0, 3, 1, 2});
+  const Tensor yb = ops::permute(Tensor::empty({2, 6, 7, 24}, DType::BF16), {0, 3, 1, 2});
+  ASSERT_EQ(y.strides(), ops::layout_strides(ys, nhwc));
+  std::vector<std::byte> scratch(std::max(f32->scratch_bytes(), bf16->scratch_bytes()) + 64);
+  std::byte* aligned = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) / 64 * 64);
+  f32->run({x, t}, y, aligned);
+  bf16->run({x, t}, yb, aligned);
+  const Tensor yc = y.contiguous(), ybc = ops::cast(yb, DType::F32).contiguous();
+  int64_t off = 0;
+  for (int64_t i = 0; i < yc.numel(); ++i) {
+    const float want = bf16_to_f32(f32_to_bf16(yc.data<float>()[i])), got = ybc.data<float>()[i];
+    off += std::fabs(got - want) > std::ldexp(std::fabs(want), -7);
+  }
+  EXPECT_EQ(off, 0);
+  EXPECT_THROW(bf16->run({x, t}, y, aligned), Error);  // an f32 output where bf16 was prepared
+  ops::Epilogue residual;
+  residual.residual = true;
+  EXPECT_FALSE(ops::conv2d_writes_bf16(xs, w, p, DType::BF16, nhwc, nhwc, residual, DType::F32));
+  EXPECT_THROW(ops::prepare_conv2d(xs, w, b, p, DType::BF16, nhwc, nhwc, residual, DType::F32, DType::BF16), Error);
+  // 1280 input channels are split into slices of 640 on oneDNN's path (they sum into the output).
+  const Shape big = {1, 1280, 4, 4};
+  EXPECT_FALSE(
+      ops::conv2d_writes_bf16(big, random_tensor({8, 1280, 3, 3}, 5), p, DType::BF16, nhwc, nhwc, {}, DType::BF16));
+}
+
+// GroupNorm(+SiLU) over channels-last bf16 input computes what it computes from the same values in
+// f32 (the widening is exact), into f32 and into bf16.
+TEST(Bf16Inputs, GroupNormReadsBf16) {
+  // Channels-last [2, 48, 5, 7]: NHWC memory seen through a permute, in bf16 and the same in f32.
+  const Tensor nhwc = ops::cast(random_tensor({2, 5, 7, 48}, 1, -3.0f, 3.0f), DType::BF16);
+  const Tensor xb = ops::permute(nhwc, {0, 3, 1, 2}), xf = ops::permute(ops::cast(nhwc, DType::F32), {0, 3, 1, 2});
+  ASSERT_EQ(xb.strides(), xf.strides());
+  const Tensor gamma = random_tensor({48}, 2), beta = random_tensor({48}, 3);
+  for (const bool silu : {false, true}) {
+    const Tensor want =
+        silu ? ops::group_norm_silu(xf, 4, gamma, beta, 1e-5f) : ops::group_norm(xf, 4, gamma, beta, 1e-5f);
+    const Tensor got =
+        silu ? ops::group_norm_silu(xb, 4, gamma, beta, 1e-5f) : ops::group_norm(xb, 4, gamma, beta, 1e-5f);
+    EXPECT_EQ(got.dtype(), DType::F32);
+    EXPECT_EQ(max_abs_diff(got, want), 0.0) << "silu " << silu;
+  }
+  // NCHW bf16 is refused (only graph mode's channels-last memory is bf16).
+  EXPECT_THROW(ops::group_norm(ops::cast(random_tensor({2, 48, 5, 7}, 4), DType::BF16), 4, gamma, beta, 1e-5f), Error);
 }
 
 // A nearest upsample between channels-last convolutions (the upsamplers' convolutions read it)

@@ -356,7 +356,8 @@ namespace {
 
 Tensor group_norm_impl(const char* op, OpKind kind, const Tensor& x, int groups, const Tensor& gamma,
                        const Tensor& beta, float eps) {
-  require_f32(op, "input", x);
+  // bf16 only over channels-last memory (graph mode: a bf16 convolution's output).
+  if (!(x.dtype() == DType::BF16 && is_channels_last(x))) require_f32(op, "input", x);
   require_min_rank(op, "input", x, 2);
   const int64_t n = x.size(0), c = x.size(1);
   if (groups < 1 || c % groups != 0)
@@ -369,6 +370,14 @@ Tensor group_norm_impl(const char* op, OpKind kind, const Tensor& x, int groups,
   attrs.eps = eps;
   if (auto t = traced(kind, {x, gamma, beta}, attrs, x.shape())) return *t;
   const Tensor g = gamma.defined() ? gamma.contiguous() : gamma, b = beta.defined() ? beta.contiguous() : beta;
+  if (x.dtype() == DType::BF16) {
+    std::optional<Tensor> yb = take_bf16_target(x.shape(), x.strides());
+    const Tensor y = yb ? *yb : make_channels_last_output(x.shape());
+    cpu::group_norm_nhwc_bf16(x.data_u16(), data_or_null(g), data_or_null(b), yb ? nullptr : y.data<float>(),
+                              yb ? y.data_u16() : nullptr, n, c, x.size(2) * x.size(3), groups, eps,
+                              kind == OpKind::kGroupNormSilu);
+    return y;
+  }
   if (auto y = is_channels_last(x) ? take_bf16_target(x.shape(), x.strides()) : std::nullopt) {
     cpu::group_norm_nhwc_f32_to_bf16(x.data<float>(), data_or_null(g), data_or_null(b), y->data_u16(), n, c,
                                      x.size(2) * x.size(3), groups, eps, kind == OpKind::kGroupNormSilu);

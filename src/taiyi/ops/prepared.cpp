@@ -76,6 +76,14 @@ ConvKernel pick(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DT
 
 }  // namespace
 
+bool conv2d_writes_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
+                        Layout dst_layout, const Epilogue& epilogue, DType src) {
+  return !switched_off("TAIYI_BF16_CONV_OUT") &&
+         (src == DType::F32 || conv2d_takes_bf16_input(x_shape, w, p, compute, src_layout, dst_layout, epilogue)) &&
+         pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue) == ConvKernel::kDnnl &&
+         conv2d_dnnl_writes_bf16(x_shape, w, p, compute, src_layout, dst_layout, epilogue, src);
+}
+
 bool conv2d_takes_bf16_input(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
                              Layout src_layout, Layout dst_layout, const Epilogue& epilogue) {
   return compute == DType::BF16 && (epilogue.post_op == PostOp::kNone || epilogue.post_op == PostOp::kBiasAdd) &&
@@ -111,7 +119,7 @@ bool conv2d_prefers_channels_last(const Shape& x_shape, const Tensor& w, const C
 
 std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                            const Conv2dParams& p, DType compute, Layout src_layout, Layout dst_layout,
-                                           const Epilogue& epilogue, DType src) {
+                                           const Epilogue& epilogue, DType src, DType dst) {
   if (epilogue.post_op != PostOp::kNone && epilogue.post_op != PostOp::kBiasAdd)
     throw Error("conv2d: gelu and multiply post-ops are for linears, not the convolution of input " +
                 shape_str(x_shape));
@@ -123,6 +131,9 @@ std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w
       !(src == DType::BF16 && conv2d_takes_bf16_input(x_shape, w, p, compute, src_layout, dst_layout, epilogue)))
     throw Error("conv2d: no prepared kernel reads a " + std::string(dtype_name(src)) + " input " + shape_str(x_shape) +
                 " here");
+  if (dst != DType::F32 && !conv2d_writes_bf16(x_shape, w, p, compute, src_layout, dst_layout, epilogue, src))
+    throw Error("conv2d: no prepared kernel writes a " + std::string(dtype_name(dst)) + " output for input " +
+                shape_str(x_shape) + " here");
   switch (pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue)) {
     case ConvKernel::kWinogradF32:
       return cpu::prepare_conv2d_winograd_f32(x_shape, w, bias, p, src_layout, dst_layout,
@@ -133,7 +144,7 @@ std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w
       return cpu::prepare_conv2d_1x1_bf16_avx512(x_shape, w, bias, p, src_layout, dst_layout);
     case ConvKernel::kDnnl: break;
   }
-  return prepare_conv2d_dnnl(x_shape, w, bias, p, compute, src_layout, dst_layout, epilogue, src);
+  return prepare_conv2d_dnnl(x_shape, w, bias, p, compute, src_layout, dst_layout, epilogue, src, dst);
 }
 
 }  // namespace taiyi::ops

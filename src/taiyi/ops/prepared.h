@@ -57,13 +57,21 @@ struct Epilogue {
 
 // conv2d of an x of shape x_shape with constant w (and bias, or undefined).
 // src BF16: x is bf16 already (with compute bf16, where conv2d_takes_bf16_input says the kernel
-// can read it: oneDNN's, which then needs no conversion pass per call).
+// can read it: oneDNN's, which then needs no conversion pass per call). dst BF16: the output is
+// written in bf16, where conv2d_writes_bf16 says so.
 std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                            const Conv2dParams& p, DType compute = DType::F32,
                                            Layout src_layout = Layout::kNCHW, Layout dst_layout = Layout::kNCHW,
-                                           const Epilogue& epilogue = {}, DType src = DType::F32);
+                                           const Epilogue& epilogue = {}, DType src = DType::F32,
+                                           DType dst = DType::F32);
 bool conv2d_takes_bf16_input(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
                              Layout src_layout, Layout dst_layout, const Epilogue& epilogue);
+// Whether that kernel can write its output in bf16 (dst BF16: rounded to nearest even as oneDNN
+// stores it): oneDNN's, channels-last out, with no residual, scale or split by input channels
+// (graph/passes/bf16_inputs.cpp: a ResNet's first convolution, read only by a GroupNorm).
+// TAIYI_BF16_CONV_OUT=0 says no (A/B runs).
+bool conv2d_writes_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
+                        Layout dst_layout, const Epilogue& epilogue, DType src);
 // Whether the kernel prepare_conv2d picks takes a per-call bias (Epilogue post_op kBiasAdd): oneDNN's,
 // whose bias is an argument of each call. Where it is with NCHW layouts, it is with any.
 bool conv2d_takes_bias_add(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,

@@ -10,11 +10,17 @@
 //     from channels-last memory: written by a GroupNorm(+SiLU) or a nearest upsample (the
 //     upsamplers' convolutions) over channels-last memory, or by such a linear (the transformer's
 //     last feed-forward, with its residual, read by proj_out through a reshape and a permute);
+//   - read by GroupNorms(+SiLU) over channels-last memory, which widen bf16 as they read it:
+//     written by a oneDNN convolution that can round as it stores (ops::conv2d_writes_bf16: a
+//     ResNet's first convolution, read only by its norm2). Unlike the cases above this adds a
+//     rounding (the GroupNorm's input; PyTorch's bf16 has it too), and halves the bytes written
+//     and read twice (the GroupNorm's two passes): TAIYI_BF16_CONV_OUT=0 turns it off;
 //   - read as q, k or v by attentions whose bf16 kernel reads bf16 (the AMX kernel: it packs them
 //     to bf16 tiles anyway): written by a prepared linear (the stacked q, k, v projection, the
 //     cross-attention's q, the context's k and v).
 // Readers are looked for through reshapes, permutes and slices, which become bf16 views.
-// The rounding is the same one (nearest even), so the graph computes exactly what it did before.
+// Except for the GroupNorms' inputs, the rounding is the same one (nearest even), so the graph
+// computes exactly what it did before.
 // Needs bf16 the CPU runs (not the f32 fallback or its emulation). TAIYI_BF16_INPUTS=0 turns the
 // pass off (A/B runs).
 
@@ -33,13 +39,15 @@ bool reads_only_as_input(const Node& n, int v) {
   return true;
 }
 
-// A linear prepack_weights will bind in bf16, a convolution whose prepared kernel reads bf16, or an
-// attention whose bf16 kernel reads q, k, v in bf16.
+// A linear prepack_weights will bind in bf16, a convolution whose prepared kernel reads bf16, an
+// attention whose bf16 kernel reads q, k, v in bf16, or a channels-last GroupNorm(+SiLU).
 bool bf16_product_reads(const Graph& g, const Node& n, int v, const CompileOptions& options) {
   if (n.kind == ops::OpKind::kAttention) {
     // (the attention's binding is checked with its inputs' dtypes as they are now: f32)
     return bf16_attention_binds(g, n) && attention_reads_bf16(n, g.values[v]);
   }
+  if (n.kind == ops::OpKind::kGroupNorm || n.kind == ops::OpKind::kGroupNormSilu)
+    return reads_only_as_input(n, v) && value_layout(g.values[v]) == ops::Layout::kNHWC;
   if (!reads_only_as_input(n, v) || !will_prepack(g, n)) return false;
   if (n.kind == ops::OpKind::kLinear) return true;
   const Value& x = g.values[v];
@@ -54,11 +62,17 @@ bool linear_writes_bf16(const Graph& g, const Node& n) {
   return n.kind == ops::OpKind::kLinear && will_prepack(g, n) && n.attrs.output_scale == 1.0f;
 }
 
-// Whether the producer can write v in bf16 for readers of this kind (linears, convolutions or
-// attentions).
+// Whether the producer can write v in bf16 for readers of this kind (linears, convolutions,
+// attentions or GroupNorms).
 bool writes_bf16(const Graph& g, const Node& n, ops::OpKind readers) {
   if (linear_writes_bf16(g, n)) return true;
   if (readers == ops::OpKind::kAttention) return false;
+  if (readers == ops::OpKind::kGroupNorm || readers == ops::OpKind::kGroupNormSilu) {
+    if (n.kind != ops::OpKind::kConv2d || !will_prepack(g, n)) return false;
+    const Value& x = g.values[n.inputs[0]];
+    return ops::conv2d_writes_bf16(x.shape, g.values[n.inputs[1]].constant, n.attrs.conv, DType::BF16, value_layout(x),
+                                   value_layout(g.values[n.output]), node_epilogue(g, n), x.dtype);
+  }
   if (readers == ops::OpKind::kLinear) {
     if (n.kind == ops::OpKind::kLayerNorm) return true;
     // (bf16_attention binds it to a kernel that writes bf16)

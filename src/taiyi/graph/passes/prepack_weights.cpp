@@ -109,11 +109,12 @@ bool prepack_weights(Graph& g, const CompileOptions& options) {
     const Tensor w_packed = emulate ? round_to_bf16(w) : w;
     const Tensor bias = n.inputs[2] >= 0 ? g.values[n.inputs[2]].constant : Tensor();
     const ops::Epilogue epilogue = node_epilogue(g, n);
-    n.prepared = n.kind == ops::OpKind::kConv2d
-                     ? ops::prepare_conv2d(x.shape, w_packed, bias, n.attrs.conv, compute, value_layout(x),
-                                           value_layout(g.values[n.output]), epilogue, x.dtype)
-                     : ops::prepare_linear(x.shape, w_packed, bias, compute, epilogue, x.dtype,
-                                           g.values[n.output].dtype, ops::linear_input_by_columns(x.shape, x.strides));
+    n.prepared =
+        n.kind == ops::OpKind::kConv2d
+            ? ops::prepare_conv2d(x.shape, w_packed, bias, n.attrs.conv, compute, value_layout(x),
+                                  value_layout(g.values[n.output]), epilogue, x.dtype, g.values[n.output].dtype)
+            : ops::prepare_linear(x.shape, w_packed, bias, compute, epilogue, x.dtype, g.values[n.output].dtype,
+                                  ops::linear_input_by_columns(x.shape, x.strides));
     if (emulate) n.prepared = std::make_shared<Bf16Emulated>(std::move(n.prepared), x);
     // A prepared kernel that holds its own copy of the weights (every convolution: blocked or
     // Winograd; a bf16 linear) lets the checkpoint's pages of them leave memory (eager mode or a

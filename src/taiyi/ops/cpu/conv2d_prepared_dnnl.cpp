@@ -82,8 +82,8 @@ std::string format_name(const memory::desc& md) {
 class PreparedConv2d : public PreparedOp {
  public:
   PreparedConv2d(const Shape& xs, const Tensor& w, const Tensor& bias, const Conv2dParams& p, DType compute,
-                 Layout src_layout, Layout dst_layout, const Epilogue& epilogue, DType src)
-      : src_layout_(src_layout), epilogue_(epilogue), src_dtype_(src) {
+                 Layout src_layout, Layout dst_layout, const Epilogue& epilogue, DType src, DType dst)
+      : src_layout_(src_layout), epilogue_(epilogue), src_dtype_(src), dst_dtype_(dst) {
     const auto f32 = memory::data_type::f32;
     const auto cdt = compute == DType::BF16 ? memory::data_type::bf16 : f32;
     const dnnl::engine& eng = cpu::dnnl_cpu_engine();
@@ -96,13 +96,14 @@ class PreparedConv2d : public PreparedOp {
                                          : memory::dims{g, cout / g, w.size(1), w.size(2), w.size(3)};
     user_src_ = memory::desc(src_dims, src == DType::BF16 ? memory::data_type::bf16 : f32,
                              src_layout == Layout::kNHWC ? tag::nhwc : tag::nchw);
-    user_dst_ = memory::desc(dst_dims, f32, dst_layout == Layout::kNHWC ? tag::nhwc : tag::nchw);
+    const auto ddt = dst == DType::BF16 ? memory::data_type::bf16 : f32;
+    user_dst_ = memory::desc(dst_dims, ddt, dst_layout == Layout::kNHWC ? tag::nhwc : tag::nchw);
     const memory::desc user_wei(wei_dims, f32, g == 1 ? tag::oihw : tag::goihw);
     bias_add_ = epilogue.post_op == PostOp::kBiasAdd;
     if (bias.defined() || bias_add_) bias_md_ = memory::desc({cout}, f32, tag::x);
     bias_add_bytes_ = bias_add_ ? round_up(static_cast<size_t>(cout) * sizeof(float)) : 0;
     flops_ = 2.0 * xs[0] * cout * ho * wo * (xs[1] / g) * w.size(2) * w.size(3);
-    split_ = split_channels(xs, w, p, compute, src_layout, dst_layout, epilogue, src);
+    split_ = dst == DType::BF16 ? 0 : split_channels(xs, w, p, compute, src_layout, dst_layout, epilogue, src);
     if (split_ > 0) {
       prepare_split(xs, w, bias, p, epilogue, src_dims);
       return;
@@ -111,7 +112,7 @@ class PreparedConv2d : public PreparedOp {
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     const memory::desc any_src(src_dims, cdt, tag::any), any_wei(wei_dims, cdt, tag::any);
     pd_ = dnnl::convolution_forward::primitive_desc(
-        conv_desc(any_src, any_wei, bias_md_, memory::desc(dst_dims, f32, tag::any), p), attr, eng);
+        conv_desc(any_src, any_wei, bias_md_, memory::desc(dst_dims, ddt, tag::any), p), attr, eng);
     const bool has_epilogue = epilogue.residual || epilogue.scale != 1.0f;
     if (has_epilogue && pd_.dst_desc() == user_dst_) {
       // The convolution writes the output's own layout: the epilogue goes into its post-ops.
@@ -150,7 +151,8 @@ class PreparedConv2d : public PreparedOp {
     }
     describe_ = std::string("conv2d ") + (compute == DType::BF16 ? "bf16 " : "f32 ") + pd_.impl_info_str() + " " +
                 format_name(pd_.src_desc()) + (src == DType::BF16 ? " bf16-in" : "") +
-                (epilogue.residual ? " +residual" : "") + (bias_add_ ? " +bias input" : "");
+                (dst == DType::BF16 ? " bf16-out" : "") + (epilogue.residual ? " +residual" : "") +
+                (bias_add_ ? " +bias input" : "");
   }
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override {
@@ -160,10 +162,12 @@ class PreparedConv2d : public PreparedOp {
     const Tensor x = src_layout_ == Layout::kNCHW ? in[0].contiguous() : in[0];
     if (x.dtype() != src_dtype_)
       throw Error("conv2d: prepared for a " + std::string(dtype_name(src_dtype_)) + " input, given " + x.describe());
+    if (out.dtype() != dst_dtype_)
+      throw Error("conv2d: prepared for a " + std::string(dtype_name(dst_dtype_)) + " output, given " + out.describe());
     if (split_ > 0) return run_split(x, in, out, scratch);
     memory user_src = cpu::dnnl_wrap(user_src_, x.raw_data());
     if (epilogue_.residual) cpu::copy_residual_into(in.at(1), out);
-    memory user_dst = cpu::dnnl_wrap(user_dst_, out.data<float>());
+    memory user_dst = cpu::dnnl_wrap(user_dst_, out.raw_data());
     memory src = src_reorder_ ? memory(pd_.src_desc(), eng, scratch) : user_src;
     memory dst = dst_reorder_ ? memory(pd_.dst_desc(), eng, scratch + src_bytes_) : user_dst;
     memory pad(pd_.scratchpad_desc(), eng, scratch + src_bytes_ + dst_bytes_);
@@ -286,7 +290,7 @@ class PreparedConv2d : public PreparedOp {
   std::vector<memory> part_weights_;
   Layout src_layout_;
   Epilogue epilogue_;
-  DType src_dtype_;
+  DType src_dtype_, dst_dtype_;
   memory::desc user_src_, user_dst_, bias_md_;
   dnnl::convolution_forward::primitive_desc pd_;
   dnnl::convolution_forward conv_;
@@ -306,11 +310,20 @@ Strides layout_strides(const Shape& s, Layout layout) {
   return {s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]};
 }
 
+bool conv2d_dnnl_writes_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
+                             Layout src_layout, Layout dst_layout, const Epilogue& epilogue, DType src) {
+  return compute == DType::BF16 && dst_layout == Layout::kNHWC && !epilogue.residual && epilogue.scale == 1.0f &&
+         split_channels(x_shape, w, p, compute, src_layout, dst_layout, epilogue, src) == 0;
+}
+
 std::unique_ptr<PreparedOp> prepare_conv2d_dnnl(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                                 const Conv2dParams& p, DType compute, Layout src_layout,
-                                                Layout dst_layout, const Epilogue& epilogue, DType src) {
+                                                Layout dst_layout, const Epilogue& epilogue, DType src, DType dst) {
+  if (dst != DType::F32 && !conv2d_dnnl_writes_bf16(x_shape, w, p, compute, src_layout, dst_layout, epilogue, src))
+    throw Error("conv2d: oneDNN's prepared convolution writes f32 here, not " + std::string(dtype_name(dst)) +
+                ", for input " + shape_str(x_shape));
   try {
-    return std::make_unique<PreparedConv2d>(x_shape, w, bias, p, compute, src_layout, dst_layout, epilogue, src);
+    return std::make_unique<PreparedConv2d>(x_shape, w, bias, p, compute, src_layout, dst_layout, epilogue, src, dst);
   } catch (const dnnl::error& e) {
     throw Error(std::string("conv2d: oneDNN could not prepare a convolution (") + e.what() + ") for input " +
                 shape_str(x_shape) + ", weight " + w.describe());

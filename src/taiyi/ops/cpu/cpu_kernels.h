@@ -41,6 +41,10 @@ void group_norm_nhwc_f32(const float* x, const float* gamma, const float* beta, 
 // The same, y rounded to bf16 (nearest even) as it is written: the input of bf16 convolutions.
 void group_norm_nhwc_f32_to_bf16(const float* x, const float* gamma, const float* beta, uint16_t* y, int64_t n,
                                  int64_t c, int64_t pixels, int64_t groups, float eps, bool silu = false);
+// The same of a bf16 x (the output of a bf16 convolution, widened exactly), into y (f32) or, where
+// y is null, yb (bf16).
+void group_norm_nhwc_bf16(const uint16_t* x, const float* gamma, const float* beta, float* y, uint16_t* yb, int64_t n,
+                          int64_t c, int64_t pixels, int64_t groups, float eps, bool silu = false);
 // y[i] = bf16(x[i]), rounded to nearest even, with the fastest instructions this CPU has.
 void round_to_bf16(const float* x, uint16_t* y, int64_t n);
 // x [rows, c], normalised over c.

@@ -203,6 +203,42 @@ inline void prefetch_row(const float* x, int64_t c) {
 // Rows of c floats ahead to prefetch: about 4 KiB.
 inline int64_t prefetch_rows(int64_t c) { return std::max<int64_t>(1, 1024 / std::max<int64_t>(c, 1)); }
 
+// y[i] = x[i] for n bf16 x (exact).
+void widen_bf16_generic(const uint16_t* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = bf16_to_f32(x[i]);
+}
+#if defined(__x86_64__)
+TAIYI_TARGET_AVX512_BF16 void widen_bf16_avx512(const uint16_t* x, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(y + i,
+                     _mm512_castsi512_ps(_mm512_slli_epi32(
+                         _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i))), 16)));
+  widen_bf16_generic(x + i, y + i, n - i);
+}
+#endif
+
+// The pixels of one sample of a channels-last GroupNorm input, c channels each: f32, or bf16 (the
+// output of a bf16 convolution, graph/passes/bf16_inputs.cpp) widened row by row into a buffer.
+struct PixelRows {
+  const float* f;
+  const uint16_t* h;
+  int64_t c;
+  void (*widen)(const uint16_t*, float*, int64_t);
+  // Pixel p's c values (in buf, of c floats, where they are bf16).
+  const float* row(int64_t p, float* buf) const {
+    if (f) return f + p * c;
+    widen(h + p * c, buf, c);
+    return buf;
+  }
+  // Software prefetch of pixel p (see prefetch_row), and how many pixels ahead: about 4 KiB.
+  void prefetch(int64_t p) const {
+    if (f) return prefetch_row(f + p * c, c);
+    for (int64_t i = 0; i < c; i += 32) __builtin_prefetch(h + p * c + i, 0, 3);
+  }
+  int64_t ahead() const { return f ? prefetch_rows(c) : std::max<int64_t>(1, 2048 / std::max<int64_t>(c, 1)); }
+};
+
 }  // namespace
 
 void group_norm_f32(const float* x, const float* gamma, const float* beta, float* y, int64_t n, int64_t c,
@@ -246,9 +282,10 @@ void layer_norm_f32(const float* x, const float* gamma, const float* beta, float
 
 namespace {
 
-// group_norm_nhwc_f32 into y (f32) or yb (bf16, rounded to nearest even as written).
-void group_norm_nhwc(const float* x, const float* gamma, const float* beta, float* y, uint16_t* yb, int64_t n,
-                     int64_t c, int64_t pixels, int64_t groups, float eps, bool silu) {
+// group_norm_nhwc_f32 of x (f32) or xb (bf16) into y (f32) or yb (bf16, rounded to nearest even as
+// written).
+void group_norm_nhwc(const float* x, const uint16_t* xb, const float* gamma, const float* beta, float* y, uint16_t* yb,
+                     int64_t n, int64_t c, int64_t pixels, int64_t groups, float eps, bool silu) {
   const int64_t cg = c / groups;
   if (n == 0 || c == 0 || pixels == 0) return;
   const bool avx2 = cpu_has_avx2_fma();
@@ -260,33 +297,36 @@ void group_norm_nhwc(const float* x, const float* gamma, const float* beta, floa
       a(static_cast<size_t>(c)), b(static_cast<size_t>(c));
 #if defined(__x86_64__)
   const auto affine_bf16 = cpu_has_avx512_bf16() ? channel_affine_bf16_avx512 : channel_affine_bf16_generic;
+  const auto widen = cpu_has_avx512_bf16() ? widen_bf16_avx512 : widen_bf16_generic;
 #else
   const auto affine_bf16 = channel_affine_bf16_generic;
+  const auto widen = widen_bf16_generic;
 #endif
   // Pixels per run of f32 sums: short enough that the f32 rounding stays near 1e-7 of the moments.
   constexpr int64_t kRun = 32;
-  const int64_t ahead = prefetch_rows(c);
   for (int64_t s = 0; s < n; ++s) {
-    const float* xs = x + s * pixels * c;
+    const PixelRows xs{x ? x + s * pixels * c : nullptr, xb ? xb + s * pixels * c : nullptr, c, widen};
+    const int64_t ahead = xs.ahead();
     // One pass: per-channel moments about the sample's first pixel, each thread over its pixels in
     // runs of kRun (f32) added to its double totals, then the threads' totals added up. (Two passes,
     // the mean and then the squared deviations, read the activation once more: at [1, 128, 512,
     // 512], 134 MB per pass.)
-    std::copy(xs, xs + c, shift.begin());
+    const float* first = xs.row(0, shift.data());
+    std::copy(first, first + c, shift.begin());
     std::fill(total1.begin(), total1.end(), 0.0);
     std::fill(total2.begin(), total2.end(), 0.0);
 #pragma omp parallel num_threads(threads)
     {
       const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
       const int64_t p0 = pixels * id / nt, p1 = pixels * (id + 1) / nt;
-      std::vector<float> f1(static_cast<size_t>(c)), f2(static_cast<size_t>(c));
+      std::vector<float> f1(static_cast<size_t>(c)), f2(static_cast<size_t>(c)), buf(static_cast<size_t>(c));
       std::vector<double> d1(static_cast<size_t>(c), 0.0), d2(static_cast<size_t>(c), 0.0);
       for (int64_t r = p0; r < p1; r += kRun) {
         std::fill(f1.begin(), f1.end(), 0.0f);
         std::fill(f2.begin(), f2.end(), 0.0f);
         for (int64_t p = r; p < std::min(p1, r + kRun); ++p) {
-          if (p + ahead < p1) prefetch_row(xs + (p + ahead) * c, c);
-          moments(xs + p * c, shift.data(), f1.data(), f2.data(), c);
+          if (p + ahead < p1) xs.prefetch(p + ahead);
+          moments(xs.row(p, buf.data()), shift.data(), f1.data(), f2.data(), c);
         }
         for (int64_t i = 0; i < c; ++i) d1[i] += f1[i], d2[i] += f2[i];
       }
@@ -314,20 +354,24 @@ void group_norm_nhwc(const float* x, const float* gamma, const float* beta, floa
         b[ch] = beta ? beta[ch] : 0.0f;
       }
     }
-    if (y) {
-      float* ys = y + s * pixels * c;
-#pragma omp parallel for schedule(static) num_threads(threads)
-      for (int64_t p = 0; p < pixels; ++p) {
-        if (p + ahead < pixels) prefetch_row(xs + (p + ahead) * c, c);
-        affine(xs + p * c, ys + p * c, m_hi.data(), m_lo.data(), a.data(), b.data(), c, silu);
-      }
-    } else {
-      // Rounded as written (callers make sure the CPU has avx512_bf16: bf16_supported()).
-      uint16_t* ys = yb + s * pixels * c;
-#pragma omp parallel for schedule(static) num_threads(threads)
-      for (int64_t p = 0; p < pixels; ++p) {
-        if (p + ahead < pixels) prefetch_row(xs + (p + ahead) * c, c);
-        affine_bf16(xs + p * c, ys + p * c, m_hi.data(), m_lo.data(), a.data(), b.data(), c, silu);
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<float> buf(static_cast<size_t>(c));
+      if (y) {
+        float* ys = y + s * pixels * c;
+#pragma omp for schedule(static)
+        for (int64_t p = 0; p < pixels; ++p) {
+          if (p + ahead < pixels) xs.prefetch(p + ahead);
+          affine(xs.row(p, buf.data()), ys + p * c, m_hi.data(), m_lo.data(), a.data(), b.data(), c, silu);
+        }
+      } else {
+        // Rounded as written (callers make sure the CPU has avx512_bf16: bf16_supported()).
+        uint16_t* ys = yb + s * pixels * c;
+#pragma omp for schedule(static)
+        for (int64_t p = 0; p < pixels; ++p) {
+          if (p + ahead < pixels) xs.prefetch(p + ahead);
+          affine_bf16(xs.row(p, buf.data()), ys + p * c, m_hi.data(), m_lo.data(), a.data(), b.data(), c, silu);
+        }
       }
     }
   }
@@ -337,12 +381,17 @@ void group_norm_nhwc(const float* x, const float* gamma, const float* beta, floa
 
 void group_norm_nhwc_f32(const float* x, const float* gamma, const float* beta, float* y, int64_t n, int64_t c,
                          int64_t pixels, int64_t groups, float eps, bool silu) {
-  group_norm_nhwc(x, gamma, beta, y, nullptr, n, c, pixels, groups, eps, silu);
+  group_norm_nhwc(x, nullptr, gamma, beta, y, nullptr, n, c, pixels, groups, eps, silu);
 }
 
 void group_norm_nhwc_f32_to_bf16(const float* x, const float* gamma, const float* beta, uint16_t* y, int64_t n,
                                  int64_t c, int64_t pixels, int64_t groups, float eps, bool silu) {
-  group_norm_nhwc(x, gamma, beta, nullptr, y, n, c, pixels, groups, eps, silu);
+  group_norm_nhwc(x, nullptr, gamma, beta, nullptr, y, n, c, pixels, groups, eps, silu);
+}
+
+void group_norm_nhwc_bf16(const uint16_t* x, const float* gamma, const float* beta, float* y, uint16_t* yb, int64_t n,
+                          int64_t c, int64_t pixels, int64_t groups, float eps, bool silu) {
+  group_norm_nhwc(nullptr, x, gamma, beta, y, yb, n, c, pixels, groups, eps, silu);
 }
 
 void layer_norm_f32_to_bf16(const float* x, const float* gamma, const float* beta, uint16_t* y, int64_t rows, int64_t c,

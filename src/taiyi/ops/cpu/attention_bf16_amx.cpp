@@ -26,7 +26,8 @@
 // pairs, one chunk's S^T and P pairs, and O^T. Padded keys get scores of -1e30, so probability 0.
 // Roundings as ops::prepare_attention_bf16's: q, k, v rounded to bf16 (nearest even), scores in
 // f32, each output divided by the sum of its rounded weights; the weights are relative to the
-// running max of their chunk (the tests' reference does the same).
+// running max of their chunk (the tests' reference does the same), rounded to nearest with ties up
+// (probabilities() in attention_bf16_lanes.h; the reference rounds ties to even: ~1 in 2^16 differ).
 #if defined(__x86_64__)
 // GCC 12's AVX-512 intrinsics pass an uninitialised _mm512_undefined_ps() as the unused
 // merge source of their unmasked forms, which -Wmaybe-uninitialized reports at each use.

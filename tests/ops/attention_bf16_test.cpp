@@ -26,6 +26,7 @@
 #include "taiyi/ops/prepared.h"
 #include "taiyi/ops/runtime_info.h"
 #include "taiyi/tensor/dtype.h"
+#include "test_util.h"
 
 namespace taiyi::ops_test {
 namespace {
@@ -34,9 +35,20 @@ constexpr float kLog2e = 1.44269504088896341f;
 
 double round_bf16(double x) { return bf16_to_f32(f32_to_bf16(static_cast<float>(x))); }
 
+constexpr double kAmxLazyLog2 = 8.0;  // attention_bf16_amx.cpp's kLazyLog2
+
+// 2^x as the kernels compute it (exp2_nonpositive_f32's fit of 2^frac(x), times 2^floor(x)), also
+// for the x up to kAmxLazyLog2 of the AMX kernel's lazy reference: exact powers of two moved out.
+double kernel_exp2(float x) {
+  if (x <= 0.0f) return ops::cpu::exp2_nonpositive_f32(x);
+  const float up = std::ceil(x);
+  return std::ldexp(static_cast<double>(ops::cpu::exp2_nonpositive_f32(x - up)), static_cast<int>(up));
+}
+
 // chunk > 0: the AMX kernel's online softmax, keys in chunks of `chunk`, each chunk's
-// probabilities taken against the running max of the keys so far, the sums and outputs before it
-// scaled by 2^(old max - new max) where the max grew.
+// probabilities taken against a running reference m: the first chunk's max, then moved to the max
+// of the keys so far only where that passes m by more than kAmxLazyLog2 (the sums and outputs
+// before it scaled by 2^(old m - new m) then); between, probabilities up to 2^kAmxLazyLog2.
 std::vector<double> bf16_attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale,
                                              int64_t chunk = 0) {
   const int64_t b = q.size(0), lq = q.size(1), lk = k.size(1);
@@ -62,14 +74,16 @@ std::vector<double> bf16_attention_reference(const Tensor& q, const Tensor& k, c
           const int64_t j1 = std::min(lk, j0 + chunk);
           double m_new = mx;
           for (int64_t j = j0; j < j1; ++j) m_new = std::max(m_new, s[j]);
-          if (j0 > 0 && m_new > mx) {
+          if (j0 == 0) {
+            mx = m_new;
+          } else if (m_new - mx > kAmxLazyLog2) {
             const double alpha = std::exp2(mx - m_new);
             sum *= alpha;
             for (double& a : acc) a *= alpha;
+            mx = m_new;
           }
-          mx = m_new;
           for (int64_t j = j0; j < j1; ++j) {
-            const double p = round_bf16(ops::cpu::exp2_nonpositive_f32(static_cast<float>(s[j] - mx)));
+            const double p = round_bf16(kernel_exp2(static_cast<float>(s[j] - mx)));
             sum += p;
             for (int64_t c = 0; c < dv; ++c) acc[c] += p * vv[(n * lk + j) * heads * dv + h * dv + c];
           }
@@ -217,6 +231,16 @@ TEST(AttentionBf16, AmxKernelMatchesTheRoundedReference) {
                           bf16_attention_reference(q, k, v, c.heads, 0.2f, 128), 1e-4, 2e-4))
         << shape_str(c.q) << " " << shape_str(c.v);
   }
+  // The lazy running max both ways: keys 128-255 score up to 1.5x the first chunk's (most maxima
+  // grow by less than kAmxLazyLog2: m stays, probabilities above 1), keys 256-299 8x (they grow by
+  // more: m moves, the sums and outputs are rescaled).
+  const Tensor q = random_tensor({1, 37, 80}, 50, -2.0f, 2.0f), v = random_tensor({1, 300, 80}, 51);
+  Tensor k = random_tensor({1, 300, 80}, 52, -0.5f, 0.5f);
+  for (int64_t j = 128; j < 300; ++j)
+    for (int64_t e = 0; e < 80; ++e) k.data<float>()[j * 80 + e] *= j < 256 ? 1.5f : 8.0f;
+  const Tensor got = run_prepared(q, k, v, 2, 0.3f, Kernel::kAmx);
+  EXPECT_TRUE(all_close(got, bf16_attention_reference(q, k, v, 2, 0.3f, 128), 1e-4, 2e-4));
+  EXPECT_LT(taiyi::testing::relative_l2(got, ops::attention(q, k, v, 2, 0.3f)), 2e-2);
 }
 
 // The AMX and AVX512-BF16 kernels write a bf16 output as the f32 one rounded to nearest even

@@ -158,6 +158,43 @@ TEST(Bf16Inputs, GroupNormOutputsReadByOneDnnConvolutionsBecomeBf16) {
   }
 }
 
+// An up block's skip concat (f32 inputs along the channels, channels-last) read by its ResNet's
+// norm1 and 1x1 shortcut becomes bf16, rounded as the concat copies: the shortcut computes what it
+// did (it rounded its input anyway), norm1 gets the rounding of its input.
+TEST(Bf16Inputs, SkipConcatReadByNormAndShortcutBecomesBf16) {
+  if (!ops::bf16_supported()) GTEST_SKIP() << "this CPU runs no bf16";
+  unsetenv("TAIYI_BF16_EMULATE");
+  nn::ParameterSet params;
+  const Tensor w_h = random_tensor({16, 4, 3, 3}, 1, -0.3f, 0.3f), w_skip = random_tensor({8, 4, 3, 3}, 2, -0.3f, 0.3f);
+  const nn::ResnetBlock2D block(nn::Scope(params, "up"), 24, 16, 12, 4, 1e-5f, 1.0f);  // 24 -> 16: a shortcut
+  params.init_random(7);
+  const auto fn = [&](const std::vector<Tensor>& in) {
+    const Tensor h = ops::conv2d(in[0], w_h, Tensor(), ops::Conv2dParams::same(1));
+    const Tensor skip = ops::conv2d(in[0], w_skip, Tensor(), ops::Conv2dParams::same(1));
+    return std::vector<Tensor>{block(ops::concat({h, skip}, 1), in[1])};
+  };
+  const std::vector<InputSpec> sig = {{{2, 4, 6, 7}, DType::F32}, {{1, 12}, DType::F32}};
+  const Tensor x = random_tensor({2, 4, 6, 7}, 3), temb = random_tensor({1, 12}, 4);
+  CompileOptions bf16;
+  bf16.compute = DType::BF16;
+  const Graph plain = without_bf16_inputs(fn, sig, bf16);
+  Graph g = trace(fn, sig);
+  run_passes(g, bf16);
+  const bool onednn =
+      ops::conv2d_takes_bf16_input({2, 24, 6, 7}, random_tensor({16, 24, 1, 1}, 5), ops::Conv2dParams::same(0),
+                                   DType::BF16, ops::Layout::kNHWC, ops::Layout::kNHWC, {});
+  size_t concat_bf16 = 0;
+  for (const Node& n : g.nodes)
+    concat_bf16 += n.kind == ops::OpKind::kConcat && g.values[n.output].dtype == DType::BF16 &&
+                   value_layout(g.values[n.output]) == ops::Layout::kNHWC;
+  EXPECT_EQ(concat_bf16, onednn ? 1u : 0u) << g.dump();
+  const Tensor want = Executor(plain).run({x, temb})[0], got = Executor(g).run({x, temb})[0];
+  EXPECT_LT(testing::relative_l2(got, want), 8e-3);
+  if (onednn) {
+    EXPECT_GT(max_abs_diff(got, want), 0.0);
+  }
+}
+
 // The prepared convolution's bf16 output is its f32 output rounded (to within one bf16 step where
 // oneDNN's two kernels add in another order), with a per-call bias; where the kernel cannot write
 // bf16 (a residual, a split by input channels), conv2d_writes_bf16 says no and preparing throws.

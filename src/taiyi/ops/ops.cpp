@@ -508,6 +508,14 @@ Tensor concat(const std::vector<Tensor>& xs, int dim) {
   OpAttrs attrs;
   attrs.dim = d;
   if (auto t = traced(OpKind::kConcat, xs, attrs, out_shape, x0.dtype())) return *t;
+  if (d == 1 && x0.dtype() == DType::F32 && out_shape.size() == 4) {
+    if (auto y = take_bf16_target(out_shape, layout_strides(out_shape, Layout::kNHWC))) {
+      // Into a channels-last bf16 buffer (graph mode: graph/passes/bf16_inputs.cpp), rounded.
+      for (const Tensor& x : xs) parts.push_back(x.permute(kNchwToNhwc).contiguous());
+      if (y->numel() > 0) cpu::concat_contiguous(parts, 3, y->permute(kNchwToNhwc));
+      return *y;
+    }
+  }
   if (d == 1 && x0.dtype() == DType::F32 && channels_last_target(out_shape)) {
     // Channels into a channels-last buffer: rows of pixels, each input's channels side by side.
     Tensor y = make_channels_last_output(out_shape);

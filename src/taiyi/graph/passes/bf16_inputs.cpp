@@ -15,6 +15,9 @@
 //     ResNet's first convolution, read only by its norm2). Unlike the cases above this adds a
 //     rounding (the GroupNorm's input; PyTorch's bf16 has it too), and halves the bytes written
 //     and read twice (the GroupNorm's two passes): TAIYI_BF16_CONV_OUT=0 turns it off;
+//   - read by such convolutions and GroupNorms: written by a concat of f32 inputs along the
+//     channels (an up block's skip concat, read by norm1 and the 1x1 shortcut: the convolution
+//     rounded it anyway; the GroupNorm's input gets the rounding above);
 //   - read as q, k or v by attentions whose bf16 kernel reads bf16 (the AMX kernel: it packs them
 //     to bf16 tiles anyway): written by a prepared linear (the stacked q, k, v projection, the
 //     cross-attention's q, the context's k and v).
@@ -62,11 +65,22 @@ bool linear_writes_bf16(const Graph& g, const Node& n) {
   return n.kind == ops::OpKind::kLinear && will_prepack(g, n) && n.attrs.output_scale == 1.0f;
 }
 
+// A concat of f32 inputs along the channels into channels-last memory, which rounds them as it
+// copies (ops::concat).
+bool channels_last_concat(const Graph& g, const Node& n) {
+  if (n.kind != ops::OpKind::kConcat || n.attrs.dim != 1 || value_layout(g.values[n.output]) != ops::Layout::kNHWC)
+    return false;
+  for (int x : n.inputs)
+    if (g.values[x].dtype != DType::F32) return false;
+  return true;
+}
+
 // Whether the producer can write v in bf16 for readers of this kind (linears, convolutions,
 // attentions or GroupNorms).
 bool writes_bf16(const Graph& g, const Node& n, ops::OpKind readers) {
   if (linear_writes_bf16(g, n)) return true;
   if (readers == ops::OpKind::kAttention) return false;
+  if (channels_last_concat(g, n)) return true;  // (for convolutions and GroupNorms)
   if (readers == ops::OpKind::kGroupNorm || readers == ops::OpKind::kGroupNormSilu) {
     if (n.kind != ops::OpKind::kConv2d || !will_prepack(g, n)) return false;
     const Value& x = g.values[n.inputs[0]];
@@ -119,11 +133,19 @@ bool bf16_inputs(Graph& g, const CompileOptions& options) {
     std::vector<std::pair<int, int>> reads;
     std::vector<int> views;
     if (!readers_through_views(g, static_cast<int>(v), readers, reads, views) || reads.empty()) continue;
-    const ops::OpKind kind = g.nodes[reads[0].first].kind;
     bool all = true;
-    for (const auto& [r, x] : reads)
-      all = all && g.nodes[r].kind == kind && bf16_product_reads(g, g.nodes[r], x, options);
-    if (!all || !writes_bf16(g, *producer, kind)) continue;
+    for (const auto& [r, x] : reads) {
+      const ops::OpKind kind = g.nodes[r].kind;
+      // One kind of reader, or convolutions and GroupNorms (an up block's concat: norm1 and the
+      // 1x1 shortcut).
+      const bool mixes = kind != g.nodes[reads[0].first].kind;
+      const auto spatial = [](ops::OpKind k) {
+        return k == ops::OpKind::kConv2d || k == ops::OpKind::kGroupNorm || k == ops::OpKind::kGroupNormSilu;
+      };
+      all = all && (!mixes || (spatial(kind) && spatial(g.nodes[reads[0].first].kind))) &&
+            bf16_product_reads(g, g.nodes[r], x, options) && writes_bf16(g, *producer, kind);
+    }
+    if (!all) continue;
     g.values[v].dtype = DType::BF16;
     for (int view : views) g.values[view].dtype = DType::BF16;
     changed = true;

@@ -75,7 +75,8 @@ void binary_f32(BinaryOpF32 op, const Tensor& a, const Tensor& b, const Tensor& 
 void copy_residual_into(const Tensor& residual, const Tensor& out);
 
 // ---- concat.cpp ---- (any dtype)
-// Contiguous xs of y's dtype, equal outside `dim`; y contiguous.
+// Contiguous xs of y's dtype (or f32 xs into a bf16 y: rounded to nearest even), equal outside
+// `dim`; y contiguous.
 void concat_contiguous(const std::vector<Tensor>& xs, int dim, const Tensor& y);
 
 // ---- upsample_nearest_f32.cpp ----

@@ -218,8 +218,42 @@ TAIYI_TARGET_AVX512_BF16 void widen_bf16_avx512(const uint16_t* x, float* y, int
 }
 #endif
 
+#if defined(__x86_64__)
+// 16 bf16 at x (the first of m's lanes; zeros past them) as f32, exactly.
+TAIYI_TARGET_AVX512_BF16 inline __m512 widen16(const uint16_t* x, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x)), 16));
+}
+TAIYI_TARGET_AVX512_BF16 inline __mmask16 lanes_left(int64_t n) {
+  return static_cast<__mmask16>(n >= 16 ? 0xffffu : (1u << n) - 1u);
+}
+// shifted_moments_body of a bf16 pixel, widened 16 channels at a time in a register.
+TAIYI_TARGET_AVX512_BF16 void shifted_moments_bf16_avx512(const uint16_t* x, const float* k, float* s1, float* s2,
+                                                          int64_t c) {
+  for (int64_t i = 0; i < c; i += 16) {
+    const __mmask16 m = lanes_left(c - i);
+    const __m512 d = _mm512_sub_ps(widen16(x + i, m), _mm512_maskz_loadu_ps(m, k + i));
+    _mm512_mask_storeu_ps(s1 + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, s1 + i), d));
+    _mm512_mask_storeu_ps(s2 + i, m, _mm512_fmadd_ps(d, d, _mm512_maskz_loadu_ps(m, s2 + i)));
+  }
+}
+// channel_affine_bf16_avx512 of a bf16 pixel: 16 channels widened into an L1 block, then the same
+// arithmetic.
+TAIYI_TARGET_AVX512_BF16 void channel_affine_bf16_to_bf16_avx512(const uint16_t* x, uint16_t* y, const float* m_hi,
+                                                                 const float* m_lo, const float* a, const float* b,
+                                                                 int64_t c, bool silu) {
+  for (int64_t c0 = 0; c0 < c; c0 += 16) {
+    const __mmask16 m = lanes_left(c - c0);
+    alignas(64) float xv[16];
+    _mm512_store_ps(xv, widen16(x + c0, m));
+    const int64_t n = std::min<int64_t>(16, c - c0);
+    channel_affine_bf16_avx512(xv, y + c0, m_hi + c0, m_lo + c0, a + c0, b + c0, n, silu);
+  }
+}
+#endif
+
 // The pixels of one sample of a channels-last GroupNorm input, c channels each: f32, or bf16 (the
-// output of a bf16 convolution, graph/passes/bf16_inputs.cpp) widened row by row into a buffer.
+// output of a bf16 convolution, graph/passes/bf16_inputs.cpp) widened row by row into a buffer
+// (where no AVX-512 kernel below reads it directly).
 struct PixelRows {
   const float* f;
   const uint16_t* h;
@@ -298,6 +332,7 @@ void group_norm_nhwc(const float* x, const uint16_t* xb, const float* gamma, con
 #if defined(__x86_64__)
   const auto affine_bf16 = cpu_has_avx512_bf16() ? channel_affine_bf16_avx512 : channel_affine_bf16_generic;
   const auto widen = cpu_has_avx512_bf16() ? widen_bf16_avx512 : widen_bf16_generic;
+  const bool avx512_bf16 = cpu_has_avx512_bf16();
 #else
   const auto affine_bf16 = channel_affine_bf16_generic;
   const auto widen = widen_bf16_generic;
@@ -326,6 +361,12 @@ void group_norm_nhwc(const float* x, const uint16_t* xb, const float* gamma, con
         std::fill(f2.begin(), f2.end(), 0.0f);
         for (int64_t p = r; p < std::min(p1, r + kRun); ++p) {
           if (p + ahead < p1) xs.prefetch(p + ahead);
+#if defined(__x86_64__)
+          if (xs.h && avx512_bf16) {
+            shifted_moments_bf16_avx512(xs.h + p * c, shift.data(), f1.data(), f2.data(), c);
+            continue;
+          }
+#endif
           moments(xs.row(p, buf.data()), shift.data(), f1.data(), f2.data(), c);
         }
         for (int64_t i = 0; i < c; ++i) d1[i] += f1[i], d2[i] += f2[i];
@@ -370,6 +411,13 @@ void group_norm_nhwc(const float* x, const uint16_t* xb, const float* gamma, con
 #pragma omp for schedule(static)
         for (int64_t p = 0; p < pixels; ++p) {
           if (p + ahead < pixels) xs.prefetch(p + ahead);
+#if defined(__x86_64__)
+          if (xs.h && avx512_bf16) {
+            channel_affine_bf16_to_bf16_avx512(xs.h + p * c, ys + p * c, m_hi.data(), m_lo.data(), a.data(), b.data(),
+                                               c, silu);
+            continue;
+          }
+#endif
           affine_bf16(xs.row(p, buf.data()), ys + p * c, m_hi.data(), m_lo.data(), a.data(), b.data(), c, silu);
         }
       }

@@ -52,7 +52,9 @@ TEST(Bf16Inputs, LayerNormAndGatedValuesBecomeBf16AndComputeTheSame) {
   CompileOptions bf16;
   bf16.compute = DType::BF16;
   // (bf16_gate and bf16_geglu, which round the feed-forward's gate or projection, have their own
-  // tests: bf16_gate_test.cpp, bf16_geglu_test.cpp)
+  // tests: bf16_gate_test.cpp, bf16_geglu_test.cpp; so does the residual stream in bf16, which
+  // adds roundings: below)
+  ::setenv("TAIYI_BF16_STREAM", "0", 1);
   std::vector<Pass> without, with;
   for (const Pass& p : default_passes()) {
     if (std::string(p.name) == "bf16_gate" || std::string(p.name) == "bf16_geglu") continue;
@@ -95,6 +97,65 @@ TEST(Bf16Inputs, LayerNormAndGatedValuesBecomeBf16AndComputeTheSame) {
   // f32 compute: nothing to do.
   Graph f32 = trace(fn, {{{2, 16, 5, 7}, DType::F32}, {{2, 6, 12}, DType::F32}});
   EXPECT_FALSE(bf16_inputs(f32, CompileOptions{}));
+  ::unsetenv("TAIYI_BF16_STREAM");
+}
+
+// The transformer's residual stream in bf16 (the default): proj_in's output and the two to_out
+// linears' outputs (residual sums) become bf16, read by the LayerNorms and as the next linear's
+// residual; each sum is rounded once, so the block computes within bf16's error of the f32 stream
+// (TAIYI_BF16_STREAM=0), and replays the same. No bf16-output linear adds its residual in place
+// (oneDNN's binary post-op is not promised to read before it writes).
+TEST(Bf16Inputs, TransformerResidualStreamBecomesBf16) {
+  if (!ops::bf16_supported()) GTEST_SKIP() << "this CPU runs no bf16";
+  unsetenv("TAIYI_BF16_EMULATE");
+  nn::ParameterSet params;
+  const nn::Transformer2DModel block = small_transformer(params);
+  params.init_random(3);
+  const auto fn = [&](const std::vector<Tensor>& in) { return std::vector<Tensor>{block(in[0], in[1])}; };
+  const std::vector<InputSpec> sig = {{{2, 16, 5, 7}, DType::F32}, {{2, 6, 12}, DType::F32}};
+  const Tensor x = random_tensor({2, 16, 5, 7}, 1), ctx = random_tensor({2, 6, 12}, 2);
+  CompileOptions bf16;
+  bf16.compute = DType::BF16;
+  ::setenv("TAIYI_BF16_STREAM", "0", 1);
+  Graph f32_stream = trace(fn, sig);
+  run_passes(f32_stream, bf16);
+  ::unsetenv("TAIYI_BF16_STREAM");
+  Graph g = trace(fn, sig);
+  run_passes(g, bf16);
+  size_t stream_sums = 0, layer_norms_of_bf16 = 0;
+  for (const Node& n : g.nodes) {
+    if (n.kind == ops::OpKind::kLinear && ops::has_fused_residual(n.attrs, n.inputs.size()) &&
+        g.values[n.inputs[3]].dtype == DType::BF16)
+      ++stream_sums;
+    layer_norms_of_bf16 += n.kind == ops::OpKind::kLayerNorm && g.values[n.inputs[0]].dtype == DType::BF16;
+  }
+  // to_out of both attentions and the feed-forward's output linear read a bf16 residual; the
+  // three LayerNorms read bf16.
+  EXPECT_EQ(stream_sums, 3u) << g.dump();
+  EXPECT_EQ(layer_norms_of_bf16, 3u);
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const Node& n = g.nodes[i];
+    if (n.kind == ops::OpKind::kLinear && ops::has_fused_residual(n.attrs, n.inputs.size()) &&
+        g.values[n.output].dtype == DType::BF16) {
+      const Executor probe(g);
+      EXPECT_NE(probe.memory_plan().alias_of[n.output], probe.memory_plan().alias_of[n.inputs[3]]) << i;
+    }
+  }
+  const Tensor want = Executor(f32_stream).run({x, ctx})[0];
+  const Executor ex(g);
+  const Tensor got = ex.run({x, ctx})[0];
+  EXPECT_GT(max_abs_diff(got, want), 0.0);
+  EXPECT_LT(testing::relative_l2(got, want), 1e-2);
+  EXPECT_EQ(max_abs_diff(ex.run({x, ctx})[0], got), 0.0);
+  // A bf16 residual needs a bf16 output (the binary post-op); a bf16 LayerNorm input, a bf16
+  // output planned for it (graph mode).
+  ops::Epilogue bf16_residual;
+  bf16_residual.residual = true;
+  bf16_residual.residual_dtype = DType::BF16;
+  EXPECT_THROW(ops::prepare_linear({1, 4, 8}, random_tensor({6, 8}, 5), Tensor(), DType::BF16, bf16_residual,
+                                   DType::BF16, DType::F32),
+               Error);
+  EXPECT_THROW(ops::layer_norm(ops::cast(random_tensor({4, 8}, 6), DType::BF16), Tensor(), Tensor(), 1e-5f), Error);
 }
 
 // A graph compiled for bf16 with every default pass but bf16_inputs.

@@ -410,6 +410,18 @@ Tensor group_norm_silu(const Tensor& x, int groups, const Tensor& gamma, const T
 
 Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps) {
   constexpr const char* op = "layer_norm";
+  if (x.dtype() == DType::BF16) {
+    // bf16 in, bf16 out (graph mode: the transformer's residual stream, graph/passes/bf16_inputs.cpp).
+    const int64_t c = x.ndim() > 0 ? x.size(-1) : 0;
+    require_vector_or_undefined(op, "gamma", gamma, c, x);
+    require_vector_or_undefined(op, "beta", beta, c, x);
+    auto y = x.is_contiguous() ? take_bf16_target(x.shape(), contiguous_strides(x.shape())) : std::nullopt;
+    if (!y) fail(op, "a bf16 input " + x.describe() + " needs a contiguous bf16 output planned for it (graph mode)");
+    const Tensor g = gamma.defined() ? gamma.contiguous() : gamma, bt = beta.defined() ? beta.contiguous() : beta;
+    cpu::layer_norm_bf16_to_bf16(x.data_u16(), data_or_null(g), data_or_null(bt), y->data_u16(),
+                                 c > 0 ? x.numel() / c : 0, c, eps);
+    return *y;
+  }
   require_f32(op, "input", x);
   require_min_rank(op, "input", x, 1);
   const int64_t c = x.size(-1);

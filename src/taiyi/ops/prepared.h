@@ -51,6 +51,9 @@ struct Epilogue {
   PostOp post_op = PostOp::kNone;
   // The multiply post-op's factor: f32, or bf16 (with bf16 compute: graph/passes/bf16_gate.cpp).
   DType factor = DType::F32;
+  // The residual's dtype: f32, or bf16 for a linear with a bf16 output (graph/passes/bf16_inputs.cpp:
+  // the transformer's residual stream).
+  DType residual_dtype = DType::F32;
   // Convolution only (oneDNN's, conv2d_takes_bias_add), post_op kBiasAdd: inputs[1] of run() holds
   // one f32 value per output channel (any shape of Cout elements), added to the bias per call.
 };

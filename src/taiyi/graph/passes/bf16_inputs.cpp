@@ -18,6 +18,10 @@
 //   - read by such convolutions and GroupNorms: written by a concat of f32 inputs along the
 //     channels (an up block's skip concat, read by norm1 and the 1x1 shortcut: the convolution
 //     rounded it anyway; the GroupNorm's input gets the rounding above);
+//   - the transformer's residual stream (bf16_residual_stream below): read by LayerNorms and as the
+//     residual of linears that write bf16, written by a linear that writes bf16 or by proj_in. This
+//     rounds each residual sum to bf16 (as PyTorch's bf16 does) and halves the bytes of the
+//     stream: TAIYI_BF16_STREAM=0 turns it off;
 //   - read as q, k or v by attentions whose bf16 kernel reads bf16 (the AMX kernel: it packs them
 //     to bf16 tiles anyway): written by a prepared linear (the stacked q, k, v projection, the
 //     cross-attention's q, the context's k and v).
@@ -120,6 +124,55 @@ bool readers_through_views(const Graph& g, int v, const std::vector<std::vector<
 
 }  // namespace
 
+namespace {
+
+// The transformer's residual stream (the hidden state between proj_in, its attentions' to_out and
+// the feed-forward): a value read only by LayerNorms (whose outputs are bf16: the pass above) and
+// as the residual of linears that write bf16, written by a linear that writes bf16 or a
+// convolution that can (proj_in). Decided from the last such value back, so that each reader's
+// output is decided first.
+bool residual_stream_reads(const Graph& g, const Node& n, int v) {
+  if (n.kind == ops::OpKind::kLayerNorm) return n.inputs[0] == v && g.values[n.output].dtype == DType::BF16;
+  if (n.kind != ops::OpKind::kLinear || !will_prepack(g, n) || !ops::has_fused_residual(n.attrs, n.inputs.size()))
+    return false;
+  for (size_t i = 0; i < 3; ++i)
+    if (n.inputs[i] == v) return false;
+  return n.inputs[3] == v && g.values[n.output].dtype == DType::BF16;
+}
+
+bool residual_stream_writes(const Graph& g, const Node& n) {
+  if (linear_writes_bf16(g, n)) return true;
+  if (n.kind != ops::OpKind::kConv2d || !will_prepack(g, n)) return false;
+  const Value& x = g.values[n.inputs[0]];
+  return ops::conv2d_writes_bf16(x.shape, g.values[n.inputs[1]].constant, n.attrs.conv, DType::BF16, value_layout(x),
+                                 value_layout(g.values[n.output]), node_epilogue(g, n), x.dtype);
+}
+
+bool bf16_residual_stream(Graph& g) {
+  if (pass_turned_off("TAIYI_BF16_STREAM")) return false;
+  const auto readers = g.readers();
+  bool changed = false;
+  for (size_t v = g.values.size(); v-- > 0;) {
+    const Node* producer = f32_value_producer(g, v, readers);
+    if (!producer || !residual_stream_writes(g, *producer)) continue;
+    std::vector<std::pair<int, int>> reads;
+    std::vector<int> views;
+    if (!readers_through_views(g, static_cast<int>(v), readers, reads, views) || reads.empty()) continue;
+    bool all = true, residual = false;
+    for (const auto& [r, x] : reads) {
+      all = all && residual_stream_reads(g, g.nodes[r], x);
+      residual = residual || g.nodes[r].kind == ops::OpKind::kLinear;
+    }
+    if (!all || !residual) continue;
+    g.values[v].dtype = DType::BF16;
+    for (int view : views) g.values[view].dtype = DType::BF16;
+    changed = true;
+  }
+  return changed;
+}
+
+}  // namespace
+
 bool bf16_inputs(Graph& g, const CompileOptions& options) {
   if (pass_turned_off("TAIYI_BF16_INPUTS")) return false;
   if (prepared_compute(options) != DType::BF16) return false;
@@ -150,7 +203,7 @@ bool bf16_inputs(Graph& g, const CompileOptions& options) {
     for (int view : views) g.values[view].dtype = DType::BF16;
     changed = true;
   }
-  return changed;
+  return bf16_residual_stream(g) || changed;
 }
 
 const Node* f32_value_producer(const Graph& g, size_t v, const std::vector<std::vector<int>>& readers) {

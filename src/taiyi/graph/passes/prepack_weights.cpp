@@ -70,6 +70,7 @@ ops::Epilogue node_epilogue(const Graph& g, const Node& n) {
   e.residual = ops::has_fused_residual(n.attrs, n.inputs.size());
   e.scale = n.attrs.output_scale;
   if (e.post_op == ops::PostOp::kMultiply) e.factor = g.values[n.inputs.at(3)].dtype;
+  if (e.residual) e.residual_dtype = g.values[n.inputs.at(3)].dtype;
   return e;
 }
 

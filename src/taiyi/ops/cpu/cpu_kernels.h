@@ -53,6 +53,9 @@ void layer_norm_f32(const float* x, const float* gamma, const float* beta, float
 // The same, y rounded to bf16 (nearest even) as it is written: the input of bf16 linears.
 void layer_norm_f32_to_bf16(const float* x, const float* gamma, const float* beta, uint16_t* y, int64_t rows, int64_t c,
                             float eps);
+// The same of a bf16 x (graph mode: the transformer's residual stream in bf16), widened exactly.
+void layer_norm_bf16_to_bf16(const uint16_t* x, const float* gamma, const float* beta, uint16_t* y, int64_t rows,
+                             int64_t c, float eps);
 
 // ---- softmax_f32.cpp ----
 // x [rows, c] -> softmax over c.

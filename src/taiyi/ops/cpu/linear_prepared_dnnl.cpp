@@ -56,7 +56,9 @@ class PreparedLinear : public PreparedOp {
     dst_ = memory::desc({m_, n_}, dst_bf16_ ? bf16 : f32, tag::ab);
     // The binary post-op's second input (inputs[1] of run()): the multiply's factor, or the residual
     // added into a bf16 output (f32).
-    src1_dtype_ = post_op_ == PostOp::kMultiply ? factor_dtype_ : DType::F32;
+    src1_dtype_ = post_op_ == PostOp::kMultiply ? factor_dtype_ : epilogue.residual_dtype;
+    if (src1_dtype_ != DType::F32 && !(post_op_ == PostOp::kMultiply || (residual_ && dst_bf16_)))
+      throw Error("linear: a bf16 residual needs a bf16 output");
     src1_ = memory::desc({m_, n_}, src1_dtype_ == DType::BF16 ? bf16 : f32, tag::ab);
     if (bias.defined()) {
       bias_md_ = memory::desc({1, n_}, f32, tag::ab);

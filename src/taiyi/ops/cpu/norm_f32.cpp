@@ -464,6 +464,34 @@ void layer_norm_f32_to_bf16(const float* x, const float* gamma, const float* bet
   }
 }
 
+void layer_norm_bf16_to_bf16(const uint16_t* x, const float* gamma, const float* beta, uint16_t* y, int64_t rows,
+                             int64_t c, float eps) {
+  if (rows == 0 || c == 0) return;
+  const bool avx2 = cpu_has_avx2_fma();
+#if defined(__x86_64__)
+  const auto widen = cpu_has_avx512_bf16() ? widen_bf16_avx512 : widen_bf16_generic;
+#else
+  const auto widen = widen_bf16_generic;
+#endif
+#pragma omp parallel if (rows > 1 && rows * c > 32768)
+  {
+    std::vector<float> in(static_cast<size_t>(c)), row(static_cast<size_t>(c));
+    const int64_t ahead = std::max<int64_t>(1, 2048 / c);  // rows of c bf16: about 4 KiB
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      if (r + ahead < rows)
+        for (int64_t i = 0; i < c; i += 32) __builtin_prefetch(x + (r + ahead) * c + i, 0, 3);
+      widen(x + r * c, in.data(), c);
+      if (avx2) {
+        layer_norm_row_avx2(in.data(), gamma, beta, row.data(), c, eps);
+      } else {
+        layer_norm_row_generic(in.data(), gamma, beta, row.data(), c, eps);
+      }
+      round_to_bf16(row.data(), y + r * c, c);
+    }
+  }
+}
+
 void round_to_bf16(const float* x, uint16_t* y, int64_t n) {
 #if defined(__x86_64__)
   if (cpu_has_avx512_bf16()) return round_to_bf16_avx512(x, y, n);

@@ -7,6 +7,7 @@
 
 #include "op_testing.h"
 #include "taiyi/ops/cpu/cpu_isa.h"
+#include "taiyi/ops/cpu/cpu_kernels.h"
 #include "taiyi/ops/ops.h"
 
 namespace taiyi::ops_test {
@@ -163,6 +164,35 @@ TEST(LayerNorm, MatchesLoop) {
   EXPECT_TRUE(all_close(ops::layer_norm(xt, gamma, beta, 1e-5f), layer_norm_reference(xt, gamma, beta, 1e-5)));
   EXPECT_TRUE(throws_error([&] { ops::layer_norm(xt, random_tensor({4}, 1), Tensor(), 1e-5f); },
                            {"layer_norm", "gamma", "f32[4]", "[13]"}));
+}
+
+// The LayerNorm of bf16 rows (graph mode's bf16 residual stream) against the f32 LayerNorm of the
+// same values, both rounded to bf16: the AVX-512 rows (c a multiple of 16: 320, 768) and the
+// widening path (c = 37), with and without gamma and beta. At most one bf16 step apart (the
+// variance's double sums may round the last bit of rstd otherwise), and mostly equal.
+TEST(LayerNorm, Bf16RowsMatchTheF32RowsOfTheSameValues) {
+  uint32_t seed = 60;
+  for (const int64_t c : {int64_t{320}, int64_t{768}, int64_t{37}}) {
+    const int64_t rows = 33;
+    const Tensor xb = ops::cast(random_tensor({rows, c}, seed++, -2.0f, 3.0f), DType::BF16);
+    const Tensor xf = ops::cast(xb, DType::F32);
+    const Tensor gamma = random_tensor({c}, seed++), beta = random_tensor({c}, seed++);
+    for (const bool affine : {true, false}) {
+      const float* g = affine ? gamma.data<float>() : nullptr;
+      const float* b = affine ? beta.data<float>() : nullptr;
+      std::vector<uint16_t> got(static_cast<size_t>(rows * c)), want(got.size());
+      ops::cpu::layer_norm_bf16_to_bf16(xb.data_u16(), g, b, got.data(), rows, c, 1e-5f);
+      ops::cpu::layer_norm_f32_to_bf16(xf.data<float>(), g, b, want.data(), rows, c, 1e-5f);
+      int64_t far = 0, differ = 0;
+      for (size_t i = 0; i < got.size(); ++i) {
+        const float a = bf16_to_f32(got[i]), e = bf16_to_f32(want[i]);
+        differ += got[i] != want[i];
+        far += std::fabs(a - e) > std::ldexp(std::fabs(e), -7) + 1e-30f;
+      }
+      EXPECT_EQ(far, 0) << "c " << c;
+      EXPECT_LE(differ, static_cast<int64_t>(got.size()) / 100) << "c " << c;
+    }
+  }
 }
 
 TEST(Softmax, MatchesLoop) {

@@ -26,8 +26,8 @@
 //     to bf16 tiles anyway): written by a prepared linear (the stacked q, k, v projection, the
 //     cross-attention's q, the context's k and v).
 // Readers are looked for through reshapes, permutes and slices, which become bf16 views.
-// Except for the GroupNorms' inputs, the rounding is the same one (nearest even), so the graph
-// computes exactly what it did before.
+// Except for the GroupNorms' inputs and the residual stream, the rounding is the same one (nearest
+// even), so the graph computes exactly what it did before.
 // Needs bf16 the CPU runs (not the f32 fallback or its emulation). TAIYI_BF16_INPUTS=0 turns the
 // pass off (A/B runs).
 
@@ -69,6 +69,14 @@ bool linear_writes_bf16(const Graph& g, const Node& n) {
   return n.kind == ops::OpKind::kLinear && will_prepack(g, n) && n.attrs.output_scale == 1.0f;
 }
 
+// A convolution prepack_weights will bind to a kernel that rounds its output to bf16 as it stores it.
+bool conv_writes_bf16(const Graph& g, const Node& n) {
+  if (n.kind != ops::OpKind::kConv2d || !will_prepack(g, n)) return false;
+  const Value& x = g.values[n.inputs[0]];
+  return ops::conv2d_writes_bf16(x.shape, g.values[n.inputs[1]].constant, n.attrs.conv, DType::BF16, value_layout(x),
+                                 value_layout(g.values[n.output]), node_epilogue(g, n), x.dtype);
+}
+
 // A concat of f32 inputs along the channels into channels-last memory, which rounds them as it
 // copies (ops::concat).
 bool channels_last_concat(const Graph& g, const Node& n) {
@@ -85,12 +93,7 @@ bool writes_bf16(const Graph& g, const Node& n, ops::OpKind readers) {
   if (linear_writes_bf16(g, n)) return true;
   if (readers == ops::OpKind::kAttention) return false;
   if (channels_last_concat(g, n)) return true;  // (for convolutions and GroupNorms)
-  if (readers == ops::OpKind::kGroupNorm || readers == ops::OpKind::kGroupNormSilu) {
-    if (n.kind != ops::OpKind::kConv2d || !will_prepack(g, n)) return false;
-    const Value& x = g.values[n.inputs[0]];
-    return ops::conv2d_writes_bf16(x.shape, g.values[n.inputs[1]].constant, n.attrs.conv, DType::BF16, value_layout(x),
-                                   value_layout(g.values[n.output]), node_epilogue(g, n), x.dtype);
-  }
+  if (readers == ops::OpKind::kGroupNorm || readers == ops::OpKind::kGroupNormSilu) return conv_writes_bf16(g, n);
   if (readers == ops::OpKind::kLinear) {
     if (n.kind == ops::OpKind::kLayerNorm) return true;
     // (bf16_attention binds it to a kernel that writes bf16)
@@ -122,10 +125,6 @@ bool readers_through_views(const Graph& g, int v, const std::vector<std::vector<
   return true;
 }
 
-}  // namespace
-
-namespace {
-
 // The transformer's residual stream (the hidden state between proj_in, its attentions' to_out and
 // the feed-forward): a value read only by LayerNorms (whose outputs are bf16: the pass above) and
 // as the residual of linears that write bf16, written by a linear that writes bf16 or a
@@ -140,21 +139,13 @@ bool residual_stream_reads(const Graph& g, const Node& n, int v) {
   return n.inputs[3] == v && g.values[n.output].dtype == DType::BF16;
 }
 
-bool residual_stream_writes(const Graph& g, const Node& n) {
-  if (linear_writes_bf16(g, n)) return true;
-  if (n.kind != ops::OpKind::kConv2d || !will_prepack(g, n)) return false;
-  const Value& x = g.values[n.inputs[0]];
-  return ops::conv2d_writes_bf16(x.shape, g.values[n.inputs[1]].constant, n.attrs.conv, DType::BF16, value_layout(x),
-                                 value_layout(g.values[n.output]), node_epilogue(g, n), x.dtype);
-}
-
 bool bf16_residual_stream(Graph& g) {
   if (pass_turned_off("TAIYI_BF16_STREAM")) return false;
   const auto readers = g.readers();
   bool changed = false;
   for (size_t v = g.values.size(); v-- > 0;) {
     const Node* producer = f32_value_producer(g, v, readers);
-    if (!producer || !residual_stream_writes(g, *producer)) continue;
+    if (!producer || !(linear_writes_bf16(g, *producer) || conv_writes_bf16(g, *producer))) continue;
     std::vector<std::pair<int, int>> reads;
     std::vector<int> views;
     if (!readers_through_views(g, static_cast<int>(v), readers, reads, views) || reads.empty()) continue;
@@ -181,8 +172,8 @@ bool bf16_inputs(Graph& g, const CompileOptions& options) {
   for (size_t v = 0; v < g.values.size(); ++v) {
     const Node* producer = f32_value_producer(g, v, readers);
     if (!producer) continue;
-    // Every reader (through views) a product of one kind (all linears, all convolutions or all
-    // attentions) that takes bf16.
+    // Every reader (through views) one that takes bf16, all of one kind (linears, convolutions,
+    // attentions or GroupNorms) or convolutions and GroupNorms.
     std::vector<std::pair<int, int>> reads;
     std::vector<int> views;
     if (!readers_through_views(g, static_cast<int>(v), readers, reads, views) || reads.empty()) continue;

@@ -464,23 +464,81 @@ void layer_norm_f32_to_bf16(const float* x, const float* gamma, const float* bet
   }
 }
 
+#if defined(__x86_64__)
+namespace {
+// The sum of v's 8 lanes (through memory: GCC 12's _mm512_reduce_add_pd trips -Wuninitialized).
+TAIYI_TARGET_AVX512_BF16 inline double lanes_sum(__m512d v) {
+  alignas(64) double d[8];
+  _mm512_store_pd(d, v);
+  return ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
+}
+// 8 bf16 at p as f32, exactly.
+TAIYI_TARGET_AVX512_BF16 inline __m256 widen8(const uint16_t* p) {
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
+// One LayerNorm row of c bf16 (c a multiple of 16) into bf16, AVX-512: the row widened into buf
+// as its sum is taken in double (exact: a sum of up to thousands of bf16 values fits in 53 bits),
+// the squared deviations in double, then layer_norm_row_body's f32 arithmetic per element, rounded
+// to nearest even as stored. One pass over the bf16 row and two over buf (L1).
+TAIYI_TARGET_AVX512_BF16 void layer_norm_row_bf16_avx512(const uint16_t* x, const float* gamma, const float* beta,
+                                                         uint16_t* y, int64_t c, float eps, float* buf) {
+  __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+  for (int64_t i = 0; i < c; i += 16) {
+    const __m256 lo = widen8(x + i), hi = widen8(x + i + 8);
+    _mm256_store_ps(buf + i, lo);
+    _mm256_store_ps(buf + i + 8, hi);
+    s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(lo));
+    s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(hi));
+  }
+  const double mean = lanes_sum(_mm512_add_pd(s0, s1)) / static_cast<double>(c);
+  const __m512d md = _mm512_set1_pd(mean);
+  __m512d q0 = _mm512_setzero_pd(), q1 = _mm512_setzero_pd();
+  for (int64_t i = 0; i < c; i += 16) {
+    const __m512d d0 = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_load_ps(buf + i)), md);
+    const __m512d d1 = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_load_ps(buf + i + 8)), md);
+    q0 = _mm512_fmadd_pd(d0, d0, q0);
+    q1 = _mm512_fmadd_pd(d1, d1, q1);
+  }
+  const double var = lanes_sum(_mm512_add_pd(q0, q1)) / static_cast<double>(c);
+  const MeanRstd st{mean, 1.0 / std::sqrt(var + static_cast<double>(eps))};
+  const __m512 m_hi = _mm512_set1_ps(st.mean_hi()), m_lo = _mm512_set1_ps(st.mean_lo());
+  const __m512 rstd = _mm512_set1_ps(static_cast<float>(st.rstd));
+  for (int64_t i = 0; i < c; i += 16) {
+    __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_sub_ps(_mm512_load_ps(buf + i), m_hi), m_lo), rstd);
+    if (gamma) t = _mm512_mul_ps(t, _mm512_loadu_ps(gamma + i));
+    if (beta) t = _mm512_add_ps(t, _mm512_loadu_ps(beta + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), (__m256i)_mm512_cvtneps_pbh(t));
+  }
+}
+}  // namespace
+#endif
+
 void layer_norm_bf16_to_bf16(const uint16_t* x, const float* gamma, const float* beta, uint16_t* y, int64_t rows,
                              int64_t c, float eps) {
   if (rows == 0 || c == 0) return;
   const bool avx2 = cpu_has_avx2_fma();
 #if defined(__x86_64__)
   const auto widen = cpu_has_avx512_bf16() ? widen_bf16_avx512 : widen_bf16_generic;
+  const bool fast = cpu_has_avx512_bf16() && c % 16 == 0;
 #else
   const auto widen = widen_bf16_generic;
 #endif
 #pragma omp parallel if (rows > 1 && rows * c > 32768)
   {
-    std::vector<float> in(static_cast<size_t>(c)), row(static_cast<size_t>(c));
+    std::vector<float> in(static_cast<size_t>(c) + 16), row(static_cast<size_t>(c));
+    float* in64 = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(in.data()) + 63) / 64 * 64);
     const int64_t ahead = std::max<int64_t>(1, 2048 / c);  // rows of c bf16: about 4 KiB
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       if (r + ahead < rows)
         for (int64_t i = 0; i < c; i += 32) __builtin_prefetch(x + (r + ahead) * c + i, 0, 3);
+#if defined(__x86_64__)
+      if (fast) {
+        layer_norm_row_bf16_avx512(x + r * c, gamma, beta, y + r * c, c, eps, in64);
+        continue;
+      }
+#endif
       widen(x + r * c, in.data(), c);
       if (avx2) {
         layer_norm_row_avx2(in.data(), gamma, beta, row.data(), c, eps);

@@ -5,11 +5,12 @@
 // convolution, through views, where it is oneDNN's) and q, k, v (where the attention kernel reads
 // bf16) become bf16 values; in ResNet blocks over
 // channels-last activations, the GroupNorm(+SiLU) outputs read by oneDNN convolutions do (where the
-// convolution is oneDNN's: on AMX). Either way the graph computes exactly what it computes without
-// the pass: the readers round the same values the same way. The one exception, tested apart: a
-// ResNet's first convolution writes bf16 for the GroupNorm after it (TAIYI_BF16_CONV_OUT), which
-// adds a rounding; the prepared convolution's bf16 output and the GroupNorm's bf16 input have
-// their own tests here.
+// convolution is oneDNN's: on AMX). Either way the graph computes what it computes without the
+// pass: the readers round the same values the same way (exactly, but for a GroupNorm+SiLU that
+// writes bf16: its SiLU is coarser, within a bound). The exceptions, tested apart: a ResNet's
+// first convolution writes bf16 for the GroupNorm after it (TAIYI_BF16_CONV_OUT), which adds a
+// rounding; the prepared convolution's bf16 output and the GroupNorm's bf16 input have their own
+// tests here.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -199,7 +200,11 @@ TEST(Bf16Inputs, GroupNormOutputsReadByOneDnnConvolutionsBecomeBf16) {
                                    DType::BF16, ops::Layout::kNHWC, ops::Layout::kNHWC, {});
   EXPECT_EQ(bf16_values(g), onednn ? 4u : 0u) << g.dump();
   const Tensor want = Executor(plain).run({x, temb})[0];
-  EXPECT_EQ(max_abs_diff(Executor(g).run({x, temb})[0], want), 0.0);
+  // The same rounding of the same values but for the SiLU: written in bf16 it is computed with an
+  // exp2 fit and vrcp14ps (ops/cpu/norm_f32.cpp, about 1e-4 relative), which moves a few percent of
+  // the roundings by one bf16 step: measured 1.1e-3 here, against 3.0e-3 for a graph that rounds
+  // the GroupNorm's input too (below).
+  EXPECT_LT(testing::relative_l2(Executor(g).run({x, temb})[0], want), 2e-3);
 
   // With the switch on (the default), each block's first convolution (its per-call bias the time
   // embedding) writes bf16 for norm2 where oneDNN runs it: one more rounding, so close, not equal.
@@ -249,6 +254,48 @@ TEST(Bf16Inputs, SkipConcatReadByNormAndShortcutBecomesBf16) {
     concat_bf16 += n.kind == ops::OpKind::kConcat && g.values[n.output].dtype == DType::BF16 &&
                    value_layout(g.values[n.output]) == ops::Layout::kNHWC;
   EXPECT_EQ(concat_bf16, onednn ? 1u : 0u) << g.dump();
+  const Tensor want = Executor(plain).run({x, temb})[0], got = Executor(g).run({x, temb})[0];
+  EXPECT_LT(testing::relative_l2(got, want), 8e-3);
+  if (onednn) {
+    EXPECT_GT(max_abs_diff(got, want), 0.0);
+  }
+}
+
+// A down- or upsampler's convolution read by the next ResNet's norm1 and 1x1 shortcut writes bf16
+// (as a concat would): the shortcut rounded its input anyway, norm1 gets one more rounding.
+TEST(Bf16Inputs, SamplerConvolutionReadByNormAndShortcutWritesBf16) {
+  if (!ops::bf16_supported()) GTEST_SKIP() << "this CPU runs no bf16";
+  unsetenv("TAIYI_BF16_EMULATE");
+  nn::ParameterSet params;
+  const Tensor w = random_tensor({24, 4, 3, 3}, 1, -0.3f, 0.3f), b = random_tensor({24}, 2);
+  const nn::ResnetBlock2D block(nn::Scope(params, "down"), 24, 16, 12, 4, 1e-5f, 1.0f);  // 24 -> 16: a shortcut
+  params.init_random(8);
+  const auto fn = [&](const std::vector<Tensor>& in) {
+    const Tensor h = ops::conv2d(in[0], w, b, ops::Conv2dParams::same(1, 2));
+    return std::vector<Tensor>{block(h, in[1])};
+  };
+  const std::vector<InputSpec> sig = {{{2, 4, 12, 14}, DType::F32}, {{1, 12}, DType::F32}};
+  const Tensor x = random_tensor({2, 4, 12, 14}, 3), temb = random_tensor({1, 12}, 4);
+  CompileOptions bf16;
+  bf16.compute = DType::BF16;
+  const Graph plain = without_bf16_inputs(fn, sig, bf16);
+  Graph g = trace(fn, sig);
+  run_passes(g, bf16);
+  const bool onednn =
+      ops::conv2d_takes_bf16_input({2, 24, 6, 7}, random_tensor({16, 24, 1, 1}, 5), ops::Conv2dParams::same(0),
+                                   DType::BF16, ops::Layout::kNHWC, ops::Layout::kNHWC, {});
+  const auto readers = g.readers();
+  size_t sampler_bf16 = 0;
+  for (const Node& n : g.nodes) {
+    if (n.kind != ops::OpKind::kConv2d || g.values[n.output].dtype != DType::BF16) continue;
+    bool norm = false, conv = false;
+    for (int r : readers[n.output]) {
+      norm = norm || g.nodes[r].kind == ops::OpKind::kGroupNormSilu;
+      conv = conv || g.nodes[r].kind == ops::OpKind::kConv2d;
+    }
+    sampler_bf16 += norm && conv && n.prepared && n.prepared->describe().find("bf16-out") != std::string::npos;
+  }
+  EXPECT_EQ(sampler_bf16, onednn ? 1u : 0u) << g.dump();
   const Tensor want = Executor(plain).run({x, temb})[0], got = Executor(g).run({x, temb})[0];
   EXPECT_LT(testing::relative_l2(got, want), 8e-3);
   if (onednn) {

@@ -137,6 +137,47 @@ TEST(GroupNormSilu, MatchesReferenceOnBothPaths) {
                            {"group_norm_silu", "12 channels", "5 groups"}));
 }
 
+// Channels-last GroupNorm(+SiLU) written in bf16 (graph mode's bf16 convolution inputs), from f32
+// and from bf16 pixels, against the double reference rounded to bf16: at most one bf16 step apart
+// (the AVX-512 SiLU's exp2 fit and vrcp14ps add about 2% of a step to the rounding) and mostly
+// equal; c = 64 fills whole registers, c = 40 ends in a masked one; large negative inputs take
+// SiLU to its limit 0.
+TEST(GroupNormSilu, Bf16OutputsMatchTheReferenceRounded) {
+  uint32_t seed = 70;
+  for (const int64_t c : {int64_t{64}, int64_t{40}}) {
+    const int64_t n = 2, pixels = 37, groups = 8;
+    const Tensor xb = ops::cast(random_tensor({n, pixels, c}, seed++, -20.0f, 9.0f), DType::BF16);
+    const Tensor xf = ops::cast(xb, DType::F32);
+    const Tensor gamma = random_tensor({c}, seed++), beta = random_tensor({c}, seed++);
+    const std::vector<double> want =
+        group_norm_reference(ops::permute(xf, {0, 2, 1}), static_cast<int>(groups), gamma, beta, 1e-5);
+    for (const bool silu : {false, true})
+      for (const bool from_bf16 : {false, true}) {
+        std::vector<uint16_t> got(static_cast<size_t>(n * pixels * c));
+        if (from_bf16) {
+          ops::cpu::group_norm_nhwc_bf16(xb.data_u16(), gamma.data<float>(), beta.data<float>(), nullptr, got.data(), n,
+                                         c, pixels, groups, 1e-5f, silu);
+        } else {
+          ops::cpu::group_norm_nhwc_f32_to_bf16(xf.data<float>(), gamma.data<float>(), beta.data<float>(), got.data(),
+                                                n, c, pixels, groups, 1e-5f, silu);
+        }
+        int64_t far = 0, differ = 0;
+        for (int64_t b = 0; b < n; ++b)
+          for (int64_t p = 0; p < pixels; ++p)
+            for (int64_t ch = 0; ch < c; ++ch) {
+              double e = want[static_cast<size_t>((b * c + ch) * pixels + p)];
+              if (silu) e = e / (1.0 + std::exp(-e));
+              const float a = bf16_to_f32(got[static_cast<size_t>((b * pixels + p) * c + ch)]);
+              const float r = bf16_to_f32(f32_to_bf16(static_cast<float>(e)));
+              differ += a != r;
+              far += std::fabs(a - e) > std::ldexp(std::fabs(e), -7) + 1e-30;
+            }
+        EXPECT_EQ(far, 0) << "c " << c << " silu " << silu << " bf16 in " << from_bf16;
+        EXPECT_LE(differ, n * pixels * c / 20) << "c " << c << " silu " << silu << " bf16 in " << from_bf16;
+      }
+  }
+}
+
 TEST(GroupNorm, RejectsBadArguments) {
   const Tensor x = random_tensor({2, 6, 4, 4}, 1);
   EXPECT_TRUE(throws_error([&] { ops::group_norm(x, 4, Tensor(), Tensor(), 1e-5f); },

@@ -17,7 +17,8 @@
 //     and read twice (the GroupNorm's two passes): TAIYI_BF16_CONV_OUT=0 turns it off;
 //   - read by such convolutions and GroupNorms: written by a concat of f32 inputs along the
 //     channels (an up block's skip concat, read by norm1 and the 1x1 shortcut: the convolution
-//     rounded it anyway; the GroupNorm's input gets the rounding above);
+//     rounded it anyway; the GroupNorm's input gets the rounding above), or by such a convolution
+//     (a down- or upsampler's, read by the next block's norm1 and 1x1 shortcut);
 //   - the transformer's residual stream (bf16_residual_stream below): read by LayerNorms and as the
 //     residual of linears that write bf16, written by a linear that writes bf16 or by proj_in. This
 //     rounds each residual sum to bf16 (as PyTorch's bf16 does) and halves the bytes of the
@@ -27,7 +28,9 @@
 //     cross-attention's q, the context's k and v).
 // Readers are looked for through reshapes, permutes and slices, which become bf16 views.
 // Except for the GroupNorms' inputs and the residual stream, the rounding is the same one (nearest
-// even), so the graph computes exactly what it did before.
+// even), so the graph computes what it did before: exactly, but for the SiLU of a GroupNorm that
+// writes bf16, computed with a coarser fit (ops/cpu/norm_f32.cpp: a few percent of its roundings
+// move by one bf16 step).
 // Needs bf16 the CPU runs (not the f32 fallback or its emulation). TAIYI_BF16_INPUTS=0 turns the
 // pass off (A/B runs).
 
@@ -94,6 +97,7 @@ bool writes_bf16(const Graph& g, const Node& n, ops::OpKind readers) {
   if (readers == ops::OpKind::kAttention) return false;
   if (channels_last_concat(g, n)) return true;  // (for convolutions and GroupNorms)
   if (readers == ops::OpKind::kGroupNorm || readers == ops::OpKind::kGroupNormSilu) return conv_writes_bf16(g, n);
+  if (readers == ops::OpKind::kConv2d && conv_writes_bf16(g, n)) return true;  // (with GroupNorms: bf16_inputs)
   if (readers == ops::OpKind::kLinear) {
     if (n.kind == ops::OpKind::kLayerNorm) return true;
     // (bf16_attention binds it to a kernel that writes bf16)

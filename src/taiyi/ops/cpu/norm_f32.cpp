@@ -14,6 +14,8 @@
 // source of their unmasked forms, which -Wmaybe-uninitialized reports at each use.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+
+#include "taiyi/ops/cpu/bf16_pairs_avx512.h"
 #endif
 
 #include <algorithm>
@@ -109,24 +111,34 @@ TAIYI_TARGET_AVX512_BF16 void round_to_bf16_avx512(const float* x, uint16_t* y, 
   round_to_bf16_body(x + i, y + i, n - i);
 }
 
-// The same, 16 channels at a time in a register.
+// 16 lanes of one pixel, channels [c0, c0 + 16) masked by m, through the affine map.
+TAIYI_TARGET_AVX512_BF16 inline __m512 channel_affine16(__m512 x, const float* m_hi, const float* m_lo, const float* a,
+                                                        const float* b, __mmask16 m) {
+  const __m512 d = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_maskz_loadu_ps(m, m_hi)), _mm512_maskz_loadu_ps(m, m_lo));
+  return _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(m, a), _mm512_maskz_loadu_ps(m, b));
+}
+// v sigmoid(v) for an output rounded to bf16 right after (relative step 2^-8): e^-v by
+// exp2_avx512 (relative error 7.5e-5) and 1 / (1 + e^-v) by vrcp14ps (2^-14), about 2% of the
+// rounding's error, where silu_approx_f32's division alone (vdivps) took the most time of a
+// GroupNorm+SiLU pass: 16 operations per 16 channels instead of about 40. Large -v gives
+// 2^+inf = inf, its reciprocal 0, and silu 0 (-0), as the limit.
+TAIYI_TARGET_AVX512_BF16 inline __m512 silu16_for_bf16(__m512 v) {
+  const __m512 e = exp2_avx512(_mm512_mul_ps(v, _mm512_set1_ps(-1.4426950408889634f)));
+  return _mm512_mul_ps(v, _mm512_rcp14_ps(_mm512_add_ps(_mm512_set1_ps(1.0f), e)));
+}
+TAIYI_TARGET_AVX512_BF16 inline __mmask16 lanes_left(int64_t n) {
+  return static_cast<__mmask16>(n >= 16 ? 0xffffu : (1u << n) - 1u);
+}
+// channel_affine_bf16_generic 16 channels at a time in a register (SiLU by silu16_for_bf16).
 TAIYI_TARGET_AVX512_BF16 void channel_affine_bf16_avx512(const float* x, uint16_t* y, const float* m_hi,
                                                          const float* m_lo, const float* a, const float* b, int64_t c,
                                                          bool silu) {
-  int64_t c0 = 0;
-  for (; c0 + 16 <= c; c0 += 16) {
-    alignas(64) float v[16];
-    if (silu) {
-#pragma omp simd
-      for (int64_t i = 0; i < 16; ++i)
-        v[i] = silu_approx_f32(((x[c0 + i] - m_hi[c0 + i]) - m_lo[c0 + i]) * a[c0 + i] + b[c0 + i]);
-    } else {
-#pragma omp simd
-      for (int64_t i = 0; i < 16; ++i) v[i] = ((x[c0 + i] - m_hi[c0 + i]) - m_lo[c0 + i]) * a[c0 + i] + b[c0 + i];
-    }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + c0), (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(v)));
+  for (int64_t c0 = 0; c0 < c; c0 += 16) {
+    const __mmask16 m = lanes_left(c - c0);
+    __m512 v = channel_affine16(_mm512_maskz_loadu_ps(m, x + c0), m_hi + c0, m_lo + c0, a + c0, b + c0, m);
+    if (silu) v = silu16_for_bf16(v);
+    _mm256_mask_storeu_epi16(y + c0, m, (__m256i)_mm512_cvtneps_pbh(v));
   }
-  channel_affine_bf16_generic(x + c0, y + c0, m_hi + c0, m_lo + c0, a + c0, b + c0, c - c0, silu);
 }
 #endif
 
@@ -223,9 +235,6 @@ TAIYI_TARGET_AVX512_BF16 void widen_bf16_avx512(const uint16_t* x, float* y, int
 TAIYI_TARGET_AVX512_BF16 inline __m512 widen16(const uint16_t* x, __mmask16 m) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x)), 16));
 }
-TAIYI_TARGET_AVX512_BF16 inline __mmask16 lanes_left(int64_t n) {
-  return static_cast<__mmask16>(n >= 16 ? 0xffffu : (1u << n) - 1u);
-}
 // shifted_moments_body of a bf16 pixel, widened 16 channels at a time in a register.
 TAIYI_TARGET_AVX512_BF16 void shifted_moments_bf16_avx512(const uint16_t* x, const float* k, float* s1, float* s2,
                                                           int64_t c) {
@@ -236,17 +245,15 @@ TAIYI_TARGET_AVX512_BF16 void shifted_moments_bf16_avx512(const uint16_t* x, con
     _mm512_mask_storeu_ps(s2 + i, m, _mm512_fmadd_ps(d, d, _mm512_maskz_loadu_ps(m, s2 + i)));
   }
 }
-// channel_affine_bf16_avx512 of a bf16 pixel: 16 channels widened into an L1 block, then the same
-// arithmetic.
+// channel_affine_bf16_avx512 of a bf16 pixel, widened 16 channels at a time in a register.
 TAIYI_TARGET_AVX512_BF16 void channel_affine_bf16_to_bf16_avx512(const uint16_t* x, uint16_t* y, const float* m_hi,
                                                                  const float* m_lo, const float* a, const float* b,
                                                                  int64_t c, bool silu) {
   for (int64_t c0 = 0; c0 < c; c0 += 16) {
     const __mmask16 m = lanes_left(c - c0);
-    alignas(64) float xv[16];
-    _mm512_store_ps(xv, widen16(x + c0, m));
-    const int64_t n = std::min<int64_t>(16, c - c0);
-    channel_affine_bf16_avx512(xv, y + c0, m_hi + c0, m_lo + c0, a + c0, b + c0, n, silu);
+    __m512 v = channel_affine16(widen16(x + c0, m), m_hi + c0, m_lo + c0, a + c0, b + c0, m);
+    if (silu) v = silu16_for_bf16(v);
+    _mm256_mask_storeu_epi16(y + c0, m, (__m256i)_mm512_cvtneps_pbh(v));
   }
 }
 #endif

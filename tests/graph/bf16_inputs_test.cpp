@@ -24,6 +24,7 @@
 #include "taiyi/graph/executor.h"
 #include "taiyi/graph/passes/passes.h"
 #include "taiyi/graph/tracer.h"
+#include "taiyi/models/bert_model.h"
 #include "taiyi/nn/resnet.h"
 #include "taiyi/nn/transformer_2d.h"
 #include "taiyi/ops/ops.h"
@@ -148,15 +149,83 @@ TEST(Bf16Inputs, TransformerResidualStreamBecomesBf16) {
   EXPECT_GT(max_abs_diff(got, want), 0.0);
   EXPECT_LT(testing::relative_l2(got, want), 1e-2);
   EXPECT_EQ(max_abs_diff(ex.run({x, ctx})[0], got), 0.0);
-  // A bf16 residual needs a bf16 output (the binary post-op); a bf16 LayerNorm input, a bf16
-  // output planned for it (graph mode).
-  ops::Epilogue bf16_residual;
-  bf16_residual.residual = true;
-  bf16_residual.residual_dtype = DType::BF16;
-  EXPECT_THROW(ops::prepare_linear({1, 4, 8}, random_tensor({6, 8}, 5), Tensor(), DType::BF16, bf16_residual,
-                                   DType::BF16, DType::F32),
-               Error);
+  // A bf16 LayerNorm input needs a bf16 output planned for it (graph mode).
   EXPECT_THROW(ops::layer_norm(ops::cast(random_tensor({4, 8}, 6), DType::BF16), Tensor(), Tensor(), 1e-5f), Error);
+}
+
+// A prepared linear reads a bf16 residual into an f32 output too (the binary post-op; BERT's last
+// sum of a bf16 stream), computing what it computes from the same residual in f32 (summed in
+// place); f32 compute refuses it.
+TEST(Bf16Inputs, LinearAddsABf16ResidualIntoAnF32Output) {
+  if (!ops::bf16_supported()) GTEST_SKIP() << "this CPU runs no bf16";
+  unsetenv("TAIYI_BF16_EMULATE");
+  const Tensor x = random_tensor({2, 5, 16}, 1), w = random_tensor({24, 16}, 2), b = random_tensor({24}, 3);
+  const Tensor rb = ops::cast(random_tensor({2, 5, 24}, 4), DType::BF16), rf = ops::cast(rb, DType::F32);
+  ops::Epilogue e;
+  e.residual = true;
+  const auto run = [&](DType residual_dtype, const Tensor& r) {
+    e.residual_dtype = residual_dtype;
+    const auto op = ops::prepare_linear(x.shape(), w, b, DType::BF16, e);
+    std::vector<std::byte> scratch(op->scratch_bytes() + 64);
+    const Tensor out = Tensor::empty({2, 5, 24}, DType::F32);
+    op->run({x, r}, out, scratch.data());
+    return out;
+  };
+  const Tensor from_bf16 = run(DType::BF16, rb), from_f32 = run(DType::F32, rf);
+  EXPECT_LE(testing::relative_l2(from_bf16, from_f32), 1e-6);
+  EXPECT_GT(testing::relative_l2(from_bf16, ops::cast(rf, DType::F32)), 0.1);  // the product is in it
+  e.residual_dtype = DType::BF16;
+  EXPECT_THROW(ops::prepare_linear(x.shape(), w, b, DType::F32, e), Error);
+}
+
+// BERT's residual stream (post-LN): each LayerNorm's output, read by the next q, k, v (or the
+// intermediate dense) and as the residual of the dense after it, and each residual sum, read by
+// the next LayerNorm, become bf16, but for the last sum and the last LayerNorm (the graph's
+// output, f32): the last output dense reads its residual in bf16 and writes f32. Within bf16's
+// error of the f32 stream (TAIYI_BF16_STREAM=0).
+TEST(Bf16Inputs, BertResidualStreamBecomesBf16) {
+  if (!ops::bf16_supported()) GTEST_SKIP() << "this CPU runs no bf16";
+  unsetenv("TAIYI_BF16_EMULATE");
+  models::BertConfig c;
+  c.hidden_size = 32;
+  c.num_attention_heads = 2;
+  c.intermediate_size = 64;
+  nn::ParameterSet params;
+  const models::BertLayer l0(nn::Scope(params, "l0"), c), l1(nn::Scope(params, "l1"), c);
+  params.init_random(9);
+  const auto fn = [&](const std::vector<Tensor>& in) { return std::vector<Tensor>{l1(l0(in[0], {}), {})}; };
+  const std::vector<InputSpec> sig = {{{2, 9, 32}, DType::F32}};
+  const Tensor x = random_tensor({2, 9, 32}, 1);
+  CompileOptions bf16;
+  bf16.compute = DType::BF16;
+  ::setenv("TAIYI_BF16_STREAM", "0", 1);
+  Graph f32_stream = trace(fn, sig);
+  run_passes(f32_stream, bf16);
+  ::unsetenv("TAIYI_BF16_STREAM");
+  Graph g = trace(fn, sig);
+  run_passes(g, bf16);
+  size_t norms_out = 0, norms_in = 0, bf16_residuals = 0, f32_out_of_bf16_residual = 0;
+  for (const Node& n : g.nodes) {
+    if (n.kind == ops::OpKind::kLayerNorm) {
+      norms_out += g.values[n.output].dtype == DType::BF16;
+      norms_in += g.values[n.inputs[0]].dtype == DType::BF16;
+    }
+    if (n.kind == ops::OpKind::kLinear && ops::has_fused_residual(n.attrs, n.inputs.size()) &&
+        g.values[n.inputs[3]].dtype == DType::BF16) {
+      ++bf16_residuals;
+      f32_out_of_bf16_residual += g.values[n.output].dtype == DType::F32;
+    }
+  }
+  // LayerNorms: l0's two and l1's first write bf16; all but l0's first (the input x + attention,
+  // whose residual is the graph's input) and l1's last read bf16. Residuals: l0's output dense
+  // (l0's first LayerNorm), l1's attention dense (l0's output), l1's output dense (f32 out).
+  EXPECT_EQ(norms_out, 3u) << g.dump();
+  EXPECT_EQ(norms_in, 3u) << g.dump();
+  EXPECT_EQ(bf16_residuals, 3u) << g.dump();
+  EXPECT_EQ(f32_out_of_bf16_residual, 1u) << g.dump();
+  const Tensor want = Executor(f32_stream).run({x})[0], got = Executor(g).run({x})[0];
+  EXPECT_GT(max_abs_diff(got, want), 0.0);
+  EXPECT_LT(testing::relative_l2(got, want), 1e-2);
 }
 
 // A graph compiled for bf16 with every default pass but bf16_inputs.

@@ -130,35 +130,42 @@ bool readers_through_views(const Graph& g, int v, const std::vector<std::vector<
 }
 
 // The transformer's residual stream (the hidden state between proj_in, its attentions' to_out and
-// the feed-forward): a value read only by LayerNorms (whose outputs are bf16: the pass above) and
-// as the residual of linears that write bf16, written by a linear that writes bf16 or a
-// convolution that can (proj_in). Decided from the last such value back, so that each reader's
-// output is decided first.
-bool residual_stream_reads(const Graph& g, const Node& n, int v) {
+// the feed-forward; BERT's between its LayerNorms, post-LN): a value read by LayerNorms (whose
+// outputs are bf16: the pass above), as the residual of linears (into bf16 or f32) and as the input
+// of linears bound in bf16, at least one of them a residual's reader or its producer a residual
+// sum; written by a linear that writes bf16, a convolution that can (proj_in) or a LayerNorm
+// (BERT's, read by the next q, k, v and as the residual of the attention's output dense). Decided
+// from the last such value back, so that each reader's output is decided first.
+bool residual_stream_reads(const Graph& g, const Node& n, int v, const CompileOptions& options) {
   if (n.kind == ops::OpKind::kLayerNorm) return n.inputs[0] == v && g.values[n.output].dtype == DType::BF16;
-  if (n.kind != ops::OpKind::kLinear || !will_prepack(g, n) || !ops::has_fused_residual(n.attrs, n.inputs.size()))
-    return false;
+  if (n.kind != ops::OpKind::kLinear || !will_prepack(g, n)) return false;
+  if (reads_only_as_input(n, v)) return bf16_product_reads(g, n, v, options);
+  if (!ops::has_fused_residual(n.attrs, n.inputs.size())) return false;
   for (size_t i = 0; i < 3; ++i)
     if (n.inputs[i] == v) return false;
-  return n.inputs[3] == v && g.values[n.output].dtype == DType::BF16;
+  return n.inputs[3] == v;  // (into a bf16 or an f32 output: oneDNN's binary post-op)
 }
 
-bool bf16_residual_stream(Graph& g) {
+bool bf16_residual_stream(Graph& g, const CompileOptions& options) {
   if (pass_turned_off("TAIYI_BF16_STREAM")) return false;
   const auto readers = g.readers();
   bool changed = false;
   for (size_t v = g.values.size(); v-- > 0;) {
     const Node* producer = f32_value_producer(g, v, readers);
-    if (!producer || !(linear_writes_bf16(g, *producer) || conv_writes_bf16(g, *producer))) continue;
+    if (!producer || !(linear_writes_bf16(g, *producer) || conv_writes_bf16(g, *producer) ||
+                       producer->kind == ops::OpKind::kLayerNorm))
+      continue;
     std::vector<std::pair<int, int>> reads;
     std::vector<int> views;
     if (!readers_through_views(g, static_cast<int>(v), readers, reads, views) || reads.empty()) continue;
-    bool all = true, residual = false;
+    bool all = true;
+    bool stream =
+        producer->kind == ops::OpKind::kLinear && ops::has_fused_residual(producer->attrs, producer->inputs.size());
     for (const auto& [r, x] : reads) {
-      all = all && residual_stream_reads(g, g.nodes[r], x);
-      residual = residual || g.nodes[r].kind == ops::OpKind::kLinear;
+      all = all && residual_stream_reads(g, g.nodes[r], x, options);
+      stream = stream || (g.nodes[r].kind == ops::OpKind::kLinear && !reads_only_as_input(g.nodes[r], x));
     }
-    if (!all || !residual) continue;
+    if (!all || !stream) continue;
     g.values[v].dtype = DType::BF16;
     for (int view : views) g.values[view].dtype = DType::BF16;
     changed = true;
@@ -198,7 +205,7 @@ bool bf16_inputs(Graph& g, const CompileOptions& options) {
     for (int view : views) g.values[view].dtype = DType::BF16;
     changed = true;
   }
-  return bf16_residual_stream(g) || changed;
+  return bf16_residual_stream(g, options) || changed;
 }
 
 const Node* f32_value_producer(const Graph& g, size_t v, const std::vector<std::vector<int>>& readers) {

@@ -55,10 +55,12 @@ class PreparedLinear : public PreparedOp {
     user_src_ = memory::desc({m_, k_}, src_bf16_ ? bf16 : f32, src_columns ? tag::ba : tag::ab);
     dst_ = memory::desc({m_, n_}, dst_bf16_ ? bf16 : f32, tag::ab);
     // The binary post-op's second input (inputs[1] of run()): the multiply's factor, or the residual
-    // added into a bf16 output (f32).
+    // added into a bf16 output or read in bf16 (BERT's bf16 residual stream into its last f32 sum).
     src1_dtype_ = post_op_ == PostOp::kMultiply ? factor_dtype_ : epilogue.residual_dtype;
-    if (src1_dtype_ != DType::F32 && !(post_op_ == PostOp::kMultiply || (residual_ && dst_bf16_)))
-      throw Error("linear: a bf16 residual needs a bf16 output");
+    if (src1_dtype_ != DType::F32 && src1_dtype_ != DType::BF16)
+      throw Error("linear: the residual or factor is f32 or bf16");
+    if (src1_dtype_ == DType::BF16 && !bf16_) throw Error("linear: a bf16 residual needs bf16 compute");
+    binary_residual_ = residual_ && (dst_bf16_ || src1_dtype_ == DType::BF16);
     src1_ = memory::desc({m_, n_}, src1_dtype_ == DType::BF16 ? bf16 : f32, tag::ab);
     if (bias.defined()) {
       bias_md_ = memory::desc({1, n_}, f32, tag::ab);
@@ -68,10 +70,11 @@ class PreparedLinear : public PreparedOp {
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     if (epilogue.residual || epilogue.scale != 1.0f || post_op_ != PostOp::kNone) {
       dnnl::post_ops ops;
-      // The residual: summed into the f32 output it was copied into, or, for a bf16 output, added
-      // as a binary post-op's f32 input (the sum rounded once, as it is stored).
-      if (epilogue.residual && !dst_bf16_) ops.append_sum(1.0f);
-      if (epilogue.residual && dst_bf16_) ops.append_binary(dnnl::algorithm::binary_add, src1_);
+      // The residual: summed into the f32 output it was copied into, or, for a bf16 output or a
+      // bf16 residual, added as a binary post-op's input (in f32; a bf16 output rounded once, as
+      // it is stored).
+      if (epilogue.residual && !binary_residual_) ops.append_sum(1.0f);
+      if (binary_residual_) ops.append_binary(dnnl::algorithm::binary_add, src1_);
       if (post_op_ == PostOp::kGelu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
       if (post_op_ == PostOp::kMultiply) ops.append_binary(dnnl::algorithm::binary_mul, src1_);
       if (epilogue.scale != 1.0f) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_linear, epilogue.scale, 0.0f);
@@ -120,7 +123,7 @@ class PreparedLinear : public PreparedOp {
     const bool round_input = bf16_ && (!src_bf16_ || src_columns_);
     memory src = round_input ? memory(src_, eng, scratch) : user_src;
     if (round_input) to_bf16_.execute(strm, user_src, src);
-    if (residual_ && !dst_bf16_) cpu::copy_residual_into(in.at(1), out);
+    if (residual_ && !binary_residual_) cpu::copy_residual_into(in.at(1), out);
     std::unordered_map<int, memory> args = {
         {DNNL_ARG_SRC, src},
         {DNNL_ARG_WEIGHTS, weights_},
@@ -128,7 +131,7 @@ class PreparedLinear : public PreparedOp {
         {DNNL_ARG_SCRATCHPAD, memory(pd_.scratchpad_desc(), eng, scratch + src_bytes_)}};
     if (bias_.defined()) args.insert({DNNL_ARG_BIAS, cpu::dnnl_wrap(bias_md_, bias_.data<float>())});
     Tensor src1;
-    if ((residual_ && dst_bf16_) || post_op_ == PostOp::kMultiply) {
+    if (binary_residual_ || post_op_ == PostOp::kMultiply) {
       src1 = in.at(1).contiguous();
       if (src1.shape() != out.shape() || src1.dtype() != src1_dtype_)
         throw Error(std::string("linear: the ") + (residual_ ? "residual " : "multiply post-op's input ") +
@@ -146,7 +149,7 @@ class PreparedLinear : public PreparedOp {
 
  private:
   bool src_columns_;
-  bool bf16_, residual_;
+  bool bf16_, residual_, binary_residual_ = false;
   PostOp post_op_;
   bool src_bf16_, dst_bf16_;
   DType factor_dtype_;

@@ -105,8 +105,7 @@ TEST(Bf16Inputs, LayerNormAndGatedValuesBecomeBf16AndComputeTheSame) {
 // The transformer's residual stream in bf16 (the default): proj_in's output and the two to_out
 // linears' outputs (residual sums) become bf16, read by the LayerNorms and as the next linear's
 // residual; each sum is rounded once, so the block computes within bf16's error of the f32 stream
-// (TAIYI_BF16_STREAM=0), and replays the same. No bf16-output linear adds its residual in place
-// (oneDNN's binary post-op is not promised to read before it writes).
+// (TAIYI_BF16_STREAM=0), and replays the same.
 TEST(Bf16Inputs, TransformerResidualStreamBecomesBf16) {
   if (!ops::bf16_supported()) GTEST_SKIP() << "this CPU runs no bf16";
   unsetenv("TAIYI_BF16_EMULATE");
@@ -135,14 +134,20 @@ TEST(Bf16Inputs, TransformerResidualStreamBecomesBf16) {
   // three LayerNorms read bf16.
   EXPECT_EQ(stream_sums, 3u) << g.dump();
   EXPECT_EQ(layer_norms_of_bf16, 3u);
+  // A bf16 residual is summed into a bf16 output in place (oneDNN's sum post-op) where nothing
+  // reads it later (here all three); a residual of the other dtype never is (a binary post-op).
+  const Executor probe(g);
+  size_t in_place = 0;
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     const Node& n = g.nodes[i];
-    if (n.kind == ops::OpKind::kLinear && ops::has_fused_residual(n.attrs, n.inputs.size()) &&
-        g.values[n.output].dtype == DType::BF16) {
-      const Executor probe(g);
-      EXPECT_NE(probe.memory_plan().alias_of[n.output], probe.memory_plan().alias_of[n.inputs[3]]) << i;
+    if (n.kind != ops::OpKind::kLinear || !ops::has_fused_residual(n.attrs, n.inputs.size())) continue;
+    const bool shared = probe.memory_plan().alias_of[n.output] == probe.memory_plan().alias_of[n.inputs[3]];
+    if (g.values[n.output].dtype != g.values[n.inputs[3]].dtype) {
+      EXPECT_FALSE(shared) << i;
     }
+    in_place += shared && g.values[n.output].dtype == DType::BF16;
   }
+  EXPECT_EQ(in_place, 3u) << g.dump();
   const Tensor want = Executor(f32_stream).run({x, ctx})[0];
   const Executor ex(g);
   const Tensor got = ex.run({x, ctx})[0];
@@ -153,27 +158,29 @@ TEST(Bf16Inputs, TransformerResidualStreamBecomesBf16) {
   EXPECT_THROW(ops::layer_norm(ops::cast(random_tensor({4, 8}, 6), DType::BF16), Tensor(), Tensor(), 1e-5f), Error);
 }
 
-// A prepared linear reads a bf16 residual into an f32 output too (the binary post-op; BERT's last
-// sum of a bf16 stream), computing what it computes from the same residual in f32 (summed in
-// place); f32 compute refuses it.
-TEST(Bf16Inputs, LinearAddsABf16ResidualIntoAnF32Output) {
+// A prepared linear adds a bf16 residual into an f32 output (a binary post-op; BERT's last sum of
+// a bf16 stream) and into a bf16 output (summed into the output it was copied into, or shares
+// memory with), computing what it computes from the same residual in f32; f32 compute refuses it.
+TEST(Bf16Inputs, LinearAddsABf16Residual) {
   if (!ops::bf16_supported()) GTEST_SKIP() << "this CPU runs no bf16";
   unsetenv("TAIYI_BF16_EMULATE");
   const Tensor x = random_tensor({2, 5, 16}, 1), w = random_tensor({24, 16}, 2), b = random_tensor({24}, 3);
   const Tensor rb = ops::cast(random_tensor({2, 5, 24}, 4), DType::BF16), rf = ops::cast(rb, DType::F32);
   ops::Epilogue e;
   e.residual = true;
-  const auto run = [&](DType residual_dtype, const Tensor& r) {
-    e.residual_dtype = residual_dtype;
-    const auto op = ops::prepare_linear(x.shape(), w, b, DType::BF16, e);
+  const auto run = [&](const Tensor& r, DType dst) {
+    e.residual_dtype = r.dtype();
+    const auto op = ops::prepare_linear(x.shape(), w, b, DType::BF16, e, DType::F32, dst);
     std::vector<std::byte> scratch(op->scratch_bytes() + 64);
-    const Tensor out = Tensor::empty({2, 5, 24}, DType::F32);
+    const Tensor out = Tensor::empty({2, 5, 24}, dst);
     op->run({x, r}, out, scratch.data());
-    return out;
+    return ops::cast(out, DType::F32);
   };
-  const Tensor from_bf16 = run(DType::BF16, rb), from_f32 = run(DType::F32, rf);
-  EXPECT_LE(testing::relative_l2(from_bf16, from_f32), 1e-6);
-  EXPECT_GT(testing::relative_l2(from_bf16, ops::cast(rf, DType::F32)), 0.1);  // the product is in it
+  for (const DType dst : {DType::F32, DType::BF16}) {
+    const Tensor from_bf16 = run(rb, dst), from_f32 = run(rf, dst);
+    EXPECT_LE(testing::relative_l2(from_bf16, from_f32), 1e-6) << dtype_name(dst);
+    EXPECT_GT(testing::relative_l2(from_bf16, rf), 0.1);  // the product is in it
+  }
   e.residual_dtype = DType::BF16;
   EXPECT_THROW(ops::prepare_linear(x.shape(), w, b, DType::F32, e), Error);
 }

@@ -64,8 +64,8 @@ bool may_take_residual(const Graph& g, size_t i, const std::vector<int>& alias_o
   const auto own = [&](int v) { return own_memory && static_cast<size_t>(v) < own_memory->size() && (*own_memory)[v]; };
   if (own(r) || own(base) || own(n.output)) return false;
   const Value &res = g.values[r], &out = g.values[n.output];
-  // (a linear with a bf16 output adds its residual by a binary post-op: not in place, as above)
-  if (n.kind == ops::OpKind::kLinear && out.dtype == DType::BF16) return false;
+  // (of one dtype: summed in place by oneDNN's sum post-op; a linear adds a residual of the other
+  // dtype by a binary post-op, not in place, as above)
   return res.shape == out.shape && res.strides == out.strides && res.dtype == out.dtype;
 }
 

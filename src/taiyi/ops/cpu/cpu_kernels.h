@@ -74,7 +74,7 @@ enum class BinaryOpF32 { kAdd, kSub, kMul };
 // a and b are views already broadcast to y's shape (stride 0 in broadcast dims); y contiguous.
 void binary_f32(BinaryOpF32 op, const Tensor& a, const Tensor& b, const Tensor& y);
 // out = residual before a fused epilogue sums into out; nothing when they share memory. Both
-// dense f32 of one shape, usually with the same strides (then a parallel memcpy).
+// dense f32, or both bf16, of one shape, usually with the same strides (then a parallel memcpy).
 void copy_residual_into(const Tensor& residual, const Tensor& out);
 
 // ---- concat.cpp ---- (any dtype)

@@ -9,6 +9,7 @@
 // vector_math_f32.h, compiled for AVX2+FMA and baseline x86-64 (cpu_isa.h).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "taiyi/ops/cpu/cpu_isa.h"
 #include "taiyi/ops/cpu/cpu_kernels.h"
@@ -195,20 +196,21 @@ void binary_f32(BinaryOpF32 op, const Tensor& a, const Tensor& b, const Tensor& 
 }
 
 void copy_residual_into(const Tensor& residual, const Tensor& out) {
-  if (residual.shape() != out.shape() || residual.dtype() != DType::F32 || out.dtype() != DType::F32)
+  if (residual.shape() != out.shape() || residual.dtype() != out.dtype() ||
+      (out.dtype() != DType::F32 && out.dtype() != DType::BF16))
     throw Error("fused residual: residual " + residual.describe() + " does not match the output " + out.describe());
-  if (residual.data<float>() == out.data<float>() && residual.strides() == out.strides()) return;
+  if (residual.raw_data() == out.raw_data() && residual.strides() == out.strides()) return;
   if (residual.strides() != out.strides()) {
     Tensor(out).copy_from(residual);  // a handle copy: the data is out's
     return;
   }
-  const float* src = residual.data<float>();
-  float* dst = out.data<float>();
-  const int64_t n = out.numel();
-  constexpr int64_t kBlock = 1 << 16;
+  const auto* src = static_cast<const std::byte*>(residual.raw_data());
+  auto* dst = static_cast<std::byte*>(out.raw_data());
+  const int64_t n = out.numel() * static_cast<int64_t>(dtype_size(out.dtype()));
+  constexpr int64_t kBlock = 1 << 18;  // bytes
 #pragma omp parallel for schedule(static) if (n > kBlock)
   for (int64_t b = 0; b < (n + kBlock - 1) / kBlock; ++b)
-    std::copy(src + b * kBlock, src + std::min(n, (b + 1) * kBlock), dst + b * kBlock);
+    std::memcpy(dst + b * kBlock, src + b * kBlock, static_cast<size_t>(std::min(n, (b + 1) * kBlock) - b * kBlock));
 }
 
 }  // namespace taiyi::ops::cpu

@@ -102,6 +102,19 @@ TEST(Bf16Inputs, LayerNormAndGatedValuesBecomeBf16AndComputeTheSame) {
   ::unsetenv("TAIYI_BF16_STREAM");
 }
 
+// fn compiled for bf16 with every default pass, the residual stream in bf16 (the default) or
+// not (TAIYI_BF16_STREAM=0).
+Graph compiled_for_bf16(const std::function<std::vector<Tensor>(const std::vector<Tensor>&)>& fn,
+                        const std::vector<InputSpec>& sig, bool bf16_stream) {
+  if (!bf16_stream) ::setenv("TAIYI_BF16_STREAM", "0", 1);
+  CompileOptions bf16;
+  bf16.compute = DType::BF16;
+  Graph g = trace(fn, sig);
+  run_passes(g, bf16);
+  ::unsetenv("TAIYI_BF16_STREAM");
+  return g;
+}
+
 // The transformer's residual stream in bf16 (the default): proj_in's output and the two to_out
 // linears' outputs (residual sums) become bf16, read by the LayerNorms and as the next linear's
 // residual; each sum is rounded once, so the block computes within bf16's error of the f32 stream
@@ -115,14 +128,7 @@ TEST(Bf16Inputs, TransformerResidualStreamBecomesBf16) {
   const auto fn = [&](const std::vector<Tensor>& in) { return std::vector<Tensor>{block(in[0], in[1])}; };
   const std::vector<InputSpec> sig = {{{2, 16, 5, 7}, DType::F32}, {{2, 6, 12}, DType::F32}};
   const Tensor x = random_tensor({2, 16, 5, 7}, 1), ctx = random_tensor({2, 6, 12}, 2);
-  CompileOptions bf16;
-  bf16.compute = DType::BF16;
-  ::setenv("TAIYI_BF16_STREAM", "0", 1);
-  Graph f32_stream = trace(fn, sig);
-  run_passes(f32_stream, bf16);
-  ::unsetenv("TAIYI_BF16_STREAM");
-  Graph g = trace(fn, sig);
-  run_passes(g, bf16);
+  const Graph f32_stream = compiled_for_bf16(fn, sig, false), g = compiled_for_bf16(fn, sig, true);
   size_t stream_sums = 0, layer_norms_of_bf16 = 0;
   for (const Node& n : g.nodes) {
     if (n.kind == ops::OpKind::kLinear && ops::has_fused_residual(n.attrs, n.inputs.size()) &&
@@ -203,14 +209,7 @@ TEST(Bf16Inputs, BertResidualStreamBecomesBf16) {
   const auto fn = [&](const std::vector<Tensor>& in) { return std::vector<Tensor>{l1(l0(in[0], {}), {})}; };
   const std::vector<InputSpec> sig = {{{2, 9, 32}, DType::F32}};
   const Tensor x = random_tensor({2, 9, 32}, 1);
-  CompileOptions bf16;
-  bf16.compute = DType::BF16;
-  ::setenv("TAIYI_BF16_STREAM", "0", 1);
-  Graph f32_stream = trace(fn, sig);
-  run_passes(f32_stream, bf16);
-  ::unsetenv("TAIYI_BF16_STREAM");
-  Graph g = trace(fn, sig);
-  run_passes(g, bf16);
+  const Graph f32_stream = compiled_for_bf16(fn, sig, false), g = compiled_for_bf16(fn, sig, true);
   size_t norms_out = 0, norms_in = 0, bf16_residuals = 0, f32_out_of_bf16_residual = 0;
   for (const Node& n : g.nodes) {
     if (n.kind == ops::OpKind::kLayerNorm) {
@@ -300,6 +299,23 @@ TEST(Bf16Inputs, GroupNormOutputsReadByOneDnnConvolutionsBecomeBf16) {
   }
 }
 
+// Whether the 1x1 shortcut of a 24 -> 16 channel ResNet block over [2, 24, 6, 7] reads bf16 here
+// (oneDNN's kernel, on AMX).
+bool shortcut_reads_bf16() {
+  return ops::conv2d_takes_bf16_input({2, 24, 6, 7}, random_tensor({16, 24, 1, 1}, 5), ops::Conv2dParams::same(0),
+                                      DType::BF16, ops::Layout::kNHWC, ops::Layout::kNHWC, {});
+}
+
+// g computes within bf16's error of plain (the same function without bf16_inputs), and not the
+// same where it rounds one value more.
+void expect_one_more_rounding(const Graph& plain, const Graph& g, const std::vector<Tensor>& in, bool rounds) {
+  const Tensor want = Executor(plain).run(in)[0], got = Executor(g).run(in)[0];
+  EXPECT_LT(testing::relative_l2(got, want), 8e-3);
+  if (rounds) {
+    EXPECT_GT(max_abs_diff(got, want), 0.0);
+  }
+}
+
 // An up block's skip concat (f32 inputs along the channels, channels-last) read by its ResNet's
 // norm1 and 1x1 shortcut becomes bf16, rounded as the concat copies: the shortcut computes what it
 // did (it rounded its input anyway), norm1 gets the rounding of its input.
@@ -322,19 +338,13 @@ TEST(Bf16Inputs, SkipConcatReadByNormAndShortcutBecomesBf16) {
   const Graph plain = without_bf16_inputs(fn, sig, bf16);
   Graph g = trace(fn, sig);
   run_passes(g, bf16);
-  const bool onednn =
-      ops::conv2d_takes_bf16_input({2, 24, 6, 7}, random_tensor({16, 24, 1, 1}, 5), ops::Conv2dParams::same(0),
-                                   DType::BF16, ops::Layout::kNHWC, ops::Layout::kNHWC, {});
+  const bool onednn = shortcut_reads_bf16();
   size_t concat_bf16 = 0;
   for (const Node& n : g.nodes)
     concat_bf16 += n.kind == ops::OpKind::kConcat && g.values[n.output].dtype == DType::BF16 &&
                    value_layout(g.values[n.output]) == ops::Layout::kNHWC;
   EXPECT_EQ(concat_bf16, onednn ? 1u : 0u) << g.dump();
-  const Tensor want = Executor(plain).run({x, temb})[0], got = Executor(g).run({x, temb})[0];
-  EXPECT_LT(testing::relative_l2(got, want), 8e-3);
-  if (onednn) {
-    EXPECT_GT(max_abs_diff(got, want), 0.0);
-  }
+  expect_one_more_rounding(plain, g, {x, temb}, onednn);
 }
 
 // A down- or upsampler's convolution read by the next ResNet's norm1 and 1x1 shortcut writes bf16
@@ -357,9 +367,7 @@ TEST(Bf16Inputs, SamplerConvolutionReadByNormAndShortcutWritesBf16) {
   const Graph plain = without_bf16_inputs(fn, sig, bf16);
   Graph g = trace(fn, sig);
   run_passes(g, bf16);
-  const bool onednn =
-      ops::conv2d_takes_bf16_input({2, 24, 6, 7}, random_tensor({16, 24, 1, 1}, 5), ops::Conv2dParams::same(0),
-                                   DType::BF16, ops::Layout::kNHWC, ops::Layout::kNHWC, {});
+  const bool onednn = shortcut_reads_bf16();
   const auto readers = g.readers();
   size_t sampler_bf16 = 0;
   for (const Node& n : g.nodes) {
@@ -372,11 +380,7 @@ TEST(Bf16Inputs, SamplerConvolutionReadByNormAndShortcutWritesBf16) {
     sampler_bf16 += norm && conv && n.prepared && n.prepared->describe().find("bf16-out") != std::string::npos;
   }
   EXPECT_EQ(sampler_bf16, onednn ? 1u : 0u) << g.dump();
-  const Tensor want = Executor(plain).run({x, temb})[0], got = Executor(g).run({x, temb})[0];
-  EXPECT_LT(testing::relative_l2(got, want), 8e-3);
-  if (onednn) {
-    EXPECT_GT(max_abs_diff(got, want), 0.0);
-  }
+  expect_one_more_rounding(plain, g, {x, temb}, onednn);
 }
 
 // The prepared convolution's bf16 output is its f32 output rounded (to within one bf16 step where

@@ -70,7 +70,7 @@ size_t winograd_values_channels_last(const Graph& g) {
   size_t n = 0;
   for (const Node& node : g.nodes) {
     if (node.kind != ops::OpKind::kConv2d || node.prepared == nullptr ||
-        node.prepared->describe().find("winograd") == std::string::npos)
+        node.prepared->describe().rfind("conv2d f32 winograd", 0) != 0)
       continue;
     for (const int v : {node.inputs[0], node.output})
       n += g.values[v].strides == ops::layout_strides(g.values[v].shape, ops::Layout::kNHWC) &&
@@ -82,8 +82,9 @@ size_t winograd_values_channels_last(const Graph& g) {
 // An up-block in miniature: a ResnetBlock2D (shortcut, time embedding), a Transformer2DModel,
 // upsampling, a skip concat, another ResnetBlock2D and a downsampling convolution. Through every
 // default pass the activations between them become channels-last (the graph's inputs and output
-// stay NCHW) and the graph computes what eager mode does; in f32 with the Winograd kernel, the
-// groups its convolutions read and write stay NCHW instead.
+// stay NCHW) and the graph computes what eager mode does; in f32 with the Winograd kernel (also
+// where bf16 was asked of a CPU that runs none), the groups its convolutions read and write stay
+// NCHW instead (the bf16 Winograd kernel of CPUs without AMX takes channels-last).
 TEST(ChannelsLastActivations, ResnetUpsampleConcatChainsBecomeNhwc) {
   nn::ParameterSet params;
   const nn::ResnetBlock2D first(nn::Scope(params, "r0"), 8, 16, 12, 4, 1e-5f, 1.0f);
@@ -114,7 +115,8 @@ TEST(ChannelsLastActivations, ResnetUpsampleConcatChainsBecomeNhwc) {
     // Out of the first ResNet block: conv1, its temb add, norm2 + silu, conv2 (+ shortcut); the
     // transformer's input norm; the upsample; its conv; then the second block's concat, norm1,
     // conv1, add, norm2, conv2 (+ shortcut).
-    const bool f32_winograd = compute == DType::F32 && winograd && ops::cpu::cpu_has_avx2_fma();
+    // (bf16 asked on a CPU that runs none computes f32: prepared_compute)
+    const bool f32_winograd = prepared_compute(options) == DType::F32 && winograd && ops::cpu::cpu_has_avx2_fma();
     if (!f32_winograd) {
       EXPECT_GE(channels_last_values(g), 12u) << g.dump();
     }

@@ -31,7 +31,7 @@ bool takes_channels_last(const Graph& g, const Node& n, const CompileOptions& op
   if (n.kind == ops::OpKind::kConv2d)
     return will_prepack(g, n) &&
            ops::conv2d_prefers_channels_last(g.values[n.inputs[0]].shape, g.values[n.inputs[1]].constant, n.attrs.conv,
-                                             options.compute);
+                                             prepared_compute(options));  // (f32 where the CPU runs no bf16)
   if (n.kind == ops::OpKind::kConcat) return n.attrs.dim == 1;
   return same_layout_op(n.kind);
 }

@@ -102,15 +102,19 @@ TEST(Bf16Inputs, LayerNormAndGatedValuesBecomeBf16AndComputeTheSame) {
   ::unsetenv("TAIYI_BF16_STREAM");
 }
 
+CompileOptions bf16_compute() {
+  CompileOptions bf16;
+  bf16.compute = DType::BF16;
+  return bf16;
+}
+
 // fn compiled for bf16 with every default pass, the residual stream in bf16 (the default) or
 // not (TAIYI_BF16_STREAM=0).
 Graph compiled_for_bf16(const std::function<std::vector<Tensor>(const std::vector<Tensor>&)>& fn,
                         const std::vector<InputSpec>& sig, bool bf16_stream) {
   if (!bf16_stream) ::setenv("TAIYI_BF16_STREAM", "0", 1);
-  CompileOptions bf16;
-  bf16.compute = DType::BF16;
   Graph g = trace(fn, sig);
-  run_passes(g, bf16);
+  run_passes(g, bf16_compute());
   ::unsetenv("TAIYI_BF16_STREAM");
   return g;
 }
@@ -333,11 +337,7 @@ TEST(Bf16Inputs, SkipConcatReadByNormAndShortcutBecomesBf16) {
   };
   const std::vector<InputSpec> sig = {{{2, 4, 6, 7}, DType::F32}, {{1, 12}, DType::F32}};
   const Tensor x = random_tensor({2, 4, 6, 7}, 3), temb = random_tensor({1, 12}, 4);
-  CompileOptions bf16;
-  bf16.compute = DType::BF16;
-  const Graph plain = without_bf16_inputs(fn, sig, bf16);
-  Graph g = trace(fn, sig);
-  run_passes(g, bf16);
+  const Graph plain = without_bf16_inputs(fn, sig, bf16_compute()), g = compiled_for_bf16(fn, sig, true);
   const bool onednn = shortcut_reads_bf16();
   size_t concat_bf16 = 0;
   for (const Node& n : g.nodes)
@@ -362,11 +362,7 @@ TEST(Bf16Inputs, SamplerConvolutionReadByNormAndShortcutWritesBf16) {
   };
   const std::vector<InputSpec> sig = {{{2, 4, 12, 14}, DType::F32}, {{1, 12}, DType::F32}};
   const Tensor x = random_tensor({2, 4, 12, 14}, 3), temb = random_tensor({1, 12}, 4);
-  CompileOptions bf16;
-  bf16.compute = DType::BF16;
-  const Graph plain = without_bf16_inputs(fn, sig, bf16);
-  Graph g = trace(fn, sig);
-  run_passes(g, bf16);
+  const Graph plain = without_bf16_inputs(fn, sig, bf16_compute()), g = compiled_for_bf16(fn, sig, true);
   const bool onednn = shortcut_reads_bf16();
   const auto readers = g.readers();
   size_t sampler_bf16 = 0;

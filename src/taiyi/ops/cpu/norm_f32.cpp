@@ -126,18 +126,22 @@ TAIYI_TARGET_AVX512_BF16 inline __m512 silu16_for_bf16(__m512 v) {
   const __m512 e = exp2_avx512(_mm512_mul_ps(v, _mm512_set1_ps(-1.4426950408889634f)));
   return _mm512_mul_ps(v, _mm512_rcp14_ps(_mm512_add_ps(_mm512_set1_ps(1.0f), e)));
 }
-TAIYI_TARGET_AVX512_BF16 inline __mmask16 lanes_left(int64_t n) {
-  return static_cast<__mmask16>(n >= 16 ? 0xffffu : (1u << n) - 1u);
+// Channels [c0, c0 + 16) of one pixel (x, their f32 values; m, those that exist) through the
+// affine map and SiLU, rounded into y + c0.
+TAIYI_TARGET_AVX512_BF16 inline void channel_affine16_to_bf16(__m512 x, uint16_t* y, const float* m_hi,
+                                                              const float* m_lo, const float* a, const float* b,
+                                                              int64_t c0, __mmask16 m, bool silu) {
+  __m512 v = channel_affine16(x, m_hi + c0, m_lo + c0, a + c0, b + c0, m);
+  if (silu) v = silu16_for_bf16(v);
+  _mm256_mask_storeu_epi16(y + c0, m, (__m256i)_mm512_cvtneps_pbh(v));
 }
 // channel_affine_bf16_generic 16 channels at a time in a register (SiLU by silu16_for_bf16).
 TAIYI_TARGET_AVX512_BF16 void channel_affine_bf16_avx512(const float* x, uint16_t* y, const float* m_hi,
                                                          const float* m_lo, const float* a, const float* b, int64_t c,
                                                          bool silu) {
   for (int64_t c0 = 0; c0 < c; c0 += 16) {
-    const __mmask16 m = lanes_left(c - c0);
-    __m512 v = channel_affine16(_mm512_maskz_loadu_ps(m, x + c0), m_hi + c0, m_lo + c0, a + c0, b + c0, m);
-    if (silu) v = silu16_for_bf16(v);
-    _mm256_mask_storeu_epi16(y + c0, m, (__m256i)_mm512_cvtneps_pbh(v));
+    const __mmask16 m = first_lanes(c - c0);
+    channel_affine16_to_bf16(_mm512_maskz_loadu_ps(m, x + c0), y, m_hi, m_lo, a, b, c0, m, silu);
   }
 }
 #endif
@@ -239,7 +243,7 @@ TAIYI_TARGET_AVX512_BF16 inline __m512 widen16(const uint16_t* x, __mmask16 m) {
 TAIYI_TARGET_AVX512_BF16 void shifted_moments_bf16_avx512(const uint16_t* x, const float* k, float* s1, float* s2,
                                                           int64_t c) {
   for (int64_t i = 0; i < c; i += 16) {
-    const __mmask16 m = lanes_left(c - i);
+    const __mmask16 m = first_lanes(c - i);
     const __m512 d = _mm512_sub_ps(widen16(x + i, m), _mm512_maskz_loadu_ps(m, k + i));
     _mm512_mask_storeu_ps(s1 + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, s1 + i), d));
     _mm512_mask_storeu_ps(s2 + i, m, _mm512_fmadd_ps(d, d, _mm512_maskz_loadu_ps(m, s2 + i)));
@@ -250,10 +254,8 @@ TAIYI_TARGET_AVX512_BF16 void channel_affine_bf16_to_bf16_avx512(const uint16_t*
                                                                  const float* m_lo, const float* a, const float* b,
                                                                  int64_t c, bool silu) {
   for (int64_t c0 = 0; c0 < c; c0 += 16) {
-    const __mmask16 m = lanes_left(c - c0);
-    __m512 v = channel_affine16(widen16(x + c0, m), m_hi + c0, m_lo + c0, a + c0, b + c0, m);
-    if (silu) v = silu16_for_bf16(v);
-    _mm256_mask_storeu_epi16(y + c0, m, (__m256i)_mm512_cvtneps_pbh(v));
+    const __mmask16 m = first_lanes(c - c0);
+    channel_affine16_to_bf16(widen16(x + c0, m), y, m_hi, m_lo, a, b, c0, m, silu);
   }
 }
 #endif

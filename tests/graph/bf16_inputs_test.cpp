@@ -287,15 +287,19 @@ TEST(Bf16Inputs, GroupNormOutputsReadByOneDnnConvolutionsBecomeBf16) {
 
   // With the switch on (the default), each block's first convolution (its per-call bias the time
   // embedding) writes bf16 for norm2 where oneDNN runs it: one more rounding, so close, not equal.
+  // (The spatial residual stream, which would make the blocks' input and the first one's output
+  // bf16 too, is off here: VaeSpatialResidualStreamBecomesBf16.)
   ::unsetenv("TAIYI_BF16_CONV_OUT");
+  ::setenv("TAIYI_BF16_STREAM", "0", 1);
   Graph g2 = trace(fn, sig);
   run_passes(g2, bf16);
+  ::unsetenv("TAIYI_BF16_STREAM");
   size_t conv_bf16 = 0;
   for (const Node& n : g2.nodes)
     conv_bf16 += n.kind == ops::OpKind::kConv2d && g2.values[n.output].dtype == DType::BF16 && n.prepared &&
                  n.prepared->describe().find("bf16-out") != std::string::npos;
   EXPECT_EQ(conv_bf16, onednn ? 2u : 0u) << g2.dump();
-  EXPECT_EQ(bf16_values(g2), onednn ? 6u : 0u);
+  EXPECT_EQ(bf16_values(g2), onednn ? 6u : 0u) << g2.dump();
   const Tensor got = Executor(g2).run({x, temb})[0];
   if (onednn) {
     EXPECT_GT(max_abs_diff(got, want), 0.0);
@@ -414,14 +418,105 @@ TEST(Bf16Inputs, PreparedConvolutionWritesBf16) {
   }
   EXPECT_EQ(off, 0);
   EXPECT_THROW(bf16->run({x, t}, y, aligned), Error);  // an f32 output where bf16 was prepared
+  // An f32 residual: no bf16 output (oneDNN would add it by a binary post-op, off its fast kernels).
   ops::Epilogue residual;
   residual.residual = true;
   EXPECT_FALSE(ops::conv2d_writes_bf16(xs, w, p, DType::BF16, nhwc, nhwc, residual, DType::F32));
   EXPECT_THROW(ops::prepare_conv2d(xs, w, b, p, DType::BF16, nhwc, nhwc, residual, DType::F32, DType::BF16), Error);
+  // A bf16 residual into a bf16 output (the VAE's spatial residual stream): summed in f32, then
+  // rounded once; into an f32 output it is refused.
+  ops::Epilogue bf16_residual = residual;
+  bf16_residual.residual_dtype = DType::BF16;
+  ASSERT_TRUE(ops::conv2d_writes_bf16(xs, w, p, DType::BF16, nhwc, nhwc, bf16_residual, DType::F32));
+  EXPECT_THROW(ops::prepare_conv2d(xs, w, b, p, DType::BF16, nhwc, nhwc, bf16_residual), Error);
+  const auto plain = ops::prepare_conv2d(xs, w, b, p, DType::BF16, nhwc, nhwc);
+  const auto summed = ops::prepare_conv2d(xs, w, b, p, DType::BF16, nhwc, nhwc, bf16_residual, DType::F32, DType::BF16);
+  EXPECT_NE(summed->describe().find("+bf16 residual"), std::string::npos) << summed->describe();
+  const Tensor r = ops::permute(ops::cast(random_tensor({2, 6, 7, 24}, 6, -2.0f, 2.0f), DType::BF16), {0, 3, 1, 2});
+  std::vector<std::byte> scratch2(std::max(plain->scratch_bytes(), summed->scratch_bytes()) + 64);
+  std::byte* aligned2 = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(scratch2.data()) + 63) / 64 * 64);
+  plain->run({x}, y, aligned2);
+  const Tensor ys_bf16 = ops::permute(Tensor::empty({2, 6, 7, 24}, DType::BF16), {0, 3, 1, 2});
+  summed->run({x, r}, ys_bf16, aligned2);
+  const Tensor conv = y.contiguous(), res = ops::cast(r, DType::F32).contiguous();
+  const Tensor sum = ops::cast(ys_bf16, DType::F32).contiguous();
+  int64_t far = 0;
+  for (int64_t i = 0; i < conv.numel(); ++i) {
+    const float want = conv.data<float>()[i] + res.data<float>()[i], got = sum.data<float>()[i];
+    far += std::fabs(got - want) > std::ldexp(std::fabs(want), -7) + 1e-6f;
+  }
+  EXPECT_EQ(far, 0);
+  // In place (the memory plan's choice where nothing reads the residual later): the same sums.
+  const Tensor shared = ops::permute(Tensor::empty({2, 6, 7, 24}, DType::BF16), {0, 3, 1, 2});
+  Tensor(shared).copy_from(r);
+  summed->run({x, shared}, shared, aligned2);
+  EXPECT_EQ(max_abs_diff(ops::cast(shared, DType::F32), sum), 0.0);
+  EXPECT_THROW(summed->run({x, r}, y, aligned2), Error);  // an f32 output where bf16 was prepared
   // 1280 input channels are split into slices of 640 on oneDNN's path (they sum into the output).
   const Shape big = {1, 1280, 4, 4};
   EXPECT_FALSE(
       ops::conv2d_writes_bf16(big, random_tensor({8, 1280, 3, 3}, 5), p, DType::BF16, nhwc, nhwc, {}, DType::BF16));
+}
+
+// The VAE's spatial residual stream (the default): in an up block of the decoder's shape (ResNets
+// without time embedding, the first with a 1x1 shortcut, an upsampler, and the next level's
+// ResNet), each ResNet's output, the shortcut's output and the upsampler's input become bf16:
+// written by convolutions that sum a bf16 residual and round once, read by GroupNorms, a 1x1
+// shortcut, the upsample and as the next residual. The decoder's f32 output and the first
+// ResNet's input (a graph input, f32) stay f32, and so does the first ResNet's output, whose
+// residual is that f32 input. Within bf16's error of the f32 stream (TAIYI_BF16_STREAM=0), the same on replay.
+TEST(Bf16Inputs, VaeSpatialResidualStreamBecomesBf16) {
+  if (!ops::bf16_supported()) GTEST_SKIP() << "this CPU runs no bf16";
+  unsetenv("TAIYI_BF16_EMULATE");
+  nn::ParameterSet params;
+  const nn::ResnetBlock2D r0(nn::Scope(params, "r0"), 16, 16, 0, 4, 1e-6f);
+  const nn::ResnetBlock2D r1(nn::Scope(params, "r1"), 16, 24, 0, 4, 1e-6f);  // a 1x1 shortcut
+  const nn::ResnetBlock2D r2(nn::Scope(params, "r2"), 24, 24, 0, 4, 1e-6f);
+  const nn::Upsample2D up(nn::Scope(params, "up"), 24);
+  const nn::ResnetBlock2D r3(nn::Scope(params, "r3"), 24, 24, 0, 4, 1e-6f);
+  const Tensor w_out = random_tensor({3, 24, 3, 3}, 1, -0.3f, 0.3f);
+  params.init_random(11);
+  const auto fn = [&](const std::vector<Tensor>& in) {
+    const Tensor h = r3(up(r2(r1(r0(in[0], Tensor()), Tensor()), Tensor())), Tensor());
+    return std::vector<Tensor>{ops::conv2d(ops::group_norm_silu(h, 4, Tensor(), Tensor(), 1e-6f), w_out, Tensor(),
+                                           ops::Conv2dParams::same(1))};
+  };
+  const std::vector<InputSpec> sig = {{{1, 16, 6, 7}, DType::F32}};
+  const Tensor x = random_tensor({1, 16, 6, 7}, 2);
+  const Graph f32_stream = compiled_for_bf16(fn, sig, false), g = compiled_for_bf16(fn, sig, true);
+  const Shape shortcut_x = {1, 16, 6, 7};
+  ops::Epilogue bf16_residual;
+  bf16_residual.residual = true;
+  bf16_residual.residual_dtype = DType::BF16;
+  const bool onednn =
+      ops::conv2d_writes_bf16({1, 24, 12, 14}, random_tensor({24, 24, 3, 3}, 3), ops::Conv2dParams::same(1),
+                              DType::BF16, ops::Layout::kNHWC, ops::Layout::kNHWC, bf16_residual, DType::BF16);
+  size_t bf16_sums = 0, f32_sums = 0, bf16_upsample_in = 0;
+  for (const Node& n : g.nodes) {
+    if (n.kind == ops::OpKind::kConv2d && ops::has_fused_residual(n.attrs, n.inputs.size())) {
+      const bool in_bf16 = g.values[n.inputs[3]].dtype == DType::BF16,
+                 out_bf16 = g.values[n.output].dtype == DType::BF16;
+      EXPECT_EQ(in_bf16, out_bf16) << g.dump();  // never mixed
+      bf16_sums += out_bf16;
+      f32_sums += !out_bf16;
+    }
+    bf16_upsample_in += n.kind == ops::OpKind::kUpsampleNearest && g.values[n.inputs[0]].dtype == DType::BF16;
+  }
+  // r1, r2 and r3 sum a bf16 residual (r1's: its shortcut's bf16 output); r0 its f32 input.
+  EXPECT_EQ(bf16_sums, onednn ? 3u : 0u) << g.dump();
+  EXPECT_EQ(f32_sums, onednn ? 1u : 4u) << g.dump();
+  EXPECT_EQ(bf16_upsample_in, onednn ? 1u : 0u) << g.dump();
+  const Tensor want = Executor(f32_stream).run({x})[0];
+  const Executor ex(g);
+  const Tensor got = ex.run({x})[0];
+  if (onednn) {
+    EXPECT_GT(max_abs_diff(got, want), 0.0);
+  }
+  EXPECT_LT(testing::relative_l2(got, want), 1e-2);
+  EXPECT_EQ(max_abs_diff(ex.run({x})[0], got), 0.0);
+  // A bf16 upsample input needs a channels-last bf16 output planned for it (graph mode).
+  const Tensor nhwc = ops::permute(ops::cast(random_tensor({1, 6, 7, 8}, 4), DType::BF16), {0, 3, 1, 2});
+  EXPECT_THROW(ops::upsample_nearest(nhwc, 12, 14), Error);
 }
 
 // GroupNorm(+SiLU) over channels-last bf16 input computes what it computes from the same values in

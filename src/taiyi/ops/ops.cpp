@@ -579,7 +579,8 @@ std::vector<Tensor> chunk(const Tensor& x, int n, int dim) {
 
 Tensor upsample_nearest(const Tensor& x, int64_t out_h, int64_t out_w) {
   constexpr const char* op = "upsample_nearest";
-  require_f32(op, "input", x);
+  // bf16 only channels-last into a planned bf16 output (graph mode: the VAE's spatial residual stream).
+  if (!(x.dtype() == DType::BF16 && is_channels_last(x))) require_f32(op, "input", x);
   require_rank(op, "input", x, 4);
   if (out_h < 1 || out_w < 1)
     fail(op, "output size " + std::to_string(out_h) + "x" + std::to_string(out_w) + " for input " + x.describe() +
@@ -592,9 +593,11 @@ Tensor upsample_nearest(const Tensor& x, int64_t out_h, int64_t out_w) {
   if (is_channels_last(x)) {
     const Shape ys = {x.size(0), x.size(1), out_h, out_w};
     if (auto y = take_bf16_target(ys, layout_strides(ys, Layout::kNHWC))) {
-      cpu::upsample_nearest_nhwc_f32_to_bf16(x, *y);
+      cpu::upsample_nearest_nhwc_to_bf16(x, *y);
       return *y;
     }
+    if (x.dtype() == DType::BF16)
+      fail(op, "a bf16 input " + x.describe() + " needs a channels-last bf16 output planned for it (graph mode)");
     Tensor y = make_channels_last_output(ys);
     if (y.numel() > 0) cpu::upsample_nearest_nhwc_f32(x, y);
     return y;

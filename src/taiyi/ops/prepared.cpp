@@ -123,8 +123,9 @@ std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w
   if (epilogue.post_op != PostOp::kNone && epilogue.post_op != PostOp::kBiasAdd)
     throw Error("conv2d: gelu and multiply post-ops are for linears, not the convolution of input " +
                 shape_str(x_shape));
-  if (epilogue.residual && epilogue.residual_dtype != DType::F32)
-    throw Error("conv2d: the residual of the convolution of input " + shape_str(x_shape) + " must be f32");
+  if (epilogue.residual && epilogue.residual_dtype != dst)
+    throw Error("conv2d: no prepared kernel adds a " + std::string(dtype_name(epilogue.residual_dtype)) +
+                " residual into the " + dtype_name(dst) + " output of the convolution of input " + shape_str(x_shape));
   if (epilogue.post_op == PostOp::kBiasAdd &&
       (epilogue.residual || !conv2d_takes_bias_add(x_shape, w, p, compute, src_layout, dst_layout)))
     throw Error("conv2d: no prepared kernel adds a per-call bias to the convolution of input " + shape_str(x_shape) +

@@ -51,8 +51,9 @@ struct Epilogue {
   PostOp post_op = PostOp::kNone;
   // The multiply post-op's factor: f32, or bf16 (with bf16 compute: graph/passes/bf16_gate.cpp).
   DType factor = DType::F32;
-  // The residual's dtype: f32, or bf16 for a linear with a bf16 output (graph/passes/bf16_inputs.cpp:
-  // the transformer's residual stream).
+  // The residual's dtype: f32, or bf16 for a linear with bf16 compute (graph/passes/bf16_inputs.cpp:
+  // the transformer's residual stream) or a convolution that writes bf16 (conv2d_writes_bf16: the
+  // VAE's spatial residual stream).
   DType residual_dtype = DType::F32;
   // Convolution only (oneDNN's, conv2d_takes_bias_add), post_op kBiasAdd: inputs[1] of run() holds
   // one f32 value per output channel (any shape of Cout elements), added to the bias per call.
@@ -70,8 +71,9 @@ std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w
 bool conv2d_takes_bf16_input(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
                              Layout src_layout, Layout dst_layout, const Epilogue& epilogue);
 // Whether that kernel can write its output in bf16 (dst BF16: rounded to nearest even as oneDNN
-// stores it): oneDNN's, channels-last out, with no residual, scale or split by input channels
-// (graph/passes/bf16_inputs.cpp: a ResNet's first convolution, read only by a GroupNorm).
+// stores it): oneDNN's, channels-last out, with no scale or split by input channels, and a residual
+// only in bf16, added before the rounding (graph/passes/bf16_inputs.cpp: a ResNet's first
+// convolution, read only by a GroupNorm; a ResNet's output in the VAE's spatial residual stream).
 // TAIYI_BF16_CONV_OUT=0 says no (A/B runs).
 bool conv2d_writes_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
                         Layout dst_layout, const Epilogue& epilogue, DType src);

@@ -23,6 +23,13 @@
 //     residual of linears that write bf16, written by a linear that writes bf16 or by proj_in. This
 //     rounds each residual sum to bf16 (as PyTorch's bf16 does) and halves the bytes of the
 //     stream: TAIYI_BF16_STREAM=0 turns it off;
+//   - the VAE's spatial residual stream (bf16_spatial_stream below): a ResNet's output (or the
+//     mid-block attention's, or conv_in's), read by GroupNorms, as the input of convolutions that
+//     take bf16 (a 1x1 shortcut) or of a nearest upsample that writes bf16, and as the residual of
+//     convolutions and linears that add a bf16 residual; written by a convolution that can round
+//     as it stores (with its residual added first) or a linear that writes bf16. This rounds each
+//     residual sum to bf16 (as PyTorch's bf16 does) and halves the bytes of the stream, written
+//     once and read three times: TAIYI_BF16_STREAM=0 turns it off with the transformer's;
 //   - read as q, k or v by attentions whose bf16 kernel reads bf16 (the AMX kernel: it packs them
 //     to bf16 tiles anyway): written by a prepared linear (the stacked q, k, v projection, the
 //     cross-attention's q, the context's k and v).
@@ -173,6 +180,97 @@ bool bf16_residual_stream(Graph& g, const CompileOptions& options) {
   return changed;
 }
 
+// Whether convolution n writes bf16 with its residual in bf16 too (oneDNN sums a residual of the
+// output's dtype only: ops::conv2d_writes_bf16).
+bool conv_writes_bf16_with_bf16_residual(const Graph& g, const Node& n) {
+  if (n.kind != ops::OpKind::kConv2d || !will_prepack(g, n)) return false;
+  const Value& x = g.values[n.inputs[0]];
+  ops::Epilogue e = node_epilogue(g, n);
+  if (e.residual) e.residual_dtype = DType::BF16;
+  return ops::conv2d_writes_bf16(x.shape, g.values[n.inputs[1]].constant, n.attrs.conv, DType::BF16, value_layout(x),
+                                 value_layout(g.values[n.output]), e, x.dtype);
+}
+
+// Node n reads v (or a view of it) as its residual (a prepared conv2d's or linear's fused one).
+bool reads_as_residual(const Graph& g, const Node& n, int v) {
+  if ((n.kind != ops::OpKind::kConv2d && n.kind != ops::OpKind::kLinear) || !will_prepack(g, n) ||
+      !ops::has_fused_residual(n.attrs, n.inputs.size()) || n.inputs[3] != v)
+    return false;
+  for (size_t i = 0; i < 3; ++i)
+    if (n.inputs[i] == v) return false;
+  return true;
+}
+
+// A reader of the spatial residual stream (see the top), as far as node n alone says: n reads v
+// (or a view of it) as the input of a channels-last GroupNorm(+SiLU), of a convolution that takes
+// bf16, or of a channels-last nearest upsample whose output is bf16 (decided before, by the loop
+// above); as the residual of a prepared linear (into its bf16 or f32 output), or of a convolution
+// that can write bf16 with it (which bf16_spatial_stream then asks of its output).
+bool spatial_stream_reads(const Graph& g, const Node& n, int v, const CompileOptions& options) {
+  if (n.kind == ops::OpKind::kUpsampleNearest) {
+    const Value &x = g.values[v], &y = g.values[n.output];
+    return value_layout(x) == ops::Layout::kNHWC && value_layout(y) == ops::Layout::kNHWC && y.dtype == DType::BF16;
+  }
+  if (reads_only_as_input(n, v)) return n.kind != ops::OpKind::kLinear && bf16_product_reads(g, n, v, options);
+  if (!reads_as_residual(g, n, v)) return false;
+  return n.kind == ops::OpKind::kLinear || conv_writes_bf16_with_bf16_residual(g, n);
+}
+
+// The spatial residual stream: the candidates (written by a convolution or linear that can write
+// bf16, every reader one of spatial_stream_reads), less, until none is left to take out, those
+// whose convolutions would mix dtypes: a producer adding a residual that stays f32, or a reader
+// adding it into an output that stays f32. In a chain of ResNets this keeps all or none.
+bool bf16_spatial_stream(Graph& g, const CompileOptions& options) {
+  if (pass_turned_off("TAIYI_BF16_STREAM")) return false;
+  const auto readers = g.readers();
+  std::vector<bool> in(g.values.size(), false);
+  std::vector<std::vector<int>> views(g.values.size());
+  std::vector<std::vector<std::pair<int, int>>> reads(g.values.size());
+  for (size_t v = g.values.size(); v-- > 0;) {
+    const Node* producer = f32_value_producer(g, v, readers);
+    if (!producer || !(conv_writes_bf16_with_bf16_residual(g, *producer) || linear_writes_bf16(g, *producer))) continue;
+    if (!readers_through_views(g, static_cast<int>(v), readers, reads[v], views[v]) || reads[v].empty()) continue;
+    bool all = true;
+    for (const auto& [r, x] : reads[v]) all = all && spatial_stream_reads(g, g.nodes[r], x, options);
+    in[v] = all;
+  }
+  // Whether value w (a residual or an output) is or will be bf16.
+  const auto bf16 = [&](int w) {
+    const int base = g.values[w].kind == ValueKind::kNode ? w : -1;
+    return g.values[w].dtype == DType::BF16 || (base >= 0 && in[static_cast<size_t>(base)]);
+  };
+  // A view's base value (views of a stream value are bf16 with it).
+  std::vector<int> base_of(g.values.size(), -1);
+  for (size_t v = 0; v < g.values.size(); ++v)
+    for (int view : views[v]) base_of[view] = static_cast<int>(v);
+  const auto base = [&](int w) { return base_of[w] >= 0 ? base_of[w] : w; };
+  for (bool again = true; again;) {
+    again = false;
+    for (size_t v = 0; v < g.values.size(); ++v) {
+      if (!in[v]) continue;
+      const Node& p = g.nodes[g.values[v].producer];
+      bool keep = !(p.kind == ops::OpKind::kConv2d && ops::has_fused_residual(p.attrs, p.inputs.size()) &&
+                    !bf16(base(p.inputs[3])));
+      for (const auto& [r, x] : reads[v]) {
+        const Node& n = g.nodes[r];
+        keep = keep && !(n.kind == ops::OpKind::kConv2d && reads_as_residual(g, n, x) && !bf16(n.output));
+      }
+      if (!keep) {
+        in[v] = false;
+        again = true;
+      }
+    }
+  }
+  bool changed = false;
+  for (size_t v = 0; v < g.values.size(); ++v) {
+    if (!in[v]) continue;
+    g.values[v].dtype = DType::BF16;
+    for (int view : views[v]) g.values[view].dtype = DType::BF16;
+    changed = true;
+  }
+  return changed;
+}
+
 }  // namespace
 
 bool bf16_inputs(Graph& g, const CompileOptions& options) {
@@ -205,7 +303,8 @@ bool bf16_inputs(Graph& g, const CompileOptions& options) {
     for (int view : views) g.values[view].dtype = DType::BF16;
     changed = true;
   }
-  return bf16_residual_stream(g, options) || changed;
+  const bool stream = bf16_residual_stream(g, options);
+  return bf16_spatial_stream(g, options) || stream || changed;
 }
 
 const Node* f32_value_producer(const Graph& g, size_t v, const std::vector<std::vector<int>>& readers) {

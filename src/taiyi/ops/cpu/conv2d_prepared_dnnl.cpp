@@ -18,6 +18,11 @@
 // sends oneDNN to its reference kernel).
 // A per-call bias (Epilogue post_op kBiasAdd: the time embedding of a ResNet block's conv1) is
 // added to the constant bias into scratch before each call; oneDNN takes the bias per call.
+// A bf16 convolution writing bf16 channels-last memory also adds a bf16 residual (the VAE's spatial
+// residual stream, graph/passes/bf16_inputs.cpp): summed into the output it was copied into (or
+// shares memory with) by the sum post-op, in f32, the sum rounded once. (An f32 residual into a
+// bf16 output would take a binary post-op, with which oneDNN 2.6 leaves its brgconv kernels for
+// slower ones: not offered.)
 #include <omp.h>
 
 #include <algorithm>
@@ -103,6 +108,9 @@ class PreparedConv2d : public PreparedOp {
     if (bias.defined() || bias_add_) bias_md_ = memory::desc({cout}, f32, tag::x);
     bias_add_bytes_ = bias_add_ ? round_up(static_cast<size_t>(cout) * sizeof(float)) : 0;
     flops_ = 2.0 * xs[0] * cout * ho * wo * (xs[1] / g) * w.size(2) * w.size(3);
+    if (epilogue.residual && epilogue.residual_dtype != dst)
+      throw Error("conv2d: the residual of the convolution of input " + shape_str(xs) + " is " +
+                  dtype_name(epilogue.residual_dtype) + ", its output " + dtype_name(dst) + ": they must match");
     split_ = dst == DType::BF16 ? 0 : split_channels(xs, w, p, compute, src_layout, dst_layout, epilogue, src);
     if (split_ > 0) {
       prepare_split(xs, w, bias, p, epilogue, src_dims);
@@ -114,7 +122,8 @@ class PreparedConv2d : public PreparedOp {
     pd_ = dnnl::convolution_forward::primitive_desc(
         conv_desc(any_src, any_wei, bias_md_, memory::desc(dst_dims, ddt, tag::any), p), attr, eng);
     const bool has_epilogue = epilogue.residual || epilogue.scale != 1.0f;
-    if (has_epilogue && pd_.dst_desc() == user_dst_) {
+    // A residual into a bf16 output is summed by the convolution itself, into the output's layout.
+    if (has_epilogue && ((epilogue.residual && dst == DType::BF16) || pd_.dst_desc() == user_dst_)) {
       // The convolution writes the output's own layout: the epilogue goes into its post-ops.
       dnnl::post_ops ops;
       if (epilogue.residual) ops.append_sum(1.0f);
@@ -151,7 +160,8 @@ class PreparedConv2d : public PreparedOp {
     }
     describe_ = std::string("conv2d ") + (compute == DType::BF16 ? "bf16 " : "f32 ") + pd_.impl_info_str() + " " +
                 format_name(pd_.src_desc()) + (src == DType::BF16 ? " bf16-in" : "") +
-                (dst == DType::BF16 ? " bf16-out" : "") + (epilogue.residual ? " +residual" : "") +
+                (dst == DType::BF16 ? " bf16-out" : "") +
+                (epilogue.residual ? (epilogue.residual_dtype == DType::BF16 ? " +bf16 residual" : " +residual") : "") +
                 (bias_add_ ? " +bias input" : "");
   }
 
@@ -312,7 +322,8 @@ Strides layout_strides(const Shape& s, Layout layout) {
 
 bool conv2d_dnnl_writes_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
                              Layout src_layout, Layout dst_layout, const Epilogue& epilogue, DType src) {
-  return compute == DType::BF16 && dst_layout == Layout::kNHWC && !epilogue.residual && epilogue.scale == 1.0f &&
+  return compute == DType::BF16 && dst_layout == Layout::kNHWC && epilogue.scale == 1.0f &&
+         (!epilogue.residual || epilogue.residual_dtype == DType::BF16) &&
          split_channels(x_shape, w, p, compute, src_layout, dst_layout, epilogue, src) == 0;
 }
 

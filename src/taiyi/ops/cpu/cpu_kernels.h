@@ -87,8 +87,9 @@ void concat_contiguous(const std::vector<Tensor>& xs, int dim, const Tensor& y);
 void upsample_nearest_f32(const Tensor& x, const Tensor& y);
 // The same with x and y channels-last (NHWC memory, NCHW shapes), each dense.
 void upsample_nearest_nhwc_f32(const Tensor& x, const Tensor& y);
-// The same, y bf16 (rounded to nearest even as it is written: the input of bf16 convolutions).
-void upsample_nearest_nhwc_f32_to_bf16(const Tensor& x, const Tensor& y);
+// The same, y bf16: x f32 (rounded to nearest even as it is written: the input of bf16
+// convolutions) or bf16 (copied: the VAE's spatial residual stream).
+void upsample_nearest_nhwc_to_bf16(const Tensor& x, const Tensor& y);
 // The source index torch's F.interpolate(mode="nearest", size=...) reads for output index dst.
 int64_t nearest_source_index(int64_t dst, int64_t in_size, int64_t out_size);
 

@@ -13,8 +13,9 @@ std::unique_ptr<PreparedOp> prepare_conv2d_dnnl(const Shape& x_shape, const Tens
                                                 const Conv2dParams& p, DType compute, Layout src_layout,
                                                 Layout dst_layout, const Epilogue& epilogue, DType src = DType::F32,
                                                 DType dst = DType::F32);
-// Whether it can write a bf16 output: bf16 compute, channels-last out, no residual or scale, and
-// not split by input channels (the slices sum into the output, which must stay f32 for that).
+// Whether it can write a bf16 output: bf16 compute, channels-last out, no scale, a residual only
+// in bf16 (summed in), and not split by input channels (the slices sum into the output, which must
+// stay f32 for that).
 bool conv2d_dnnl_writes_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
                              Layout src_layout, Layout dst_layout, const Epilogue& epilogue, DType src);
 

@@ -57,7 +57,7 @@ void upsample_nearest_nhwc_f32(const Tensor& x, const Tensor& y) {
   }
 }
 
-void upsample_nearest_nhwc_f32_to_bf16(const Tensor& x, const Tensor& y) {
+void upsample_nearest_nhwc_to_bf16(const Tensor& x, const Tensor& y) {
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t oh = y.size(2), ow = y.size(3);
   std::vector<int64_t> src_col(static_cast<size_t>(ow)), first(static_cast<size_t>(h), -1),
@@ -69,7 +69,10 @@ void upsample_nearest_nhwc_f32_to_bf16(const Tensor& x, const Tensor& y) {
     if (first[si] < 0) first[si] = i;
     ++count[si];
   }
-  const float* px = x.data<float>();
+  // An f32 source is rounded (once per source pixel), a bf16 one copied.
+  const bool bf16_in = x.dtype() == DType::BF16;
+  const float* px = bf16_in ? nullptr : x.data<float>();
+  const uint16_t* pxb = bf16_in ? x.data_u16() : nullptr;
   uint16_t* py = y.data_u16();
   const auto row_bytes = static_cast<size_t>(ow * c) * sizeof(uint16_t);
   const auto pixel_bytes = static_cast<size_t>(c) * sizeof(uint16_t);
@@ -79,13 +82,15 @@ void upsample_nearest_nhwc_f32_to_bf16(const Tensor& x, const Tensor& y) {
   for (int64_t r = 0; r < n * h; ++r) {
     const int64_t s = r / h, si = r % h;
     if (count[si] == 0) continue;
-    const float* xr = px + (s * h + si) * w * c;
+    const int64_t row = (s * h + si) * w * c;
     uint16_t* y0 = py + (s * oh + first[si]) * ow * c;
     for (int64_t j = 0; j < ow; ++j) {
       if (j > 0 && src_col[j] == src_col[j - 1]) {
         std::memcpy(y0 + j * c, y0 + (j - 1) * c, pixel_bytes);
+      } else if (bf16_in) {
+        std::memcpy(y0 + j * c, pxb + row + src_col[j] * c, pixel_bytes);
       } else {
-        round_to_bf16(xr + src_col[j] * c, y0 + j * c, c);
+        round_to_bf16(px + row + src_col[j] * c, y0 + j * c, c);
       }
     }
     for (int64_t k = 1; k < count[si]; ++k) std::memcpy(y0 + k * ow * c, y0, row_bytes);

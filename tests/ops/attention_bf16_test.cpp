@@ -231,6 +231,20 @@ TEST(AttentionBf16, AmxKernelMatchesTheRoundedReference) {
                           bf16_attention_reference(q, k, v, c.heads, 0.2f, 128), 1e-4, 2e-4))
         << shape_str(c.q) << " " << shape_str(c.v);
   }
+  // Heads whose packed K and V^T pass 1 MiB (the VAE's: one head of 512 over 4096 keys) run 4
+  // blocks of 16 queries a task, chunk by chunk: D = 512 over 600 keys (7 blocks: a task of 4 and
+  // one of 3, the last block 4 queries), and D = 64 over 4200 keys (Q reloaded into its tiles for
+  // each block), 2 heads (tasks of both).
+  for (const Case& c :
+       {Case{{1, 100, 512}, {1, 600, 512}, {1, 600, 512}, 1}, Case{{1, 70, 128}, {1, 4200, 128}, {1, 4200, 128}, 2}}) {
+    const Tensor q = random_tensor(c.q, seed++, -2.0f, 2.0f), k = random_tensor(c.k, seed++, -2.0f, 2.0f);
+    const Tensor v = random_tensor(c.v, seed++);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.q[2] / c.heads));
+    EXPECT_NE(prepare(q, k, v, c.heads, scale, Kernel::kAmx)->describe().find("(64 queries"), std::string::npos);
+    EXPECT_TRUE(all_close(run_prepared(q, k, v, c.heads, scale, Kernel::kAmx),
+                          bf16_attention_reference(q, k, v, c.heads, scale, 128), 1e-4, 2e-4))
+        << shape_str(c.q) << " " << shape_str(c.k);
+  }
   // The lazy running max both ways: keys 128-255 score up to 1.5x the first chunk's (most maxima
   // grow by less than kAmxLazyLog2: m stays, probabilities above 1), keys 256-299 8x (they grow by
   // more: m moves, the sums and outputs are rescaled).

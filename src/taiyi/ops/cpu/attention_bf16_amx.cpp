@@ -59,6 +59,8 @@ constexpr int64_t kChunk = 128;   // keys per chunk: scores and probabilities of
 constexpr int64_t kCols = 16;     // f32 columns of a result tile: the task's queries
 constexpr float kPadScore = -1e30f;
 constexpr float kLazyLog2 = 8.0f;  // how far a chunk's max may pass the running one, in log2 units
+constexpr int64_t kGroup = 4;      // blocks of queries a task takes where a head's K and V^T are large
+constexpr size_t kGroupBytes = size_t{1} << 20;
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
@@ -114,7 +116,13 @@ class AttentionBf16Amx : public PreparedOp {
     s_bytes_ = static_cast<size_t>(kChunk) * 64;
     p_bytes_ = static_cast<size_t>(kChunk / 2) * 64;
     o_bytes_ = static_cast<size_t>(dv16_) * 64;
-    per_thread_bytes_ = q_bytes_ + s_bytes_ + p_bytes_ + o_bytes_;
+    // Blocks of queries per task: where a head's packed K and V^T pass kGroupBytes, a task runs
+    // kGroup blocks chunk by chunk, so that each chunk of K and V^T comes from memory once for
+    // all of them (then from L2). The VAE's attention (one head, D = 512, 4096 keys: 8 MiB) read
+    // them once per 16 queries.
+    const auto head_bytes = static_cast<size_t>(lk32_ * (dp_ + dv16_) * 2);
+    group_ = head_bytes > kGroupBytes ? kGroup : 1;
+    per_thread_bytes_ = static_cast<size_t>(group_) * (q_bytes_ + o_bytes_) + s_bytes_ + p_bytes_;
     // One configuration for both products: t0 Q (32 d), t1 Q (the last d step), t2 K (the last
     // step), t3 K (32 d) or V^T, t4 S^T or P pairs, t5 S^T or O^T, t6 K (32 d) or O^T, t7 O^T.
     cfg_.set(0, 16, 64);
@@ -130,7 +138,9 @@ class AttentionBf16Amx : public PreparedOp {
     return k_bytes_ + v_bytes_ + static_cast<size_t>(threads_) * per_thread_bytes_;
   }
   size_t packed_weight_bytes() const override { return 0; }
-  std::string describe() const override { return "attention bf16 amx (16 queries, online softmax per 128 keys)"; }
+  std::string describe() const override {
+    return std::string("attention bf16 amx (") + std::to_string(16 * group_) + " queries, online softmax per 128 keys)";
+  }
   double flops() const override { return 2.0 * batch_ * heads_ * lq_ * lk_ * (d_ + dv_); }
 
  private:
@@ -141,7 +151,7 @@ class AttentionBf16Amx : public PreparedOp {
     std::byte* per_thread = scratch + k_bytes_ + v_bytes_;
     const LaneRowsOut op = lane_rows_out(out);
     const int threads = std::min(threads_, std::max(1, omp_get_max_threads()));
-    const int64_t tasks = batch_ * heads_ * qblocks_;
+    const int64_t tasks = batch_ * heads_ * ((qblocks_ + group_ - 1) / group_);
     const int64_t vblocks = lk32_ / kKeyStep;
 
 #pragma omp parallel num_threads(threads)
@@ -202,7 +212,13 @@ class AttentionBf16Amx : public PreparedOp {
       std::byte* mine = per_thread + static_cast<size_t>(omp_get_thread_num()) * per_thread_bytes_;
       _tile_loadconfig(&cfg_);
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t task = 0; task < tasks; ++task) run_task(task, q, kc, vc, op, mine);
+      for (int64_t task = 0; task < tasks; ++task) {
+        if (group_ == 1) {
+          run_task<1>(task, q, kc, vc, op, mine);
+        } else {
+          run_task<kGroup>(task, q, kc, vc, op, mine);
+        }
+      }
       _tile_release();
     }
   }
@@ -254,98 +270,133 @@ class AttentionBf16Amx : public PreparedOp {
     _tile_stored(5, s + 16 * kCols, 64);
   }
 
-  // One (batch x head, block of 16 queries): flash attention over chunks of 128 keys. For each
-  // chunk: 1. S^T = K Q^T (A: K [16 keys][32 d], B: Q pairs [16 d pairs][16 queries][2], C: S^T [16
-  // keys][16 queries] f32) into s, in L1; 2. per query (lane) the reference m (lazy: see the top),
-  // and where it moved, O^T and the sums scaled by 2^(c m_old - c m); P = bf16(2^(c s -
-  // c m)) as pairs of keys, and the sums of the rounded P (vdpbf16ps adds each lane's pair);
-  // 3. O^T += V^T P^T (A: V^T [16 e][32 keys], B: P pairs [16 key pairs][16 queries][2]), up to
-  // three tiles of O^T at a time, kept in memory (L1) between chunks. Then out = O / sum.
+  // One block of 16 queries' running state: its queries as bf16 pairs (qp), O^T (o), the reference
+  // m (and -c m) and the sums of the rounded P, per query (lane).
+  struct Block {
+    int64_t i0 = 0, nq = 0;
+    __m512bh* qp = nullptr;
+    float* o = nullptr;
+    __m512 m, neg_cmax, sum0, sum1;
+  };
+
+  // One (batch x head, group_ blocks of 16 queries): flash attention over chunks of 128 keys, each
+  // chunk for every block of the group in turn (its K and V^T then in L2 for all but the first).
+  // For each chunk and block: 1. S^T = K Q^T (A: K [16 keys][32 d], B: Q pairs [16 d pairs][16
+  // queries][2], C: S^T [16 keys][16 queries] f32) into s, in L1; 2. per query (lane) the reference
+  // m (lazy: see the top), and where it moved, O^T and the sums scaled by 2^(c m_old - c m); P =
+  // bf16(2^(c s - c m)) as pairs of keys, and the sums of the rounded P (vdpbf16ps adds each lane's
+  // pair); 3. O^T += V^T P^T (A: V^T [16 e][32 keys], B: P pairs [16 key pairs][16 queries][2]), up
+  // to three tiles of O^T at a time, kept in memory between chunks. Then out = O / sum.
+  // G: group_ as a constant (1 keeps the single block's state in registers: 3-5 % faster at the
+  // UNet's 64x64 self-attention than the general loop).
+  template <int64_t G>
   TAIYI_TARGET_AMX void run_task(int64_t task, const View& q, const uint16_t* kc, const uint16_t* vc,
                                  const LaneRowsOut& out, std::byte* mine) const {
-    const int64_t bh = task / qblocks_, i0 = task % qblocks_ * kRows;
+    const int64_t groups = (qblocks_ + G - 1) / G;
+    const int64_t bh = task / groups, first_block = task % groups * G;
     const int64_t b = bh / heads_, h = bh % heads_;
-    const int64_t nq = std::min(kRows, lq_ - i0);
-    auto* qp = reinterpret_cast<__m512bh*>(mine);
-    auto* st = reinterpret_cast<float*>(mine + q_bytes_);
-    auto* pp = reinterpret_cast<__m512bh*>(mine + q_bytes_ + s_bytes_);
-    auto* o = reinterpret_cast<float*>(mine + q_bytes_ + s_bytes_ + p_bytes_);
+    const int64_t nblocks = std::min(G, qblocks_ - first_block);
+    // [group_ x Q pairs][S^T][P pairs][group_ x O^T]
+    const size_t q_all = static_cast<size_t>(group_) * q_bytes_;
+    auto* st = reinterpret_cast<float*>(mine + q_all);
+    auto* pp = reinterpret_cast<__m512bh*>(mine + q_all + s_bytes_);
+    std::byte* o_all = mine + q_all + s_bytes_ + p_bytes_;
     const uint16_t* kh = kc + bh * lk32_ * dp_;
     const uint16_t* vh = vc + bh * lk32_ * dv16_;
 
-    // The task's queries as pairs: qp[e] lane i = (q[i0 + i, 2e], q[i0 + i, 2e + 1]) in bf16; zeros
-    // past Lq and D.
-    if (q.h) {  // bf16 (element stride 1, D even): each 32-bit gather brings 16 queries' pair
-      const uint16_t* src = q.h + b * q.s0 + i0 * q.s1 + h * d_;
-      const __m512i idx = _mm512_mullo_epi32(lane_index(), _mm512_set1_epi32(static_cast<int32_t>(q.s1)));
-      for (int64_t e = 0; e < dq_ / 2; ++e)
-        qp[e] =
-            as_bh(2 * e < d_ ? _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), first_lanes(nq), idx, src + 2 * e, 2)
-                             : _mm512_setzero_si512());
-    } else {
-      gather_query_pairs(q.p + b * q.s0 + i0 * q.s1 + h * d_ * q.s2, q.s1, q.s2, nq, d_, dq_ / 2, qp);
-    }
-    if (steps_ <= 2) {
-      if (steps_ == 2) _tile_loadd(0, qp, 64);
-      _tile_loadd(1, qp + (steps_ - 1) * 16, 64);
+    Block blocks[G];
+    for (int64_t g = 0; g < nblocks; ++g) {
+      Block& blk = blocks[g];
+      blk.i0 = (first_block + g) * kRows;
+      blk.nq = std::min(kRows, lq_ - blk.i0);
+      blk.qp = reinterpret_cast<__m512bh*>(mine + static_cast<size_t>(g) * q_bytes_);
+      blk.o = reinterpret_cast<float*>(o_all + static_cast<size_t>(g) * o_bytes_);
+      blk.m = _mm512_set1_ps(kPadScore);
+      blk.neg_cmax = blk.sum0 = blk.sum1 = _mm512_setzero_ps();
+      // The block's queries as pairs: qp[e] lane i = (q[i0 + i, 2e], q[i0 + i, 2e + 1]) in bf16;
+      // zeros past Lq and D.
+      if (q.h) {  // bf16 (element stride 1, D even): each 32-bit gather brings 16 queries' pair
+        const uint16_t* src = q.h + b * q.s0 + blk.i0 * q.s1 + h * d_;
+        const __m512i idx = _mm512_mullo_epi32(lane_index(), _mm512_set1_epi32(static_cast<int32_t>(q.s1)));
+        for (int64_t e = 0; e < dq_ / 2; ++e)
+          blk.qp[e] = as_bh(
+              2 * e < d_ ? _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), first_lanes(blk.nq), idx, src + 2 * e, 2)
+                         : _mm512_setzero_si512());
+      } else {
+        gather_query_pairs(q.p + b * q.s0 + blk.i0 * q.s1 + h * d_ * q.s2, q.s1, q.s2, blk.nq, d_, dq_ / 2, blk.qp);
+      }
     }
 
     const __m512 c = _mm512_set1_ps(c_), neg_c = _mm512_set1_ps(-c_);
     const __m512bh ones = as_bh(_mm512_set1_epi16(0x3f80));  // bf16 1.0
-    __m512 m = _mm512_set1_ps(kPadScore), neg_cmax = _mm512_setzero_ps();
-    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
     for (int64_t c0 = 0; c0 < lk32_; c0 += kChunk) {
       const int64_t end = std::min(lk32_, c0 + kChunk), real = std::min(end, lk_) - c0;
-      // 1.
-      for (int64_t j0 = c0; j0 < end; j0 += kKeyStep) scores(kh, j0, qp, st + (j0 - c0) * kCols);
-      // 2.
-      const __m512 chunk_max = rows_max(st, real, m);
-      for (int64_t j = real; j < end - c0; ++j) _mm512_store_ps(st + j * kCols, _mm512_set1_ps(kPadScore));
-      if (c0 == 0) {
-        m = chunk_max;
-        neg_cmax = _mm512_mul_ps(m, neg_c);
-      } else {
-        // Lazy: m moves only where the chunk's max exceeds it by more than kLazyLog2 (in log2 units:
-        // its probabilities up to 2^kLazyLog2, as exact in bf16 and the f32 sums as any).
-        const __mmask16 grew =
-            _mm512_cmp_ps_mask(_mm512_fmadd_ps(chunk_max, c, neg_cmax), _mm512_set1_ps(kLazyLog2), _CMP_GT_OQ);
-        if (grew) {
-          const __m512 m_new = _mm512_mask_blend_ps(grew, m, chunk_max);
-          const __m512 neg_cmax_new = _mm512_mul_ps(m_new, neg_c);
-          const __m512 alpha =
-              _mm512_mask_blend_ps(grew, _mm512_set1_ps(1.0f), exp2_avx512(_mm512_fmadd_ps(m, c, neg_cmax_new)));
-          sum0 = _mm512_mul_ps(sum0, alpha);
-          sum1 = _mm512_mul_ps(sum1, alpha);
-          for (int64_t e = 0; e < dv_ + sum_row_; ++e)
-            _mm512_store_ps(o + e * kCols, _mm512_mul_ps(_mm512_load_ps(o + e * kCols), alpha));
-          m = m_new;
-          neg_cmax = neg_cmax_new;
+      for (int64_t g = 0; g < nblocks; ++g) {
+        Block& blk = blocks[g];
+        // (the running state in registers while the chunk runs: blk may alias the stores below)
+        __m512 m = blk.m, neg_cmax = blk.neg_cmax, sum0 = blk.sum0, sum1 = blk.sum1;
+        // 1. (Q in t0 and t1 when D <= 64: loaded for each block in turn)
+        if (steps_ <= 2 && (c0 == 0 || G > 1)) {
+          if (steps_ == 2) _tile_loadd(0, blk.qp, 64);
+          _tile_loadd(1, blk.qp + (steps_ - 1) * 16, 64);
         }
-      }
-      if (sum_row_) {
-        for (int64_t t = 0; t < (end - c0) / 2; ++t) pp[t] = probabilities(st + 2 * t * kCols, c, neg_cmax);
-      } else {
-        for (int64_t t = 0; t < (end - c0) / 2; t += 2) {
-          sum0 = _mm512_dpbf16_ps(sum0, pp[t] = probabilities(st + 2 * t * kCols, c, neg_cmax), ones);
-          sum1 = _mm512_dpbf16_ps(sum1, pp[t + 1] = probabilities(st + (2 * t + 2) * kCols, c, neg_cmax), ones);
+        for (int64_t j0 = c0; j0 < end; j0 += kKeyStep) scores(kh, j0, blk.qp, st + (j0 - c0) * kCols);
+        // 2.
+        const __m512 chunk_max = rows_max(st, real, m);
+        for (int64_t j = real; j < end - c0; ++j) _mm512_store_ps(st + j * kCols, _mm512_set1_ps(kPadScore));
+        if (c0 == 0) {
+          m = chunk_max;
+          neg_cmax = _mm512_mul_ps(m, neg_c);
+        } else {
+          // Lazy: m moves only where the chunk's max exceeds it by more than kLazyLog2 (in log2
+          // units: its probabilities up to 2^kLazyLog2, as exact in bf16 and the f32 sums as any).
+          const __mmask16 grew =
+              _mm512_cmp_ps_mask(_mm512_fmadd_ps(chunk_max, c, neg_cmax), _mm512_set1_ps(kLazyLog2), _CMP_GT_OQ);
+          if (grew) {
+            const __m512 m_new = _mm512_mask_blend_ps(grew, m, chunk_max);
+            const __m512 neg_cmax_new = _mm512_mul_ps(m_new, neg_c);
+            const __m512 alpha =
+                _mm512_mask_blend_ps(grew, _mm512_set1_ps(1.0f), exp2_avx512(_mm512_fmadd_ps(m, c, neg_cmax_new)));
+            sum0 = _mm512_mul_ps(sum0, alpha);
+            sum1 = _mm512_mul_ps(sum1, alpha);
+            for (int64_t e = 0; e < dv_ + sum_row_; ++e)
+              _mm512_store_ps(blk.o + e * kCols, _mm512_mul_ps(_mm512_load_ps(blk.o + e * kCols), alpha));
+            m = m_new;
+            neg_cmax = neg_cmax_new;
+          }
         }
-      }
-      // 3.
-      for (int64_t e0 = 0; e0 < dv16_; e0 += 3 * kCols) {
-        switch (std::min<int64_t>(3, (dv16_ - e0) / kCols)) {
-          case 1: output_sweep<1>(pp, vh, c0, end, e0, o); break;
-          case 2: output_sweep<2>(pp, vh, c0, end, e0, o); break;
-          default: output_sweep<3>(pp, vh, c0, end, e0, o); break;
+        if (sum_row_) {
+          for (int64_t t = 0; t < (end - c0) / 2; ++t) pp[t] = probabilities(st + 2 * t * kCols, c, neg_cmax);
+        } else {
+          for (int64_t t = 0; t < (end - c0) / 2; t += 2) {
+            sum0 = _mm512_dpbf16_ps(sum0, pp[t] = probabilities(st + 2 * t * kCols, c, neg_cmax), ones);
+            sum1 = _mm512_dpbf16_ps(sum1, pp[t + 1] = probabilities(st + (2 * t + 2) * kCols, c, neg_cmax), ones);
+          }
+        }
+        blk.m = m;
+        blk.neg_cmax = neg_cmax;
+        blk.sum0 = sum0;
+        blk.sum1 = sum1;
+        // 3.
+        for (int64_t e0 = 0; e0 < dv16_; e0 += 3 * kCols) {
+          switch (std::min<int64_t>(3, (dv16_ - e0) / kCols)) {
+            case 1: output_sweep<1>(pp, vh, c0, end, e0, blk.o); break;
+            case 2: output_sweep<2>(pp, vh, c0, end, e0, blk.o); break;
+            default: output_sweep<3>(pp, vh, c0, end, e0, blk.o); break;
+          }
         }
       }
     }
 
     // out = O / sum, lanes back to rows of out [B, Lq, H * Dv].
-    const __m512 sum = sum_row_ ? _mm512_load_ps(o + dv_ * kCols) : _mm512_add_ps(sum0, sum1);
-    const __m512 inv_sum = _mm512_div_ps(_mm512_set1_ps(1.0f), sum);
-    for (int64_t e = 0; e < dv_; ++e)
-      _mm512_store_ps(o + e * kCols, _mm512_mul_ps(_mm512_load_ps(o + e * kCols), inv_sum));
-    store_lanes_as_rows(o, nq, dv_, out, (b * lq_ + i0) * heads_ * dv_ + h * dv_);
+    for (int64_t g = 0; g < nblocks; ++g) {
+      const Block& blk = blocks[g];
+      const __m512 sum = sum_row_ ? _mm512_load_ps(blk.o + dv_ * kCols) : _mm512_add_ps(blk.sum0, blk.sum1);
+      const __m512 inv_sum = _mm512_div_ps(_mm512_set1_ps(1.0f), sum);
+      for (int64_t e = 0; e < dv_; ++e)
+        _mm512_store_ps(blk.o + e * kCols, _mm512_mul_ps(_mm512_load_ps(blk.o + e * kCols), inv_sum));
+      store_lanes_as_rows(blk.o, blk.nq, dv_, out, (b * lq_ + blk.i0) * heads_ * dv_ + h * dv_);
+    }
   }
 
   // O^T[e0, e0 + 16 N) += V^T[e0, e0 + 16 N) P^T over the keys [c0, end) of a chunk, in t5-t7; o
@@ -382,7 +433,7 @@ class AttentionBf16Amx : public PreparedOp {
     if constexpr (N > 2) _tile_stored(7, ot + 32 * kCols, 64);
   }
 
-  int64_t batch_, lq_, lk_, heads_, d_, dv_, dp_, steps_, last_, dq_, dv16_, lk32_, qblocks_;
+  int64_t batch_, lq_, lk_, heads_, d_, dv_, dp_, steps_, last_, dq_, dv16_, lk32_, qblocks_, group_ = 1;
   // Where Dv is no multiple of 16, V^T's row Dv is all ones, so that O^T's row Dv is the sum of the
   // rounded P (the tiles add them in f32 as vdpbf16ps would): no vector work for the sums.
   bool sum_row_;

@@ -500,7 +500,10 @@ TEST(Bf16Inputs, VaeSpatialResidualStreamBecomesBf16) {
       bf16_sums += out_bf16;
       f32_sums += !out_bf16;
     }
-    bf16_upsample_in += n.kind == ops::OpKind::kUpsampleNearest && g.values[n.inputs[0]].dtype == DType::BF16;
+    // (the upsample, or the upsampler's convolution that took it in: fuse_upsample_conv)
+    bf16_upsample_in +=
+        (n.kind == ops::OpKind::kUpsampleNearest || (n.kind == ops::OpKind::kConv2d && n.attrs.conv.upsample == 2)) &&
+        g.values[n.inputs[0]].dtype == DType::BF16;
   }
   // r1, r2 and r3 sum a bf16 residual (r1's: its shortcut's bf16 output); r0 its f32 input.
   EXPECT_EQ(bf16_sums, onednn ? 3u : 0u) << g.dump();
@@ -556,9 +559,12 @@ TEST(Bf16Inputs, UpsampleOutputsReadByOneDnnConvolutionsBecomeBf16) {
     const Tensor x = random_tensor({2, 4, 6, 7}, 3);
     CompileOptions bf16;
     bf16.compute = DType::BF16;
+    // (the upsample stays a node of its own: at 2x fuse_upsample_conv would take it into the convolution)
+    ::setenv("TAIYI_FUSE_UPSAMPLE", "0", 1);
     Graph plain = without_bf16_inputs(fn, sig, bf16);
     Graph g = trace(fn, sig);
     run_passes(g, bf16);
+    ::unsetenv("TAIYI_FUSE_UPSAMPLE");
     const bool onednn = ops::conv2d_takes_bf16_input({2, 24, oh, ow}, w2, ops::Conv2dParams::same(1), DType::BF16,
                                                      ops::Layout::kNHWC, ops::Layout::kNHWC, {});
     size_t upsampled_bf16 = 0;

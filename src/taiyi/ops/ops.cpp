@@ -212,6 +212,12 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2d
   if (p.stride_h < 1 || p.stride_w < 1 || p.dilation_h < 1 || p.dilation_w < 1)
     fail(op, "stride and dilation must be >= 1");
   if (p.pad_top < 0 || p.pad_left < 0 || p.pad_bottom < 0 || p.pad_right < 0) fail(op, "padding must be >= 0");
+  if (p.upsample != 1) {
+    if (p.upsample != 2) fail(op, "the input's upsampling factor must be 1 or 2, got " + std::to_string(p.upsample));
+    Conv2dParams q = p;
+    q.upsample = 1;
+    return conv2d(upsample_nearest(x, 2 * x.size(2), 2 * x.size(3)), w, bias, q);
+  }
   const int64_t n = x.size(0), cin = x.size(1), h = x.size(2), wd = x.size(3);
   const int64_t cout = w.size(0), kh = w.size(2), kw = w.size(3);
   if (cin != w.size(1) * p.groups) {

@@ -38,7 +38,10 @@ struct Conv2dParams {
   int pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;  // asymmetric padding allowed
   int dilation_h = 1, dilation_w = 1;
   int groups = 1;
-  static Conv2dParams same(int pad, int stride = 1) { return {stride, stride, pad, pad, pad, pad, 1, 1, 1}; }
+  // The input upsampled by this factor (nearest neighbour) before the convolution: 1, or 2 (graph
+  // mode's fused upsampler, graph/passes/fuse_upsample_conv.cpp).
+  int upsample = 1;
+  static Conv2dParams same(int pad, int stride = 1) { return {stride, stride, pad, pad, pad, pad, 1, 1, 1, 1}; }
 };
 // x [N, Cin, H, W], w [Cout, Cin/groups, kh, kw], bias [Cout] or undefined -> [N, Cout, Ho, Wo].
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p);

@@ -8,7 +8,11 @@
 // Zen 4), which go to our bf16 F(2x2,3x3) kernel (conv2d_winograd_bf16_avx512.cpp), and bf16 1x1
 // convolutions from NCHW to NCHW there, to our kernel that reads and writes NCHW as it is
 // (conv2d_1x1_bf16_avx512.cpp).
-// TAIYI_WINOGRAD=0 turns Winograd off, TAIYI_CONV1X1=0 the 1x1 kernel (A/B runs).
+// A convolution of a nearest-2x upsampled input (Conv2dParams upsample 2: graph mode's upsamplers,
+// graph/passes/fuse_upsample_conv.cpp) goes to conv2d_upsample_dnnl.cpp: four 2x2 convolutions of
+// the input itself, 2.25x fewer products.
+// TAIYI_WINOGRAD=0 turns Winograd off, TAIYI_CONV1X1=0 the 1x1 kernel, TAIYI_FUSE_UPSAMPLE=0 the
+// upsampler fusion (A/B runs).
 #include "taiyi/ops/prepared.h"
 
 #include <cstdlib>
@@ -33,7 +37,8 @@ bool winograd_enabled() { return !switched_off("TAIYI_WINOGRAD"); }
 
 // The Winograd output tile for this convolution (4 or 2), or 0 for oneDNN.
 int winograd_tile(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute) {
-  if (compute != DType::F32 || !winograd_enabled() || !cpu::winograd_f32_applicable(x_shape, w, p)) return 0;
+  if (compute != DType::F32 || p.upsample != 1 || !winograd_enabled() || !cpu::winograd_f32_applicable(x_shape, w, p))
+    return 0;
   const int64_t ho = x_shape[2] + p.pad_top + p.pad_bottom - 2, wo = x_shape[3] + p.pad_left + p.pad_right - 2;
   return ho * wo >= 16 * 16 ? 4 : 2;
 }
@@ -62,10 +67,11 @@ bool conv1x1_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, 
 
 namespace {
 
-enum class ConvKernel { kWinogradF32, kWinogradBf16, kConv1x1Bf16, kDnnl };
+enum class ConvKernel { kWinogradF32, kWinogradBf16, kConv1x1Bf16, kDnnl, kUpsample2x };
 
 ConvKernel pick(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
                 Layout dst_layout, const Epilogue& epilogue) {
+  if (p.upsample != 1) return ConvKernel::kUpsample2x;  // (prepare_conv2d checks it applies)
   // The Winograd kernels fuse the residual; an output scale (always 1 in SD) stays with oneDNN.
   if (epilogue.scale != 1.0f) return ConvKernel::kDnnl;
   if (winograd_tile(x_shape, w, p, compute)) return ConvKernel::kWinogradF32;
@@ -76,8 +82,33 @@ ConvKernel pick(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DT
 
 }  // namespace
 
+// Whether the upsample2x kernel takes this convolution: a 3x3 one, stride 1, padding 1 (of the
+// upsampled input), input upsampled by 2, nothing fused but the bias.
+bool upsample2x_applies(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, const Epilogue& epilogue) {
+  Conv2dParams plain = Conv2dParams::same(1);
+  plain.upsample = 2;
+  return x_shape.size() == 4 && w.ndim() == 4 && w.size(1) == x_shape[1] && w.size(2) == 3 && w.size(3) == 3 &&
+         p.stride_h == plain.stride_h && p.stride_w == plain.stride_w && p.pad_top == 1 && p.pad_bottom == 1 &&
+         p.pad_left == 1 && p.pad_right == 1 && p.dilation_h == 1 && p.dilation_w == 1 && p.groups == 1 &&
+         p.upsample == 2 && !epilogue.residual && epilogue.scale == 1.0f && epilogue.post_op == PostOp::kNone;
+}
+
+bool conv2d_fuses_upsample(const Shape& up_shape, const Tensor& w, const Conv2dParams& p, DType compute) {
+  if (switched_off("TAIYI_FUSE_UPSAMPLE") || compute != DType::BF16 || up_shape.size() != 4 || up_shape[2] % 2 != 0 ||
+      up_shape[3] % 2 != 0)
+    return false;
+  Conv2dParams fused = p;
+  fused.upsample = 2;
+  const Shape x_shape = {up_shape[0], up_shape[1], up_shape[2] / 2, up_shape[3] / 2};
+  return p.upsample == 1 && upsample2x_applies(x_shape, w, fused, {}) &&
+         pick(up_shape, w, p, compute, Layout::kNHWC, Layout::kNHWC, {}) == ConvKernel::kDnnl;
+}
+
 bool conv2d_writes_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
                         Layout dst_layout, const Epilogue& epilogue, DType src) {
+  if (pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue) == ConvKernel::kUpsample2x)
+    return compute == DType::BF16 && !switched_off("TAIYI_BF16_CONV_OUT") && dst_layout == Layout::kNHWC &&
+           upsample2x_applies(x_shape, w, p, epilogue);
   return !switched_off("TAIYI_BF16_CONV_OUT") &&
          (src == DType::F32 || conv2d_takes_bf16_input(x_shape, w, p, compute, src_layout, dst_layout, epilogue)) &&
          pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue) == ConvKernel::kDnnl &&
@@ -86,8 +117,11 @@ bool conv2d_writes_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParam
 
 bool conv2d_takes_bf16_input(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
                              Layout src_layout, Layout dst_layout, const Epilogue& epilogue) {
-  return compute == DType::BF16 && (epilogue.post_op == PostOp::kNone || epilogue.post_op == PostOp::kBiasAdd) &&
-         pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue) == ConvKernel::kDnnl;
+  if (compute != DType::BF16 || (epilogue.post_op != PostOp::kNone && epilogue.post_op != PostOp::kBiasAdd))
+    return false;
+  const ConvKernel k = pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue);
+  return k == ConvKernel::kDnnl ||
+         (k == ConvKernel::kUpsample2x && src_layout == Layout::kNHWC && upsample2x_applies(x_shape, w, p, epilogue));
 }
 
 bool conv2d_takes_bias_add(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
@@ -145,6 +179,12 @@ std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w
       return cpu::prepare_conv2d_winograd_bf16_avx512(x_shape, w, bias, p, src_layout, dst_layout);
     case ConvKernel::kConv1x1Bf16:
       return cpu::prepare_conv2d_1x1_bf16_avx512(x_shape, w, bias, p, src_layout, dst_layout);
+    case ConvKernel::kUpsample2x:
+      if (!upsample2x_applies(x_shape, w, p, epilogue))
+        throw Error("conv2d: an input upsampled by " + std::to_string(p.upsample) + " is taken only by a 3x3 " +
+                    "convolution, stride 1, padding 1, with nothing fused but its bias; given input " +
+                    shape_str(x_shape) + ", weight " + w.describe());
+      return cpu::prepare_conv2d_upsample2x(x_shape, w, bias, compute, src_layout, dst_layout, src, dst);
     case ConvKernel::kDnnl: break;
   }
   return prepare_conv2d_dnnl(x_shape, w, bias, p, compute, src_layout, dst_layout, epilogue, src, dst);

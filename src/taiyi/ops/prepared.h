@@ -77,6 +77,11 @@ bool conv2d_takes_bf16_input(const Shape& x_shape, const Tensor& w, const Conv2d
 // TAIYI_BF16_CONV_OUT=0 says no (A/B runs).
 bool conv2d_writes_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
                         Layout dst_layout, const Epilogue& epilogue, DType src);
+// Whether a 3x3 convolution of an input upsampled 2x by nearest neighbour (up_shape: the upsampled
+// shape, p without upsampling) is better computed from the input itself (Conv2dParams upsample 2:
+// four 2x2 convolutions, 2.25x fewer products): with bf16 compute where oneDNN would run the
+// 3x3 one (AMX), stride 1, padding 1, even sizes. TAIYI_FUSE_UPSAMPLE=0 says no (A/B runs).
+bool conv2d_fuses_upsample(const Shape& up_shape, const Tensor& w, const Conv2dParams& p, DType compute);
 // Whether the kernel prepare_conv2d picks takes a per-call bias (Epilogue post_op kBiasAdd): oneDNN's,
 // whose bias is an argument of each call. Where it is with NCHW layouts, it is with any.
 bool conv2d_takes_bias_add(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,

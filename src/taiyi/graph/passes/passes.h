@@ -55,6 +55,10 @@ Node& fold_into_add(Graph& g, size_t add_index, int producer, int extra, std::ve
 // convolution with t added to its bias per call, where its prepared kernel takes that (oneDNN's).
 bool fuse_bias_add(Graph& g, const CompileOptions& options = {});
 
+// conv2d(upsample_nearest(x) to 2x) -> conv2d of x with Conv2dParams upsample 2 (four 2x2
+// convolutions of summed taps), where ops::conv2d_fuses_upsample says so: bf16 on AMX.
+bool fuse_upsample_conv(Graph& g, const CompileOptions& options = {});
+
 // gelu(linear) -> the linear with a gelu post-op; geglu(linear) -> a gate linear (the weight's
 // second half, post-op gelu) and a value linear (the first half) whose post-op multiplies by the
 // gate. Only for linears prepack_weights will bind.
@@ -138,6 +142,7 @@ inline const std::vector<Pass>& default_passes() {
       {"fuse_group_norm_silu", fuse_group_norm_silu},
       {"fuse_residual_add", fuse_residual_add},
       {"fuse_bias_add", fuse_bias_add},
+      {"fuse_upsample_conv", fuse_upsample_conv},
       {"fuse_linear_gelu", fuse_linear_gelu},
       {"fuse_sibling_linears", fuse_sibling_linears},
       {"channels_last_activations", channels_last_activations},

@@ -36,6 +36,13 @@ bool conv1x1_bf16_avx512_applicable(const Shape& x_shape, const Tensor& w, const
 std::unique_ptr<PreparedOp> prepare_conv2d_1x1_bf16_avx512(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                                            const Conv2dParams& p, Layout src_layout, Layout dst_layout);
 
+// conv2d_upsample_dnnl.cpp: a 3x3 convolution (stride 1, padding 1, with bias) of x upsampled 2x
+// (nearest), from x [N, Cin, H, W] itself: four oneDNN 2x2 convolutions of summed taps, one per
+// output phase, interleaved into out [N, Cout, 2H, 2W]; either layout on either side.
+std::unique_ptr<PreparedOp> prepare_conv2d_upsample2x(const Shape& x_shape, const Tensor& w, const Tensor& bias,
+                                                      DType compute, Layout src_layout, Layout dst_layout, DType src,
+                                                      DType dst);
+
 // attention_bf16_avx512.cpp: bf16 attention on vdpbf16ps, for CPUs with avx512_bf16 and no AMX.
 // Needs cpu_has_avx512_bf16() and scale > 0 (attention_bf16_avx512_applicable).
 bool attention_bf16_avx512_applicable(float scale);

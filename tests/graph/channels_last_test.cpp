@@ -10,6 +10,7 @@
 #include "taiyi/graph/memory_plan.h"
 #include "taiyi/graph/passes/passes.h"
 #include "taiyi/graph/tracer.h"
+#include "taiyi/models/autoencoder_kl.h"
 #include "taiyi/nn/resnet.h"
 #include "taiyi/nn/transformer_2d.h"
 #include "taiyi/ops/cpu/cpu_isa.h"
@@ -144,6 +145,57 @@ TEST(ChannelsLastActivations, LeavesGroupsWithOtherReadersAlone) {
   prepack_weights(g);
   EXPECT_FALSE(channels_last_activations(g));
   EXPECT_EQ(channels_last_values(g), 0u);
+}
+
+// The VAE's mid-block (ResNet, single-head attention over the GroupNorm's output flattened to
+// tokens, ResNet) with bf16 where oneDNN's convolutions run it (AMX): the whole chain is
+// channels-last, the flattening (reshape [B, C, H W], permute(0, 2, 1)) becomes permute(0, 2, 3, 1)
+// then reshape [B, H W, C], both views with the tokens contiguous, and the attention's output seen
+// back as [B, C, H, W] joins the group (channels-last already); within bf16's error of the graph
+// without the pass.
+TEST(ChannelsLastActivations, VaeAttentionFlatteningBecomesViews) {
+  if (!ops::bf16_supported()) GTEST_SKIP() << "this CPU runs no bf16";
+  nn::ParameterSet params;
+  const models::VaeMidBlock mid(nn::Scope(params, "mid"), 32, 4, true);
+  params.init_random(5);
+  const Tensor w_in = random_tensor({32, 4, 3, 3}, 1, -0.3f, 0.3f),
+               w_out = random_tensor({4, 32, 3, 3}, 2, -0.3f, 0.3f);
+  const auto fn = [&](const std::vector<Tensor>& in) {
+    const Tensor h = mid(ops::conv2d(in[0], w_in, Tensor(), ops::Conv2dParams::same(1)));
+    return std::vector<Tensor>{ops::conv2d(h, w_out, Tensor(), ops::Conv2dParams::same(1))};
+  };
+  const std::vector<InputSpec> sig = {{{1, 4, 6, 5}, DType::F32}};
+  CompileOptions bf16;
+  bf16.compute = DType::BF16;
+  ::setenv("TAIYI_CHANNELS_LAST", "0", 1);
+  Graph plain = trace(fn, sig);
+  run_passes(plain, bf16);
+  ::unsetenv("TAIYI_CHANNELS_LAST");
+  Graph g = trace(fn, sig);
+  run_passes(g, bf16);
+  const bool onednn = ops::conv2d_prefers_channels_last({1, 32, 6, 5}, random_tensor({32, 32, 3, 3}, 3),
+                                                        ops::Conv2dParams::same(1), DType::BF16);
+  size_t norms_nhwc = 0, flattenings = 0, adds_nhwc = 0;
+  for (const Node& n : g.nodes) {
+    const Value& out = g.values[n.output];
+    if (n.kind == ops::OpKind::kGroupNorm || n.kind == ops::OpKind::kGroupNormSilu)
+      norms_nhwc += value_layout(out) == ops::Layout::kNHWC;
+    if (n.kind == ops::OpKind::kAdd) adds_nhwc += value_layout(out) == ops::Layout::kNHWC;
+    if (n.kind == ops::OpKind::kPermute && n.attrs.dims == std::vector<int>{0, 2, 3, 1} &&
+        out.shape == Shape{1, 6, 5, 32}) {
+      ++flattenings;
+      EXPECT_TRUE(node_is_alias(g, n));
+      EXPECT_EQ(out.strides, contiguous_strides(out.shape));
+    }
+  }
+  // 2 x 2 in the ResNets and the attention's; the residual add after the attention.
+  EXPECT_EQ(norms_nhwc, onednn ? 5u : 0u) << g.dump();
+  EXPECT_EQ(adds_nhwc, onednn ? 1u : 0u) << g.dump();
+  EXPECT_EQ(flattenings, onednn ? 1u : 0u) << g.dump();
+  EXPECT_EQ(layout_copies(g), 0u) << g.dump();
+  const Tensor x = random_tensor({1, 4, 6, 5}, 4);
+  const Tensor want = Executor(plain).run({x})[0], got = Executor(g).run({x})[0];
+  EXPECT_LT(testing::relative_l2(got, want), 1e-2);
 }
 
 }  // namespace

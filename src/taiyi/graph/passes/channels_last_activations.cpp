@@ -9,8 +9,12 @@
 // becomes channels-last when every value in it is a dense 4-D f32 node output (not a graph
 // output), made by such an op or a convolution prepack_weights binds, and read only by such ops
 // or as such a convolution's input or fused residual. Graph inputs and outputs keep NCHW; so does
-// anything a view (permute, reshape) or another op reads. TAIYI_CHANNELS_LAST=0 turns the pass off
-// (A/B runs).
+// anything a view (permute, reshape) or another op reads, with two exceptions, the VAE's
+// mid-block attention: a GroupNorm output flattened to tokens, reshape [B, C, H W] then
+// permute(0, 2, 1), which over NHWC memory becomes permute(0, 2, 3, 1) then reshape [B, H W, C]
+// (both views, the tokens contiguous); and the attention's output seen back as [B, C, H, W], a
+// permute of a [B, H, W, C] reshape, channels-last already. TAIYI_CHANNELS_LAST=0 turns the pass
+// off (A/B runs).
 #include <numeric>
 #include <vector>
 
@@ -36,6 +40,27 @@ bool takes_channels_last(const Graph& g, const Node& n, const CompileOptions& op
   return same_layout_op(n.kind);
 }
 
+// The reshape node that flattens v [B, C, H, W] to [B, C, H W] for a permute(0, 2, 1) (to
+// [B, H W, C] tokens) that alone reads it: its index, or -1.
+int token_flattening(const Graph& g, const std::vector<std::vector<int>>& readers, int r, int v) {
+  const Node& n = g.nodes[r];
+  const Shape& s = g.values[v].shape;
+  if (n.kind != ops::OpKind::kReshape || n.inputs[0] != v || s.size() != 4 ||
+      n.attrs.shape != Shape{s[0], s[1], s[2] * s[3]} || g.is_output(n.output) || readers[n.output].size() != 1)
+    return -1;
+  const Node& p = g.nodes[readers[n.output][0]];
+  return p.kind == ops::OpKind::kPermute && p.attrs.dims == std::vector<int>{0, 2, 1} ? r : -1;
+}
+
+// Whether v is a view that is channels-last already: a permute(0, 3, 1, 2) of [B, H, W, C] memory.
+bool channels_last_view(const Graph& g, int v) {
+  const Value& x = g.values[v];
+  if (x.kind != ValueKind::kNode || x.producer < 0 || x.producer >= static_cast<int>(g.nodes.size())) return false;
+  const Node& p = g.nodes[x.producer];
+  return p.output == v && p.kind == ops::OpKind::kPermute && x.shape.size() == 4 &&
+         x.strides == ops::layout_strides(x.shape, ops::Layout::kNHWC);
+}
+
 struct Groups {
   std::vector<int> parent;
   explicit Groups(size_t n) : parent(n) { std::iota(parent.begin(), parent.end(), 0); }
@@ -56,9 +81,11 @@ bool channels_last_activations(Graph& g, const CompileOptions& options) {
     if (x.producer < 0 || x.producer >= static_cast<int>(g.nodes.size()) || g.nodes[x.producer].output != v)
       return false;
     if (x.shape[2] * x.shape[3] <= 1) return false;  // both layouts are the same memory
-    if (!is_dense(x) || !takes_channels_last(g, g.nodes[x.producer], options)) return false;
+    if (!is_dense(x) || (!takes_channels_last(g, g.nodes[x.producer], options) && !channels_last_view(g, v)))
+      return false;
     for (int r : readers[v]) {
       const Node& n = g.nodes[r];
+      if (token_flattening(g, readers, r, v) >= 0) continue;
       if (!takes_channels_last(g, n, options)) return false;
       // A convolution reads it as its input or fused residual, never as weights.
       if (n.kind == ops::OpKind::kConv2d && (n.inputs[1] == v || n.inputs[2] == v)) return false;
@@ -94,6 +121,20 @@ bool channels_last_activations(Graph& g, const CompileOptions& options) {
     if (!ok[groups.find(v)] || x.strides == ops::layout_strides(x.shape, ops::Layout::kNHWC)) continue;
     x.strides = ops::layout_strides(x.shape, ops::Layout::kNHWC);
     changed = true;
+    // Its flattening to tokens: permute(0, 2, 3, 1) to [B, H, W, C] (contiguous), then the reshape.
+    for (int r : readers[v]) {
+      if (token_flattening(g, readers, r, v) < 0) continue;
+      Node& flat = g.nodes[r];
+      Node& perm = g.nodes[readers[flat.output][0]];
+      const Shape nhwc = {x.shape[0], x.shape[2], x.shape[3], x.shape[1]};
+      flat.kind = ops::OpKind::kPermute;
+      flat.attrs.dims = {0, 2, 3, 1};
+      g.values[flat.output].shape = nhwc;
+      g.values[flat.output].strides = contiguous_strides(nhwc);
+      perm.kind = ops::OpKind::kReshape;
+      perm.attrs.shape = g.values[perm.output].shape;  // [B, H W, C], now contiguous
+      g.values[perm.output].strides = contiguous_strides(perm.attrs.shape);
+    }
   }
   return changed;
 }

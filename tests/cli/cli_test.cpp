@@ -96,8 +96,8 @@ TEST(CliEval, Bf16WhereSupportedElseAnFp32Fallback) {
   const auto& g = golden("unet");
   const std::string c = "b2_8x8_t801/";
   io::write_safetensors(tmp / "in.safetensors", {{"sample", g.at(c + "sample")},
-                                                  {"timestep", g.at(c + "timestep")},
-                                                  {"encoder_hidden_states", g.at(c + "encoder_hidden_states")}});
+                                                 {"timestep", g.at(c + "timestep")},
+                                                 {"encoder_hidden_states", g.at(c + "encoder_hidden_states")}});
   // bf16's arithmetic (bf16 inputs to every convolution, linear and attention product, f32
   // accumulation): oneDNN's kernels where the CPU has bf16, else the f32 kernels on bf16-rounded
   // weights and inputs (TAIYI_BF16_EMULATE=1). Measured on this fixture (tools/bf16_error.py): relative L2 1.1-1.4e-2,
@@ -107,10 +107,9 @@ TEST(CliEval, Bf16WhereSupportedElseAnFp32Fallback) {
   // Then the plain fallback, forced with ONEDNN_MAX_CPU_ISA=AVX512_CORE or AVX2 (no bf16 in oneDNN
   // below AVX512_CORE_BF16, whatever the CPU has: our own bf16 kernels follow oneDNN's verdict), or
   // as on a CPU without bf16: f32 results.
-  for (const std::vector<std::string>& env : {std::vector<std::string>{"TAIYI_BF16_EMULATE=1"},
-                                              std::vector<std::string>{"ONEDNN_MAX_CPU_ISA=AVX512_CORE"},
-                                              std::vector<std::string>{"ONEDNN_MAX_CPU_ISA=AVX2"},
-                                              std::vector<std::string>{}}) {
+  for (const std::vector<std::string>& env :
+       {std::vector<std::string>{"TAIYI_BF16_EMULATE=1"}, std::vector<std::string>{"ONEDNN_MAX_CPU_ISA=AVX512_CORE"},
+        std::vector<std::string>{"ONEDNN_MAX_CPU_ISA=AVX2"}, std::vector<std::string>{}}) {
     const Result r = run({"eval", "unet", "-m", fixture("tiny-taiyi"), "-i", tmp / "in.safetensors", "-o",
                           tmp / "out.safetensors", "--dtype", "bf16"},
                          env);
@@ -130,6 +129,32 @@ TEST(CliEval, Bf16WhereSupportedElseAnFp32Fallback) {
                           tmp / "x.safetensors", "--dtype", "bf16", "--mode", "eager"});
   EXPECT_NE(bad.rc, 0);
   EXPECT_NE(bad.err.find("needs --mode graph"), std::string::npos) << bad.err;
+}
+
+// The VAE decoder in bf16 where the CPU runs it (graph mode: the ResNet outputs in bf16, the
+// upsamplers as four 2x2 convolutions of summed taps on AMX, the 64x64 level channels-last), both
+// golden cases. Measured (tools/bf16_error.py): relative L2 9.3-9.6e-3, max |diff| 3.5-3.8e-2 on
+// images up to ~4.8; PyTorch's own bf16 VAE, full size: 2.4e-2. Bound: 2e-2 relative L2 and 1e-1
+// max; below 1e-4 would mean nothing was rounded. Without bf16: f32 results.
+TEST(CliEval, VaeDecodeBf16WithinItsBound) {
+  TempDir tmp("eval-vae-bf16");
+  const auto& g = golden("vae");
+  for (const char* c : {"b1_8x8", "b2_8x12"}) {
+    const std::string k = std::string("decode/") + c + "/";
+    io::write_safetensors(tmp / "dec.safetensors", {{"latents", g.at(k + "latents")}});
+    const Result r = run({"eval", "vae_decode", "-m", fixture("tiny-taiyi"), "-i", tmp / "dec.safetensors", "-o",
+                          tmp / "out.safetensors", "--dtype", "bf16"});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    const Tensor got = io::read_safetensors(tmp / "out.safetensors").at("image");
+    const Tensor& want = g.at(k + "image");
+    if (ops::bf16_supported()) {
+      EXPECT_LE(relative_l2(got, want), 2e-2) << c;
+      EXPECT_LE(max_abs_diff(got, want), 1e-1) << c;
+      EXPECT_GT(max_abs_diff(got, want), 1e-4) << c << ": nothing was rounded to bf16";
+    } else {
+      EXPECT_LE(max_abs_diff(got, want), 1e-4) << c;
+    }
+  }
 }
 
 // Each bad invocation: non-zero exit, one line on stderr containing `expect`, no output file.

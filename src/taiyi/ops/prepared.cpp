@@ -80,18 +80,16 @@ ConvKernel pick(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DT
   return ConvKernel::kDnnl;
 }
 
-}  // namespace
-
 // Whether the upsample2x kernel takes this convolution: a 3x3 one, stride 1, padding 1 (of the
 // upsampled input), input upsampled by 2, nothing fused but the bias.
 bool upsample2x_applies(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, const Epilogue& epilogue) {
-  Conv2dParams plain = Conv2dParams::same(1);
-  plain.upsample = 2;
   return x_shape.size() == 4 && w.ndim() == 4 && w.size(1) == x_shape[1] && w.size(2) == 3 && w.size(3) == 3 &&
-         p.stride_h == plain.stride_h && p.stride_w == plain.stride_w && p.pad_top == 1 && p.pad_bottom == 1 &&
-         p.pad_left == 1 && p.pad_right == 1 && p.dilation_h == 1 && p.dilation_w == 1 && p.groups == 1 &&
-         p.upsample == 2 && !epilogue.residual && epilogue.scale == 1.0f && epilogue.post_op == PostOp::kNone;
+         p.stride_h == 1 && p.stride_w == 1 && p.pad_top == 1 && p.pad_bottom == 1 && p.pad_left == 1 &&
+         p.pad_right == 1 && p.dilation_h == 1 && p.dilation_w == 1 && p.groups == 1 && p.upsample == 2 &&
+         !epilogue.residual && epilogue.scale == 1.0f && epilogue.post_op == PostOp::kNone;
 }
+
+}  // namespace
 
 bool conv2d_fuses_upsample(const Shape& up_shape, const Tensor& w, const Conv2dParams& p, DType compute) {
   if (switched_off("TAIYI_FUSE_UPSAMPLE") || compute != DType::BF16 || up_shape.size() != 4 || up_shape[2] % 2 != 0 ||

@@ -80,11 +80,24 @@ bool linear_writes_bf16(const Graph& g, const Node& n) {
 }
 
 // A convolution prepack_weights will bind to a kernel that rounds its output to bf16 as it stores it.
-bool conv_writes_bf16(const Graph& g, const Node& n) {
+// With residual_bf16, as if its residual (if any) were bf16 (the spatial stream decides both).
+bool conv_writes_bf16(const Graph& g, const Node& n, bool residual_bf16 = false) {
   if (n.kind != ops::OpKind::kConv2d || !will_prepack(g, n)) return false;
   const Value& x = g.values[n.inputs[0]];
+  ops::Epilogue e = node_epilogue(g, n);
+  if (e.residual && residual_bf16) e.residual_dtype = DType::BF16;
   return ops::conv2d_writes_bf16(x.shape, g.values[n.inputs[1]].constant, n.attrs.conv, DType::BF16, value_layout(x),
-                                 value_layout(g.values[n.output]), node_epilogue(g, n), x.dtype);
+                                 value_layout(g.values[n.output]), e, x.dtype);
+}
+
+// Node n reads v (or a view of it) as its residual (a prepared conv2d's or linear's fused one).
+bool reads_as_residual(const Graph& g, const Node& n, int v) {
+  if ((n.kind != ops::OpKind::kConv2d && n.kind != ops::OpKind::kLinear) || !will_prepack(g, n) ||
+      !ops::has_fused_residual(n.attrs, n.inputs.size()) || n.inputs[3] != v)
+    return false;
+  for (size_t i = 0; i < 3; ++i)
+    if (n.inputs[i] == v) return false;
+  return true;
 }
 
 // A concat of f32 inputs along the channels into channels-last memory, which rounds them as it
@@ -147,10 +160,7 @@ bool residual_stream_reads(const Graph& g, const Node& n, int v, const CompileOp
   if (n.kind == ops::OpKind::kLayerNorm) return n.inputs[0] == v && g.values[n.output].dtype == DType::BF16;
   if (n.kind != ops::OpKind::kLinear || !will_prepack(g, n)) return false;
   if (reads_only_as_input(n, v)) return bf16_product_reads(g, n, v, options);
-  if (!ops::has_fused_residual(n.attrs, n.inputs.size())) return false;
-  for (size_t i = 0; i < 3; ++i)
-    if (n.inputs[i] == v) return false;
-  return n.inputs[3] == v;  // (into a bf16 or an f32 output: oneDNN's binary post-op)
+  return reads_as_residual(g, n, v);  // (into a bf16 or an f32 output: oneDNN's binary post-op)
 }
 
 bool bf16_residual_stream(Graph& g, const CompileOptions& options) {
@@ -180,27 +190,6 @@ bool bf16_residual_stream(Graph& g, const CompileOptions& options) {
   return changed;
 }
 
-// Whether convolution n writes bf16 with its residual in bf16 too (oneDNN sums a residual of the
-// output's dtype only: ops::conv2d_writes_bf16).
-bool conv_writes_bf16_with_bf16_residual(const Graph& g, const Node& n) {
-  if (n.kind != ops::OpKind::kConv2d || !will_prepack(g, n)) return false;
-  const Value& x = g.values[n.inputs[0]];
-  ops::Epilogue e = node_epilogue(g, n);
-  if (e.residual) e.residual_dtype = DType::BF16;
-  return ops::conv2d_writes_bf16(x.shape, g.values[n.inputs[1]].constant, n.attrs.conv, DType::BF16, value_layout(x),
-                                 value_layout(g.values[n.output]), e, x.dtype);
-}
-
-// Node n reads v (or a view of it) as its residual (a prepared conv2d's or linear's fused one).
-bool reads_as_residual(const Graph& g, const Node& n, int v) {
-  if ((n.kind != ops::OpKind::kConv2d && n.kind != ops::OpKind::kLinear) || !will_prepack(g, n) ||
-      !ops::has_fused_residual(n.attrs, n.inputs.size()) || n.inputs[3] != v)
-    return false;
-  for (size_t i = 0; i < 3; ++i)
-    if (n.inputs[i] == v) return false;
-  return true;
-}
-
 // A reader of the spatial residual stream (see the top), as far as node n alone says: n reads v
 // (or a view of it) as the input of a channels-last GroupNorm(+SiLU), of a convolution that takes
 // bf16, or of a channels-last nearest upsample whose output is bf16 (decided before, by the loop
@@ -213,7 +202,7 @@ bool spatial_stream_reads(const Graph& g, const Node& n, int v, const CompileOpt
   }
   if (reads_only_as_input(n, v)) return n.kind != ops::OpKind::kLinear && bf16_product_reads(g, n, v, options);
   if (!reads_as_residual(g, n, v)) return false;
-  return n.kind == ops::OpKind::kLinear || conv_writes_bf16_with_bf16_residual(g, n);
+  return n.kind == ops::OpKind::kLinear || conv_writes_bf16(g, n, true);
 }
 
 // The spatial residual stream: the candidates (written by a convolution or linear that can write
@@ -228,17 +217,14 @@ bool bf16_spatial_stream(Graph& g, const CompileOptions& options) {
   std::vector<std::vector<std::pair<int, int>>> reads(g.values.size());
   for (size_t v = g.values.size(); v-- > 0;) {
     const Node* producer = f32_value_producer(g, v, readers);
-    if (!producer || !(conv_writes_bf16_with_bf16_residual(g, *producer) || linear_writes_bf16(g, *producer))) continue;
+    if (!producer || !(conv_writes_bf16(g, *producer, true) || linear_writes_bf16(g, *producer))) continue;
     if (!readers_through_views(g, static_cast<int>(v), readers, reads[v], views[v]) || reads[v].empty()) continue;
     bool all = true;
     for (const auto& [r, x] : reads[v]) all = all && spatial_stream_reads(g, g.nodes[r], x, options);
     in[v] = all;
   }
   // Whether value w (a residual or an output) is or will be bf16.
-  const auto bf16 = [&](int w) {
-    const int base = g.values[w].kind == ValueKind::kNode ? w : -1;
-    return g.values[w].dtype == DType::BF16 || (base >= 0 && in[static_cast<size_t>(base)]);
-  };
+  const auto bf16 = [&](int w) { return g.values[w].dtype == DType::BF16 || in[static_cast<size_t>(w)]; };
   // A view's base value (views of a stream value are bf16 with it).
   std::vector<int> base_of(g.values.size(), -1);
   for (size_t v = 0; v < g.values.size(); ++v)

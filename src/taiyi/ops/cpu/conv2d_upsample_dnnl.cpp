@@ -73,35 +73,20 @@ class UpsampleConv2d : public PreparedOp {
                                                 ps, layout_strides(ps, dst_layout_), dst_);
       phases_[k]->run({in.at(0)}, phase, pad);
     }
-    const size_t es = dtype_size(dst_);
+    // out[.., 2i + a, 2j + b, ..] = phase (a, b)[.., i, j, ..], a unit at a time: a pixel's Cout
+    // values (NHWC), or one value (NCHW, where each channel's plane has its own rows).
+    const size_t unit = (dst_layout_ == Layout::kNHWC ? static_cast<size_t>(cout_) : 1) * dtype_size(dst_);
+    const int64_t rows = (dst_layout_ == Layout::kNHWC ? n_ : n_ * cout_) * h_;  // of each phase
     auto* y = static_cast<std::byte*>(out.raw_data());
-    if (dst_layout_ == Layout::kNHWC) {
-      // out[n, 2i + a, 2j + b, :] = phase (a, b)[n, i, j, :], a pixel (Cout values) at a time.
-      const size_t pixel = static_cast<size_t>(cout_) * es;
 #pragma omp parallel for schedule(static)
-      for (int64_t r = 0; r < n_ * h_ * 2; ++r) {
-        const int64_t a = r % 2, ni = r / 2;  // ni = n * H + i
-        std::byte* row = y + static_cast<size_t>(ni * 2 + a) * static_cast<size_t>(2 * w_) * pixel;
-        const std::byte* p0 =
-            scratch + static_cast<size_t>(a * 2) * phase_bytes_ + static_cast<size_t>(ni * w_) * pixel;
-        const std::byte* p1 = p0 + phase_bytes_;
-        for (int64_t j = 0; j < w_; ++j) {
-          std::memcpy(row + static_cast<size_t>(2 * j) * pixel, p0 + static_cast<size_t>(j) * pixel, pixel);
-          std::memcpy(row + static_cast<size_t>(2 * j + 1) * pixel, p1 + static_cast<size_t>(j) * pixel, pixel);
-        }
-      }
-      return;
-    }
-    // NCHW: out[n, c, 2i + a, 2j + b] = phase (a, b)[n, c, i, j], element by element.
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < n_ * cout_ * h_ * 2; ++r) {
-      const int64_t a = r % 2, nci = r / 2;  // nci = (n * Cout + c) * H + i
-      std::byte* row = y + static_cast<size_t>(nci * 2 + a) * static_cast<size_t>(2 * w_) * es;
-      const std::byte* p0 = scratch + static_cast<size_t>(a * 2) * phase_bytes_ + static_cast<size_t>(nci * w_) * es;
+    for (int64_t r = 0; r < rows * 2; ++r) {
+      const int64_t a = r % 2, i = r / 2;
+      std::byte* row = y + static_cast<size_t>(i * 2 + a) * static_cast<size_t>(2 * w_) * unit;
+      const std::byte* p0 = scratch + static_cast<size_t>(a * 2) * phase_bytes_ + static_cast<size_t>(i * w_) * unit;
       const std::byte* p1 = p0 + phase_bytes_;
       for (int64_t j = 0; j < w_; ++j) {
-        std::memcpy(row + static_cast<size_t>(2 * j) * es, p0 + static_cast<size_t>(j) * es, es);
-        std::memcpy(row + static_cast<size_t>(2 * j + 1) * es, p1 + static_cast<size_t>(j) * es, es);
+        std::memcpy(row + static_cast<size_t>(2 * j) * unit, p0 + static_cast<size_t>(j) * unit, unit);
+        std::memcpy(row + static_cast<size_t>(2 * j + 1) * unit, p1 + static_cast<size_t>(j) * unit, unit);
       }
     }
   }

@@ -17,6 +17,7 @@
 
 #include "taiyi/ops/cpu/cpu_kernels.h"
 #include "taiyi/ops/cpu/dnnl_context.h"
+#include "taiyi/ops/cpu/prepared_kernels.h"
 #include "taiyi/ops/prepared.h"
 
 namespace taiyi::ops {
@@ -181,6 +182,9 @@ bool linear_input_by_columns(const Shape& x_shape, const Strides& x_strides) {
 
 std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w, const Tensor& bias, DType compute,
                                            const Epilogue& epilogue, DType src, DType dst, bool src_columns) {
+  if (cpu::linear_bf16_amx_applicable(x_shape, w, compute, epilogue, src, dst, src_columns) &&
+      (!bias.defined() || (bias.dtype() == DType::F32 && bias.numel() == w.size(0))))
+    return cpu::prepare_linear_bf16_amx(x_shape, w, bias, epilogue, dst);
   try {
     return std::make_unique<PreparedLinear>(x_shape, w, bias, compute, epilogue, src, dst, src_columns);
   } catch (const dnnl::error& e) {

@@ -1,0 +1,148 @@
+// The bf16 linear on AMX tiles (linear_bf16_amx.cpp) against a reference in double on bf16-rounded
+// inputs and weights (its arithmetic: bf16 products, f32 accumulation, f32 bias and residual):
+// row counts off the 16- and 32-row tiles, several strips of rows per thread, one thread and the
+// default count, bias or none, an f32 or bf16 residual (also in place), f32 or bf16 output (the
+// bf16 one the f32 one rounded), NaN-filled scratch with guard values; and which linears
+// ops::prepare_linear gives it. Skipped on CPUs without AMX-BF16.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "guarded_buffers.h"
+#include "op_testing.h"
+#include "taiyi/ops/cpu/cpu_isa.h"
+#include "taiyi/ops/cpu/prepared_kernels.h"
+#include "taiyi/ops/prepared.h"
+#include "taiyi/tensor/dtype.h"
+
+namespace taiyi::ops_test {
+namespace {
+
+double round_bf16(double x) { return bf16_to_f32(f32_to_bf16(static_cast<float>(x))); }
+
+struct Case {
+  int64_t m, k, n;
+  bool bias;
+};
+
+class LinearBf16Amx : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!ops::cpu::cpu_has_amx_bf16()) GTEST_SKIP() << "this CPU has no AMX-BF16 (or Linux does not allow it)";
+  }
+};
+
+// x w^T + bias in double over the bf16 values.
+std::vector<double> reference(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
+  const std::vector<double> xv = values(x), wv = values(w);
+  std::vector<double> wr(wv.size());
+  for (size_t i = 0; i < wv.size(); ++i) wr[i] = round_bf16(wv[i]);
+  std::vector<double> y(static_cast<size_t>(m * n));
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double s = bias.defined() ? bias.item(j) : 0.0;
+      for (int64_t p = 0; p < k; ++p) s += xv[static_cast<size_t>(i * k + p)] * wr[static_cast<size_t>(j * k + p)];
+      y[static_cast<size_t>(i * n + j)] = s;
+    }
+  return y;
+}
+
+// Runs op on x (and a residual) into a fresh output of dtype dst with NaN-filled scratch, checking
+// the scratch's guard.
+Tensor run(const ops::PreparedOp& op, const Tensor& x, const Tensor& residual, int64_t n, DType dst) {
+  Scratch scratch(op.scratch_bytes());
+  Tensor y = Tensor::empty({x.size(0), n}, dst);
+  std::vector<Tensor> in = {x};
+  if (residual.defined()) in.push_back(residual);
+  op.run(in, y, scratch.mem.get());
+  EXPECT_TRUE(scratch.guard_intact()) << op.describe() << " wrote past its scratch";
+  return y;
+}
+
+TEST_F(LinearBf16Amx, MatchesTheRoundedReference) {
+  // 37 rows: a partial 32-row block and a partial 16-row tile; N 1024 makes strips of 192 rows, so
+  // 420 rows give each of two threads two strips.
+  const Case cases[] = {{37, 2048, 64, true}, {420, 2048, 1024, true}, {64, 2304, 96, false}, {1, 2560, 32, true}};
+  const int default_threads = omp_get_max_threads();
+  for (int threads : {1, default_threads}) {
+    omp_set_num_threads(threads);
+    uint32_t seed = 10;
+    for (const Case& c : cases) {
+      SCOPED_TRACE("x [" + std::to_string(c.m) + "," + std::to_string(c.k) + "] n " + std::to_string(c.n) +
+                   ", threads " + std::to_string(threads));
+      const Tensor x = random_tensor({c.m, c.k}, seed).to(DType::BF16),
+                   w = random_tensor({c.n, c.k}, seed + 1, -0.1f, 0.1f);
+      const Tensor bias = c.bias ? random_tensor({c.n}, seed + 2) : Tensor();
+      seed += 3;
+      const Shape xs = {c.m, c.k};
+      if (c.m < 64) {  // below prepare_linear's threshold: the kernel itself
+        EXPECT_FALSE(ops::cpu::linear_bf16_amx_applicable(xs, w, DType::BF16, {}, DType::BF16, DType::F32, false));
+      } else {
+        EXPECT_TRUE(ops::cpu::linear_bf16_amx_applicable(xs, w, DType::BF16, {}, DType::BF16, DType::F32, false));
+      }
+      const std::vector<double> expected = reference(x, w, bias);
+      const auto f32_op = ops::cpu::prepare_linear_bf16_amx(xs, w, bias, {}, DType::F32);
+      const Tensor y = run(*f32_op, x, Tensor(), c.n, DType::F32);
+      // The same roundings: what remains is the f32 accumulation of K products.
+      EXPECT_TRUE(all_close(y, expected, 1e-5, 2e-6));
+      // A bf16 output is the f32 one rounded to nearest even as stored.
+      const auto bf16_op = ops::cpu::prepare_linear_bf16_amx(xs, w, bias, {}, DType::BF16);
+      const Tensor yb = run(*bf16_op, x, Tensor(), c.n, DType::BF16);
+      for (int64_t i = 0; i < y.numel(); ++i)
+        ASSERT_EQ(yb.data_u16()[i], f32_to_bf16(y.data<float>()[i])) << "element " << i;
+      EXPECT_EQ(f32_op->flops(), 2.0 * c.m * c.n * c.k);
+      EXPECT_EQ(f32_op->packed_weight_bytes(), static_cast<size_t>(c.n * c.k * 2));
+      // Residuals: f32 into an f32 output, bf16 into a bf16 output (in place: the residual's memory).
+      ops::Epilogue e;
+      e.residual = true;
+      const Tensor r = random_tensor({c.m, c.n}, seed++);
+      const Tensor yr = run(*ops::cpu::prepare_linear_bf16_amx(xs, w, bias, e, DType::F32), x, r, c.n, DType::F32);
+      std::vector<double> with_r = expected;
+      const std::vector<double> rv = values(r);
+      for (size_t i = 0; i < with_r.size(); ++i) with_r[i] += rv[i];
+      EXPECT_TRUE(all_close(yr, with_r, 1e-5, 2e-6));
+      e.residual_dtype = DType::BF16;
+      const Tensor rb = r.to(DType::BF16);
+      const auto in_place = ops::cpu::prepare_linear_bf16_amx(xs, w, bias, e, DType::BF16);
+      Scratch scratch(in_place->scratch_bytes());
+      in_place->run({x, rb}, rb, scratch.mem.get());
+      const std::vector<double> rbv = values(r.to(DType::BF16).to(DType::F32));
+      for (int64_t i = 0; i < y.numel(); ++i)
+        ASSERT_EQ(rb.data_u16()[i], f32_to_bf16(y.data<float>()[i] + static_cast<float>(rbv[static_cast<size_t>(i)])))
+            << "element " << i;
+    }
+  }
+  omp_set_num_threads(default_threads);
+}
+
+TEST_F(LinearBf16Amx, PrepareLinearPicksItForLongReductionsOnly) {
+  const Tensor w = random_tensor({64, 2048}, 1), w_short = random_tensor({64, 1024}, 2), b = random_tensor({64}, 3);
+  const auto describe = [](const Shape& xs, const Tensor& wt, DType src) {
+    return ops::prepare_linear(xs, wt, Tensor(), DType::BF16, {}, src, DType::BF16)->describe();
+  };
+  EXPECT_NE(describe({2, 256, 2048}, w, DType::BF16).find("amx (K blocks"), std::string::npos);
+  EXPECT_EQ(describe({2, 256, 1024}, w_short, DType::BF16).find("amx (K blocks"), std::string::npos);
+  EXPECT_EQ(describe({2, 256, 2048}, w, DType::F32).find("amx (K blocks"), std::string::npos);  // f32 input
+  ops::Epilogue gelu;
+  gelu.post_op = ops::PostOp::kGelu;
+  EXPECT_FALSE(
+      ops::cpu::linear_bf16_amx_applicable({512, 2048}, w, DType::BF16, gelu, DType::BF16, DType::BF16, false));
+  EXPECT_FALSE(ops::cpu::linear_bf16_amx_applicable({512, 2048}, w, DType::F32, {}, DType::BF16, DType::F32, false));
+  EXPECT_FALSE(ops::cpu::linear_bf16_amx_applicable({512, 2048}, random_tensor({40, 2048}, 4), DType::BF16, {},
+                                                    DType::BF16, DType::F32, false));  // N not a multiple of 32
+  setenv("TAIYI_AMX_LINEAR", "0", 1);
+  EXPECT_EQ(describe({2, 256, 2048}, w, DType::BF16).find("amx (K blocks"), std::string::npos);
+  unsetenv("TAIYI_AMX_LINEAR");
+  // prepare_linear's result computes what the kernel does.
+  const Tensor x = random_tensor({300, 2048}, 5).to(DType::BF16);
+  const auto op = ops::prepare_linear({300, 2048}, w, b, DType::BF16, {}, DType::BF16, DType::F32);
+  EXPECT_TRUE(all_close(run(*op, x, Tensor(), 64, DType::F32), reference(x, w, b), 1e-5, 2e-6));
+  EXPECT_THROW(op->run({random_tensor({300, 2048}, 6)}, Tensor::empty({300, 64}), nullptr), Error);  // f32 input
+}
+
+}  // namespace
+}  // namespace taiyi::ops_test

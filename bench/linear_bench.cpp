@@ -30,8 +30,12 @@ int main(int argc, char** argv) {
   };
   const Case cases[] = {{"BERT output dense", 1024, 3072, 768}, {"BERT attention out", 1024, 768, 768},
                         {"BERT intermediate", 1024, 768, 3072}, {"BERT q/k/v", 1024, 768, 2304},
-                        {"UNet ff out 32x32", 2048, 2560, 640}, {"UNet ff out 16x16", 512, 5120, 1280},
-                        {"UNet ff out 64x64", 8192, 1280, 320}};
+                        {"UNet 64 q/k/v", 8192, 320, 960},      {"UNet 64 attn out", 8192, 320, 320},
+                        {"UNet 64 geglu", 8192, 320, 2560},     {"UNet 64 ff out", 8192, 1280, 320},
+                        {"UNet context k/v", 1024, 768, 2560},  {"UNet 32 q/k/v", 2048, 640, 1920},
+                        {"UNet 32 attn out", 2048, 640, 640},   {"UNet 32 geglu", 2048, 640, 5120},
+                        {"UNet 32 ff out", 2048, 2560, 640},    {"UNet 16 q/k/v", 512, 1280, 3840},
+                        {"UNet 16 attn out", 512, 1280, 1280},  {"UNet 16 ff out", 512, 5120, 1280}};
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   const auto random = [&](const Shape& s, float scale) {

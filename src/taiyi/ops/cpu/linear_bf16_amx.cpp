@@ -1,24 +1,22 @@
-// Prepared bf16 linear on AMX tiles for a long reduction (K >= 2048): BERT's output dense, [1024,
-// 3072] x [3072, 768], where oneDNN 2.6's brgemm matmul runs at 1.2-1.4 TFLOP/s on the Xeon with AMX
-// against 1.8 for the same product with K = 768.
+// Prepared bf16 linear on AMX tiles for long reductions (K >= 1280): BERT's output dense, [1024,
+// 3072] x [3072, 768], where oneDNN 2.6's brgemm matmul runs at 1.2-1.6 TFLOP/s on the Xeon with AMX
+// against ~2 for its products with K = 768; the UNet's feed-forward outputs (K = 1280, 2560, 5120)
+// and its 16x16 projections (K = 1280).
 //
 // out = x w^T + bias (+ residual), x [M, K] bf16 rows, out f32 or bf16 (rounded to nearest even as
-// stored), in blocks whose operands stay close to the tile unit:
-//   - each thread takes a range of rows, in strips of up to 256 rows whose f32 accumulators C
-//     (strip x N, <= 768 KiB) stay in its L2;
-//   - K in blocks of 256 (8 steps of 32): the strip's x block is copied once into A tiles, 1 KiB
-//     each, contiguous (rows of x are K apart: 6 KiB at K = 3072, so the 32 rows of a C block fall
-//     into two L1 sets and evict one another; the copy is what made the kernel beat oneDNN);
-//   - per 32 rows of the strip, per 32 columns: 2 x 2 tiles of C (loaded from the accumulators after
-//     the first K block), 8 steps of 2 A tiles (16 KiB, in L1 across the columns) and 2 B tiles
-//     (w packed once into tiles [N/32][K/256][8][2][16 pairs][16 columns][2], 16 KiB a panel),
-//     4 products each, and the C tiles stored back;
+// stored). Each thread takes a range of rows; per chunk of 384 columns, per strip of 256 rows:
+//   - K in blocks of 256 (8 steps of 32; the last block K mod 256): the strip's x block is copied
+//     into A tiles, 1 KiB each, contiguous (rows of x are K apart, 6 KiB at K = 3072, so the 32 rows
+//     of a C block fall into two L1 sets and evict one another: with the copy the kernel went from
+//     oneDNN's speed to 1.4x it);
+//   - per 32 rows, per 32 columns: 2 x 2 tiles of C (from the f32 accumulators after the first K
+//     block: 256 x 384, 384 KiB, in L2 with the block's A tiles and B panels), the block's steps of
+//     2 A tiles (in L1 across the columns) and 2 B tiles (w packed once: panel nb (32 columns), step
+//     s of all of K, half t: [N/32][K/32][2][16 pairs][16 columns][2]), and the C tiles stored back;
 //   - after the last K block, the epilogue adds the bias and the residual and writes the rows.
-// Measured in a /tmp probe on the Xeon with AMX (2 threads, same data as oneDNN): [1024, 3072] x
-// [3072, 768] 2.6-2.8 ms against oneDNN's 3.9-4.1 ms (1.4-1.6x), products exact against it; with K
-// = 768 the C tiles' round trips cost what the blocking saves (N = 768 1.1x, N = 3072 0.8x): hence
-// K >= 2048 (linear_bf16_amx_applicable). Products and sums in f32 in the tiles, K in the same
-// order as oneDNN's (blocks of 32 pairs), so results agree with its to f32 rounding.
+// Products and sums in f32 in the tiles, K in the same order as oneDNN's (steps of 32), so results
+// agree with its to f32 rounding (bench/linear_bench: identical bf16 outputs on BERT's shapes).
+// With K = 768 oneDNN is as fast or faster (bench/linear_bench: 0.85-1.0x), hence kMinK.
 // TAIYI_AMX_LINEAR=0 turns it off (A/B runs).
 #include <omp.h>
 
@@ -40,12 +38,12 @@ namespace taiyi::ops::cpu {
 
 namespace {
 
-constexpr int64_t kKc = 256;                     // K per block
-constexpr int64_t kSteps = kKc / 32;             // tile steps per K block
-constexpr int64_t kTile = 512;                   // bf16 elements of a 16 x 64-byte tile
-constexpr int64_t kMaxStrip = 256;               // rows per strip
-constexpr int64_t kAccBytes = int64_t{3} << 18;  // a strip's f32 accumulators: at most 768 KiB
-constexpr int64_t kMinK = 2048;
+constexpr int64_t kKc = 256;          // K per block
+constexpr int64_t kSteps = kKc / 32;  // tile steps per K block
+constexpr int64_t kTile = 512;        // bf16 elements of a 16 x 64-byte tile
+constexpr int64_t kStrip = 256;       // rows per strip
+constexpr int64_t kChunk = 384;       // columns per chunk (a strip's f32 accumulators: 384 KiB)
+constexpr int64_t kMinK = 1280;       // shorter reductions: oneDNN's matmul is as fast or faster
 
 bool turned_off() {
   const char* v = std::getenv("TAIYI_AMX_LINEAR");
@@ -76,35 +74,33 @@ class LinearBf16Amx : public PreparedOp {
       : k_(xs.back()),
         n_(w.size(0)),
         m_(shape_numel(xs) / xs.back()),
+        kblocks_((k_ + kKc - 1) / kKc),
         residual_(epilogue.residual),
         residual_dtype_(epilogue.residual_dtype),
         dst_(dst),
         threads_(std::max(1, omp_get_max_threads())) {
-    strip_ = std::clamp<int64_t>(kAccBytes / (4 * n_) / 32 * 32, 32, kMaxStrip);
-    // w [N, K] f32 into B tiles: panel nb (32 columns), block kb, step s, half t (16 columns):
-    // row r holds the pairs (k, k + 1) = (kb 256 + s 32 + 2 r, + 1) of columns nb 32 + t 16 + c.
+    // w [N, K] f32 into B tiles: panel nb (32 columns), K block kb, step s (of steps(kb)), half t
+    // (16 columns): row r holds the pairs (k, k + 1) = (kb 256 + s 32 + 2 r, + 1) of columns nb 32 +
+    // t 16 + c. Panel nb's block kb starts at nb K 32 + kb 256 32 elements.
     const Tensor wc = w.contiguous();
     const float* wp = wc.data<float>();
     packed_ = Tensor::empty({n_ * k_}, DType::BF16);
     uint16_t* b = packed_.data_u16();
-    const int64_t kblocks = k_ / kKc;
 #pragma omp parallel for schedule(static)
     for (int64_t nb = 0; nb < n_ / 32; ++nb)
-      for (int64_t kb = 0; kb < kblocks; ++kb)
-        for (int64_t s = 0; s < kSteps; ++s)
-          for (int64_t t = 0; t < 2; ++t) {
-            uint16_t* tile = b + (((nb * kblocks + kb) * kSteps + s) * 2 + t) * kTile;
-            for (int64_t r = 0; r < 16; ++r)
-              for (int64_t c = 0; c < 16; ++c)
-                for (int64_t i = 0; i < 2; ++i)
-                  tile[r * 32 + c * 2 + i] =
-                      f32_to_bf16(wp[(nb * 32 + t * 16 + c) * k_ + kb * kKc + s * 32 + 2 * r + i]);
-          }
+      for (int64_t s = 0; s < k_ / 32; ++s)  // steps over all of K: block s / 8, step s % 8
+        for (int64_t t = 0; t < 2; ++t) {
+          uint16_t* tile = b + nb * k_ * 32 + (s * 2 + t) * kTile;
+          for (int64_t r = 0; r < 16; ++r)
+            for (int64_t c = 0; c < 16; ++c)
+              for (int64_t i = 0; i < 2; ++i)
+                tile[r * 32 + c * 2 + i] = f32_to_bf16(wp[(nb * 32 + t * 16 + c) * k_ + s * 32 + 2 * r + i]);
+        }
     if (bias.defined()) bias_ = bias.contiguous();
-    a_bytes_ = round_up64(static_cast<size_t>(strip_ * kKc) * 2);
-    acc_bytes_ = round_up64(static_cast<size_t>(strip_ * n_) * 4);
-    describe_ = std::string("linear bf16 amx (K blocks of 256, strips of ") + std::to_string(strip_) +
-                " rows) bf16-in" + (dst == DType::BF16 ? " bf16-out" : "") +
+    a_bytes_ = round_up64(static_cast<size_t>(kStrip * kKc) * 2);
+    acc_bytes_ = round_up64(static_cast<size_t>(kStrip * kChunk) * 4);
+    describe_ = std::string("linear bf16 amx (") + std::to_string(kStrip) + " rows x " + std::to_string(kChunk) +
+                " columns x K blocks of 256) bf16-in" + (dst == DType::BF16 ? " bf16-out" : "") +
                 (residual_ ? (residual_dtype_ == DType::BF16 ? " +bf16 residual" : " +residual") : "");
   }
 
@@ -132,6 +128,9 @@ class LinearBf16Amx : public PreparedOp {
   double flops() const override { return 2.0 * m_ * n_ * k_; }
 
  private:
+  // Tile steps (of 32 K) in K block kb: 8, the last block K mod 256 / 32 where that is not 0.
+  int64_t steps(int64_t kb) const { return std::min(kSteps, k_ / 32 - kb * kSteps); }
+
   TAIYI_TARGET_AMX void run_amx(const uint16_t* x, const void* residual, void* out, std::byte* scratch) const {
     const int threads = std::min(threads_, std::max(1, omp_get_max_threads()));
     const int64_t blocks = (m_ + 31) / 32;  // of 32 rows
@@ -144,14 +143,17 @@ class LinearBf16Amx : public PreparedOp {
       const TileConfig cfg;
       _tile_loadconfig(&cfg);
       const int64_t r0 = blocks * id / nt * 32, r1 = std::min(m_, blocks * (id + 1) / nt * 32);
-      for (int64_t s0 = r0; s0 < r1; s0 += strip_) {
-        const int64_t rows = std::min(strip_, r1 - s0);
-        for (int64_t kb = 0; kb < k_ / kKc; ++kb) {
-          pack_rows(x + s0 * k_ + kb * kKc, rows, a);
-          for (int64_t mb = 0; mb < (rows + 31) / 32; ++mb) {
-            for (int64_t nb = 0; nb < n_ / 32; ++nb)
-              block(a + mb * kSteps * 2 * kTile, kb, nb, acc + (mb * (n_ / 32) + nb) * 1024);
-            if (kb + 1 == k_ / kKc) epilogue(acc + mb * (n_ / 32) * 1024, s0 + mb * 32, residual, out);
+      for (int64_t n0 = 0; n0 < n_; n0 += kChunk) {
+        const int64_t panels = std::min(kChunk, n_ - n0) / 32;
+        for (int64_t s0 = r0; s0 < r1; s0 += kStrip) {
+          const int64_t rows = std::min(kStrip, r1 - s0), mblocks = (rows + 31) / 32;
+          for (int64_t kb = 0; kb < kblocks_; ++kb) {
+            pack_rows(x + s0 * k_ + kb * kKc, rows, steps(kb), a);
+            for (int64_t mb = 0; mb < mblocks; ++mb) {
+              const uint16_t* ab = a + mb * kSteps * 2 * kTile;
+              for (int64_t p = 0; p < panels; ++p) block(ab, kb, n0 / 32 + p, acc + (mb * panels + p) * 1024);
+              if (kb + 1 == kblocks_) epilogue(acc + mb * panels * 1024, s0 + mb * 32, n0, panels, residual, out);
+            }
           }
         }
       }
@@ -159,11 +161,12 @@ class LinearBf16Amx : public PreparedOp {
     }
   }
 
-  // rows (<= strip_) rows of x from x (row stride K), K block columns [0, 256), into A tiles:
-  // [32-row block][step][half][16 rows][32 k]; rows past `rows` zero (their outputs are not written).
-  TAIYI_TARGET_AMX void pack_rows(const uint16_t* x, int64_t rows, uint16_t* a) const {
+  // rows (<= kStrip) rows of x (row stride K), `steps` steps of 32 columns from x, into A tiles
+  // [32-row block][step (of 8)][half][16 rows][32 k]; rows past `rows` zero (their outputs are not
+  // written).
+  TAIYI_TARGET_AMX void pack_rows(const uint16_t* x, int64_t rows, int64_t steps, uint16_t* a) const {
     for (int64_t h = 0; h < (rows + 31) / 32 * 2; ++h)
-      for (int64_t s = 0; s < kSteps; ++s) {
+      for (int64_t s = 0; s < steps; ++s) {
         uint16_t* tile = a + ((h / 2 * kSteps + s) * 2 + h % 2) * kTile;
         const uint16_t* src = x + h * 16 * k_ + s * 32;
         if (h * 16 + 16 <= rows) {
@@ -178,7 +181,11 @@ class LinearBf16Amx : public PreparedOp {
   }
 
   // C block (32 rows x 32 columns, tiles t0-t3 = rows 0-15 / 16-31 x columns 0-15 / 16-31, stored
-  // as four 1 KiB tiles at c) over K block kb: a is the block's 8 steps of 2 A tiles.
+  // as four 1 KiB tiles at c) over K block kb: a is the block's steps of 2 A tiles. Each operand
+  // tile is loaded again right after its last product of the step, so the next step's loads
+  // overlap this step's products: tiles have no renaming, and loading all four first made every
+  // load wait for the products before it (the same loop with every operand in L1: 2.8 -> 5.0
+  // TFLOP/s on 2 threads).
   TAIYI_TARGET_AMX void block(const uint16_t* a, int64_t kb, int64_t nb, float* c) const {
     if (kb == 0) {
       _tile_zero(0);
@@ -191,16 +198,26 @@ class LinearBf16Amx : public PreparedOp {
       _tile_loadd(2, c + 512, 64);
       _tile_loadd(3, c + 768, 64);
     }
-    const uint16_t* b = packed_.data_u16() + (nb * (k_ / kKc) + kb) * kSteps * 2 * kTile;
-    for (int64_t s = 0; s < kSteps; ++s) {
-      _tile_loadd(4, a + s * 2 * kTile, 64);
-      _tile_loadd(5, a + s * 2 * kTile + kTile, 64);
-      _tile_loadd(6, b + s * 2 * kTile, 64);
-      _tile_loadd(7, b + s * 2 * kTile + kTile, 64);
+    const uint16_t* b = packed_.data_u16() + nb * k_ * 32 + kb * kSteps * 2 * kTile;
+    const int64_t n = steps(kb);
+    _tile_loadd(4, a, 64);
+    _tile_loadd(6, b, 64);
+    _tile_loadd(5, a + kTile, 64);
+    _tile_loadd(7, b + kTile, 64);
+    for (int64_t s = 0; s < n; ++s) {
+      const bool more = s + 1 < n;
+      const uint16_t* an = a + (s + 1) * 2 * kTile;
+      const uint16_t* bn = b + (s + 1) * 2 * kTile;
       _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 4, 7);
       _tile_dpbf16ps(2, 5, 6);
+      if (more) _tile_loadd(6, bn, 64);
+      _tile_dpbf16ps(1, 4, 7);
+      if (more) _tile_loadd(4, an, 64);
       _tile_dpbf16ps(3, 5, 7);
+      if (more) {
+        _tile_loadd(5, an + kTile, 64);
+        _tile_loadd(7, bn + kTile, 64);
+      }
     }
     _tile_stored(0, c, 64);
     _tile_stored(1, c + 256, 64);
@@ -208,16 +225,18 @@ class LinearBf16Amx : public PreparedOp {
     _tile_stored(3, c + 768, 64);
   }
 
-  // Rows [row0, row0 + 32) of the output (those < M) from their accumulators (tiles [nb][4][16][16]):
-  // + bias (+ residual), f32 or rounded to bf16. The residual may be the output's own memory.
-  TAIYI_TARGET_AMX void epilogue(const float* acc, int64_t row0, const void* residual, void* out) const {
+  // Rows [row0, row0 + 32) (those < M) and columns [n0, n0 + 32 panels) of the output from their
+  // accumulators (tiles [panel][4][16][16]): + bias (+ residual), f32 or rounded to bf16. The
+  // residual may be the output's own memory.
+  TAIYI_TARGET_AMX void epilogue(const float* acc, int64_t row0, int64_t n0, int64_t panels, const void* residual,
+                                 void* out) const {
     const float* bias = bias_.defined() ? bias_.data<float>() : nullptr;
     const auto* res_f = static_cast<const float*>(residual);
     const auto* res_h = static_cast<const uint16_t*>(residual);
-    for (int64_t nb = 0; nb < n_ / 32; ++nb)
+    for (int64_t p = 0; p < panels; ++p)
       for (int64_t t = 0; t < 4; ++t) {
-        const float* tile = acc + (nb * 4 + t) * 256;
-        const int64_t c0 = nb * 32 + t % 2 * 16;
+        const float* tile = acc + (p * 4 + t) * 256;
+        const int64_t c0 = n0 + p * 32 + t % 2 * 16;
         const __m512 bv = bias ? _mm512_loadu_ps(bias + c0) : _mm512_setzero_ps();
         for (int64_t r = 0; r < 16; ++r) {
           const int64_t row = row0 + t / 2 * 16 + r;
@@ -242,7 +261,7 @@ class LinearBf16Amx : public PreparedOp {
       }
   }
 
-  int64_t k_, n_, m_, strip_ = kMaxStrip;
+  int64_t k_, n_, m_, kblocks_;
   bool residual_;
   DType residual_dtype_, dst_;
   int threads_;
@@ -256,12 +275,12 @@ class LinearBf16Amx : public PreparedOp {
 
 namespace {
 
-// What the kernel computes: x bf16 rows [M, K] with K a multiple of 256 from 2048, an f32 weight [N,
-// K] with N a multiple of 32, no post-op or scale, f32 or bf16 residual and output.
+// What the kernel computes: x bf16 rows [M, K] with K a multiple of 32, an f32 weight [N, K] with N a
+// multiple of 32, no post-op or scale, f32 or bf16 residual and output.
 bool kernel_fits(const Shape& x_shape, const Tensor& w, const Epilogue& epilogue, DType dst) {
   if (x_shape.empty() || w.ndim() != 2 || w.dtype() != DType::F32 || w.size(1) != x_shape.back()) return false;
   const int64_t k = x_shape.back(), n = w.size(0);
-  return k >= kMinK && k % kKc == 0 && n % 32 == 0 && n > 0 && epilogue.post_op == PostOp::kNone &&
+  return k >= 32 && k % 32 == 0 && n % 32 == 0 && n > 0 && epilogue.post_op == PostOp::kNone &&
          epilogue.scale == 1.0f && (dst == DType::F32 || dst == DType::BF16) &&
          (!epilogue.residual || epilogue.residual_dtype == DType::F32 || epilogue.residual_dtype == DType::BF16);
 }
@@ -270,9 +289,10 @@ bool kernel_fits(const Shape& x_shape, const Tensor& w, const Epilogue& epilogue
 
 bool linear_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, DType compute, const Epilogue& epilogue,
                                 DType src, DType dst, bool src_columns) {
-  // (from 64 rows: fewer are a matrix-vector product, oneDNN's)
+  // (from 64 rows: fewer are a matrix-vector product, oneDNN's; from K = kMinK: see the top)
   return !turned_off() && cpu_has_amx_bf16() && compute == DType::BF16 && src == DType::BF16 && !src_columns &&
-         kernel_fits(x_shape, w, epilogue, dst) && shape_numel(x_shape) / x_shape.back() >= 64;
+         kernel_fits(x_shape, w, epilogue, dst) && shape_numel(x_shape) / x_shape.back() >= 64 &&
+         x_shape.back() >= kMinK;
 }
 
 std::unique_ptr<PreparedOp> prepare_linear_bf16_amx(const Shape& x_shape, const Tensor& w, const Tensor& bias,

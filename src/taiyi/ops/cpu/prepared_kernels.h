@@ -43,10 +43,11 @@ std::unique_ptr<PreparedOp> prepare_conv2d_upsample2x(const Shape& x_shape, cons
                                                       DType compute, Layout src_layout, Layout dst_layout, DType src,
                                                       DType dst);
 
-// linear_bf16_amx.cpp: a bf16 linear on AMX tiles for long reductions (K a multiple of 256 from
-// 2048: BERT's output dense), x bf16 rows, weights packed once into tiles, K in blocks of 256 with
-// f32 accumulators per strip of rows; + bias (+ an f32 or bf16 residual, inputs[1]) into an f32 or
-// bf16 output. Needs cpu_has_amx_bf16(); TAIYI_AMX_LINEAR=0 says not applicable (A/B runs).
+// linear_bf16_amx.cpp: a bf16 linear on AMX tiles for long reductions (applicable: K a multiple of
+// 32 from 1280, N of 32, 64 rows or more: BERT's output dense, the UNet's feed-forward outputs), x
+// bf16 rows, weights packed once into tiles, K in blocks of 256 with f32 accumulators per strip of
+// rows and chunk of columns; + bias (+ an f32 or bf16 residual, inputs[1]) into an f32 or bf16
+// output. Needs cpu_has_amx_bf16(); TAIYI_AMX_LINEAR=0 says not applicable (A/B runs).
 bool linear_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, DType compute, const Epilogue& epilogue,
                                 DType src, DType dst, bool src_columns);
 std::unique_ptr<PreparedOp> prepare_linear_bf16_amx(const Shape& x_shape, const Tensor& w, const Tensor& bias,

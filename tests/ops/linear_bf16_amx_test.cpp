@@ -144,6 +144,7 @@ TEST_F(LinearBf16Amx, PrepareLinearPicksItForLongReductionsOnly) {
   const auto op = ops::prepare_linear({300, 2048}, w, b, DType::BF16, {}, DType::BF16, DType::F32);
   EXPECT_TRUE(all_close(run(*op, x, Tensor(), 64, DType::F32), reference(x, w, b), 1e-5, 2e-6));
   EXPECT_THROW(op->run({random_tensor({300, 2048}, 6)}, Tensor::empty({300, 64}), nullptr), Error);  // f32 input
+  EXPECT_THROW(ops::cpu::prepare_linear_bf16_amx({300, 2048}, w, random_tensor({63}, 7), {}, DType::F32), Error);
 }
 
 }  // namespace

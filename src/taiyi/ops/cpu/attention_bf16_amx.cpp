@@ -44,6 +44,7 @@
 #include <cstring>
 #include <string>
 
+#include "taiyi/ops/cpu/amx_tile_config.h"
 #include "taiyi/ops/cpu/attention_bf16_lanes.h"
 #include "taiyi/ops/cpu/bf16_pairs_avx512.h"
 #include "taiyi/ops/cpu/cpu_isa.h"
@@ -64,19 +65,6 @@ constexpr size_t kGroupBytes = size_t{1} << 20;
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
-
-// ldtilecfg's 64-byte operand (palette 1).
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-  void set(int tile, int rows_, int bytes_per_row) {
-    rows[tile] = static_cast<uint8_t>(rows_);
-    colsb[tile] = static_cast<uint16_t>(bytes_per_row);
-  }
-};
 
 using View = AttentionView;
 

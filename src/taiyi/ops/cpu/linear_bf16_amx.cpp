@@ -25,6 +25,7 @@
 #include <cstring>
 #include <string>
 
+#include "taiyi/ops/cpu/amx_tile_config.h"
 #include "taiyi/ops/cpu/cpu_isa.h"
 #include "taiyi/ops/cpu/prepared_kernels.h"
 #if defined(__x86_64__)
@@ -53,21 +54,6 @@ bool turned_off() {
 size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
 
 #if defined(__x86_64__)
-// ldtilecfg's 64-byte operand (palette 1): all eight tiles 16 rows of 64 bytes.
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-  TileConfig() {
-    for (int t = 0; t < 8; ++t) {
-      rows[t] = 16;
-      colsb[t] = 64;
-    }
-  }
-};
-
 class LinearBf16Amx : public PreparedOp {
  public:
   LinearBf16Amx(const Shape& xs, const Tensor& w, const Tensor& bias, const Epilogue& epilogue, DType dst)
@@ -140,7 +126,8 @@ class LinearBf16Amx : public PreparedOp {
       const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
       auto* a = reinterpret_cast<uint16_t*>(base + static_cast<size_t>(id) * (a_bytes_ + acc_bytes_));
       auto* acc = reinterpret_cast<float*>(base + static_cast<size_t>(id) * (a_bytes_ + acc_bytes_) + a_bytes_);
-      const TileConfig cfg;
+      TileConfig cfg;
+      for (int t = 0; t < 8; ++t) cfg.set(t, 16, 64);  // all eight tiles 16 rows of 64 bytes
       _tile_loadconfig(&cfg);
       const int64_t r0 = blocks * id / nt * 32, r1 = std::min(m_, blocks * (id + 1) / nt * 32);
       for (int64_t n0 = 0; n0 < n_; n0 += kChunk) {
@@ -298,6 +285,9 @@ bool linear_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, DType com
 std::unique_ptr<PreparedOp> prepare_linear_bf16_amx(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                                     const Epilogue& epilogue, DType dst) {
 #if defined(__x86_64__)
+  if (bias.defined() && (bias.dtype() != DType::F32 || bias.numel() != w.size(0)))
+    throw Error("linear (amx): the bias " + bias.describe() + " is not one f32 value per output column of weight " +
+                w.describe());
   if (!cpu_has_amx_bf16() || !kernel_fits(x_shape, w, epilogue, dst))
     throw Error("linear (amx): not applicable to input " + shape_str(x_shape) + ", weight " + w.describe() +
                 " (needs AMX, K a multiple of 256 from 2048, N a multiple of 32, no post-op)");

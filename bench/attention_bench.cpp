@@ -11,10 +11,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
+#include "bench_random.h"
 #include "taiyi/ops/cpu/cpu_isa.h"
 #include "taiyi/ops/cpu/cpu_kernels.h"
 #include "taiyi/ops/ops.h"
@@ -42,20 +42,13 @@ int main(int argc, char** argv) {
   const Case cases[] = {{2, 4096, 4096, 8, 40}, {2, 4096, 512, 8, 40},   {2, 1024, 1024, 8, 80},
                         {2, 1024, 512, 8, 80},  {2, 256, 256, 8, 160},   {2, 256, 512, 8, 160},
                         {2, 64, 64, 8, 160},    {1, 4096, 4096, 1, 512}, {2, 512, 512, 12, 64}};
-  std::mt19937 rng(1);
-  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
-  const auto random = [&](const Shape& s) {
-    Tensor t = Tensor::empty(s);
-    float* p = t.data<float>();
-    for (int64_t i = 0; i < t.numel(); ++i) p[i] = dist(rng);
-    return t;
-  };
+  bench::RandomTensors random;
   const int only = argc > 2 ? std::atoi(argv[2]) : -1;
   for (int row = 0; row < static_cast<int>(std::size(cases)); ++row) {
     if (only >= 0 && row != only) continue;
     const Case& c = cases[row];
-    const Tensor q = random({c.b, c.lq, c.heads * c.d}), k = random({c.b, c.lk, c.heads * c.d});
-    const Tensor v = random({c.b, c.lk, c.heads * c.d});
+    const Tensor q = random({c.b, c.lq, c.heads * c.d}, 2.0f), k = random({c.b, c.lk, c.heads * c.d}, 2.0f);
+    const Tensor v = random({c.b, c.lk, c.heads * c.d}, 2.0f);
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.d));
     std::unique_ptr<ops::PreparedOp> op;
     if (kind == "bf16")

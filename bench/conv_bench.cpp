@@ -8,10 +8,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
+#include "bench_random.h"
 #include "taiyi/ops/ops.h"
 #include "taiyi/ops/prepared.h"
 #include "taiyi/tensor/tensor.h"
@@ -45,14 +45,7 @@ int main(int argc, char** argv) {
   for (const Case& c : cases_1x1) rows.push_back({c, 1});
   const int first = argc > 3 ? std::atoi(argv[3]) : 0;
   const int last = argc > 4 ? std::atoi(argv[4]) : static_cast<int>(rows.size()) - 1;
-  std::mt19937 rng(1);
-  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  const auto random = [&](const Shape& s, float scale) {
-    Tensor t = Tensor::empty(s);
-    float* p = t.data<float>();
-    for (int64_t i = 0; i < t.numel(); ++i) p[i] = scale * dist(rng);
-    return t;
-  };
+  bench::RandomTensors random;
   for (int i = first; i <= last && i < static_cast<int>(rows.size()); ++i) {
     const Case& c = rows[i].c;
     const int64_t k = rows[i].k;

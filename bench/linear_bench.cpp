@@ -10,10 +10,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
+#include "bench_random.h"
 #include "taiyi/ops/prepared.h"
 #include "taiyi/tensor/tensor.h"
 
@@ -36,14 +36,7 @@ int main(int argc, char** argv) {
                         {"UNet 32 attn out", 2048, 640, 640},   {"UNet 32 geglu", 2048, 640, 5120},
                         {"UNet 32 ff out", 2048, 2560, 640},    {"UNet 16 q/k/v", 512, 1280, 3840},
                         {"UNet 16 attn out", 512, 1280, 1280},  {"UNet 16 ff out", 512, 5120, 1280}};
-  std::mt19937 rng(1);
-  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  const auto random = [&](const Shape& s, float scale) {
-    Tensor t = Tensor::empty(s);
-    float* p = t.data<float>();
-    for (int64_t i = 0; i < t.numel(); ++i) p[i] = scale * dist(rng);
-    return t;
-  };
+  bench::RandomTensors random;
   for (const Case& c : cases) {
     const Tensor x = random({c.m, c.k}, 1.0f).to(DType::BF16), w = random({c.n, c.k}, 0.05f), b = random({c.n}, 0.1f),
                  res = random({c.m, c.n}, 1.0f).to(DType::BF16);

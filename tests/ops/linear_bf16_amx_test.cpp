@@ -81,9 +81,10 @@ TEST_F(LinearBf16Amx, MatchesTheRoundedReference) {
       seed += 3;
       const Shape xs = {c.m, c.k};
       if (c.m < 64) {  // below prepare_linear's threshold: the kernel itself
-        EXPECT_FALSE(ops::cpu::linear_bf16_amx_applicable(xs, w, DType::BF16, {}, DType::BF16, DType::F32, false));
+        EXPECT_FALSE(
+            ops::cpu::linear_bf16_amx_applicable(xs, w, bias, DType::BF16, {}, DType::BF16, DType::F32, false));
       } else {
-        EXPECT_TRUE(ops::cpu::linear_bf16_amx_applicable(xs, w, DType::BF16, {}, DType::BF16, DType::F32, false));
+        EXPECT_TRUE(ops::cpu::linear_bf16_amx_applicable(xs, w, bias, DType::BF16, {}, DType::BF16, DType::F32, false));
       }
       const std::vector<double> expected = reference(x, w, bias);
       const auto f32_op = ops::cpu::prepare_linear_bf16_amx(xs, w, bias, {}, DType::F32);
@@ -131,11 +132,12 @@ TEST_F(LinearBf16Amx, PrepareLinearPicksItForLongReductionsOnly) {
   EXPECT_EQ(describe({2, 256, 2048}, w, DType::F32).find("linear bf16 amx"), std::string::npos);  // f32 input
   ops::Epilogue gelu;
   gelu.post_op = ops::PostOp::kGelu;
+  EXPECT_FALSE(ops::cpu::linear_bf16_amx_applicable({512, 2048}, w, Tensor(), DType::BF16, gelu, DType::BF16,
+                                                    DType::BF16, false));
   EXPECT_FALSE(
-      ops::cpu::linear_bf16_amx_applicable({512, 2048}, w, DType::BF16, gelu, DType::BF16, DType::BF16, false));
-  EXPECT_FALSE(ops::cpu::linear_bf16_amx_applicable({512, 2048}, w, DType::F32, {}, DType::BF16, DType::F32, false));
-  EXPECT_FALSE(ops::cpu::linear_bf16_amx_applicable({512, 2048}, random_tensor({40, 2048}, 4), DType::BF16, {},
-                                                    DType::BF16, DType::F32, false));  // N not a multiple of 32
+      ops::cpu::linear_bf16_amx_applicable({512, 2048}, w, Tensor(), DType::F32, {}, DType::BF16, DType::F32, false));
+  EXPECT_FALSE(ops::cpu::linear_bf16_amx_applicable({512, 2048}, random_tensor({40, 2048}, 4), Tensor(), DType::BF16,
+                                                    {}, DType::BF16, DType::F32, false));  // N not a multiple of 32
   setenv("TAIYI_AMX_LINEAR", "0", 1);
   EXPECT_EQ(describe({2, 256, 2048}, w, DType::BF16).find("linear bf16 amx"), std::string::npos);
   unsetenv("TAIYI_AMX_LINEAR");

@@ -13,6 +13,8 @@
 // the input itself, 2.25x fewer products.
 // TAIYI_WINOGRAD=0 turns Winograd off, TAIYI_CONV1X1=0 the 1x1 kernel, TAIYI_FUSE_UPSAMPLE=0 the
 // upsampler fusion (A/B runs).
+// ops::prepare_linear likewise: oneDNN's matmul (linear_prepared_dnnl.cpp), except a bf16 linear
+// with a long reduction on AMX, which goes to linear_bf16_amx.cpp (TAIYI_AMX_LINEAR=0 turns it off).
 #include "taiyi/ops/prepared.h"
 
 #include <cstdlib>
@@ -26,7 +28,7 @@ namespace taiyi::ops {
 
 namespace {
 
-// Whether an A/B switch (TAIYI_WINOGRAD, TAIYI_CONV1X1, TAIYI_GEGLU_KERNEL) is set to "0" or "off".
+// Whether an A/B switch (TAIYI_WINOGRAD, TAIYI_CONV1X1, TAIYI_GEGLU_KERNEL, TAIYI_AMX_LINEAR) is set to "0" or "off".
 bool switched_off(const char* env_var) {
   const char* v = std::getenv(env_var);
   const std::string s = v ? v : "";
@@ -147,6 +149,14 @@ std::unique_ptr<PreparedOp> prepare_gelu_bf16(const Shape& x_shape) {
 
 bool conv2d_prefers_channels_last(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute) {
   return winograd_tile(x_shape, w, p, compute) == 0;
+}
+
+std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w, const Tensor& bias, DType compute,
+                                           const Epilogue& epilogue, DType src, DType dst, bool src_columns) {
+  if (!switched_off("TAIYI_AMX_LINEAR") &&
+      cpu::linear_bf16_amx_applicable(x_shape, w, bias, compute, epilogue, src, dst, src_columns))
+    return cpu::prepare_linear_bf16_amx(x_shape, w, bias, epilogue, dst);
+  return prepare_linear_dnnl(x_shape, w, bias, compute, epilogue, src, dst, src_columns);
 }
 
 std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,

@@ -17,11 +17,10 @@
 // Products and sums in f32 in the tiles, K in the same order as oneDNN's (steps of 32), so results
 // agree with its to f32 rounding (bench/linear_bench: identical bf16 outputs on BERT's shapes).
 // With K = 768 oneDNN is as fast or faster (bench/linear_bench: 0.85-1.0x), hence kMinK.
-// TAIYI_AMX_LINEAR=0 turns it off (A/B runs).
+// ops::prepare_linear picks it (ops/prepared.cpp; TAIYI_AMX_LINEAR=0 turns it off for A/B runs).
 #include <omp.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -45,11 +44,6 @@ constexpr int64_t kTile = 512;        // bf16 elements of a 16 x 64-byte tile
 constexpr int64_t kStrip = 256;       // rows per strip
 constexpr int64_t kChunk = 384;       // columns per chunk (a strip's f32 accumulators: 384 KiB)
 constexpr int64_t kMinK = 1280;       // shorter reductions: oneDNN's matmul is as fast or faster
-
-bool turned_off() {
-  const char* v = std::getenv("TAIYI_AMX_LINEAR");
-  return v && std::string(v) == "0";
-}
 
 size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
 
@@ -258,14 +252,11 @@ class LinearBf16Amx : public PreparedOp {
 };
 #endif
 
-}  // namespace
-
-namespace {
-
 // What the kernel computes: x bf16 rows [M, K] with K a multiple of 32, an f32 weight [N, K] with N a
-// multiple of 32, no post-op or scale, f32 or bf16 residual and output.
-bool kernel_fits(const Shape& x_shape, const Tensor& w, const Epilogue& epilogue, DType dst) {
+// multiple of 32, an f32 bias of N or none, no post-op or scale, f32 or bf16 residual and output.
+bool kernel_fits(const Shape& x_shape, const Tensor& w, const Tensor& bias, const Epilogue& epilogue, DType dst) {
   if (x_shape.empty() || w.ndim() != 2 || w.dtype() != DType::F32 || w.size(1) != x_shape.back()) return false;
+  if (bias.defined() && (bias.dtype() != DType::F32 || bias.numel() != w.size(0))) return false;
   const int64_t k = x_shape.back(), n = w.size(0);
   return k >= 32 && k % 32 == 0 && n % 32 == 0 && n > 0 && epilogue.post_op == PostOp::kNone &&
          epilogue.scale == 1.0f && (dst == DType::F32 || dst == DType::BF16) &&
@@ -274,23 +265,20 @@ bool kernel_fits(const Shape& x_shape, const Tensor& w, const Epilogue& epilogue
 
 }  // namespace
 
-bool linear_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, DType compute, const Epilogue& epilogue,
-                                DType src, DType dst, bool src_columns) {
+bool linear_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, const Tensor& bias, DType compute,
+                                const Epilogue& epilogue, DType src, DType dst, bool src_columns) {
   // (from 64 rows: fewer are a matrix-vector product, oneDNN's; from K = kMinK: see the top)
-  return !turned_off() && cpu_has_amx_bf16() && compute == DType::BF16 && src == DType::BF16 && !src_columns &&
-         kernel_fits(x_shape, w, epilogue, dst) && shape_numel(x_shape) / x_shape.back() >= 64 &&
+  return cpu_has_amx_bf16() && compute == DType::BF16 && src == DType::BF16 && !src_columns &&
+         kernel_fits(x_shape, w, bias, epilogue, dst) && shape_numel(x_shape) / x_shape.back() >= 64 &&
          x_shape.back() >= kMinK;
 }
 
 std::unique_ptr<PreparedOp> prepare_linear_bf16_amx(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                                     const Epilogue& epilogue, DType dst) {
 #if defined(__x86_64__)
-  if (bias.defined() && (bias.dtype() != DType::F32 || bias.numel() != w.size(0)))
-    throw Error("linear (amx): the bias " + bias.describe() + " is not one f32 value per output column of weight " +
-                w.describe());
-  if (!cpu_has_amx_bf16() || !kernel_fits(x_shape, w, epilogue, dst))
+  if (!cpu_has_amx_bf16() || !kernel_fits(x_shape, w, bias, epilogue, dst))
     throw Error("linear (amx): not applicable to input " + shape_str(x_shape) + ", weight " + w.describe() +
-                " (needs AMX, K a multiple of 256 from 2048, N a multiple of 32, no post-op)");
+                " (needs AMX, K and N multiples of 32, an f32 bias of N or none, no post-op)");
   return std::make_unique<LinearBf16Amx>(x_shape, w, bias, epilogue, dst);
 #else
   throw Error("linear (amx): needs an x86 CPU with AMX, for input " + shape_str(x_shape) + ", weight " + w.describe());

@@ -180,11 +180,9 @@ bool linear_input_by_columns(const Shape& x_shape, const Strides& x_strides) {
   return lead == 1 && m > 1 && k > 1 && x_strides[r - 2] == 1 && x_strides[r - 1] == m;
 }
 
-std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w, const Tensor& bias, DType compute,
-                                           const Epilogue& epilogue, DType src, DType dst, bool src_columns) {
-  if (cpu::linear_bf16_amx_applicable(x_shape, w, compute, epilogue, src, dst, src_columns) &&
-      (!bias.defined() || (bias.dtype() == DType::F32 && bias.numel() == w.size(0))))
-    return cpu::prepare_linear_bf16_amx(x_shape, w, bias, epilogue, dst);
+std::unique_ptr<PreparedOp> prepare_linear_dnnl(const Shape& x_shape, const Tensor& w, const Tensor& bias,
+                                                DType compute, const Epilogue& epilogue, DType src, DType dst,
+                                                bool src_columns) {
   try {
     return std::make_unique<PreparedLinear>(x_shape, w, bias, compute, epilogue, src, dst, src_columns);
   } catch (const dnnl::error& e) {

@@ -13,6 +13,10 @@ std::unique_ptr<PreparedOp> prepare_conv2d_dnnl(const Shape& x_shape, const Tens
                                                 const Conv2dParams& p, DType compute, Layout src_layout,
                                                 Layout dst_layout, const Epilogue& epilogue, DType src = DType::F32,
                                                 DType dst = DType::F32);
+// linear_prepared_dnnl.cpp: oneDNN's matmul, weights packed once (bf16) or read as they are (f32); any linear.
+std::unique_ptr<PreparedOp> prepare_linear_dnnl(const Shape& x_shape, const Tensor& w, const Tensor& bias,
+                                                DType compute, const Epilogue& epilogue, DType src, DType dst,
+                                                bool src_columns);
 // Whether it can write a bf16 output: bf16 compute, channels-last out, no scale, a residual only
 // in bf16 (summed in), and not split by input channels (the slices sum into the output, which must
 // stay f32 for that).
@@ -43,13 +47,13 @@ std::unique_ptr<PreparedOp> prepare_conv2d_upsample2x(const Shape& x_shape, cons
                                                       DType compute, Layout src_layout, Layout dst_layout, DType src,
                                                       DType dst);
 
-// linear_bf16_amx.cpp: a bf16 linear on AMX tiles for long reductions (applicable: K a multiple of
-// 32 from 1280, N of 32, 64 rows or more: BERT's output dense, the UNet's feed-forward outputs), x
-// bf16 rows, weights packed once into tiles, K in blocks of 256 with f32 accumulators per strip of
-// rows and chunk of columns; + bias (+ an f32 or bf16 residual, inputs[1]) into an f32 or bf16
-// output. Needs cpu_has_amx_bf16(); TAIYI_AMX_LINEAR=0 says not applicable (A/B runs).
-bool linear_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, DType compute, const Epilogue& epilogue,
-                                DType src, DType dst, bool src_columns);
+// linear_bf16_amx.cpp: a bf16 linear on AMX tiles for long reductions (applicable: AMX, K a
+// multiple of 32 from 1280, N of 32, 64 rows or more: BERT's output dense, the UNet's feed-forward
+// outputs), x bf16 rows, weights packed once into tiles, K in blocks of 256 with f32 accumulators
+// per strip of rows and chunk of columns; + an f32 bias (+ an f32 or bf16 residual, inputs[1]) into
+// an f32 or bf16 output.
+bool linear_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, const Tensor& bias, DType compute,
+                                const Epilogue& epilogue, DType src, DType dst, bool src_columns);
 std::unique_ptr<PreparedOp> prepare_linear_bf16_amx(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                                     const Epilogue& epilogue, DType dst);
 

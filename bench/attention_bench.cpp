@@ -4,7 +4,8 @@
 // behind `taiyi bench unet --profile`. TAIYI_ATTENTION=dnnl times oneDNN's matmuls instead of the
 // AVX512-BF16 kernel. Kind f32 times the f32 kernel of ops::attention instead (AVX-512 where the CPU
 // has it), f32-avx2 its AVX2 build.
-//   build/bench/attention_bench [reps] [only this row, -1 all] [bf16|f32|f32-avx2]
+// Kind bf16-in feeds the bf16 kernel q, k and v in bf16, as graph mode does (graph/passes/bf16_inputs.cpp).
+//   build/bench/attention_bench [reps] [only this row, -1 all] [bf16|bf16-in|f32|f32-avx2]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -25,12 +26,13 @@ int main(int argc, char** argv) {
   using namespace taiyi;
   const int reps = argc > 1 ? std::max(1, std::atoi(argv[1])) : 5;
   const std::string kind = argc > 3 ? argv[3] : "bf16";
-  if (kind != "bf16" && kind != "f32" && kind != "f32-avx2") {
-    std::fprintf(stderr, "attention_bench: unknown kind '%s' (bf16, f32 or f32-avx2)\n", kind.c_str());
+  const bool bf16_in = kind == "bf16-in";
+  if (kind != "bf16" && !bf16_in && kind != "f32" && kind != "f32-avx2") {
+    std::fprintf(stderr, "attention_bench: unknown kind '%s' (bf16, bf16-in, f32 or f32-avx2)\n", kind.c_str());
     return 1;
   }
   if (kind == "f32-avx2") ops::cpu::set_kernel_level(ops::cpu::KernelLevel::kAvx2);
-  if (kind == "bf16" && !ops::bf16_supported()) {
+  if ((kind == "bf16" || bf16_in) && !ops::bf16_supported()) {
     std::fprintf(stderr, "attention_bench: this CPU has no bf16 (avx512_bf16 or AMX)\n");
     return 1;
   }
@@ -47,11 +49,16 @@ int main(int argc, char** argv) {
   for (int row = 0; row < static_cast<int>(std::size(cases)); ++row) {
     if (only >= 0 && row != only) continue;
     const Case& c = cases[row];
-    const Tensor q = random({c.b, c.lq, c.heads * c.d}, 2.0f), k = random({c.b, c.lk, c.heads * c.d}, 2.0f);
-    const Tensor v = random({c.b, c.lk, c.heads * c.d}, 2.0f);
+    Tensor q = random({c.b, c.lq, c.heads * c.d}, 2.0f), k = random({c.b, c.lk, c.heads * c.d}, 2.0f);
+    Tensor v = random({c.b, c.lk, c.heads * c.d}, 2.0f);
+    if (bf16_in) {
+      q = q.to(DType::BF16);
+      k = k.to(DType::BF16);
+      v = v.to(DType::BF16);
+    }
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.d));
     std::unique_ptr<ops::PreparedOp> op;
-    if (kind == "bf16")
+    if (kind == "bf16" || bf16_in)
       op = ops::prepare_attention_bf16(q.shape(), k.shape(), v.shape(), c.heads, scale, ops::Bf16Arithmetic::kNative);
     Tensor out = Tensor::empty({c.b, c.lq, c.heads * c.d});
     const auto scratch = Storage::allocate((op ? op->scratch_bytes() : 0) + 64);

@@ -2,9 +2,10 @@
 // stride-1 and 1x1 convolutions of the Taiyi UNet at 512x512 (batch 2) and of the VAE decoder,
 // against oneDNN's direct convolution (TAIYI_WINOGRAD=0 TAIYI_CONV1X1=0), taking turns; prints
 // milliseconds and direct-equivalent GFLOP/s of each.
-//   build/bench/conv_bench [fp32|bf16] [reps] [first row] [last row]
+//   build/bench/conv_bench [fp32|bf16|bf16-nhwc] [reps] [first row] [last row]
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -18,7 +19,10 @@
 
 int main(int argc, char** argv) {
   using namespace taiyi;
-  const DType compute = argc > 1 && std::string(argv[1]) == "bf16" ? DType::BF16 : DType::F32;
+  const std::string kind = argc > 1 ? argv[1] : "fp32";
+  // bf16-nhwc: bf16 channels-last input and output, as graph mode runs the AMX convolutions.
+  const bool nhwc = kind == "bf16-nhwc";
+  const DType compute = kind == "bf16" || nhwc ? DType::BF16 : DType::F32;
   const int reps = argc > 2 ? std::atoi(argv[2]) : 5;
   if (compute == DType::BF16 && !ops::bf16_supported()) {
     std::fprintf(stderr, "conv_bench: this CPU has no bf16 (avx512_bf16 or AMX)\n");
@@ -50,14 +54,24 @@ int main(int argc, char** argv) {
     const Case& c = rows[i].c;
     const int64_t k = rows[i].k;
     const Shape xs = {c.n, c.cin, c.h, c.h};
-    const Tensor x = random(xs, 1.0f), w = random({c.cout, c.cin, k, k}, 0.05f), b = random({c.cout}, 0.1f);
+    const Tensor w = random({c.cout, c.cin, k, k}, 0.05f), b = random({c.cout}, 0.1f);
+    const Tensor x =
+        nhwc ? random({c.n, c.h, c.h, c.cin}, 1.0f).to(DType::BF16).permute({0, 3, 1, 2}) : random(xs, 1.0f);
     const ops::Conv2dParams p = ops::Conv2dParams::same(static_cast<int>(k / 2));
-    Tensor y = Tensor::empty({c.n, c.cout, c.h, c.h});
+    const Tensor y = nhwc ? Tensor::empty({c.n, c.h, c.h, c.cout}, DType::BF16).permute({0, 3, 1, 2})
+                          : Tensor::empty({c.n, c.cout, c.h, c.h});
+    const Tensor y1 = nhwc ? Tensor::empty({c.n, c.h, c.h, c.cout}, DType::BF16).permute({0, 3, 1, 2})
+                           : Tensor::empty({c.n, c.cout, c.h, c.h});
+    const auto prepare = [&] {
+      if (!nhwc) return ops::prepare_conv2d(xs, w, b, p, compute);
+      return ops::prepare_conv2d(xs, w, b, p, compute, ops::Layout::kNHWC, ops::Layout::kNHWC, {}, DType::BF16,
+                                 DType::BF16);
+    };
     std::unique_ptr<ops::PreparedOp> op[2];
-    op[0] = ops::prepare_conv2d(xs, w, b, p, compute);
+    op[0] = prepare();
     setenv("TAIYI_WINOGRAD", "0", 1);
     setenv("TAIYI_CONV1X1", "0", 1);
-    op[1] = ops::prepare_conv2d(xs, w, b, p, compute);
+    op[1] = prepare();
     unsetenv("TAIYI_WINOGRAD");
     unsetenv("TAIYI_CONV1X1");
     const auto scratch = Storage::allocate(std::max(op[0]->scratch_bytes(), op[1]->scratch_bytes()) + 64);
@@ -65,16 +79,25 @@ int main(int argc, char** argv) {
     for (int r = 0; r <= reps; ++r)
       for (int j = 0; j < 2; ++j) {
         const auto t0 = std::chrono::steady_clock::now();
-        op[j]->run({x}, y, scratch->data());
+        op[j]->run({x}, j == 0 ? y : y1, scratch->data());
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (r > 0) best[j] = std::min(best[j], s);
       }
+    // The two outputs' difference, relative (L2) to the second's.
+    double num = 0.0, den = 0.0;
+    const Tensor a = y.to(DType::F32).contiguous(), bb = y1.to(DType::F32).contiguous();
+    for (int64_t e = 0; e < a.numel(); ++e) {
+      const double d = a.data<float>()[e] - bb.data<float>()[e];
+      num += d * d;
+      den += static_cast<double>(bb.data<float>()[e]) * bb.data<float>()[e];
+    }
     std::printf(
-        "%2d %lldx%lld [%lld,%lld,%lld,%lld]->%-5lld %8.2f ms %7.1f GFLOP/s  %-44s | %8.2f ms %7.1f GFLOP/s  %s\n", i,
-        static_cast<long long>(k), static_cast<long long>(k), static_cast<long long>(c.n),
+        "%2d %lldx%lld [%lld,%lld,%lld,%lld]->%-5lld %8.2f ms %7.1f GFLOP/s  %-44s | %8.2f ms %7.1f GFLOP/s  %s | rel "
+        "diff %.1e\n",
+        i, static_cast<long long>(k), static_cast<long long>(k), static_cast<long long>(c.n),
         static_cast<long long>(c.cin), static_cast<long long>(c.h), static_cast<long long>(c.h),
         static_cast<long long>(c.cout), best[0] * 1e3, op[0]->flops() * 1e-9 / best[0], op[0]->describe().c_str(),
-        best[1] * 1e3, op[1]->flops() * 1e-9 / best[1], op[1]->describe().c_str());
+        best[1] * 1e3, op[1]->flops() * 1e-9 / best[1], op[1]->describe().c_str(), std::sqrt(num / (den + 1e-30)));
   }
   return 0;
 }

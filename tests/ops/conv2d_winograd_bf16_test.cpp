@@ -5,6 +5,10 @@
 // off the 8-channel panels and odd, padding 0..2 and asymmetric, batch, all four src/dst layouts, bias or none, a
 // residual (also in place), several blocks, one thread and the default count, NaN-filled scratch and guard values after
 // the scratch and the output. Skipped on CPUs without avx512_bf16.
+// The AMX kernel (conv2d_winograd_bf16_amx.cpp) against the same reference: channels-last f32 and
+// bf16 inputs and outputs, residuals (f32 separate and in place, bf16 in place), partial blocks,
+// blocks across tile rows and whole rows, batches, one thread; and where prepare_conv2d binds it.
+// Skipped on CPUs without AMX.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -222,6 +226,142 @@ TEST_F(Conv2dWinogradBf16, ApplicabilityAndKernelChoice) {
       {1, 5, 8, 8}, random_tensor({9, 5, 3, 3}, 4), Tensor(), ops::Conv2dParams::same(1), Layout::kNCHW, Layout::kNHWC);
   EXPECT_EQ(op->packed_weight_bytes(), size_t{16} * 6 * 16 * 2);
   EXPECT_EQ(op->describe(), "conv2d bf16 winograd_f23:avx512_bf16 nchw->nhwc");
+}
+
+// ---- The AMX kernel (conv2d_winograd_bf16_amx.cpp): channels-last in and out, f32 or bf16 each.
+
+class Conv2dWinogradBf16Amx : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!ops::cpu::cpu_has_amx_bf16()) GTEST_SKIP() << "this CPU has no AMX-BF16 (or Linux does not allow it)";
+  }
+};
+
+// A channels-last copy of the NCHW tensor t in dtype.
+Tensor nhwc(const Tensor& t, DType dtype) {
+  Tensor out = Tensor::empty({t.size(0), t.size(2), t.size(3), t.size(1)}, dtype).permute({0, 3, 1, 2});
+  out.copy_from(t);
+  return out;
+}
+
+// The f32 path against the rounded reference and f32 (check_case, NHWC in and out, every residual
+// kind); then the same input rounded to bf16 read as bf16, and the outputs written in bf16.
+void check_amx_case(const Case& c, uint32_t seed) {
+  SCOPED_TRACE(case_name(c));
+  const Shape xs = {c.n, c.cin, c.h, c.w};
+  const ops::Conv2dParams p = ops::Conv2dParams::same(1);
+  const Tensor x = ops::cast(ops::cast(random_tensor(xs, seed), DType::BF16), DType::F32);  // bf16 values
+  const Tensor w = random_tensor({c.cout, c.cin, 3, 3}, seed + 1);
+  const Tensor bias = c.bias ? random_tensor({c.cout}, seed + 2) : Tensor();
+  ASSERT_TRUE(ops::cpu::winograd_bf16_amx_applicable(xs, w, p));
+  for (Residual r : {Residual::kNone, Residual::kSeparate, Residual::kInPlace}) {
+    SCOPED_TRACE("residual " + std::to_string(static_cast<int>(r)));
+    const auto op =
+        ops::cpu::prepare_conv2d_winograd_bf16_amx(xs, w, bias, p, {r != Residual::kNone}, DType::F32, DType::F32);
+    const std::vector<double> expected = winograd_bf16_reference(x, w, bias, p);
+    const GuardedRun run = run_guarded(*op, x, Layout::kNHWC, {c.n, c.cout, c.h, c.w}, Layout::kNHWC, r, seed + 3);
+    const std::vector<double> got = values(run.y);
+    double max_abs = 0, max_err = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      const double want = expected[i] + (run.residual.empty() ? 0.0 : run.residual[i]);
+      max_abs = std::max(max_abs, std::abs(want));
+      max_err = std::max(max_err, std::abs(got[i] - want));
+    }
+    EXPECT_LE(max_err, 2e-5 * max_abs + 1e-6) << "max |expected| " << max_abs;
+  }
+  // bf16 in (the same values), f32 and bf16 out: the reference's values again, and the bf16 output
+  // the f32 one rounded (the same sums before the store).
+  const auto f32_out = ops::cpu::prepare_conv2d_winograd_bf16_amx(xs, w, bias, p, {}, DType::BF16, DType::F32);
+  const auto bf16_out = ops::cpu::prepare_conv2d_winograd_bf16_amx(xs, w, bias, p, {}, DType::BF16, DType::BF16);
+  const Tensor xb = nhwc(x, DType::BF16);
+  Tensor yf = nhwc(Tensor::zeros({c.n, c.cout, c.h, c.w}), DType::F32);
+  Tensor yb = nhwc(Tensor::zeros({c.n, c.cout, c.h, c.w}), DType::BF16);
+  Scratch scratch(std::max(f32_out->scratch_bytes(), bf16_out->scratch_bytes()));
+  f32_out->run({xb}, yf, scratch.mem.get());
+  bf16_out->run({xb}, yb, scratch.mem.get());
+  const std::vector<double> expected = winograd_bf16_reference(x, w, bias, p), got = values(yf);
+  double max_abs = 0, max_err = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    max_abs = std::max(max_abs, std::abs(expected[i]));
+    max_err = std::max(max_err, std::abs(got[i] - expected[i]));
+  }
+  EXPECT_LE(max_err, 2e-5 * max_abs + 1e-6) << "bf16 input, max |expected| " << max_abs;
+  const Tensor yb_nchw = yb.contiguous(), yf_nchw = yf.contiguous();
+  int64_t differ = 0;
+  for (int64_t i = 0; i < yf_nchw.numel(); ++i)
+    differ += bf16_to_f32(yb_nchw.data_u16()[i]) != bf16_to_f32(f32_to_bf16(yf_nchw.data<float>()[i]));
+  EXPECT_EQ(differ, 0);
+  // A bf16 residual, in place, into the bf16 output.
+  const auto with_res = ops::cpu::prepare_conv2d_winograd_bf16_amx(
+      xs, w, bias, p, {true, 1.0f, ops::PostOp::kNone, DType::F32, DType::BF16}, DType::BF16, DType::BF16);
+  const Tensor res = ops::cast(ops::cast(random_tensor({c.n, c.cout, c.h, c.w}, seed + 4), DType::BF16), DType::F32);
+  Tensor y = nhwc(res, DType::BF16);
+  with_res->run({xb, y}, y, scratch.mem.get());
+  const std::vector<double> rv = values(res), yv = values(y);
+  double worst = 0;
+  for (size_t i = 0; i < yv.size(); ++i) worst = std::max(worst, std::abs(yv[i] - (expected[i] + rv[i])));
+  EXPECT_LE(worst, (max_abs + 1.0) * std::ldexp(1.0, -8) + 1e-6);  // one bf16 rounding of the sum
+}
+
+TEST_F(Conv2dWinogradBf16Amx, MatchesTheRoundedReference) {
+  // One tile; one partial block of 30 tiles (batch 2); tile rows of 64 tiles (whole blocks of a
+  // row: the channels-last row path, blocks in columns, the next rows prefetched); rows of 32 tiles
+  // over 3 panels and 3 steps of Cin in a batch of 2; rows of 33 tiles (blocks across rows).
+  const Case cases[] = {{1, 32, 2, 2, 32, 1, true},
+                        {2, 64, 6, 10, 32, 1, true},
+                        {1, 32, 4, 128, 64, 1, false},
+                        {2, 96, 8, 64, 96, 1, true},
+                        {1, 64, 34, 66, 32, 1, true}};
+  uint32_t seed = 7000;
+  for (const Case& c : cases) {
+    check_amx_case(c, seed);
+    seed += 10;
+  }
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  check_amx_case({1, 64, 6, 128, 32, 1, true}, seed);
+  omp_set_num_threads(threads);
+}
+
+TEST_F(Conv2dWinogradBf16Amx, ApplicabilityAndKernelChoice) {
+  const Shape xs = {1, 64, 8, 8};
+  const Tensor w = random_tensor({64, 64, 3, 3}, 1);
+  const ops::Conv2dParams p = ops::Conv2dParams::same(1);
+  EXPECT_TRUE(ops::cpu::winograd_bf16_amx_applicable(xs, w, p));
+  EXPECT_FALSE(ops::cpu::winograd_bf16_amx_applicable({1, 48, 8, 8}, random_tensor({64, 48, 3, 3}, 2), p));
+  EXPECT_FALSE(ops::cpu::winograd_bf16_amx_applicable({1, 64, 7, 8}, w, p));
+  EXPECT_FALSE(ops::cpu::winograd_bf16_amx_applicable(xs, w, ops::Conv2dParams::same(1, 2)));
+  EXPECT_FALSE(ops::cpu::winograd_bf16_amx_applicable(xs, w, ops::Conv2dParams::same(0)));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        ops::cpu::prepare_conv2d_winograd_bf16_amx({1, 64, 7, 8}, w, Tensor(), p, {}, DType::BF16, DType::BF16);
+      },
+      {"winograd", "not applicable", "even sizes"}));
+  const auto op = ops::cpu::prepare_conv2d_winograd_bf16_amx(xs, w, Tensor(), p, {}, DType::BF16, DType::BF16);
+  EXPECT_EQ(op->describe(), "conv2d bf16 winograd_f23:amx nhwc bf16-in bf16-out");
+  EXPECT_EQ(op->packed_weight_bytes(), size_t{16} * 64 * 64 * 2);
+  Scratch scratch(op->scratch_bytes());
+  EXPECT_TRUE(throws_error([&] { op->run({random_tensor(xs, 3)}, Tensor::empty(xs, DType::BF16), scratch.mem.get()); },
+                           {"channels-last", "bf16"}));
+  // prepare_conv2d in bf16 with channels-last activations: this kernel where oneDNN runs on AMX, up
+  // to 256 output channels; oneDNN with a per-call bias, NCHW, wider outputs and TAIYI_WINOGRAD=0.
+  if (!ops::bf16_supported()) return;
+  const auto kernel = [&](const Shape& x, const Tensor& wt, Layout layout, ops::PostOp post) {
+    ops::Epilogue e;
+    e.post_op = post;
+    return ops::prepare_conv2d(x, wt, random_tensor({wt.size(0)}, 4), p, DType::BF16, layout, layout, e)->describe();
+  };
+  const bool amx = ops::cpu::dnnl_uses_amx();
+  EXPECT_EQ(kernel(xs, w, Layout::kNHWC, ops::PostOp::kNone).find("winograd_f23:amx") != std::string::npos, amx);
+  EXPECT_EQ(kernel(xs, w, Layout::kNCHW, ops::PostOp::kNone).find("winograd_f23:amx"), std::string::npos);
+  EXPECT_EQ(kernel(xs, w, Layout::kNHWC, ops::PostOp::kBiasAdd).find("winograd_f23:amx"), std::string::npos);
+  EXPECT_EQ(kernel({1, 64, 8, 8}, random_tensor({320, 64, 3, 3}, 5), Layout::kNHWC, ops::PostOp::kNone)
+                .find("winograd_f23:amx"),
+            std::string::npos);
+  EXPECT_EQ(ops::conv2d_writes_bf16(xs, w, p, DType::BF16, Layout::kNHWC, Layout::kNHWC, {}, DType::BF16), amx);
+  setenv("TAIYI_WINOGRAD", "0", 1);
+  EXPECT_EQ(kernel(xs, w, Layout::kNHWC, ops::PostOp::kNone).find("winograd"), std::string::npos);
+  unsetenv("TAIYI_WINOGRAD");
 }
 
 }  // namespace

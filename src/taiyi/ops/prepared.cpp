@@ -7,7 +7,10 @@
 // included, goes to oneDNN, except bf16 3x3 convolutions on CPUs with avx512_bf16 and no AMX (AMD
 // Zen 4), which go to our bf16 F(2x2,3x3) kernel (conv2d_winograd_bf16_avx512.cpp), and bf16 1x1
 // convolutions from NCHW to NCHW there, to our kernel that reads and writes NCHW as it is
-// (conv2d_1x1_bf16_avx512.cpp).
+// (conv2d_1x1_bf16_avx512.cpp). On AMX, bf16 3x3 convolutions between channels-last activations
+// of up to 256 output channels (the VAE's 128- and 256-channel levels) go to our F(2x2,3x3) AMX
+// kernel (conv2d_winograd_bf16_amx.cpp: 1.1-1.6x oneDNN's brgconv there; at 320 channels and more,
+// the UNet's, oneDNN is as fast or faster), except with a per-call bias, which oneDNN takes.
 // A convolution of a nearest-2x upsampled input (Conv2dParams upsample 2: graph mode's upsamplers,
 // graph/passes/fuse_upsample_conv.cpp) goes to conv2d_upsample_dnnl.cpp: four 2x2 convolutions of
 // the input itself, 2.25x fewer products.
@@ -69,7 +72,17 @@ bool conv1x1_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, 
 
 namespace {
 
-enum class ConvKernel { kWinogradF32, kWinogradBf16, kConv1x1Bf16, kDnnl, kUpsample2x };
+enum class ConvKernel { kWinogradF32, kWinogradBf16, kWinogradAmx, kConv1x1Bf16, kDnnl, kUpsample2x };
+
+// bf16 3x3 convolutions with channels-last activations on AMX go to our F(2x2,3x3) AMX kernel
+// (conv2d_winograd_bf16_amx.cpp) where it beats oneDNN's direct brgconv (bench/conv_bench bf16-nhwc).
+bool winograd_amx(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
+                  Layout dst_layout, const Epilogue& epilogue) {
+  return compute == DType::BF16 && winograd_enabled() && src_layout == Layout::kNHWC && dst_layout == Layout::kNHWC &&
+         epilogue.post_op == PostOp::kNone && cpu::dnnl_uses_amx() &&
+         cpu::winograd_bf16_amx_applicable(x_shape, w, p) && x_shape[1] <= 512 && w.size(0) <= 256 &&
+         x_shape[1] * w.size(0) <= 512 * 256;
+}
 
 ConvKernel pick(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
                 Layout dst_layout, const Epilogue& epilogue) {
@@ -78,6 +91,7 @@ ConvKernel pick(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DT
   if (epilogue.scale != 1.0f) return ConvKernel::kDnnl;
   if (winograd_tile(x_shape, w, p, compute)) return ConvKernel::kWinogradF32;
   if (winograd_bf16(x_shape, w, p, compute)) return ConvKernel::kWinogradBf16;
+  if (winograd_amx(x_shape, w, p, compute, src_layout, dst_layout, epilogue)) return ConvKernel::kWinogradAmx;
   if (conv1x1_bf16(x_shape, w, p, compute, src_layout, dst_layout)) return ConvKernel::kConv1x1Bf16;
   return ConvKernel::kDnnl;
 }
@@ -100,8 +114,9 @@ bool conv2d_fuses_upsample(const Shape& up_shape, const Tensor& w, const Conv2dP
   Conv2dParams fused = p;
   fused.upsample = 2;
   const Shape x_shape = {up_shape[0], up_shape[1], up_shape[2] / 2, up_shape[3] / 2};
+  const ConvKernel k = pick(up_shape, w, p, compute, Layout::kNHWC, Layout::kNHWC, {});
   return p.upsample == 1 && upsample2x_applies(x_shape, w, fused, {}) &&
-         pick(up_shape, w, p, compute, Layout::kNHWC, Layout::kNHWC, {}) == ConvKernel::kDnnl;
+         (k == ConvKernel::kDnnl || k == ConvKernel::kWinogradAmx);
 }
 
 bool conv2d_writes_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
@@ -109,6 +124,8 @@ bool conv2d_writes_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParam
   if (pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue) == ConvKernel::kUpsample2x)
     return compute == DType::BF16 && !switched_off("TAIYI_BF16_CONV_OUT") && dst_layout == Layout::kNHWC &&
            upsample2x_applies(x_shape, w, p, epilogue);
+  if (pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue) == ConvKernel::kWinogradAmx)
+    return !switched_off("TAIYI_BF16_CONV_OUT") && (!epilogue.residual || epilogue.residual_dtype == DType::BF16);
   return !switched_off("TAIYI_BF16_CONV_OUT") &&
          (src == DType::F32 || conv2d_takes_bf16_input(x_shape, w, p, compute, src_layout, dst_layout, epilogue)) &&
          pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue) == ConvKernel::kDnnl &&
@@ -120,13 +137,15 @@ bool conv2d_takes_bf16_input(const Shape& x_shape, const Tensor& w, const Conv2d
   if (compute != DType::BF16 || (epilogue.post_op != PostOp::kNone && epilogue.post_op != PostOp::kBiasAdd))
     return false;
   const ConvKernel k = pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue);
-  return k == ConvKernel::kDnnl ||
+  return k == ConvKernel::kDnnl || k == ConvKernel::kWinogradAmx ||
          (k == ConvKernel::kUpsample2x && src_layout == Layout::kNHWC && upsample2x_applies(x_shape, w, p, epilogue));
 }
 
 bool conv2d_takes_bias_add(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
                            Layout src_layout, Layout dst_layout) {
-  return pick(x_shape, w, p, compute, src_layout, dst_layout, {}) == ConvKernel::kDnnl;
+  // (with a per-call bias oneDNN's kernel takes the convolution that would go to the AMX Winograd)
+  const ConvKernel k = pick(x_shape, w, p, compute, src_layout, dst_layout, {});
+  return k == ConvKernel::kDnnl || k == ConvKernel::kWinogradAmx;
 }
 
 bool geglu_bf16_supported() { return bf16_supported() && cpu::geglu_bf16_avx512_applicable(); }
@@ -185,6 +204,8 @@ std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w
                                               winograd_tile(x_shape, w, p, compute));
     case ConvKernel::kWinogradBf16:
       return cpu::prepare_conv2d_winograd_bf16_avx512(x_shape, w, bias, p, src_layout, dst_layout);
+    case ConvKernel::kWinogradAmx:
+      return cpu::prepare_conv2d_winograd_bf16_amx(x_shape, w, bias, p, epilogue, src, dst);
     case ConvKernel::kConv1x1Bf16:
       return cpu::prepare_conv2d_1x1_bf16_avx512(x_shape, w, bias, p, src_layout, dst_layout);
     case ConvKernel::kUpsample2x:

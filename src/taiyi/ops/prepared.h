@@ -72,8 +72,9 @@ bool conv2d_takes_bf16_input(const Shape& x_shape, const Tensor& w, const Conv2d
                              Layout src_layout, Layout dst_layout, const Epilogue& epilogue);
 // Whether that kernel can write its output in bf16 (dst BF16: rounded to nearest even as oneDNN
 // stores it): oneDNN's, channels-last out, with no scale or split by input channels, and a residual
-// only in bf16, added before the rounding (graph/passes/bf16_inputs.cpp: a ResNet's first
-// convolution, read only by a GroupNorm; a ResNet's output in the VAE's spatial residual stream).
+// only in bf16, added before the rounding; the AMX Winograd kernel likewise
+// (graph/passes/bf16_inputs.cpp: a ResNet's first convolution, read only by a GroupNorm; a
+// ResNet's output in the VAE's spatial residual stream).
 // TAIYI_BF16_CONV_OUT=0 says no (A/B runs).
 bool conv2d_writes_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
                         Layout dst_layout, const Epilogue& epilogue, DType src);

@@ -1,0 +1,486 @@
+// Winograd F(2x2, 3x3) convolution with bf16 products on AMX tiles, channels-last (NHWC) in and
+// out: the VAE's 3x3 convolutions at 128 and 256 channels, where oneDNN 2.6's direct brgconv runs
+// at 2.0-2.4 TFLOP/s on the Xeon with AMX. F(2x2, 3x3) does 16 products per 2x2 output tile and
+// (cin, cout) pair instead of 36 (2.25x fewer), with transforms exact or nearly so in bf16 (B and
+// A hold 0 and +-1, G 1/2): rounding V and U to bf16 costs about 1.6x the error of a direct bf16
+// convolution (tools/winograd_bf16_error.py; conv2d_winograd_bf16_avx512.cpp is the same
+// arithmetic on vdpbf16ps for CPUs without AMX).
+//   Y = A^T [ (G g G^T) .* (B^T d B) ] A     per 4x4 input tile d, 3x3 filter g, 2x2 output tile Y,
+// summed over input channels: per transform-domain position p (16), M_p [tiles x Cout] = V_p [tiles
+// x Cin] . U_p [Cin x Cout].
+//
+// U is transformed once and packed as B tiles: [panel of 32 output channels][p][Cin / 32 steps][half
+// (16 columns)][16 channel pairs][16 columns][2]. Per call, blocks of 32 tiles (consecutive in
+// image, tile row, tile column order) go to the threads; for each block a thread
+//   1. transforms the input, 32 channels (one 64-byte load per input pixel, widened to f32) of one
+//      tile at a time, into A tiles V [p][Cin / 32][half (16 tiles)][16 tiles][32 channels] bf16
+//      (Cin KiB: in L2);
+//   2. per panel of 32 output channels: the 16 products (C: 2 x 2 tiles of 16 tiles x 16 channels,
+//      operands reloaded right after their last product as in linear_bf16_amx.cpp) into M [p][4
+//      tiles][16][16] f32 (64 KiB), then A^T M A, the bias and the residual (f32 or bf16, which may
+//      be the output itself), f32 or rounded to bf16, straight into the output's pixels.
+// Products in f32 in the tiles; the order of the sums differs from a direct convolution's.
+#if defined(__x86_64__)
+// GCC 12's AVX-512 intrinsics pass an uninitialised _mm512_undefined_ps() as the unused merge
+// source of their unmasked forms, which -Wmaybe-uninitialized reports at each use.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+
+#include "taiyi/ops/cpu/amx_tile_config.h"
+#include "taiyi/ops/cpu/conv_io.h"
+#include "taiyi/ops/cpu/cpu_isa.h"
+#include "taiyi/ops/cpu/prepared_kernels.h"
+#include "taiyi/tensor/dtype.h"
+
+namespace taiyi::ops::cpu {
+
+namespace {
+
+constexpr int kPos = 16;        // transform-domain positions (4 x 4)
+constexpr int64_t kBlock = 32;  // tiles per block: the rows of a C block
+constexpr int64_t kTile = 512;  // bf16 elements of a 16 x 64-byte tile
+// f32 elements between positions of M: 4 tiles and a cache line (the output transform reads all 16
+// positions at once, which 4 KiB apart would fall into one L1 set).
+constexpr int64_t kMPos = 4 * 256 + 16;
+
+size_t round_up64(size_t bytes) { return (bytes + 63) / 64 * 64; }
+
+// G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
+constexpr double kG[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+
+// v = B^T d on 4 vectors, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
+TAIYI_TARGET_AMX inline void input_1d(__m512 d0, __m512 d1, __m512 d2, __m512 d3, __m512* v) {
+  v[0] = _mm512_sub_ps(d0, d2);
+  v[1] = _mm512_add_ps(d1, d2);
+  v[2] = _mm512_sub_ps(d2, d1);
+  v[3] = _mm512_sub_ps(d1, d3);
+}
+// o = A^T m on 4 vectors, A^T = [1 1 1 0; 0 1 -1 -1].
+TAIYI_TARGET_AMX inline void output_1d(__m512 m0, __m512 m1, __m512 m2, __m512 m3, __m512* o) {
+  o[0] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+  o[1] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+}
+
+// 16 bf16 at p widened to f32.
+TAIYI_TARGET_AMX inline __m512 widen16(const uint16_t* p) {
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+
+class WinogradConv2dBf16Amx : public PreparedOp {
+ public:
+  WinogradConv2dBf16Amx(const Shape& xs, const Tensor& w, const Tensor& bias, const Epilogue& epilogue, DType src,
+                        DType dst)
+      : n_(xs[0]),
+        cin_(xs[1]),
+        h_(xs[2]),
+        w_(xs[3]),
+        cout_(w.size(0)),
+        th_(xs[2] / 2),
+        tw_(xs[3] / 2),
+        nt_(xs[0] * (xs[2] / 2) * (xs[3] / 2)),
+        ksteps_(xs[1] / 32),
+        panels_(w.size(0) / 32),
+        residual_(epilogue.residual),
+        src_(src),
+        dst_(dst),
+        threads_(std::max(1, omp_get_max_threads())) {
+    transform_weights(w.contiguous());
+    bias_ = Tensor::zeros({cout_});
+    if (bias.defined()) bias_.copy_from(bias.contiguous());
+    // One cache line more than a position's data between positions: the input transform writes all
+    // 16 at once, which a multiple of 4 KiB apart would put in one L1 set.
+    v_pos_ = ksteps_ * 2 * kTile + 32;
+    v_bytes_ = round_up64(static_cast<size_t>(kPos * v_pos_) * 2);
+    m_bytes_ = static_cast<size_t>(kPos * kMPos) * 4;
+    flops_ = 2.0 * n_ * cout_ * h_ * w_ * cin_ * 9;
+    describe_ = std::string("conv2d bf16 winograd_f23:amx nhwc") + (src == DType::BF16 ? " bf16-in" : "") +
+                (dst == DType::BF16 ? " bf16-out" : "") +
+                (residual_ ? (dst == DType::BF16 ? " +bf16 residual" : " +residual") : "");
+  }
+
+  void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override;
+  size_t scratch_bytes() const override { return static_cast<size_t>(threads_) * (v_bytes_ + m_bytes_) + 64; }
+  size_t packed_weight_bytes() const override { return static_cast<size_t>(packed_.numel()) * 2; }
+  std::string describe() const override { return describe_; }
+  double flops() const override { return flops_; }
+
+ private:
+  // U = G g G^T in bf16 as B tiles [panel][p][step][half][16 pairs][16 columns][2], the input
+  // channels of a step in V's order (k_index).
+  void transform_weights(const Tensor& w) {
+    packed_ = Tensor::empty({panels_ * kPos * ksteps_ * 2 * kTile}, DType::BF16);
+    uint16_t* dst = packed_.data_u16();
+    const float* src = w.data<float>();
+#pragma omp parallel for schedule(static)
+    for (int64_t co = 0; co < cout_; ++co) {
+      const int64_t panel = co / 32, half = co % 32 / 16, col = co % 16;
+      for (int64_t ci = 0; ci < cin_; ++ci) {
+        const float* g = src + (co * cin_ + ci) * 9;
+        double t[4][3];  // G g
+        for (int a = 0; a < 4; ++a)
+          for (int j = 0; j < 3; ++j) t[a][j] = kG[a][0] * g[j] + kG[a][1] * g[3 + j] + kG[a][2] * g[6 + j];
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 4; ++b) {
+            const double u = t[a][0] * kG[b][0] + t[a][1] * kG[b][1] + t[a][2] * kG[b][2];
+            const int64_t pos = a * 4 + b, step = ci / 32, k = k_index(ci % 32);
+            const int64_t tile = ((panel * kPos + pos) * ksteps_ + step) * 2 + half;
+            dst[tile * kTile + k / 2 * 32 + col * 2 + k % 2] = f32_to_bf16(static_cast<float>(u));
+          }
+      }
+    }
+  }
+
+  // (B^T d)[a] of the 4 input rows at column xx, channels [c, c + 32) as two halves of 16: col[a][half].
+  template <typename Src>
+  TAIYI_TARGET_AMX void column(const Src* const* rows, int64_t xx, int64_t xstride, int64_t c,
+                               __m512 (&col)[4][2]) const {
+    const bool in = xx >= 0 && xx < w_;
+    __m512 d[4][2];
+    for (int i = 0; i < 4; ++i) load32(in && rows[i] ? rows[i] + xx * xstride : nullptr, c, d[i]);
+    for (int hh = 0; hh < 2; ++hh) {
+      __m512 r[4];
+      input_1d(d[0][hh], d[1][hh], d[2][hh], d[3][hh], r);
+      for (int a = 0; a < 4; ++a) col[a][hh] = r[a];
+    }
+  }
+
+  // input_transform for kBlock tiles of one tile row (n, ty, tx0 ..): each input column's B^T d is
+  // computed once and kept in registers for the next tile, which shares two columns.
+  template <typename Src>
+  TAIYI_TARGET_AMX void input_transform_row(const Src* x, const Strides4& sx, int64_t n, int64_t ty, int64_t tx0,
+                                            uint16_t* v) const {
+    const Src* rows[4];
+    for (int i = 0; i < 4; ++i) {
+      const int64_t yy = 2 * ty - 1 + i;
+      rows[i] = yy >= 0 && yy < h_ ? x + n * sx.n + yy * sx.h : nullptr;
+    }
+    const int64_t x0 = 2 * tx0 - 1;
+    for (int64_t s = 0; s < ksteps_; ++s) {
+      __m512 c0[4][2], c1[4][2];
+      column(rows, x0, sx.w, s * 32, c0);
+      column(rows, x0 + 1, sx.w, s * 32, c1);
+      for (int64_t t = 0; t < kBlock; ++t) {
+        __m512 c2[4][2], c3[4][2];
+        column(rows, x0 + 2 * t + 2, sx.w, s * 32, c2);
+        column(rows, x0 + 2 * t + 3, sx.w, s * 32, c3);
+        uint16_t* row = v + (t / 16) * kTile + (t % 16) * 32 + s * 2 * kTile;
+        for (int a = 0; a < 4; ++a) {
+          __m512 lo[4], hi[4];
+          input_1d(c0[a][0], c1[a][0], c2[a][0], c3[a][0], lo);
+          input_1d(c0[a][1], c1[a][1], c2[a][1], c3[a][1], hi);
+          for (int b = 0; b < 4; ++b)
+            _mm512_store_si512(row + (a * 4 + b) * v_pos_, (__m512i)_mm512_cvtne2ps_pbh(hi[b], lo[b]));
+        }
+        for (int a = 0; a < 4; ++a)
+          for (int hh = 0; hh < 2; ++hh) {
+            c0[a][hh] = c2[a][hh];
+            c1[a][hh] = c3[a][hh];
+          }
+      }
+    }
+  }
+
+  // V of the block's tiles [t0, t0 + count): [p][step][half][16][32] bf16, zeros past count.
+  template <typename Src>
+  TAIYI_TARGET_AMX void input_transform(const Src* x, const Strides4& sx, int64_t t0, int64_t count,
+                                        uint16_t* v) const {
+    const int64_t plane = th_ * tw_;
+    if (count == kBlock && t0 % tw_ + kBlock <= tw_) {
+      input_transform_row(x, sx, t0 / plane, t0 % plane / tw_, t0 % tw_, v);
+      return;
+    }
+    for (int64_t t = 0; t < kBlock; ++t) {
+      uint16_t* row = v + (t / 16) * kTile + (t % 16) * 32;  // + p v_pos_ + step 2 kTile
+      if (t >= count) {
+        for (int p = 0; p < kPos; ++p)
+          for (int64_t s = 0; s < ksteps_; ++s)
+            _mm512_store_si512(row + p * v_pos_ + s * 2 * kTile, _mm512_setzero_si512());
+        continue;
+      }
+      const int64_t tile = t0 + t, n = tile / plane, ty = tile % plane / tw_, tx = tile % tw_;
+      const int64_t y0 = 2 * ty - 1, x0 = 2 * tx - 1;
+      const Src* base[4][4];
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) {
+          const int64_t yy = y0 + i, xx = x0 + j;
+          base[i][j] = yy >= 0 && yy < h_ && xx >= 0 && xx < w_ ? x + n * sx.n + yy * sx.h + xx * sx.w : nullptr;
+        }
+      for (int64_t s = 0; s < ksteps_; ++s) {
+        __m512 vt[2][kPos], d[4][4][2];
+        for (int i = 0; i < 4; ++i)
+          for (int j = 0; j < 4; ++j) load32(base[i][j], s * 32, d[i][j]);
+        for (int hh = 0; hh < 2; ++hh) {
+          __m512 col[4][4];  // col[a][j] = (B^T d)[a][j]
+          for (int j = 0; j < 4; ++j) {
+            __m512 r[4];
+            input_1d(d[0][j][hh], d[1][j][hh], d[2][j][hh], d[3][j][hh], r);
+            for (int a = 0; a < 4; ++a) col[a][j] = r[a];
+          }
+          for (int a = 0; a < 4; ++a) input_1d(col[a][0], col[a][1], col[a][2], col[a][3], &vt[hh][a * 4]);
+        }
+        for (int p = 0; p < kPos; ++p)
+          _mm512_store_si512(row + p * v_pos_ + s * 2 * kTile, (__m512i)_mm512_cvtne2ps_pbh(vt[1][p], vt[0][p]));
+      }
+    }
+  }
+
+  // Channels [c, c + 32) of the pixel at p (zeros where p is null: padding) as f32 in two registers:
+  // from bf16 the even channels and the odd ones (one load, a shift and a mask: V's rows then hold
+  // the even channels, then the odd ones, and U's rows follow: k_index), from f32 the first 16 and
+  // the last 16.
+  TAIYI_TARGET_AMX static void load32(const uint16_t* p, int64_t c, __m512 (&d)[2]) {
+    if (!p) {
+      d[0] = d[1] = _mm512_setzero_ps();
+      return;
+    }
+    const __m512i x = _mm512_loadu_si512(p + c);
+    d[0] = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+    d[1] = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(static_cast<int32_t>(0xffff0000u))));
+  }
+  TAIYI_TARGET_AMX static void load32(const float* p, int64_t c, __m512 (&d)[2]) {
+    d[0] = p ? _mm512_loadu_ps(p + c) : _mm512_setzero_ps();
+    d[1] = p ? _mm512_loadu_ps(p + c + 16) : _mm512_setzero_ps();
+  }
+  // Where input channel c of a step of 32 sits in V's rows (load32's order).
+  int64_t k_index(int64_t c) const { return src_ == DType::BF16 ? c % 2 * 16 + c / 2 : c; }
+
+  // Software prefetch of two byte ranges (the next block's new input rows), per_block lines a call.
+  struct Prefetch {
+    const char* range[2] = {nullptr, nullptr};
+    int64_t bytes = 0, per_block = 0, next = 0;
+    void issue() {
+      for (int64_t i = 0; i < per_block && next < 2 * bytes; ++i, next += 64) {
+        const int r = next >= bytes ? 1 : 0;
+        if (range[r]) __builtin_prefetch(range[r] + (next - r * bytes), 0, 2);
+      }
+    }
+  };
+
+  // For each position p: the C block (the block's 32 tiles x the 32 channels of panel) over all of
+  // Cin, stored as 4 tiles of 1 KiB at m + p kMPos; the operand order of linear_bf16_amx.cpp's
+  // block(), and each position's first operands loaded during the last products of the one before
+  // (so that they are there when its products start). pf: some lines prefetched per position.
+  TAIYI_TARGET_AMX void products(const uint16_t* v, int64_t panel, float* m, Prefetch* pf) const {
+    const uint16_t* bp = packed_.data_u16() + panel * kPos * ksteps_ * 2 * kTile;
+    _tile_loadd(4, v, 64);
+    _tile_loadd(6, bp, 64);
+    _tile_loadd(5, v + kTile, 64);
+    _tile_loadd(7, bp + kTile, 64);
+    for (int p = 0; p < kPos; ++p) {
+      if (pf) pf->issue();
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      const uint16_t* a = v + p * v_pos_;
+      const uint16_t* b = bp + p * ksteps_ * 2 * kTile;
+      for (int64_t s = 0; s < ksteps_; ++s) {
+        // the next operands: this position's next step, or the next position's first (B's follows
+        // this position's last step in memory)
+        const bool more = s + 1 < ksteps_ || p + 1 < kPos;
+        const uint16_t* an = s + 1 < ksteps_ ? a + (s + 1) * 2 * kTile : a + v_pos_;
+        const uint16_t* bn = b + (s + 1) * 2 * kTile;
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(2, 5, 6);
+        if (more) _tile_loadd(6, bn, 64);
+        _tile_dpbf16ps(1, 4, 7);
+        if (more) _tile_loadd(4, an, 64);
+        _tile_dpbf16ps(3, 5, 7);
+        if (more) {
+          _tile_loadd(5, an + kTile, 64);
+          _tile_loadd(7, bn + kTile, 64);
+        }
+      }
+      float* c = m + p * kMPos;
+      _tile_stored(0, c, 64);
+      _tile_stored(1, c + 256, 64);
+      _tile_stored(2, c + 512, 64);
+      _tile_stored(3, c + 768, 64);
+    }
+  }
+
+  // Y = A^T M A + bias (+ residual) of the block's tiles for the 32 channels of panel, from m [p][4
+  // tiles (rows half x columns half)][16][16] f32, into y (f32 or bf16 per dst_).
+  TAIYI_TARGET_AMX void output_transform(const float* m, int64_t panel, int64_t t0, int64_t count, void* y,
+                                         const Strides4& sy, const void* res, const Strides4& sr) const {
+    const int64_t plane = th_ * tw_;
+    const float* bias_f = bias_.data<float>();
+    for (int64_t t = 0; t < count; ++t) {
+      const int64_t tile = t0 + t, n = tile / plane, ty = tile % plane / tw_, tx = tile % tw_;
+      for (int64_t hh = 0; hh < 2; ++hh) {
+        const float* mt = m + ((t / 16) * 2 + hh) * 256 + (t % 16) * 16;
+        __m512 r[2][4];  // (A^T M)[row][b]
+        for (int b = 0; b < 4; ++b) {
+          __m512 o[2];
+          output_1d(_mm512_load_ps(mt + (0 * 4 + b) * kMPos), _mm512_load_ps(mt + (1 * 4 + b) * kMPos),
+                    _mm512_load_ps(mt + (2 * 4 + b) * kMPos), _mm512_load_ps(mt + (3 * 4 + b) * kMPos), o);
+          r[0][b] = o[0];
+          r[1][b] = o[1];
+        }
+        const int64_t c0 = panel * 32 + hh * 16;
+        const __m512 bias = _mm512_loadu_ps(bias_f + c0);
+        for (int i = 0; i < 2; ++i) {
+          __m512 o[2];
+          output_1d(r[i][0], r[i][1], r[i][2], r[i][3], o);
+          for (int j = 0; j < 2; ++j) {
+            const int64_t yy = 2 * ty + i, xx = 2 * tx + j;
+            __m512 val = _mm512_add_ps(o[j], bias);
+            const int64_t at_r = n * sr.n + yy * sr.h + xx * sr.w + c0;
+            const int64_t at = n * sy.n + yy * sy.h + xx * sy.w + c0;
+            if (dst_ == DType::BF16) {
+              if (residual_) val = _mm512_add_ps(val, widen16(static_cast<const uint16_t*>(res) + at_r));
+              _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(y) + at),
+                                  (__m256i)_mm512_cvtneps_pbh(val));
+            } else {
+              if (residual_) val = _mm512_add_ps(val, _mm512_loadu_ps(static_cast<const float*>(res) + at_r));
+              _mm512_storeu_ps(static_cast<float*>(y) + at, val);
+            }
+          }
+        }
+      }
+    }
+  }
+
+  int64_t n_, cin_, h_, w_, cout_, th_, tw_, nt_, ksteps_, panels_, v_pos_ = 0;
+  bool residual_;
+  DType src_, dst_;
+  int threads_;
+  Tensor packed_, bias_;
+  size_t v_bytes_ = 0, m_bytes_ = 0;
+  double flops_ = 0;
+  std::string describe_;
+
+  template <typename Src>
+  TAIYI_TARGET_AMX void run_blocks(const Src* x, const Strides4& sx, void* y, const Strides4& sy, const void* res,
+                                   const Strides4& sr, std::byte* scratch) const;
+};
+
+template <typename Src>
+TAIYI_TARGET_AMX void WinogradConv2dBf16Amx::run_blocks(const Src* x, const Strides4& sx, void* y, const Strides4& sy,
+                                                        const void* res, const Strides4& sr, std::byte* scratch) const {
+  const int64_t blocks = (nt_ + kBlock - 1) / kBlock;
+  auto* base = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(scratch) + 63) / 64 * 64);
+#pragma omp parallel num_threads(threads_)
+  {
+    auto* v = reinterpret_cast<uint16_t*>(base + static_cast<size_t>(omp_get_thread_num()) * (v_bytes_ + m_bytes_));
+    auto* m = reinterpret_cast<float*>(reinterpret_cast<std::byte*>(v) + v_bytes_);
+    TileConfig cfg;
+    for (int t = 0; t < 8; ++t) cfg.set(t, 16, 64);
+    _tile_loadconfig(&cfg);
+    // Where tile rows split into whole blocks, each thread takes a contiguous range of blocks in
+    // (image, block column, tile row) order: going down a column of blocks, the next block's top two
+    // input rows are the bottom two of the one before, in this core's caches.
+    const bool columns = tw_ % kBlock == 0;
+    const auto run_block = [&](int64_t blk, int64_t next_blk) TAIYI_TARGET_AMX {
+      const int64_t t0 = blk * kBlock, count = std::min(kBlock, nt_ - t0);
+      input_transform(x, sx, t0, count, v);
+      // The next block's two new input rows (below this block's), prefetched during the products.
+      Prefetch pf;
+      if (next_blk >= 0 && sx.c == 1 && sx.w == cin_) {
+        const int64_t plane = th_ * tw_, nt0 = next_blk * kBlock, n = nt0 / plane, ty = nt0 % plane / tw_;
+        const int64_t xs0 = std::max<int64_t>(0, 2 * (nt0 % tw_) - 1),
+                      xs1 = std::min(w_, 2 * (nt0 % tw_) + 2 * kBlock + 1);
+        pf.bytes = (xs1 - xs0) * cin_ * static_cast<int64_t>(sizeof(Src));
+        for (int r = 0; r < 2; ++r) {
+          const int64_t yy = 2 * ty + 1 + r;
+          if (yy >= 0 && yy < h_) pf.range[r] = reinterpret_cast<const char*>(x + n * sx.n + yy * sx.h + xs0 * sx.w);
+        }
+        pf.per_block = (2 * pf.bytes / 64 + panels_ * kPos - 1) / (panels_ * kPos);
+      }
+      for (int64_t panel = 0; panel < panels_; ++panel) {
+        products(v, panel, m, pf.bytes ? &pf : nullptr);
+        output_transform(m, panel, t0, count, y, sy, res, sr);
+      }
+    };
+    if (columns) {
+      const int64_t per_row = tw_ / kBlock, per_image = per_row * th_;
+      const auto block_at = [&](int64_t idx) {
+        const int64_t n = idx / per_image, col = idx % per_image / th_, ty = idx % th_;
+        return n * per_image + ty * per_row + col;
+      };
+#pragma omp for schedule(static)
+      for (int64_t idx = 0; idx < blocks; ++idx)
+        run_block(block_at(idx), idx + 1 < blocks && (idx + 1) % th_ != 0 ? block_at(idx + 1) : -1);
+    } else {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t blk = 0; blk < blocks; ++blk) run_block(blk, -1);
+    }
+    _tile_release();
+  }
+}
+
+void WinogradConv2dBf16Amx::run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const {
+  const Tensor& x = in.at(0);
+  const auto nhwc = [&](const Tensor& t) {
+    return t.ndim() == 4 && t.size(0) == n_ && t.size(2) == h_ && t.size(3) == w_ && t.stride(1) == 1;
+  };
+  if (x.dtype() != src_ || !nhwc(x) || x.size(1) != cin_)
+    throw Error("conv2d winograd (amx): prepared for a channels-last " + std::string(dtype_name(src_)) + " input [" +
+                std::to_string(n_) + ", " + std::to_string(cin_) + ", " + std::to_string(h_) + ", " +
+                std::to_string(w_) + "], given " + x.describe());
+  if (out.dtype() != dst_ || !nhwc(out) || out.size(1) != cout_)
+    throw Error("conv2d winograd (amx): prepared for a channels-last " + std::string(dtype_name(dst_)) + " output of " +
+                std::to_string(cout_) + " channels, given " + out.describe());
+  const void* res = nullptr;
+  Strides4 sr = strides4(out);
+  if (residual_) {
+    const Tensor& r = in.at(1);
+    if (r.dtype() != dst_ || !nhwc(r) || r.size(1) != cout_)
+      throw Error("conv2d winograd (amx): the residual " + r.describe() + " does not match the output " +
+                  out.describe());
+    res = r.raw_data();
+    sr = strides4(r);
+  }
+  if (src_ == DType::BF16) {
+    run_blocks(x.data_u16(), strides4(x), out.raw_data(), strides4(out), res, sr, scratch);
+  } else {
+    run_blocks(x.data<float>(), strides4(x), out.raw_data(), strides4(out), res, sr, scratch);
+  }
+}
+
+}  // namespace
+
+bool winograd_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, const Conv2dParams& p) {
+  return cpu_has_amx_bf16() && x_shape.size() == 4 && w.ndim() == 4 && w.dtype() == DType::F32 &&
+         w.size(1) == x_shape[1] && w.size(2) == 3 && w.size(3) == 3 && x_shape[1] % 32 == 0 && w.size(0) % 32 == 0 &&
+         x_shape[2] % 2 == 0 && x_shape[3] % 2 == 0 && x_shape[2] > 0 && x_shape[3] > 0 && p.stride_h == 1 &&
+         p.stride_w == 1 && p.pad_top == 1 && p.pad_bottom == 1 && p.pad_left == 1 && p.pad_right == 1 &&
+         p.dilation_h == 1 && p.dilation_w == 1 && p.groups == 1 && p.upsample == 1;
+}
+
+std::unique_ptr<PreparedOp> prepare_conv2d_winograd_bf16_amx(const Shape& x_shape, const Tensor& w, const Tensor& bias,
+                                                             const Conv2dParams& p, const Epilogue& epilogue, DType src,
+                                                             DType dst) {
+  if (!winograd_bf16_amx_applicable(x_shape, w, p) || epilogue.scale != 1.0f || epilogue.post_op != PostOp::kNone ||
+      (epilogue.residual && epilogue.residual_dtype != dst) || (src != DType::F32 && src != DType::BF16) ||
+      (dst != DType::F32 && dst != DType::BF16))
+    throw Error("conv2d winograd: bf16 F(2x2,3x3) on AMX not applicable to input " + shape_str(x_shape) + ", weight " +
+                w.describe() +
+                " (needs AMX, a 3x3 f32 kernel, stride 1, padding 1, channel counts multiples of 32, even sizes, "
+                "no post-op)");
+  return std::make_unique<WinogradConv2dBf16Amx>(x_shape, w, bias, epilogue, src, dst);
+}
+
+}  // namespace taiyi::ops::cpu
+
+#else  // not x86: no AMX, so never applicable.
+
+#include "taiyi/ops/cpu/prepared_kernels.h"
+
+namespace taiyi::ops::cpu {
+bool winograd_bf16_amx_applicable(const Shape&, const Tensor&, const Conv2dParams&) { return false; }
+std::unique_ptr<PreparedOp> prepare_conv2d_winograd_bf16_amx(const Shape& x_shape, const Tensor&, const Tensor&,
+                                                             const Conv2dParams&, const Epilogue&, DType, DType) {
+  throw Error("conv2d winograd: bf16 F(2x2,3x3) on AMX needs an x86 CPU with AMX, not available for input " +
+              shape_str(x_shape));
+}
+}  // namespace taiyi::ops::cpu
+
+#endif

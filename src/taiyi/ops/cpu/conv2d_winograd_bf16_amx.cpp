@@ -284,19 +284,8 @@ class WinogradConv2dBf16Amx : public PreparedOp {
       for (int64_t s = 0; s < ksteps_; ++s) {
         // the next operands: this position's next step, or the next position's first (B's follows
         // this position's last step in memory)
-        const bool more = s + 1 < ksteps_ || p + 1 < kPos;
-        const uint16_t* an = s + 1 < ksteps_ ? a + (s + 1) * 2 * kTile : a + v_pos_;
-        const uint16_t* bn = b + (s + 1) * 2 * kTile;
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(2, 5, 6);
-        if (more) _tile_loadd(6, bn, 64);
-        _tile_dpbf16ps(1, 4, 7);
-        if (more) _tile_loadd(4, an, 64);
-        _tile_dpbf16ps(3, 5, 7);
-        if (more) {
-          _tile_loadd(5, an + kTile, 64);
-          _tile_loadd(7, bn + kTile, 64);
-        }
+        const uint16_t* an = s + 1 < ksteps_ ? a + (s + 1) * 2 * kTile : p + 1 < kPos ? a + v_pos_ : nullptr;
+        amx_step_2x2(an, b + (s + 1) * 2 * kTile);
       }
       float* c = m + p * kMPos;
       _tile_stored(0, c, 64);

@@ -185,21 +185,8 @@ class LinearBf16Amx : public PreparedOp {
     _tile_loadd(6, b, 64);
     _tile_loadd(5, a + kTile, 64);
     _tile_loadd(7, b + kTile, 64);
-    for (int64_t s = 0; s < n; ++s) {
-      const bool more = s + 1 < n;
-      const uint16_t* an = a + (s + 1) * 2 * kTile;
-      const uint16_t* bn = b + (s + 1) * 2 * kTile;
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(2, 5, 6);
-      if (more) _tile_loadd(6, bn, 64);
-      _tile_dpbf16ps(1, 4, 7);
-      if (more) _tile_loadd(4, an, 64);
-      _tile_dpbf16ps(3, 5, 7);
-      if (more) {
-        _tile_loadd(5, an + kTile, 64);
-        _tile_loadd(7, bn + kTile, 64);
-      }
-    }
+    for (int64_t s = 0; s < n; ++s)
+      amx_step_2x2(s + 1 < n ? a + (s + 1) * 2 * kTile : nullptr, b + (s + 1) * 2 * kTile);
     _tile_stored(0, c, 64);
     _tile_stored(1, c + 256, 64);
     _tile_stored(2, c + 512, 64);

@@ -244,6 +244,19 @@ Tensor nhwc(const Tensor& t, DType dtype) {
   return out;
 }
 
+// The largest |got - want| and |want| over got's values.
+struct ErrorBound {
+  double max_err = 0, max_abs = 0;
+};
+ErrorBound compare(const std::vector<double>& got, const std::vector<double>& want) {
+  ErrorBound e;
+  for (size_t i = 0; i < got.size(); ++i) {
+    e.max_abs = std::max(e.max_abs, std::abs(want[i]));
+    e.max_err = std::max(e.max_err, std::abs(got[i] - want[i]));
+  }
+  return e;
+}
+
 // The f32 path against the rounded reference and f32 (check_case, NHWC in and out, every residual
 // kind); then the same input rounded to bf16 read as bf16, and the outputs written in bf16.
 void check_amx_case(const Case& c, uint32_t seed) {
@@ -258,16 +271,11 @@ void check_amx_case(const Case& c, uint32_t seed) {
     SCOPED_TRACE("residual " + std::to_string(static_cast<int>(r)));
     const auto op =
         ops::cpu::prepare_conv2d_winograd_bf16_amx(xs, w, bias, p, {r != Residual::kNone}, DType::F32, DType::F32);
-    const std::vector<double> expected = winograd_bf16_reference(x, w, bias, p);
+    std::vector<double> want = winograd_bf16_reference(x, w, bias, p);
     const GuardedRun run = run_guarded(*op, x, Layout::kNHWC, {c.n, c.cout, c.h, c.w}, Layout::kNHWC, r, seed + 3);
-    const std::vector<double> got = values(run.y);
-    double max_abs = 0, max_err = 0;
-    for (size_t i = 0; i < got.size(); ++i) {
-      const double want = expected[i] + (run.residual.empty() ? 0.0 : run.residual[i]);
-      max_abs = std::max(max_abs, std::abs(want));
-      max_err = std::max(max_err, std::abs(got[i] - want));
-    }
-    EXPECT_LE(max_err, 2e-5 * max_abs + 1e-6) << "max |expected| " << max_abs;
+    for (size_t i = 0; i < run.residual.size(); ++i) want[i] += run.residual[i];
+    const ErrorBound e = compare(values(run.y), want);
+    EXPECT_LE(e.max_err, 2e-5 * e.max_abs + 1e-6) << "max |expected| " << e.max_abs;
   }
   // bf16 in (the same values), f32 and bf16 out: the reference's values again, and the bf16 output
   // the f32 one rounded (the same sums before the store).
@@ -279,13 +287,9 @@ void check_amx_case(const Case& c, uint32_t seed) {
   Scratch scratch(std::max(f32_out->scratch_bytes(), bf16_out->scratch_bytes()));
   f32_out->run({xb}, yf, scratch.mem.get());
   bf16_out->run({xb}, yb, scratch.mem.get());
-  const std::vector<double> expected = winograd_bf16_reference(x, w, bias, p), got = values(yf);
-  double max_abs = 0, max_err = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    max_abs = std::max(max_abs, std::abs(expected[i]));
-    max_err = std::max(max_err, std::abs(got[i] - expected[i]));
-  }
-  EXPECT_LE(max_err, 2e-5 * max_abs + 1e-6) << "bf16 input, max |expected| " << max_abs;
+  const std::vector<double> expected = winograd_bf16_reference(x, w, bias, p);
+  const ErrorBound e = compare(values(yf), expected);
+  EXPECT_LE(e.max_err, 2e-5 * e.max_abs + 1e-6) << "bf16 input, max |expected| " << e.max_abs;
   const Tensor yb_nchw = yb.contiguous(), yf_nchw = yf.contiguous();
   int64_t differ = 0;
   for (int64_t i = 0; i < yf_nchw.numel(); ++i)
@@ -300,7 +304,7 @@ void check_amx_case(const Case& c, uint32_t seed) {
   const std::vector<double> rv = values(res), yv = values(y);
   double worst = 0;
   for (size_t i = 0; i < yv.size(); ++i) worst = std::max(worst, std::abs(yv[i] - (expected[i] + rv[i])));
-  EXPECT_LE(worst, (max_abs + 1.0) * std::ldexp(1.0, -8) + 1e-6);  // one bf16 rounding of the sum
+  EXPECT_LE(worst, (e.max_abs + 1.0) * std::ldexp(1.0, -8) + 1e-6);  // one bf16 rounding of the sum
 }
 
 TEST_F(Conv2dWinogradBf16Amx, MatchesTheRoundedReference) {

@@ -121,14 +121,15 @@ bool conv2d_fuses_upsample(const Shape& up_shape, const Tensor& w, const Conv2dP
 
 bool conv2d_writes_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
                         Layout dst_layout, const Epilogue& epilogue, DType src) {
-  if (pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue) == ConvKernel::kUpsample2x)
+  const ConvKernel k = pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue);
+  if (k == ConvKernel::kUpsample2x)
     return compute == DType::BF16 && !switched_off("TAIYI_BF16_CONV_OUT") && dst_layout == Layout::kNHWC &&
            upsample2x_applies(x_shape, w, p, epilogue);
-  if (pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue) == ConvKernel::kWinogradAmx)
+  if (k == ConvKernel::kWinogradAmx)
     return !switched_off("TAIYI_BF16_CONV_OUT") && (!epilogue.residual || epilogue.residual_dtype == DType::BF16);
   return !switched_off("TAIYI_BF16_CONV_OUT") &&
          (src == DType::F32 || conv2d_takes_bf16_input(x_shape, w, p, compute, src_layout, dst_layout, epilogue)) &&
-         pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue) == ConvKernel::kDnnl &&
+         k == ConvKernel::kDnnl &&
          conv2d_dnnl_writes_bf16(x_shape, w, p, compute, src_layout, dst_layout, epilogue, src);
 }
 

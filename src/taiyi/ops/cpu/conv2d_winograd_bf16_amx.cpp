@@ -29,10 +29,10 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <string>
 
 #include "taiyi/ops/cpu/amx_tile_config.h"
+#include "taiyi/ops/cpu/conv2d_winograd_f32.h"
 #include "taiyi/ops/cpu/conv_io.h"
 #include "taiyi/ops/cpu/cpu_isa.h"
 #include "taiyi/ops/cpu/prepared_kernels.h"
@@ -50,9 +50,6 @@ constexpr int64_t kTile = 512;  // bf16 elements of a 16 x 64-byte tile
 constexpr int64_t kMPos = 4 * 256 + 16;
 
 size_t round_up64(size_t bytes) { return (bytes + 63) / 64 * 64; }
-
-// G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
-constexpr double kG[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
 
 // v = B^T d on 4 vectors, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
 TAIYI_TARGET_AMX inline void input_1d(__m512 d0, __m512 d1, __m512 d2, __m512 d3, __m512* v) {
@@ -122,18 +119,35 @@ class WinogradConv2dBf16Amx : public PreparedOp {
     for (int64_t co = 0; co < cout_; ++co) {
       const int64_t panel = co / 32, half = co % 32 / 16, col = co % 16;
       for (int64_t ci = 0; ci < cin_; ++ci) {
-        const float* g = src + (co * cin_ + ci) * 9;
-        double t[4][3];  // G g
-        for (int a = 0; a < 4; ++a)
-          for (int j = 0; j < 3; ++j) t[a][j] = kG[a][0] * g[j] + kG[a][1] * g[3 + j] + kG[a][2] * g[6 + j];
-        for (int a = 0; a < 4; ++a)
-          for (int b = 0; b < 4; ++b) {
-            const double u = t[a][0] * kG[b][0] + t[a][1] * kG[b][1] + t[a][2] * kG[b][2];
-            const int64_t pos = a * 4 + b, step = ci / 32, k = k_index(ci % 32);
-            const int64_t tile = ((panel * kPos + pos) * ksteps_ + step) * 2 + half;
-            dst[tile * kTile + k / 2 * 32 + col * 2 + k % 2] = f32_to_bf16(static_cast<float>(u));
-          }
+        double u[4][4];
+        winograd_f23_filter(src + (co * cin_ + ci) * 9, u);
+        const int64_t step = ci / 32, k = k_index(ci % 32);
+        for (int pos = 0; pos < kPos; ++pos) {
+          const int64_t tile = ((panel * kPos + pos) * ksteps_ + step) * 2 + half;
+          dst[tile * kTile + k / 2 * 32 + col * 2 + k % 2] = f32_to_bf16(static_cast<float>(u[pos / 4][pos % 4]));
+        }
       }
+    }
+  }
+
+  // V = (B^T d) B of one tile from its 4 columns' B^T d, rounded to bf16 into row (+ p v_pos_).
+  TAIYI_TARGET_AMX void store_tile(const __m512 (&c0)[4][2], const __m512 (&c1)[4][2], const __m512 (&c2)[4][2],
+                                   const __m512 (&c3)[4][2], uint16_t* row) const {
+    for (int a = 0; a < 4; ++a) {
+      __m512 lo[4], hi[4];
+      input_1d(c0[a][0], c1[a][0], c2[a][0], c3[a][0], lo);
+      input_1d(c0[a][1], c1[a][1], c2[a][1], c3[a][1], hi);
+      for (int b = 0; b < 4; ++b)
+        _mm512_store_si512(row + (a * 4 + b) * v_pos_, (__m512i)_mm512_cvtne2ps_pbh(hi[b], lo[b]));
+    }
+  }
+
+  // The 4 input rows of tile row ty of image n (null outside the image).
+  template <typename Src>
+  void tile_rows(const Src* x, const Strides4& sx, int64_t n, int64_t ty, const Src* (&rows)[4]) const {
+    for (int i = 0; i < 4; ++i) {
+      const int64_t yy = 2 * ty - 1 + i;
+      rows[i] = yy >= 0 && yy < h_ ? x + n * sx.n + yy * sx.h : nullptr;
     }
   }
 
@@ -157,10 +171,7 @@ class WinogradConv2dBf16Amx : public PreparedOp {
   TAIYI_TARGET_AMX void input_transform_row(const Src* x, const Strides4& sx, int64_t n, int64_t ty, int64_t tx0,
                                             uint16_t* v) const {
     const Src* rows[4];
-    for (int i = 0; i < 4; ++i) {
-      const int64_t yy = 2 * ty - 1 + i;
-      rows[i] = yy >= 0 && yy < h_ ? x + n * sx.n + yy * sx.h : nullptr;
-    }
+    tile_rows(x, sx, n, ty, rows);
     const int64_t x0 = 2 * tx0 - 1;
     for (int64_t s = 0; s < ksteps_; ++s) {
       __m512 c0[4][2], c1[4][2];
@@ -170,14 +181,7 @@ class WinogradConv2dBf16Amx : public PreparedOp {
         __m512 c2[4][2], c3[4][2];
         column(rows, x0 + 2 * t + 2, sx.w, s * 32, c2);
         column(rows, x0 + 2 * t + 3, sx.w, s * 32, c3);
-        uint16_t* row = v + (t / 16) * kTile + (t % 16) * 32 + s * 2 * kTile;
-        for (int a = 0; a < 4; ++a) {
-          __m512 lo[4], hi[4];
-          input_1d(c0[a][0], c1[a][0], c2[a][0], c3[a][0], lo);
-          input_1d(c0[a][1], c1[a][1], c2[a][1], c3[a][1], hi);
-          for (int b = 0; b < 4; ++b)
-            _mm512_store_si512(row + (a * 4 + b) * v_pos_, (__m512i)_mm512_cvtne2ps_pbh(hi[b], lo[b]));
-        }
+        store_tile(c0, c1, c2, c3, v + (t / 16) * kTile + (t % 16) * 32 + s * 2 * kTile);
         for (int a = 0; a < 4; ++a)
           for (int hh = 0; hh < 2; ++hh) {
             c0[a][hh] = c2[a][hh];
@@ -204,29 +208,13 @@ class WinogradConv2dBf16Amx : public PreparedOp {
             _mm512_store_si512(row + p * v_pos_ + s * 2 * kTile, _mm512_setzero_si512());
         continue;
       }
-      const int64_t tile = t0 + t, n = tile / plane, ty = tile % plane / tw_, tx = tile % tw_;
-      const int64_t y0 = 2 * ty - 1, x0 = 2 * tx - 1;
-      const Src* base[4][4];
-      for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) {
-          const int64_t yy = y0 + i, xx = x0 + j;
-          base[i][j] = yy >= 0 && yy < h_ && xx >= 0 && xx < w_ ? x + n * sx.n + yy * sx.h + xx * sx.w : nullptr;
-        }
+      const int64_t tile = t0 + t, n = tile / plane, ty = tile % plane / tw_, x0 = 2 * (tile % tw_) - 1;
+      const Src* rows[4];
+      tile_rows(x, sx, n, ty, rows);
       for (int64_t s = 0; s < ksteps_; ++s) {
-        __m512 vt[2][kPos], d[4][4][2];
-        for (int i = 0; i < 4; ++i)
-          for (int j = 0; j < 4; ++j) load32(base[i][j], s * 32, d[i][j]);
-        for (int hh = 0; hh < 2; ++hh) {
-          __m512 col[4][4];  // col[a][j] = (B^T d)[a][j]
-          for (int j = 0; j < 4; ++j) {
-            __m512 r[4];
-            input_1d(d[0][j][hh], d[1][j][hh], d[2][j][hh], d[3][j][hh], r);
-            for (int a = 0; a < 4; ++a) col[a][j] = r[a];
-          }
-          for (int a = 0; a < 4; ++a) input_1d(col[a][0], col[a][1], col[a][2], col[a][3], &vt[hh][a * 4]);
-        }
-        for (int p = 0; p < kPos; ++p)
-          _mm512_store_si512(row + p * v_pos_ + s * 2 * kTile, (__m512i)_mm512_cvtne2ps_pbh(vt[1][p], vt[0][p]));
+        __m512 c[4][4][2];
+        for (int j = 0; j < 4; ++j) column(rows, x0 + j, sx.w, s * 32, c[j]);
+        store_tile(c[0], c[1], c[2], c[3], row + s * 2 * kTile);
       }
     }
   }
@@ -437,11 +425,9 @@ void WinogradConv2dBf16Amx::run(const std::vector<Tensor>& in, const Tensor& out
 }  // namespace
 
 bool winograd_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, const Conv2dParams& p) {
-  return cpu_has_amx_bf16() && x_shape.size() == 4 && w.ndim() == 4 && w.dtype() == DType::F32 &&
-         w.size(1) == x_shape[1] && w.size(2) == 3 && w.size(3) == 3 && x_shape[1] % 32 == 0 && w.size(0) % 32 == 0 &&
-         x_shape[2] % 2 == 0 && x_shape[3] % 2 == 0 && x_shape[2] > 0 && x_shape[3] > 0 && p.stride_h == 1 &&
-         p.stride_w == 1 && p.pad_top == 1 && p.pad_bottom == 1 && p.pad_left == 1 && p.pad_right == 1 &&
-         p.dilation_h == 1 && p.dilation_w == 1 && p.groups == 1 && p.upsample == 1;
+  return cpu_has_amx_bf16() && winograd_3x3_form(x_shape, w, p) && p.upsample == 1 && p.pad_top == 1 &&
+         p.pad_bottom == 1 && p.pad_left == 1 && p.pad_right == 1 && x_shape[1] % 32 == 0 && w.size(0) % 32 == 0 &&
+         x_shape[2] % 2 == 0 && x_shape[3] % 2 == 0 && x_shape[2] > 0 && x_shape[3] > 0;
 }
 
 std::unique_ptr<PreparedOp> prepare_conv2d_winograd_bf16_amx(const Shape& x_shape, const Tensor& w, const Tensor& bias,

@@ -65,9 +65,6 @@ struct AlignedFree {
 };
 
 
-// G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
-constexpr double kG[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
-
 // v = B^T d on 4 vectors, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
 TAIYI_TARGET_AVX512_BF16 inline void input_1d(const __m512* d, __m512* v) {
   v[0] = _mm512_sub_ps(d[0], d[2]);
@@ -159,14 +156,7 @@ void WinogradConv2dBf16::transform_weights(const Tensor& w) {
       for (int64_t ci = 0; ci < 2 * cin2_; ++ci) {
         const int64_t co = panel * kMr + r;
         double u[4][4] = {};
-        if (co < cout_ && ci < cin_) {
-          const float* g = src + (co * cin_ + ci) * 9;
-          double t[4][3];  // G g
-          for (int a = 0; a < 4; ++a)
-            for (int j = 0; j < 3; ++j) t[a][j] = kG[a][0] * g[j] + kG[a][1] * g[3 + j] + kG[a][2] * g[6 + j];
-          for (int a = 0; a < 4; ++a)
-            for (int b = 0; b < 4; ++b) u[a][b] = t[a][0] * kG[b][0] + t[a][1] * kG[b][1] + t[a][2] * kG[b][2];
-        }
+        if (co < cout_ && ci < cin_) winograd_f23_filter(src + (co * cin_ + ci) * 9, u);
         for (int pos = 0; pos < kPos; ++pos)
           dst[((pos * cin2_ + ci / 2) * kMr + r) * 2 + ci % 2] = f32_to_bf16(static_cast<float>(u[pos / 4][pos % 4]));
       }

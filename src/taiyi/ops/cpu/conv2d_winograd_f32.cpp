@@ -667,6 +667,16 @@ Output2d winograd_3x3_output(const Shape& xs, const Conv2dParams& p) {
   return out;
 }
 
+void winograd_f23_filter(const float* g, double (&u)[4][4]) {
+  // G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
+  static constexpr double kG[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  double t[4][3];  // G g
+  for (int a = 0; a < 4; ++a)
+    for (int j = 0; j < 3; ++j) t[a][j] = kG[a][0] * g[j] + kG[a][1] * g[3 + j] + kG[a][2] * g[6 + j];
+  for (int a = 0; a < 4; ++a)
+    for (int b = 0; b < 4; ++b) u[a][b] = t[a][0] * kG[b][0] + t[a][1] * kG[b][1] + t[a][2] * kG[b][2];
+}
+
 bool winograd_3x3_form(const Shape& x_shape, const Tensor& w, const Conv2dParams& p) {
   if (x_shape.size() != 4 || w.ndim() != 4 || w.dtype() != DType::F32) return false;
   if (w.size(2) != 3 || w.size(3) != 3 || w.size(1) != x_shape[1] || p.groups != 1) return false;

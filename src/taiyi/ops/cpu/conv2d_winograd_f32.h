@@ -33,6 +33,10 @@ struct Output2d {
 };
 Output2d winograd_3x3_output(const Shape& x_shape, const Conv2dParams& p);
 
+// U = G g G^T of F(2x2, 3x3) for one 3x3 filter g (row-major), in double: the bf16 kernels round
+// it to bf16 once (conv2d_winograd_bf16_avx512.cpp, conv2d_winograd_bf16_amx.cpp). Any CPU.
+void winograd_f23_filter(const float* g, double (&u)[4][4]);
+
 // winograd_3x3_form() and the CPU has AVX2 and FMA.
 bool winograd_f32_applicable(const Shape& x_shape, const Tensor& w, const Conv2dParams& p);
 

@@ -135,7 +135,7 @@ TEST(Bf16Inputs, TransformerResidualStreamBecomesBf16) {
   const Graph f32_stream = compiled_for_bf16(fn, sig, false), g = compiled_for_bf16(fn, sig, true);
   size_t stream_sums = 0, layer_norms_of_bf16 = 0;
   for (const Node& n : g.nodes) {
-    if (n.kind == ops::OpKind::kLinear && ops::has_fused_residual(n.attrs, n.inputs.size()) &&
+    if (n.kind == ops::OpKind::kLinear && ops::has_fused_residual(n.attrs, n.inputs) &&
         g.values[n.inputs[3]].dtype == DType::BF16)
       ++stream_sums;
     layer_norms_of_bf16 += n.kind == ops::OpKind::kLayerNorm && g.values[n.inputs[0]].dtype == DType::BF16;
@@ -150,7 +150,7 @@ TEST(Bf16Inputs, TransformerResidualStreamBecomesBf16) {
   size_t in_place = 0;
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     const Node& n = g.nodes[i];
-    if (n.kind != ops::OpKind::kLinear || !ops::has_fused_residual(n.attrs, n.inputs.size())) continue;
+    if (n.kind != ops::OpKind::kLinear || !ops::has_fused_residual(n.attrs, n.inputs)) continue;
     const bool shared = probe.memory_plan().alias_of[n.output] == probe.memory_plan().alias_of[n.inputs[3]];
     if (g.values[n.output].dtype != g.values[n.inputs[3]].dtype) {
       EXPECT_FALSE(shared) << i;
@@ -220,7 +220,7 @@ TEST(Bf16Inputs, BertResidualStreamBecomesBf16) {
       norms_out += g.values[n.output].dtype == DType::BF16;
       norms_in += g.values[n.inputs[0]].dtype == DType::BF16;
     }
-    if (n.kind == ops::OpKind::kLinear && ops::has_fused_residual(n.attrs, n.inputs.size()) &&
+    if (n.kind == ops::OpKind::kLinear && ops::has_fused_residual(n.attrs, n.inputs) &&
         g.values[n.inputs[3]].dtype == DType::BF16) {
       ++bf16_residuals;
       f32_out_of_bf16_residual += g.values[n.output].dtype == DType::F32;
@@ -493,7 +493,7 @@ TEST(Bf16Inputs, VaeSpatialResidualStreamBecomesBf16) {
                               DType::BF16, ops::Layout::kNHWC, ops::Layout::kNHWC, bf16_residual, DType::BF16);
   size_t bf16_sums = 0, f32_sums = 0, bf16_upsample_in = 0;
   for (const Node& n : g.nodes) {
-    if (n.kind == ops::OpKind::kConv2d && ops::has_fused_residual(n.attrs, n.inputs.size())) {
+    if (n.kind == ops::OpKind::kConv2d && ops::has_fused_residual(n.attrs, n.inputs)) {
       const bool in_bf16 = g.values[n.inputs[3]].dtype == DType::BF16,
                  out_bf16 = g.values[n.output].dtype == DType::BF16;
       EXPECT_EQ(in_bf16, out_bf16) << g.dump();  // never mixed

@@ -23,7 +23,7 @@ using testing::relative_l2;
 
 size_t residual_epilogues(const Graph& g) {
   size_t n = 0;
-  for (const Node& node : g.nodes) n += ops::has_fused_residual(node.attrs, node.inputs.size());
+  for (const Node& node : g.nodes) n += ops::has_fused_residual(node.attrs, node.inputs);
   return n;
 }
 

@@ -7,7 +7,8 @@
 // the scratch and the output. Skipped on CPUs without avx512_bf16.
 // The AMX kernel (conv2d_winograd_bf16_amx.cpp) against the same reference: channels-last f32 and
 // bf16 inputs and outputs, residuals (f32 separate and in place, bf16 in place), partial blocks,
-// blocks across tile rows and whole rows, batches, one thread; and where prepare_conv2d binds it.
+// blocks across tile rows and whole rows, batches, one thread; its GroupNorm+SiLU prologue; and
+// where prepare_conv2d binds it.
 // Skipped on CPUs without AMX.
 #include <gtest/gtest.h>
 #include <omp.h>
@@ -327,6 +328,77 @@ TEST_F(Conv2dWinogradBf16Amx, MatchesTheRoundedReference) {
   omp_set_num_threads(threads);
 }
 
+// The GroupNorm+SiLU prologue (ops::Prologue) of a bf16 input x: against the rounded reference of
+// y = silu(group_norm(x)) rounded to bf16 (eager f32 ops), which the kernel computes with
+// silu16_for_bf16 (relative error ~1e-4): where that moves a value across a bf16 rounding boundary
+// of y or V, the two differ by one bf16 step of it, a few percent of the values. Samples of
+// different mean and spread (per-sample statistics), gamma and beta or none, f32 and bf16 output
+// with a bf16 residual in place; whole rows of blocks (the thread's ring of normalised rows, reused
+// going down a column of blocks), blocks across rows and partial ones, one thread.
+void check_prologue_case(const Case& c, int groups, bool affine, bool bf16_out, uint32_t seed) {
+  SCOPED_TRACE(case_name(c) + " groups " + std::to_string(groups) + (affine ? " affine" : "") +
+               (bf16_out ? " bf16 out" : ""));
+  const Shape xs = {c.n, c.cin, c.h, c.w};
+  const ops::Conv2dParams p = ops::Conv2dParams::same(1);
+  // Sample s: mean about 2 s - 1, spread 1 + s.
+  Tensor x = random_tensor(xs, seed);
+  const int64_t per = c.cin * c.h * c.w;
+  for (int64_t s = 0; s < c.n; ++s)
+    for (int64_t i = 0; i < per; ++i) x.data<float>()[s * per + i] = x.data<float>()[s * per + i] * (1 + s) + 2 * s - 1;
+  x = ops::cast(ops::cast(x, DType::BF16), DType::F32);  // bf16 values
+  const Tensor w = random_tensor({c.cout, c.cin, 3, 3}, seed + 1);
+  const Tensor bias = c.bias ? random_tensor({c.cout}, seed + 2) : Tensor();
+  const Tensor gamma = affine ? random_tensor({c.cin}, seed + 3) : Tensor();
+  const Tensor beta = affine ? random_tensor({c.cin}, seed + 4) : Tensor();
+  const float eps = 1e-6f;
+  const Tensor y = ops::cast(ops::cast(ops::group_norm_silu(x, groups, gamma, beta, eps), DType::BF16), DType::F32);
+  const std::vector<double> want = winograd_bf16_reference(y, w, bias, p);
+  const DType dst = bf16_out ? DType::BF16 : DType::F32;
+  ops::Epilogue e;
+  Tensor res;
+  if (bf16_out) {
+    e = {true, 1.0f, ops::PostOp::kNone, DType::F32, DType::BF16};
+    res = ops::cast(ops::cast(random_tensor({c.n, c.cout, c.h, c.w}, seed + 5), DType::BF16), DType::F32);
+  }
+  const auto op =
+      ops::cpu::prepare_conv2d_winograd_bf16_amx(xs, w, bias, p, e, DType::BF16, dst, {groups, eps, gamma, beta});
+  EXPECT_NE(op->describe().find("groupnorm+silu"), std::string::npos);
+  Scratch scratch(op->scratch_bytes());
+  Tensor out = nhwc(bf16_out ? res : Tensor::zeros({c.n, c.cout, c.h, c.w}), dst);
+  std::vector<Tensor> in = {nhwc(x, DType::BF16)};
+  if (bf16_out) in.push_back(out);
+  op->run(in, out, scratch.mem.get());
+  const std::vector<double> got = values(out);
+  const std::vector<double> rv = bf16_out ? values(res) : std::vector<double>(got.size(), 0.0);
+  double err2 = 0, ref2 = 0, worst = 0, max_abs = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double d = got[i] - (want[i] + rv[i]);
+    err2 += d * d;
+    ref2 += want[i] * want[i];
+    worst = std::max(worst, std::abs(d));
+    max_abs = std::max(max_abs, std::abs(want[i]));
+  }
+  // relL2: flips of a few percent of the roundings give ~5e-4, and a bf16 output's own rounding
+  // ~1e-3 (a whole bf16 conv's error is ~3e-3; a wrong channel, sample or missing SiLU gives 0.1
+  // and more).
+  EXPECT_LE(std::sqrt(err2 / ref2), bf16_out ? 2.5e-3 : 1.5e-3);
+  EXPECT_LE(worst, 0.05 * max_abs + 0.01);
+}
+
+TEST_F(Conv2dWinogradBf16Amx, GroupNormSiluPrologue) {
+  uint32_t seed = 7400;
+  // whole rows of blocks (2 per row, 4 tile rows: the ring), batch 2 of them (1 per row), blocks
+  // across rows and a partial one, and 3 steps of Cin.
+  check_prologue_case({1, 64, 8, 128, 32, 1, true}, 32, true, false, seed);
+  check_prologue_case({2, 32, 6, 64, 64, 1, true}, 8, false, true, seed + 10);
+  check_prologue_case({2, 64, 6, 10, 32, 1, false}, 4, true, true, seed + 20);
+  check_prologue_case({1, 96, 4, 64, 32, 1, true}, 32, true, false, seed + 30);
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  check_prologue_case({1, 64, 8, 64, 32, 1, true}, 16, true, true, seed + 40);
+  omp_set_num_threads(threads);
+}
+
 TEST_F(Conv2dWinogradBf16Amx, ApplicabilityAndKernelChoice) {
   const Shape xs = {1, 64, 8, 8};
   const Tensor w = random_tensor({64, 64, 3, 3}, 1);
@@ -363,6 +435,35 @@ TEST_F(Conv2dWinogradBf16Amx, ApplicabilityAndKernelChoice) {
                 .find("winograd_f23:amx"),
             std::string::npos);
   EXPECT_EQ(ops::conv2d_writes_bf16(xs, w, p, DType::BF16, Layout::kNHWC, Layout::kNHWC, {}, DType::BF16), amx);
+  // The GroupNorm+SiLU prologue: this kernel on bf16 input only.
+  const auto takes_norm = [&](Layout layout, DType src, int64_t groups) {
+    return ops::conv2d_takes_group_norm_silu(xs, w, p, DType::BF16, layout, layout, {}, src, groups);
+  };
+  EXPECT_EQ(takes_norm(Layout::kNHWC, DType::BF16, 32), amx);
+  EXPECT_FALSE(takes_norm(Layout::kNCHW, DType::BF16, 32));
+  EXPECT_FALSE(takes_norm(Layout::kNHWC, DType::F32, 32));
+  EXPECT_FALSE(takes_norm(Layout::kNHWC, DType::BF16, 48));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        ops::prepare_conv2d(xs, w, Tensor(), p, DType::BF16, Layout::kNCHW, Layout::kNCHW, {}, DType::F32, DType::F32,
+                            {32, 1e-6f, Tensor(), Tensor()});
+      },
+      {"GroupNorm", "32 groups"}));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        ops::cpu::prepare_conv2d_winograd_bf16_amx(xs, w, Tensor(), p, {}, DType::F32, DType::F32,
+                                                   {32, 1e-6f, Tensor(), Tensor()});
+      },
+      {"GroupNorm prologue", "bf16 input"}));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        ops::cpu::prepare_conv2d_winograd_bf16_amx(xs, w, Tensor(), p, {}, DType::BF16, DType::F32,
+                                                   {32, 1e-6f, random_tensor({32}, 6), Tensor()});
+      },
+      {"GroupNorm prologue", "one value per channel"}));
+  setenv("TAIYI_FUSE_NORM_CONV", "0", 1);
+  EXPECT_FALSE(takes_norm(Layout::kNHWC, DType::BF16, 32));
+  unsetenv("TAIYI_FUSE_NORM_CONV");
   setenv("TAIYI_WINOGRAD", "0", 1);
   EXPECT_EQ(kernel(xs, w, Layout::kNHWC, ops::PostOp::kNone).find("winograd"), std::string::npos);
   unsetenv("TAIYI_WINOGRAD");

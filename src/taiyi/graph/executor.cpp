@@ -136,10 +136,10 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& inputs, Profile* pr
     }
     args.clear();
     if (n.prepared && n.kind != ops::OpKind::kAttention) {
-      // A prepared conv2d or linear holds its weights: it reads x, and the residual of a fused
-      // epilogue (4th input). A prepared attention reads all its inputs.
+      // A prepared conv2d or linear holds its weights (and a prologue's gamma and beta): it reads x,
+      // and the residual of a fused epilogue (4th input). A prepared attention reads all its inputs.
       args.push_back(vals[n.inputs[0]]);
-      if (n.inputs.size() > 3) args.push_back(vals[n.inputs[3]]);
+      if (n.inputs.size() > 3 && n.inputs[3] >= 0) args.push_back(vals[n.inputs[3]]);
     } else {
       for (int v : n.inputs) args.push_back(v >= 0 ? vals[v] : Tensor());
     }

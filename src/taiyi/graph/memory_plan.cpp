@@ -53,7 +53,7 @@ bool whole_view(const Graph& g, int v, const std::vector<bool>& is_view) {
 bool may_take_residual(const Graph& g, size_t i, const std::vector<int>& alias_of, const std::vector<bool>& is_view,
                        const std::vector<int>& group_last, const std::vector<bool>* own_memory) {
   const Node& n = g.nodes[i];
-  if (!n.prepared || !ops::has_fused_residual(n.attrs, n.inputs.size()) ||
+  if (!n.prepared || !ops::has_fused_residual(n.attrs, n.inputs) ||
       (n.kind != ops::OpKind::kConv2d && n.kind != ops::OpKind::kLinear))
     return false;
   const int r = n.inputs[3];

@@ -78,11 +78,13 @@ Tensor run_op(OpKind kind, const std::vector<Tensor>& in, const OpAttrs& a) {
       // A fused epilogue (graph/passes/fuse_residual_add.cpp) adds a residual 4th input and a scale;
       // a linear's post-op (graph/passes/fuse_linear_gelu.cpp) applies gelu, or multiplies by the 4th input;
       // a convolution's adds the 4th input, one value per channel (graph/passes/fuse_bias_add.cpp).
-      Tensor r = kind == OpKind::kConv2d ? conv2d(arg(0), arg(1), arg(2), a.conv) : linear(arg(0), arg(1), arg(2));
+      // A convolution's GroupNorm+SiLU prologue (graph/passes/fuse_group_norm_conv.cpp) runs first.
+      const Tensor x = has_norm_prologue(kind, a) ? group_norm_silu(arg(0), a.groups, arg(4), arg(5), a.eps) : arg(0);
+      Tensor r = kind == OpKind::kConv2d ? conv2d(x, arg(1), arg(2), a.conv) : linear(x, arg(1), arg(2));
       if (a.post_op == PostOp::kGelu) r = gelu(r);
       if (a.post_op == PostOp::kMultiply) r = mul(r, in.at(3));
       if (a.post_op == PostOp::kBiasAdd) r = add(r, in.at(3));
-      if (has_fused_residual(a, in.size())) r = add(r, in[3]);
+      if (has_fused_residual(a, in)) r = add(r, in[3]);
       return a.output_scale != 1.0f ? scale(r, a.output_scale) : r;
     }
     case OpKind::kMatmul: return matmul(arg(0), arg(1));

@@ -57,8 +57,8 @@ bool is_view(OpKind k);
 struct OpAttrs {
   Conv2dParams conv;       // conv2d
   int heads = 0;           // attention
-  int groups = 0;          // group_norm(_silu)
-  float eps = 0;           // group_norm(_silu), layer_norm
+  int groups = 0;          // group_norm(_silu); conv2d: its input's GroupNorm+SiLU prologue (0: none)
+  float eps = 0;           // group_norm(_silu), conv2d's prologue, layer_norm
   float output_scale = 1;  // conv2d, linear: out = (op(x) + residual) * output_scale, residual the 4th input
   // linear: after the bias, gelu, or times the 4th input; conv2d: the 4th input (one value per
   // output channel) added to the bias. Then no residual.
@@ -76,10 +76,18 @@ struct OpAttrs {
   DType dtype = DType::F32;      // cast
 };
 
-// Whether a conv2d or linear call with these attributes and this many inputs carries a fused
-// residual (its 4th input), rather than a multiply post-op's factor or a bias to add.
-inline bool has_fused_residual(const OpAttrs& a, size_t inputs) {
-  return inputs > 3 && a.post_op != PostOp::kMultiply && a.post_op != PostOp::kBiasAdd;
+// A conv2d with a GroupNorm+SiLU prologue (graph/passes/fuse_group_norm_conv.cpp) computes
+// conv2d(group_norm_silu(x, groups, gamma, beta, eps)): inputs [x, w, bias, 4th input or absent (-1,
+// an undefined tensor), gamma, beta].
+inline bool has_norm_prologue(OpKind kind, const OpAttrs& a) { return kind == OpKind::kConv2d && a.groups > 0; }
+
+// Whether a conv2d or linear call with these attributes and inputs carries a fused residual (its
+// 4th input), rather than a multiply post-op's factor or a bias to add.
+inline bool has_fused_residual(const OpAttrs& a, const std::vector<int>& inputs) {
+  return inputs.size() > 3 && inputs[3] >= 0 && a.post_op != PostOp::kMultiply && a.post_op != PostOp::kBiasAdd;
+}
+inline bool has_fused_residual(const OpAttrs& a, const std::vector<Tensor>& inputs) {
+  return inputs.size() > 3 && inputs[3].defined() && a.post_op != PostOp::kMultiply && a.post_op != PostOp::kBiasAdd;
 }
 
 class Recorder {

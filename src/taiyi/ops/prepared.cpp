@@ -179,9 +179,21 @@ std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w
   return prepare_linear_dnnl(x_shape, w, bias, compute, epilogue, src, dst, src_columns);
 }
 
+bool conv2d_takes_group_norm_silu(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
+                                  Layout src_layout, Layout dst_layout, const Epilogue& epilogue, DType src,
+                                  int64_t groups) {
+  return !switched_off("TAIYI_FUSE_NORM_CONV") && groups > 0 && x_shape.size() == 4 && x_shape[1] % groups == 0 &&
+         src == DType::BF16 &&
+         pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue) == ConvKernel::kWinogradAmx;
+}
+
 std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                            const Conv2dParams& p, DType compute, Layout src_layout, Layout dst_layout,
-                                           const Epilogue& epilogue, DType src, DType dst) {
+                                           const Epilogue& epilogue, DType src, DType dst, const Prologue& prologue) {
+  if (prologue.groups > 0 &&
+      !conv2d_takes_group_norm_silu(x_shape, w, p, compute, src_layout, dst_layout, epilogue, src, prologue.groups))
+    throw Error("conv2d: no prepared kernel applies a GroupNorm of " + std::to_string(prologue.groups) +
+                " groups and SiLU to the " + dtype_name(src) + " input " + shape_str(x_shape) + " here");
   if (epilogue.post_op != PostOp::kNone && epilogue.post_op != PostOp::kBiasAdd)
     throw Error("conv2d: gelu and multiply post-ops are for linears, not the convolution of input " +
                 shape_str(x_shape));
@@ -206,7 +218,7 @@ std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w
     case ConvKernel::kWinogradBf16:
       return cpu::prepare_conv2d_winograd_bf16_avx512(x_shape, w, bias, p, src_layout, dst_layout);
     case ConvKernel::kWinogradAmx:
-      return cpu::prepare_conv2d_winograd_bf16_amx(x_shape, w, bias, p, epilogue, src, dst);
+      return cpu::prepare_conv2d_winograd_bf16_amx(x_shape, w, bias, p, epilogue, src, dst, prologue);
     case ConvKernel::kConv1x1Bf16:
       return cpu::prepare_conv2d_1x1_bf16_avx512(x_shape, w, bias, p, src_layout, dst_layout);
     case ConvKernel::kUpsample2x:

@@ -59,6 +59,16 @@ struct Epilogue {
   // one f32 value per output channel (any shape of Cout elements), added to the bias per call.
 };
 
+// What a prepared convolution does to its input before the product, as it reads it
+// (graph/passes/fuse_group_norm_conv.cpp): x -> silu(group_norm(x, groups, gamma, beta, eps)), the
+// statistics per sample, the normalised input never written. Only the AMX Winograd kernel takes one
+// (conv2d_takes_group_norm_silu).
+struct Prologue {
+  int64_t groups = 0;  // 0: none
+  float eps = 0;
+  Tensor gamma, beta;  // [Cin] f32, or undefined (1 and 0)
+};
+
 // conv2d of an x of shape x_shape with constant w (and bias, or undefined).
 // src BF16: x is bf16 already (with compute bf16, where conv2d_takes_bf16_input says the kernel
 // can read it: oneDNN's, which then needs no conversion pass per call). dst BF16: the output is
@@ -67,7 +77,14 @@ std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w
                                            const Conv2dParams& p, DType compute = DType::F32,
                                            Layout src_layout = Layout::kNCHW, Layout dst_layout = Layout::kNCHW,
                                            const Epilogue& epilogue = {}, DType src = DType::F32,
-                                           DType dst = DType::F32);
+                                           DType dst = DType::F32, const Prologue& prologue = {});
+// Whether the kernel prepare_conv2d picks takes a GroupNorm+SiLU prologue of `groups` groups on an
+// input of dtype src: the AMX Winograd kernel, channels-last, on bf16 input (the VAE's, written by
+// bf16 convolutions).
+// TAIYI_FUSE_NORM_CONV=0 says no (A/B runs).
+bool conv2d_takes_group_norm_silu(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
+                                  Layout src_layout, Layout dst_layout, const Epilogue& epilogue, DType src,
+                                  int64_t groups);
 bool conv2d_takes_bf16_input(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
                              Layout src_layout, Layout dst_layout, const Epilogue& epilogue);
 // Whether that kernel can write its output in bf16 (dst BF16: rounded to nearest even as oneDNN

@@ -34,7 +34,7 @@ bool bf16_gate(Graph& g, const CompileOptions& options) {
   for (size_t v = 0; v < g.values.size(); ++v) {
     const Node* p = f32_value_producer(g, v, readers);
     if (!p || p->kind != ops::OpKind::kLinear || p->attrs.post_op != ops::PostOp::kGelu ||
-        ops::has_fused_residual(p->attrs, p->inputs.size()) || p->attrs.output_scale != 1.0f || !will_prepack(g, *p))
+        ops::has_fused_residual(p->attrs, p->inputs) || p->attrs.output_scale != 1.0f || !will_prepack(g, *p))
       continue;
     bool all = true;
     for (int r : readers[v]) all = all && multiplies_by(g, g.nodes[r], static_cast<int>(v));

@@ -93,7 +93,7 @@ bool conv_writes_bf16(const Graph& g, const Node& n, bool residual_bf16 = false)
 // Node n reads v (or a view of it) as its residual (a prepared conv2d's or linear's fused one).
 bool reads_as_residual(const Graph& g, const Node& n, int v) {
   if ((n.kind != ops::OpKind::kConv2d && n.kind != ops::OpKind::kLinear) || !will_prepack(g, n) ||
-      !ops::has_fused_residual(n.attrs, n.inputs.size()) || n.inputs[3] != v)
+      !ops::has_fused_residual(n.attrs, n.inputs) || n.inputs[3] != v)
     return false;
   for (size_t i = 0; i < 3; ++i)
     if (n.inputs[i] == v) return false;
@@ -176,8 +176,7 @@ bool bf16_residual_stream(Graph& g, const CompileOptions& options) {
     std::vector<int> views;
     if (!readers_through_views(g, static_cast<int>(v), readers, reads, views) || reads.empty()) continue;
     bool all = true;
-    bool stream =
-        producer->kind == ops::OpKind::kLinear && ops::has_fused_residual(producer->attrs, producer->inputs.size());
+    bool stream = producer->kind == ops::OpKind::kLinear && ops::has_fused_residual(producer->attrs, producer->inputs);
     for (const auto& [r, x] : reads) {
       all = all && residual_stream_reads(g, g.nodes[r], x, options);
       stream = stream || (g.nodes[r].kind == ops::OpKind::kLinear && !reads_only_as_input(g.nodes[r], x));
@@ -235,8 +234,8 @@ bool bf16_spatial_stream(Graph& g, const CompileOptions& options) {
     for (size_t v = 0; v < g.values.size(); ++v) {
       if (!in[v]) continue;
       const Node& p = g.nodes[g.values[v].producer];
-      bool keep = !(p.kind == ops::OpKind::kConv2d && ops::has_fused_residual(p.attrs, p.inputs.size()) &&
-                    !bf16(base(p.inputs[3])));
+      bool keep =
+          !(p.kind == ops::OpKind::kConv2d && ops::has_fused_residual(p.attrs, p.inputs) && !bf16(base(p.inputs[3])));
       for (const auto& [r, x] : reads[v]) {
         const Node& n = g.nodes[r];
         keep = keep && !(n.kind == ops::OpKind::kConv2d && reads_as_residual(g, n, x) && !bf16(n.output));

@@ -109,7 +109,7 @@ bool channels_last_activations(Graph& g, const CompileOptions& options) {
         for (int v : n.inputs) groups.unite(v, n.output);
     }
     // A fused residual is copied into (or is) the convolution's output: keep them alike.
-    if (n.kind == ops::OpKind::kConv2d && ops::has_fused_residual(n.attrs, n.inputs.size()))
+    if (n.kind == ops::OpKind::kConv2d && ops::has_fused_residual(n.attrs, n.inputs))
       groups.unite(n.inputs[3], n.output);
   }
   std::vector<bool> ok(static_cast<size_t>(nv), true);

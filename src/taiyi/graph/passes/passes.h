@@ -122,6 +122,12 @@ DType prepared_compute(const CompileOptions& options);
 // an input it can read).
 bool will_prepack(const Graph& g, const Node& n);
 
+// With bf16 the CPU runs: conv2d(group_norm_silu(x)), the normalised value read by nothing else ->
+// the conv2d of x with a GroupNorm+SiLU prologue (ops::has_norm_prologue), where
+// ops::conv2d_takes_group_norm_silu says so (the AMX Winograd kernel). Within bf16's error of what
+// the graph computed (fuse_group_norm_conv.cpp).
+bool fuse_group_norm_conv(Graph& g, const CompileOptions& options = {});
+
 // Binds each conv2d and linear with constant weights to a prepared oneDNN primitive whose
 // weights are reordered (and converted, for bf16) once into its preferred layout.
 bool prepack_weights(Graph& g, const CompileOptions& options = {});
@@ -149,6 +155,7 @@ inline const std::vector<Pass>& default_passes() {
       {"bf16_inputs", bf16_inputs},
       {"bf16_gate", bf16_gate},
       {"bf16_geglu", bf16_geglu},
+      {"fuse_group_norm_conv", fuse_group_norm_conv},
       {"prepack_weights", prepack_weights},
       {"bf16_attention", bf16_attention},
   };

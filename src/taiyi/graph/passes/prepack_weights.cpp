@@ -67,7 +67,7 @@ bool is_dense(const Value& v) {
 ops::Epilogue node_epilogue(const Graph& g, const Node& n) {
   ops::Epilogue e;  // set by fuse_residual_add and fuse_linear_gelu (and bf16_gate: the factor's dtype)
   e.post_op = n.attrs.post_op;
-  e.residual = ops::has_fused_residual(n.attrs, n.inputs.size());
+  e.residual = ops::has_fused_residual(n.attrs, n.inputs);
   e.scale = n.attrs.output_scale;
   if (e.post_op == ops::PostOp::kMultiply) e.factor = g.values[n.inputs.at(3)].dtype;
   if (e.residual) e.residual_dtype = g.values[n.inputs.at(3)].dtype;
@@ -110,12 +110,19 @@ bool prepack_weights(Graph& g, const CompileOptions& options) {
     const Tensor w_packed = emulate ? round_to_bf16(w) : w;
     const Tensor bias = n.inputs[2] >= 0 ? g.values[n.inputs[2]].constant : Tensor();
     const ops::Epilogue epilogue = node_epilogue(g, n);
-    n.prepared =
-        n.kind == ops::OpKind::kConv2d
-            ? ops::prepare_conv2d(x.shape, w_packed, bias, n.attrs.conv, compute, value_layout(x),
-                                  value_layout(g.values[n.output]), epilogue, x.dtype, g.values[n.output].dtype)
-            : ops::prepare_linear(x.shape, w_packed, bias, compute, epilogue, x.dtype, g.values[n.output].dtype,
-                                  ops::linear_input_by_columns(x.shape, x.strides));
+    ops::Prologue prologue;  // fuse_group_norm_conv's
+    if (ops::has_norm_prologue(n.kind, n.attrs)) {
+      prologue.groups = n.attrs.groups;
+      prologue.eps = n.attrs.eps;
+      if (n.inputs.at(4) >= 0) prologue.gamma = g.values[n.inputs[4]].constant;
+      if (n.inputs.at(5) >= 0) prologue.beta = g.values[n.inputs[5]].constant;
+    }
+    n.prepared = n.kind == ops::OpKind::kConv2d
+                     ? ops::prepare_conv2d(x.shape, w_packed, bias, n.attrs.conv, compute, value_layout(x),
+                                           value_layout(g.values[n.output]), epilogue, x.dtype,
+                                           g.values[n.output].dtype, prologue)
+                     : ops::prepare_linear(x.shape, w_packed, bias, compute, epilogue, x.dtype,
+                                           g.values[n.output].dtype, ops::linear_input_by_columns(x.shape, x.strides));
     if (emulate) n.prepared = std::make_shared<Bf16Emulated>(std::move(n.prepared), x);
     // A prepared kernel that holds its own copy of the weights (every convolution: blocked or
     // Winograd; a bf16 linear) lets the checkpoint's pages of them leave memory (eager mode or a

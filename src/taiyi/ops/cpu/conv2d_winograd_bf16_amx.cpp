@@ -20,6 +20,17 @@
 //      tiles][16][16] f32 (64 KiB), then A^T M A, the bias and the residual (f32 or bf16, which may
 //      be the output itself), f32 or rounded to bf16, straight into the output's pixels.
 // Products in f32 in the tiles; the order of the sums differs from a direct convolution's.
+//
+// With a GroupNorm+SiLU prologue (ops::Prologue, graph/passes/fuse_group_norm_conv.cpp) the call
+// first takes the GroupNorm's statistics of x (one pass, group_norm_nhwc_scale_shift), then the
+// input transform maps each value it loads through silu(x scale + shift) before B^T d: the
+// normalised activation (at [1, 128, 512, 512] 64 MiB in bf16) is never written nor read back. The
+// padding stays 0 (the zeros pad the normalised input). SiLU by silu16_for_bf16, whose error is a
+// few percent of a bf16 rounding; the normalised value is rounded to bf16, as the GroupNorm wrote
+// it. Where blocks are whole rows of tiles, each thread normalises the rows of its blocks into a
+// ring of 4 rows in its scratch (a block's top two rows are the bottom two of the block before it
+// going down a column: each value is normalised once) and transforms from there; elsewhere each
+// value is normalised as it is loaded.
 #if defined(__x86_64__)
 // GCC 12's AVX-512 intrinsics pass an uninitialised _mm512_undefined_ps() as the unused merge
 // source of their unmasked forms, which -Wmaybe-uninitialized reports at each use.
@@ -30,11 +41,14 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "taiyi/ops/cpu/amx_tile_config.h"
+#include "taiyi/ops/cpu/bf16_pairs_avx512.h"
 #include "taiyi/ops/cpu/conv2d_winograd_f32.h"
 #include "taiyi/ops/cpu/conv_io.h"
 #include "taiyi/ops/cpu/cpu_isa.h"
+#include "taiyi/ops/cpu/cpu_kernels.h"
 #include "taiyi/ops/cpu/prepared_kernels.h"
 #include "taiyi/tensor/dtype.h"
 
@@ -70,10 +84,15 @@ TAIYI_TARGET_AMX inline __m512 widen16(const uint16_t* p) {
       _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
 }
 
+// v rounded to bf16 (nearest even) and widened back.
+TAIYI_TARGET_AMX inline __m512 round_to_bf16(__m512 v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
+}
+
 class WinogradConv2dBf16Amx : public PreparedOp {
  public:
   WinogradConv2dBf16Amx(const Shape& xs, const Tensor& w, const Tensor& bias, const Epilogue& epilogue, DType src,
-                        DType dst)
+                        DType dst, const Prologue& prologue)
       : n_(xs[0]),
         cin_(xs[1]),
         h_(xs[2]),
@@ -87,6 +106,7 @@ class WinogradConv2dBf16Amx : public PreparedOp {
         residual_(epilogue.residual),
         src_(src),
         dst_(dst),
+        prologue_(prologue),
         threads_(std::max(1, omp_get_max_threads())) {
     transform_weights(w.contiguous());
     bias_ = Tensor::zeros({cout_});
@@ -96,14 +116,21 @@ class WinogradConv2dBf16Amx : public PreparedOp {
     v_pos_ = ksteps_ * 2 * kTile + 32;
     v_bytes_ = round_up64(static_cast<size_t>(kPos * v_pos_) * 2);
     m_bytes_ = static_cast<size_t>(kPos * kMPos) * 4;
+    // The prologue's per-call scale and shift: per sample, in V's channel order, and one sample's
+    // in channel order as group_norm_nhwc_scale_shift writes them.
+    ab_bytes_ = prologue_.groups > 0 ? round_up64(static_cast<size_t>((n_ * 4 + 2) * cin_) * 4) : 0;
+    ring_bytes_ = prologue_.groups > 0 ? round_up64(static_cast<size_t>(4 * ring_slot()) * 2) : 0;
     flops_ = 2.0 * n_ * cout_ * h_ * w_ * cin_ * 9;
     describe_ = std::string("conv2d bf16 winograd_f23:amx nhwc") + (src == DType::BF16 ? " bf16-in" : "") +
                 (dst == DType::BF16 ? " bf16-out" : "") +
-                (residual_ ? (dst == DType::BF16 ? " +bf16 residual" : " +residual") : "");
+                (residual_ ? (dst == DType::BF16 ? " +bf16 residual" : " +residual") : "") +
+                (prologue_.groups > 0 ? " (groupnorm+silu of its input fused)" : "");
   }
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override;
-  size_t scratch_bytes() const override { return static_cast<size_t>(threads_) * (v_bytes_ + m_bytes_) + 64; }
+  size_t scratch_bytes() const override {
+    return ab_bytes_ + static_cast<size_t>(threads_) * (v_bytes_ + m_bytes_ + ring_bytes_) + 64;
+  }
   size_t packed_weight_bytes() const override { return static_cast<size_t>(packed_.numel()) * 2; }
   std::string describe() const override { return describe_; }
   double flops() const override { return flops_; }
@@ -152,12 +179,21 @@ class WinogradConv2dBf16Amx : public PreparedOp {
   }
 
   // (B^T d)[a] of the 4 input rows at column xx, channels [c, c + 32) as two halves of 16: col[a][half].
-  template <typename Src>
-  TAIYI_TARGET_AMX void column(const Src* const* rows, int64_t xx, int64_t xstride, int64_t c,
-                               __m512 (&col)[4][2]) const {
+  // Pixel xx of row i is at rows[i] + (xx - origin) xstride. Norm: each pixel's values first through
+  // silu(x scale + shift), ab: the sample's scale (cin_ floats in V's channel order), then its shift.
+  template <typename Src, bool Norm>
+  TAIYI_TARGET_AMX void column(const Src* const* rows, int64_t xx, int64_t origin, int64_t xstride, int64_t c,
+                               const float* ab, __m512 (&col)[4][2]) const {
     const bool in = xx >= 0 && xx < w_;
     __m512 d[4][2];
-    for (int i = 0; i < 4; ++i) load32(in && rows[i] ? rows[i] + xx * xstride : nullptr, c, d[i]);
+    for (int i = 0; i < 4; ++i) {
+      const Src* px = in && rows[i] ? rows[i] + (xx - origin) * xstride : nullptr;
+      load32(px, c, d[i]);
+      if (Norm && px)  // rounded to bf16 as normalize_row rounds it: the same values either way
+        for (int hh = 0; hh < 2; ++hh)
+          d[i][hh] = round_to_bf16(silu16_for_bf16(
+              _mm512_fmadd_ps(d[i][hh], _mm512_loadu_ps(ab + c + 16 * hh), _mm512_loadu_ps(ab + cin_ + c + 16 * hh))));
+    }
     for (int hh = 0; hh < 2; ++hh) {
       __m512 r[4];
       input_1d(d[0][hh], d[1][hh], d[2][hh], d[3][hh], r);
@@ -165,22 +201,21 @@ class WinogradConv2dBf16Amx : public PreparedOp {
     }
   }
 
-  // input_transform for kBlock tiles of one tile row (n, ty, tx0 ..): each input column's B^T d is
-  // computed once and kept in registers for the next tile, which shares two columns.
+  // input_transform for kBlock tiles of one tile row, from its 4 input rows (pixel xx of row i at
+  // rows[i] + (xx - origin) xstride; null: padding) starting at tile column tx0: each input column's
+  // B^T d is computed once and kept in registers for the next tile, which shares two columns.
   template <typename Src>
-  TAIYI_TARGET_AMX void input_transform_row(const Src* x, const Strides4& sx, int64_t n, int64_t ty, int64_t tx0,
+  TAIYI_TARGET_AMX void input_transform_row(const Src* const* rows, int64_t origin, int64_t xstride, int64_t tx0,
                                             uint16_t* v) const {
-    const Src* rows[4];
-    tile_rows(x, sx, n, ty, rows);
     const int64_t x0 = 2 * tx0 - 1;
     for (int64_t s = 0; s < ksteps_; ++s) {
       __m512 c0[4][2], c1[4][2];
-      column(rows, x0, sx.w, s * 32, c0);
-      column(rows, x0 + 1, sx.w, s * 32, c1);
+      column<Src, false>(rows, x0, origin, xstride, s * 32, nullptr, c0);
+      column<Src, false>(rows, x0 + 1, origin, xstride, s * 32, nullptr, c1);
       for (int64_t t = 0; t < kBlock; ++t) {
         __m512 c2[4][2], c3[4][2];
-        column(rows, x0 + 2 * t + 2, sx.w, s * 32, c2);
-        column(rows, x0 + 2 * t + 3, sx.w, s * 32, c3);
+        column<Src, false>(rows, x0 + 2 * t + 2, origin, xstride, s * 32, nullptr, c2);
+        column<Src, false>(rows, x0 + 2 * t + 3, origin, xstride, s * 32, nullptr, c3);
         store_tile(c0, c1, c2, c3, v + (t / 16) * kTile + (t % 16) * 32 + s * 2 * kTile);
         for (int a = 0; a < 4; ++a)
           for (int hh = 0; hh < 2; ++hh) {
@@ -191,13 +226,61 @@ class WinogradConv2dBf16Amx : public PreparedOp {
     }
   }
 
-  // V of the block's tiles [t0, t0 + count): [p][step][half][16][32] bf16, zeros past count.
-  template <typename Src>
-  TAIYI_TARGET_AMX void input_transform(const Src* x, const Strides4& sx, int64_t t0, int64_t count,
-                                        uint16_t* v) const {
+  // The prologue's input rows of a thread: 4 slots of one image row's pixels [2 tx0 - 1, 2 tx0 +
+  // 2 kBlock + 1) through silu(x scale + shift), bf16, each tagged with the (image, row, tx0) it
+  // holds. Going down a column of blocks, a block's top two rows are the bottom two of the one
+  // before: each value is normalised once.
+  struct RowRing {
+    uint16_t* buf;
+    int64_t tag[4] = {-1, -1, -1, -1};
+  };
+  int64_t ring_slot() const { return (2 * kBlock + 2) * cin_ + 32; }  // elements (+ a cache line: L1 sets)
+
+  // Row yy of image n, pixels [x0, x0 + 2 kBlock + 2) inside the image, through silu(x scale +
+  // shift) (ab_nat: the sample's scale, then its shift, in channel order), rounded to bf16 into dst
+  // (pixel xx at dst + (xx - x0) cin_).
+  TAIYI_TARGET_AMX void normalize_row(const uint16_t* x, const Strides4& sx, int64_t n, int64_t yy, int64_t x0,
+                                      const float* ab_nat, uint16_t* dst) const {
+    const int64_t xa = std::max<int64_t>(x0, 0), xb = std::min(w_, x0 + 2 * kBlock + 2);
+    for (int64_t xx = xa; xx < xb; ++xx) {
+      const uint16_t* src = x + n * sx.n + yy * sx.h + xx * sx.w;
+      uint16_t* d = dst + (xx - x0) * cin_;
+      for (int64_t c = 0; c < cin_; c += 16) {
+        const __m512 y = silu16_for_bf16(
+            _mm512_fmadd_ps(widen16(src + c), _mm512_loadu_ps(ab_nat + c), _mm512_loadu_ps(ab_nat + cin_ + c)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + c), (__m256i)_mm512_cvtneps_pbh(y));
+      }
+    }
+  }
+
+  // V of the block's tiles [t0, t0 + count): [p][step][half][16][32] bf16, zeros past count. Norm:
+  // of x through the prologue (ab: per sample the scale and shift in V's channel order, then in
+  // channel order), whole rows of tiles by way of the thread's ring.
+  template <typename Src, bool Norm>
+  TAIYI_TARGET_AMX void input_transform(const Src* x, const Strides4& sx, int64_t t0, int64_t count, const float* ab,
+                                        RowRing* ring, uint16_t* v) const {
     const int64_t plane = th_ * tw_;
     if (count == kBlock && t0 % tw_ + kBlock <= tw_) {
-      input_transform_row(x, sx, t0 / plane, t0 % plane / tw_, t0 % tw_, v);
+      const int64_t n = t0 / plane, ty = t0 % plane / tw_, tx0 = t0 % tw_;
+      if constexpr (Norm) {
+        const uint16_t* rows[4];
+        for (int i = 0; i < 4; ++i) {
+          const int64_t yy = 2 * ty - 1 + i, slot = (yy + 4) % 4, tag = ((n * (h_ + 2) + yy + 1) * tw_) + tx0;
+          rows[i] = nullptr;
+          if (yy < 0 || yy >= h_) continue;
+          uint16_t* dst = ring->buf + slot * ring_slot();
+          if (ring->tag[slot] != tag) {
+            normalize_row(x, sx, n, yy, 2 * tx0 - 1, ab + n * 4 * cin_ + 2 * cin_, dst);
+            ring->tag[slot] = tag;
+          }
+          rows[i] = dst;
+        }
+        input_transform_row<uint16_t>(rows, 2 * tx0 - 1, cin_, tx0, v);
+      } else {
+        const Src* rows[4];
+        tile_rows(x, sx, n, ty, rows);
+        input_transform_row<Src>(rows, 0, sx.w, tx0, v);
+      }
       return;
     }
     for (int64_t t = 0; t < kBlock; ++t) {
@@ -211,9 +294,10 @@ class WinogradConv2dBf16Amx : public PreparedOp {
       const int64_t tile = t0 + t, n = tile / plane, ty = tile % plane / tw_, x0 = 2 * (tile % tw_) - 1;
       const Src* rows[4];
       tile_rows(x, sx, n, ty, rows);
+      const float* ab_n = Norm ? ab + n * 4 * cin_ : nullptr;
       for (int64_t s = 0; s < ksteps_; ++s) {
         __m512 c[4][4][2];
-        for (int j = 0; j < 4; ++j) column(rows, x0 + j, sx.w, s * 32, c[j]);
+        for (int j = 0; j < 4; ++j) column<Src, Norm>(rows, x0 + j, 0, sx.w, s * 32, ab_n, c[j]);
         store_tile(c[0], c[1], c[2], c[3], row + s * 2 * kTile);
       }
     }
@@ -328,26 +412,64 @@ class WinogradConv2dBf16Amx : public PreparedOp {
   int64_t n_, cin_, h_, w_, cout_, th_, tw_, nt_, ksteps_, panels_, v_pos_ = 0;
   bool residual_;
   DType src_, dst_;
+  Prologue prologue_;
   int threads_;
   Tensor packed_, bias_;
-  size_t v_bytes_ = 0, m_bytes_ = 0;
+  size_t v_bytes_ = 0, m_bytes_ = 0, ab_bytes_ = 0, ring_bytes_ = 0;
   double flops_ = 0;
   std::string describe_;
 
-  template <typename Src>
+  // The prologue's scale and shift of each sample of x (bf16, dense channels-last) into ab
+  // (ab_bytes_): per sample, scale and shift in V's channel order (k_index), then in channel order.
+  void norm_scale_shift(const uint16_t* x, float* ab) const {
+    const int64_t pixels = h_ * w_;
+    const float* gamma = prologue_.gamma.defined() ? prologue_.gamma.data<float>() : nullptr;
+    const float* beta = prologue_.beta.defined() ? prologue_.beta.data<float>() : nullptr;
+    for (int64_t s = 0; s < n_; ++s) {
+      float* ab_s = ab + s * 4 * cin_;
+      float *scale = ab_s + 2 * cin_, *shift = ab_s + 3 * cin_;
+      group_norm_nhwc_scale_shift(nullptr, x + s * pixels * cin_, gamma, beta, cin_, pixels, prologue_.groups,
+                                  prologue_.eps, scale, shift);
+      for (int64_t c = 0; c < cin_; ++c) {
+        const int64_t at = c / 32 * 32 + k_index(c % 32);
+        ab_s[at] = scale[c];
+        ab_s[cin_ + at] = shift[c];
+      }
+    }
+  }
+
+  template <typename Src, bool Norm>
   TAIYI_TARGET_AMX void run_blocks(const Src* x, const Strides4& sx, void* y, const Strides4& sy, const void* res,
                                    const Strides4& sr, std::byte* scratch) const;
+  template <typename Src>
+  void run_src(const Src* x, const Strides4& sx, void* y, const Strides4& sy, const void* res, const Strides4& sr,
+               std::byte* scratch) const {
+    if constexpr (std::is_same_v<Src, uint16_t>) {
+      if (prologue_.groups > 0) {
+        norm_scale_shift(x, reinterpret_cast<float*>(align64(scratch)));
+        run_blocks<Src, true>(x, sx, y, sy, res, sr, scratch);
+        return;
+      }
+    }
+    run_blocks<Src, false>(x, sx, y, sy, res, sr, scratch);
+  }
+  static std::byte* align64(std::byte* p) {
+    return reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(p) + 63) / 64 * 64);
+  }
 };
 
-template <typename Src>
+template <typename Src, bool Norm>
 TAIYI_TARGET_AMX void WinogradConv2dBf16Amx::run_blocks(const Src* x, const Strides4& sx, void* y, const Strides4& sy,
                                                         const void* res, const Strides4& sr, std::byte* scratch) const {
   const int64_t blocks = (nt_ + kBlock - 1) / kBlock;
-  auto* base = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(scratch) + 63) / 64 * 64);
+  const float* ab = reinterpret_cast<const float*>(align64(scratch));
+  std::byte* base = align64(scratch) + ab_bytes_;
 #pragma omp parallel num_threads(threads_)
   {
-    auto* v = reinterpret_cast<uint16_t*>(base + static_cast<size_t>(omp_get_thread_num()) * (v_bytes_ + m_bytes_));
+    auto* v = reinterpret_cast<uint16_t*>(base + static_cast<size_t>(omp_get_thread_num()) *
+                                                     (v_bytes_ + m_bytes_ + ring_bytes_));
     auto* m = reinterpret_cast<float*>(reinterpret_cast<std::byte*>(v) + v_bytes_);
+    RowRing ring{reinterpret_cast<uint16_t*>(reinterpret_cast<std::byte*>(v) + v_bytes_ + m_bytes_)};
     TileConfig cfg;
     for (int t = 0; t < 8; ++t) cfg.set(t, 16, 64);
     _tile_loadconfig(&cfg);
@@ -357,7 +479,7 @@ TAIYI_TARGET_AMX void WinogradConv2dBf16Amx::run_blocks(const Src* x, const Stri
     const bool columns = tw_ % kBlock == 0;
     const auto run_block = [&](int64_t blk, int64_t next_blk) TAIYI_TARGET_AMX {
       const int64_t t0 = blk * kBlock, count = std::min(kBlock, nt_ - t0);
-      input_transform(x, sx, t0, count, v);
+      input_transform<Src, Norm>(x, sx, t0, count, ab, &ring, v);
       // The next block's two new input rows (below this block's), prefetched during the products.
       Prefetch pf;
       if (next_blk >= 0 && sx.c == 1 && sx.w == cin_) {
@@ -415,10 +537,13 @@ void WinogradConv2dBf16Amx::run(const std::vector<Tensor>& in, const Tensor& out
     res = r.raw_data();
     sr = strides4(r);
   }
+  if (prologue_.groups > 0 && (x.stride(3) != cin_ || x.stride(2) != w_ * cin_ || x.stride(0) != h_ * w_ * cin_))
+    throw Error("conv2d winograd (amx): the GroupNorm prologue reads a dense channels-last input, given " +
+                x.describe());
   if (src_ == DType::BF16) {
-    run_blocks(x.data_u16(), strides4(x), out.raw_data(), strides4(out), res, sr, scratch);
+    run_src(x.data_u16(), strides4(x), out.raw_data(), strides4(out), res, sr, scratch);
   } else {
-    run_blocks(x.data<float>(), strides4(x), out.raw_data(), strides4(out), res, sr, scratch);
+    run_src(x.data<float>(), strides4(x), out.raw_data(), strides4(out), res, sr, scratch);
   }
 }
 
@@ -432,7 +557,16 @@ bool winograd_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, const C
 
 std::unique_ptr<PreparedOp> prepare_conv2d_winograd_bf16_amx(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                                              const Conv2dParams& p, const Epilogue& epilogue, DType src,
-                                                             DType dst) {
+                                                             DType dst, const Prologue& prologue) {
+  const auto per_channel = [&](const Tensor& t) {
+    return !t.defined() || (t.dtype() == DType::F32 && t.numel() == x_shape[1]);
+  };
+  if (prologue.groups > 0 && (src != DType::BF16 || x_shape[1] % prologue.groups != 0 || !per_channel(prologue.gamma) ||
+                              !per_channel(prologue.beta)))
+    throw Error("conv2d winograd: a GroupNorm prologue of " + std::to_string(prologue.groups) +
+                " groups needs a bf16 input of channels divisible by them and f32 gamma and beta of one value per "
+                "channel; given a " +
+                std::string(dtype_name(src)) + " input " + shape_str(x_shape));
   if (!winograd_bf16_amx_applicable(x_shape, w, p) || epilogue.scale != 1.0f || epilogue.post_op != PostOp::kNone ||
       (epilogue.residual && epilogue.residual_dtype != dst) || (src != DType::F32 && src != DType::BF16) ||
       (dst != DType::F32 && dst != DType::BF16))
@@ -440,7 +574,10 @@ std::unique_ptr<PreparedOp> prepare_conv2d_winograd_bf16_amx(const Shape& x_shap
                 w.describe() +
                 " (needs AMX, a 3x3 f32 kernel, stride 1, padding 1, channel counts multiples of 32, even sizes, "
                 "no post-op)");
-  return std::make_unique<WinogradConv2dBf16Amx>(x_shape, w, bias, epilogue, src, dst);
+  Prologue pro = prologue;
+  if (pro.gamma.defined()) pro.gamma = pro.gamma.contiguous();
+  if (pro.beta.defined()) pro.beta = pro.beta.contiguous();
+  return std::make_unique<WinogradConv2dBf16Amx>(x_shape, w, bias, epilogue, src, dst, pro);
 }
 
 }  // namespace taiyi::ops::cpu
@@ -452,7 +589,8 @@ std::unique_ptr<PreparedOp> prepare_conv2d_winograd_bf16_amx(const Shape& x_shap
 namespace taiyi::ops::cpu {
 bool winograd_bf16_amx_applicable(const Shape&, const Tensor&, const Conv2dParams&) { return false; }
 std::unique_ptr<PreparedOp> prepare_conv2d_winograd_bf16_amx(const Shape& x_shape, const Tensor&, const Tensor&,
-                                                             const Conv2dParams&, const Epilogue&, DType, DType) {
+                                                             const Conv2dParams&, const Epilogue&, DType, DType,
+                                                             const Prologue&) {
   throw Error("conv2d winograd: bf16 F(2x2,3x3) on AMX needs an x86 CPU with AMX, not available for input " +
               shape_str(x_shape));
 }

@@ -45,6 +45,12 @@ void group_norm_nhwc_f32_to_bf16(const float* x, const float* gamma, const float
 // y is null, yb (bf16).
 void group_norm_nhwc_bf16(const uint16_t* x, const float* gamma, const float* beta, float* y, uint16_t* yb, int64_t n,
                           int64_t c, int64_t pixels, int64_t groups, float eps, bool silu = false);
+// The per-channel map of the same GroupNorm of one sample (x [pixels, c] f32, or xb bf16 where x is
+// null): normalised = x scale[ch] + shift[ch] (scale = rstd gamma, shift = beta - mean rstd gamma, the
+// shift rounded once from double). For kernels that normalise as they read (the AMX Winograd
+// convolution's GroupNorm+SiLU prologue).
+void group_norm_nhwc_scale_shift(const float* x, const uint16_t* xb, const float* gamma, const float* beta, int64_t c,
+                                 int64_t pixels, int64_t groups, float eps, float* scale, float* shift);
 // y[i] = bf16(x[i]), rounded to nearest even, with the fastest instructions this CPU has.
 void round_to_bf16(const float* x, uint16_t* y, int64_t n);
 // x [rows, c], normalised over c.

@@ -117,15 +117,6 @@ TAIYI_TARGET_AVX512_BF16 inline __m512 channel_affine16(__m512 x, const float* m
   const __m512 d = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_maskz_loadu_ps(m, m_hi)), _mm512_maskz_loadu_ps(m, m_lo));
   return _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(m, a), _mm512_maskz_loadu_ps(m, b));
 }
-// v sigmoid(v) for an output rounded to bf16 right after (relative step 2^-8): e^-v by
-// exp2_avx512 (relative error 7.5e-5) and 1 / (1 + e^-v) by vrcp14ps (2^-14), about 2% of the
-// rounding's error, where silu_approx_f32's division alone (vdivps) took the most time of a
-// GroupNorm+SiLU pass: 16 operations per 16 channels instead of about 40. Large -v gives
-// 2^+inf = inf, its reciprocal 0, and silu 0 (-0), as the limit.
-TAIYI_TARGET_AVX512_BF16 inline __m512 silu16_for_bf16(__m512 v) {
-  const __m512 e = exp2_avx512(_mm512_mul_ps(v, _mm512_set1_ps(-1.4426950408889634f)));
-  return _mm512_mul_ps(v, _mm512_rcp14_ps(_mm512_add_ps(_mm512_set1_ps(1.0f), e)));
-}
 // Channels [c0, c0 + 16) of one pixel (x, their f32 values; m, those that exist) through the
 // affine map and SiLU, rounded into y + c0.
 TAIYI_TARGET_AVX512_BF16 inline void channel_affine16_to_bf16(__m512 x, uint16_t* y, const float* m_hi,
@@ -325,19 +316,91 @@ void layer_norm_f32(const float* x, const float* gamma, const float* beta, float
 
 namespace {
 
+// The statistics of one sample of a channels-last GroupNorm (x f32, or xb bf16: PixelRows), per
+// channel: the group's mean as a hi + lo pair and a = rstd gamma, b = beta, so that the normalised
+// value is ((x - m_hi) - m_lo) a + b. Parallel over pixels on `threads` threads.
+struct NhwcGroupStats {
+  std::vector<float> m_hi, m_lo, a, b;
+  NhwcGroupStats(const float* x, const uint16_t* xb, const float* gamma, const float* beta, int64_t c, int64_t pixels,
+                 int64_t groups, float eps, int threads);
+};
+
+NhwcGroupStats::NhwcGroupStats(const float* x, const uint16_t* xb, const float* gamma, const float* beta, int64_t c,
+                               int64_t pixels, int64_t groups, float eps, int threads)
+    : m_hi(static_cast<size_t>(c)), m_lo(static_cast<size_t>(c)), a(static_cast<size_t>(c)), b(static_cast<size_t>(c)) {
+  const int64_t cg = c / groups;
+  const auto moments = cpu_has_avx2_fma() ? shifted_moments_avx2 : shifted_moments_generic;
+#if defined(__x86_64__)
+  const auto widen = cpu_has_avx512_bf16() ? widen_bf16_avx512 : widen_bf16_generic;
+  const bool avx512_bf16 = cpu_has_avx512_bf16();
+#else
+  const auto widen = widen_bf16_generic;
+#endif
+  const PixelRows xs{x, xb, c, widen};
+  const int64_t ahead = xs.ahead();
+  std::vector<double> total1(static_cast<size_t>(c), 0.0), total2(static_cast<size_t>(c), 0.0);
+  std::vector<float> shift(static_cast<size_t>(c));
+  // Pixels per run of f32 sums: short enough that the f32 rounding stays near 1e-7 of the moments.
+  constexpr int64_t kRun = 32;
+  // One pass: per-channel moments about the sample's first pixel, each thread over its pixels in
+  // runs of kRun (f32) added to its double totals, then the threads' totals added up. (Two passes,
+  // the mean and then the squared deviations, read the activation once more: at [1, 128, 512,
+  // 512], 134 MB per pass.)
+  const float* first = xs.row(0, shift.data());
+  std::copy(first, first + c, shift.begin());
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t p0 = pixels * id / nt, p1 = pixels * (id + 1) / nt;
+    std::vector<float> f1(static_cast<size_t>(c)), f2(static_cast<size_t>(c)), buf(static_cast<size_t>(c));
+    std::vector<double> d1(static_cast<size_t>(c), 0.0), d2(static_cast<size_t>(c), 0.0);
+    for (int64_t r = p0; r < p1; r += kRun) {
+      std::fill(f1.begin(), f1.end(), 0.0f);
+      std::fill(f2.begin(), f2.end(), 0.0f);
+      for (int64_t p = r; p < std::min(p1, r + kRun); ++p) {
+        if (p + ahead < p1) xs.prefetch(p + ahead);
+#if defined(__x86_64__)
+        if (xs.h && avx512_bf16) {
+          shifted_moments_bf16_avx512(xs.h + p * c, shift.data(), f1.data(), f2.data(), c);
+          continue;
+        }
+#endif
+        moments(xs.row(p, buf.data()), shift.data(), f1.data(), f2.data(), c);
+      }
+      for (int64_t i = 0; i < c; ++i) d1[i] += f1[i], d2[i] += f2[i];
+    }
+#pragma omp critical
+    for (int64_t i = 0; i < c; ++i) total1[i] += d1[i], total2[i] += d2[i];
+  }
+  // Per group over its channels (shift k_c, moments d1_c and d2_c about it, P pixels):
+  //   mean = sum_c (d1_c + P k_c) / (cg P),
+  //   sum of (x - mean)^2 = sum_c d2_c + 2 (k_c - mean) d1_c + P (k_c - mean)^2.
+  const double count = static_cast<double>(cg * pixels), pd = static_cast<double>(pixels);
+  for (int64_t g = 0; g < groups; ++g) {
+    double sum = 0.0;
+    for (int64_t j = g * cg; j < (g + 1) * cg; ++j) sum += total1[j] + pd * static_cast<double>(shift[j]);
+    const double mean = sum / count;
+    double sq = 0.0;
+    for (int64_t j = g * cg; j < (g + 1) * cg; ++j) {
+      const double dk = static_cast<double>(shift[j]) - mean;
+      sq += total2[j] + 2.0 * dk * total1[j] + pd * dk * dk;
+    }
+    const double rstd = 1.0 / std::sqrt(std::max(sq, 0.0) / count + static_cast<double>(eps));
+    for (int64_t ch = g * cg; ch < (g + 1) * cg; ++ch) {
+      m_hi[ch] = static_cast<float>(mean);
+      m_lo[ch] = static_cast<float>(mean - static_cast<double>(m_hi[ch]));
+      a[ch] = static_cast<float>(rstd * (gamma ? static_cast<double>(gamma[ch]) : 1.0));
+      b[ch] = beta ? beta[ch] : 0.0f;
+    }
+  }
+}
+
 // group_norm_nhwc_f32 of x (f32) or xb (bf16) into y (f32) or yb (bf16, rounded to nearest even as
 // written).
 void group_norm_nhwc(const float* x, const uint16_t* xb, const float* gamma, const float* beta, float* y, uint16_t* yb,
                      int64_t n, int64_t c, int64_t pixels, int64_t groups, float eps, bool silu) {
-  const int64_t cg = c / groups;
   if (n == 0 || c == 0 || pixels == 0) return;
-  const bool avx2 = cpu_has_avx2_fma();
-  const auto moments = avx2 ? shifted_moments_avx2 : shifted_moments_generic;
-  const auto affine = avx2 ? channel_affine_avx2 : channel_affine_generic;
-  const int threads = pixels * c > 32768 ? omp_get_max_threads() : 1;
-  std::vector<double> total1(static_cast<size_t>(c)), total2(static_cast<size_t>(c));
-  std::vector<float> shift(static_cast<size_t>(c)), m_hi(static_cast<size_t>(c)), m_lo(static_cast<size_t>(c)),
-      a(static_cast<size_t>(c)), b(static_cast<size_t>(c));
+  const auto affine = cpu_has_avx2_fma() ? channel_affine_avx2 : channel_affine_generic;
 #if defined(__x86_64__)
   const auto affine_bf16 = cpu_has_avx512_bf16() ? channel_affine_bf16_avx512 : channel_affine_bf16_generic;
   const auto widen = cpu_has_avx512_bf16() ? widen_bf16_avx512 : widen_bf16_generic;
@@ -346,64 +409,12 @@ void group_norm_nhwc(const float* x, const uint16_t* xb, const float* gamma, con
   const auto affine_bf16 = channel_affine_bf16_generic;
   const auto widen = widen_bf16_generic;
 #endif
-  // Pixels per run of f32 sums: short enough that the f32 rounding stays near 1e-7 of the moments.
-  constexpr int64_t kRun = 32;
+  const int threads = pixels * c > 32768 ? omp_get_max_threads() : 1;
   for (int64_t s = 0; s < n; ++s) {
     const PixelRows xs{x ? x + s * pixels * c : nullptr, xb ? xb + s * pixels * c : nullptr, c, widen};
     const int64_t ahead = xs.ahead();
-    // One pass: per-channel moments about the sample's first pixel, each thread over its pixels in
-    // runs of kRun (f32) added to its double totals, then the threads' totals added up. (Two passes,
-    // the mean and then the squared deviations, read the activation once more: at [1, 128, 512,
-    // 512], 134 MB per pass.)
-    const float* first = xs.row(0, shift.data());
-    std::copy(first, first + c, shift.begin());
-    std::fill(total1.begin(), total1.end(), 0.0);
-    std::fill(total2.begin(), total2.end(), 0.0);
-#pragma omp parallel num_threads(threads)
-    {
-      const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
-      const int64_t p0 = pixels * id / nt, p1 = pixels * (id + 1) / nt;
-      std::vector<float> f1(static_cast<size_t>(c)), f2(static_cast<size_t>(c)), buf(static_cast<size_t>(c));
-      std::vector<double> d1(static_cast<size_t>(c), 0.0), d2(static_cast<size_t>(c), 0.0);
-      for (int64_t r = p0; r < p1; r += kRun) {
-        std::fill(f1.begin(), f1.end(), 0.0f);
-        std::fill(f2.begin(), f2.end(), 0.0f);
-        for (int64_t p = r; p < std::min(p1, r + kRun); ++p) {
-          if (p + ahead < p1) xs.prefetch(p + ahead);
-#if defined(__x86_64__)
-          if (xs.h && avx512_bf16) {
-            shifted_moments_bf16_avx512(xs.h + p * c, shift.data(), f1.data(), f2.data(), c);
-            continue;
-          }
-#endif
-          moments(xs.row(p, buf.data()), shift.data(), f1.data(), f2.data(), c);
-        }
-        for (int64_t i = 0; i < c; ++i) d1[i] += f1[i], d2[i] += f2[i];
-      }
-#pragma omp critical
-      for (int64_t i = 0; i < c; ++i) total1[i] += d1[i], total2[i] += d2[i];
-    }
-    // Per group over its channels (shift k_c, moments d1_c and d2_c about it, P pixels):
-    //   mean = sum_c (d1_c + P k_c) / (cg P),
-    //   sum of (x - mean)^2 = sum_c d2_c + 2 (k_c - mean) d1_c + P (k_c - mean)^2.
-    const double count = static_cast<double>(cg * pixels), pd = static_cast<double>(pixels);
-    for (int64_t g = 0; g < groups; ++g) {
-      double sum = 0.0;
-      for (int64_t j = g * cg; j < (g + 1) * cg; ++j) sum += total1[j] + pd * static_cast<double>(shift[j]);
-      const double mean = sum / count;
-      double sq = 0.0;
-      for (int64_t j = g * cg; j < (g + 1) * cg; ++j) {
-        const double dk = static_cast<double>(shift[j]) - mean;
-        sq += total2[j] + 2.0 * dk * total1[j] + pd * dk * dk;
-      }
-      const double rstd = 1.0 / std::sqrt(std::max(sq, 0.0) / count + static_cast<double>(eps));
-      for (int64_t ch = g * cg; ch < (g + 1) * cg; ++ch) {
-        m_hi[ch] = static_cast<float>(mean);
-        m_lo[ch] = static_cast<float>(mean - static_cast<double>(m_hi[ch]));
-        a[ch] = static_cast<float>(rstd * (gamma ? static_cast<double>(gamma[ch]) : 1.0));
-        b[ch] = beta ? beta[ch] : 0.0f;
-      }
-    }
+    const NhwcGroupStats st(xs.f, xs.h, gamma, beta, c, pixels, groups, eps, threads);
+    const float *m_hi = st.m_hi.data(), *m_lo = st.m_lo.data(), *a = st.a.data(), *b = st.b.data();
 #pragma omp parallel num_threads(threads)
     {
       std::vector<float> buf(static_cast<size_t>(c));
@@ -412,7 +423,7 @@ void group_norm_nhwc(const float* x, const uint16_t* xb, const float* gamma, con
 #pragma omp for schedule(static)
         for (int64_t p = 0; p < pixels; ++p) {
           if (p + ahead < pixels) xs.prefetch(p + ahead);
-          affine(xs.row(p, buf.data()), ys + p * c, m_hi.data(), m_lo.data(), a.data(), b.data(), c, silu);
+          affine(xs.row(p, buf.data()), ys + p * c, m_hi, m_lo, a, b, c, silu);
         }
       } else {
         // Rounded as written (callers make sure the CPU has avx512_bf16: bf16_supported()).
@@ -422,12 +433,11 @@ void group_norm_nhwc(const float* x, const uint16_t* xb, const float* gamma, con
           if (p + ahead < pixels) xs.prefetch(p + ahead);
 #if defined(__x86_64__)
           if (xs.h && avx512_bf16) {
-            channel_affine_bf16_to_bf16_avx512(xs.h + p * c, ys + p * c, m_hi.data(), m_lo.data(), a.data(), b.data(),
-                                               c, silu);
+            channel_affine_bf16_to_bf16_avx512(xs.h + p * c, ys + p * c, m_hi, m_lo, a, b, c, silu);
             continue;
           }
 #endif
-          affine_bf16(xs.row(p, buf.data()), ys + p * c, m_hi.data(), m_lo.data(), a.data(), b.data(), c, silu);
+          affine_bf16(xs.row(p, buf.data()), ys + p * c, m_hi, m_lo, a, b, c, silu);
         }
       }
     }
@@ -449,6 +459,18 @@ void group_norm_nhwc_f32_to_bf16(const float* x, const float* gamma, const float
 void group_norm_nhwc_bf16(const uint16_t* x, const float* gamma, const float* beta, float* y, uint16_t* yb, int64_t n,
                           int64_t c, int64_t pixels, int64_t groups, float eps, bool silu) {
   group_norm_nhwc(nullptr, x, gamma, beta, y, yb, n, c, pixels, groups, eps, silu);
+}
+
+void group_norm_nhwc_scale_shift(const float* x, const uint16_t* xb, const float* gamma, const float* beta, int64_t c,
+                                 int64_t pixels, int64_t groups, float eps, float* scale, float* shift) {
+  if (c == 0 || pixels == 0) return;
+  const NhwcGroupStats st(x, xb, gamma, beta, c, pixels, groups, eps, pixels * c > 32768 ? omp_get_max_threads() : 1);
+  for (int64_t ch = 0; ch < c; ++ch) {
+    // b - mean a in double from the hi + lo mean: one f32 rounding, of the shift.
+    const double mean = static_cast<double>(st.m_hi[ch]) + static_cast<double>(st.m_lo[ch]);
+    scale[ch] = st.a[ch];
+    shift[ch] = static_cast<float>(static_cast<double>(st.b[ch]) - mean * static_cast<double>(st.a[ch]));
+  }
 }
 
 void layer_norm_f32_to_bf16(const float* x, const float* gamma, const float* beta, uint16_t* y, int64_t rows, int64_t c,

@@ -58,12 +58,13 @@ std::unique_ptr<PreparedOp> prepare_linear_bf16_amx(const Shape& x_shape, const 
                                                     const Epilogue& epilogue, DType dst);
 
 // conv2d_winograd_bf16_amx.cpp: bf16 F(2x2,3x3) Winograd on AMX tiles, channels-last in and out
-// (f32 or bf16 each), a residual of the output's dtype. Needs cpu_has_amx_bf16(), a 3x3 kernel,
-// stride 1, padding 1, channel counts multiples of 32 and even sizes (winograd_bf16_amx_applicable).
+// (f32 or bf16 each), a residual of the output's dtype, a GroupNorm+SiLU prologue. Needs
+// cpu_has_amx_bf16(), a 3x3 kernel, stride 1, padding 1, channel counts multiples of 32 and even
+// sizes (winograd_bf16_amx_applicable).
 bool winograd_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, const Conv2dParams& p);
 std::unique_ptr<PreparedOp> prepare_conv2d_winograd_bf16_amx(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                                              const Conv2dParams& p, const Epilogue& epilogue, DType src,
-                                                             DType dst);
+                                                             DType dst, const Prologue& prologue = {});
 
 // attention_bf16_avx512.cpp: bf16 attention on vdpbf16ps, for CPUs with avx512_bf16 and no AMX.
 // Needs cpu_has_avx512_bf16() and scale > 0 (attention_bf16_avx512_applicable).

@@ -1,8 +1,9 @@
 // Times the prepared convolution (ops::prepare_conv2d, the kernel graph mode would bind) on the 3x3
 // stride-1 and 1x1 convolutions of the Taiyi UNet at 512x512 (batch 2) and of the VAE decoder,
 // against oneDNN's direct convolution (TAIYI_WINOGRAD=0 TAIYI_CONV1X1=0), taking turns; prints
-// milliseconds and direct-equivalent GFLOP/s of each.
-//   build/bench/conv_bench [fp32|bf16|bf16-nhwc] [reps] [first row] [last row]
+// milliseconds and direct-equivalent GFLOP/s of each. bf16-nhwc-gn: the kernel with a GroupNorm+SiLU
+// prologue (32 groups, graph/passes/fuse_group_norm_conv.cpp) against the same kernel without.
+//   build/bench/conv_bench [fp32|bf16|bf16-nhwc|bf16-nhwc-gn] [reps] [first row] [last row]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -21,7 +22,8 @@ int main(int argc, char** argv) {
   using namespace taiyi;
   const std::string kind = argc > 1 ? argv[1] : "fp32";
   // bf16-nhwc: bf16 channels-last input and output, as graph mode runs the AMX convolutions.
-  const bool nhwc = kind == "bf16-nhwc";
+  const bool gn = kind == "bf16-nhwc-gn";
+  const bool nhwc = kind == "bf16-nhwc" || gn;
   const DType compute = kind == "bf16" || nhwc ? DType::BF16 : DType::F32;
   const int reps = argc > 2 ? std::atoi(argv[2]) : 5;
   if (compute == DType::BF16 && !ops::bf16_supported()) {
@@ -62,18 +64,26 @@ int main(int argc, char** argv) {
                           : Tensor::empty({c.n, c.cout, c.h, c.h});
     const Tensor y1 = nhwc ? Tensor::empty({c.n, c.h, c.h, c.cout}, DType::BF16).permute({0, 3, 1, 2})
                            : Tensor::empty({c.n, c.cout, c.h, c.h});
-    const auto prepare = [&] {
+    const auto prepare = [&](const ops::Prologue& prologue) {
       if (!nhwc) return ops::prepare_conv2d(xs, w, b, p, compute);
       return ops::prepare_conv2d(xs, w, b, p, compute, ops::Layout::kNHWC, ops::Layout::kNHWC, {}, DType::BF16,
-                                 DType::BF16);
+                                 DType::BF16, prologue);
     };
     std::unique_ptr<ops::PreparedOp> op[2];
-    op[0] = prepare();
-    setenv("TAIYI_WINOGRAD", "0", 1);
-    setenv("TAIYI_CONV1X1", "0", 1);
-    op[1] = prepare();
-    unsetenv("TAIYI_WINOGRAD");
-    unsetenv("TAIYI_CONV1X1");
+    if (gn) {
+      if (!ops::conv2d_takes_group_norm_silu(xs, w, p, compute, ops::Layout::kNHWC, ops::Layout::kNHWC, {},
+                                             DType::BF16, 32))
+        continue;
+      op[0] = prepare({32, 1e-6f, random({c.cin}, 1.0f), random({c.cin}, 1.0f)});
+      op[1] = prepare({});
+    } else {
+      op[0] = prepare({});
+      setenv("TAIYI_WINOGRAD", "0", 1);
+      setenv("TAIYI_CONV1X1", "0", 1);
+      op[1] = prepare({});
+      unsetenv("TAIYI_WINOGRAD");
+      unsetenv("TAIYI_CONV1X1");
+    }
     const auto scratch = Storage::allocate(std::max(op[0]->scratch_bytes(), op[1]->scratch_bytes()) + 64);
     double best[2] = {1e30, 1e30};
     for (int r = 0; r <= reps; ++r)

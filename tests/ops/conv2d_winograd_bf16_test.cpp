@@ -326,6 +326,21 @@ TEST_F(Conv2dWinogradBf16Amx, MatchesTheRoundedReference) {
   omp_set_num_threads(1);
   check_amx_case({1, 64, 6, 128, 32, 1, true}, seed);
   omp_set_num_threads(threads);
+  // With two threads, the threads splitting each block's panels (TAIYI_WINOGRAD_SPLIT=1; by
+  // default where U is too large for one core's L2 but half of it is not: 256 -> 256), whole rows
+  // of blocks and blocks across rows.
+  if (threads == 2) {
+    const Shape xs = {1, 256, 4, 64};
+    EXPECT_NE(ops::cpu::prepare_conv2d_winograd_bf16_amx(xs, random_tensor({256, 256, 3, 3}, 9), Tensor(),
+                                                         ops::Conv2dParams::same(1), {}, DType::BF16, DType::BF16)
+                  ->describe()
+                  .find("split the panels"),
+              std::string::npos);
+    setenv("TAIYI_WINOGRAD_SPLIT", "1", 1);
+    check_amx_case({1, 64, 6, 64, 64, 1, true}, seed + 10);
+    check_amx_case({2, 32, 6, 10, 128, 1, false}, seed + 20);
+    unsetenv("TAIYI_WINOGRAD_SPLIT");
+  }
 }
 
 // The GroupNorm+SiLU prologue (ops::Prologue) of a bf16 input x: against the rounded reference of
@@ -397,6 +412,10 @@ TEST_F(Conv2dWinogradBf16Amx, GroupNormSiluPrologue) {
   omp_set_num_threads(1);
   check_prologue_case({1, 64, 8, 64, 32, 1, true}, 16, true, true, seed + 40);
   omp_set_num_threads(threads);
+  // the threads splitting the panels (each normalising every block's rows)
+  setenv("TAIYI_WINOGRAD_SPLIT", "1", 1);
+  check_prologue_case({1, 64, 8, 128, 64, 1, true}, 32, true, true, seed + 50);
+  unsetenv("TAIYI_WINOGRAD_SPLIT");
 }
 
 TEST_F(Conv2dWinogradBf16Amx, ApplicabilityAndKernelChoice) {

@@ -40,6 +40,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -120,11 +121,24 @@ class WinogradConv2dBf16Amx : public PreparedOp {
     // in channel order as group_norm_nhwc_scale_shift writes them.
     ab_bytes_ = prologue_.groups > 0 ? round_up64(static_cast<size_t>((n_ * 4 + 2) * cin_) * 4) : 0;
     ring_bytes_ = prologue_.groups > 0 ? round_up64(static_cast<size_t>(4 * ring_slot()) * 2) : 0;
+    // Where U is too large to stay in a core's L2 next to V and M but half of it is not (the 256 ->
+    // 256 convolutions: U 2 MiB, streamed from L3 for each block of 67 MFLOP), the two threads
+    // split the panels instead of the blocks: each transforms every block's input (twice the input
+    // transforms) and runs half of the panels, its half of U staying in its L2. [1, 256, 256, 256]
+    // 27-29 -> 23-23.5 ms (25-27 with the GroupNorm prologue, whose normalising is done twice too);
+    // where U fits (128 channels, 256 -> 128) 24-26 -> 30-32 ms; 512 -> 256 (half of U, 2 MiB, does
+    // not) no change. TAIYI_WINOGRAD_SPLIT=0 never splits, =1 wherever the panels split evenly.
+    const size_t u_bytes = static_cast<size_t>(packed_.numel()) * 2;
+    const char* split_env = std::getenv("TAIYI_WINOGRAD_SPLIT");
+    split_ =
+        threads_ == 2 && panels_ % 2 == 0 &&
+        (split_env ? std::string(split_env) != "0" : u_bytes > (size_t{3} << 19) && u_bytes / 2 <= (size_t{3} << 19));
     flops_ = 2.0 * n_ * cout_ * h_ * w_ * cin_ * 9;
     describe_ = std::string("conv2d bf16 winograd_f23:amx nhwc") + (src == DType::BF16 ? " bf16-in" : "") +
                 (dst == DType::BF16 ? " bf16-out" : "") +
                 (residual_ ? (dst == DType::BF16 ? " +bf16 residual" : " +residual") : "") +
-                (prologue_.groups > 0 ? " (groupnorm+silu of its input fused)" : "");
+                (prologue_.groups > 0 ? " (groupnorm+silu of its input fused)" : "") +
+                (split_ ? " (threads split the panels)" : "");
   }
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override;
@@ -413,6 +427,7 @@ class WinogradConv2dBf16Amx : public PreparedOp {
   bool residual_;
   DType src_, dst_;
   Prologue prologue_;
+  bool split_ = false;  // the threads split each block's panels (see the constructor)
   int threads_;
   Tensor packed_, bias_;
   size_t v_bytes_ = 0, m_bytes_ = 0, ab_bytes_ = 0, ring_bytes_ = 0;
@@ -473,14 +488,21 @@ TAIYI_TARGET_AMX void WinogradConv2dBf16Amx::run_blocks(const Src* x, const Stri
     TileConfig cfg;
     for (int t = 0; t < 8; ++t) cfg.set(t, 16, 64);
     _tile_loadconfig(&cfg);
-    // Where tile rows split into whole blocks, each thread takes a contiguous range of blocks in
-    // (image, block column, tile row) order: going down a column of blocks, the next block's top two
-    // input rows are the bottom two of the one before, in this core's caches.
+    // Where tile rows split into whole blocks, blocks go in (image, block column, tile row) order:
+    // going down a column of blocks, the next block's top two input rows are the bottom two of the
+    // one before, in this core's caches.
     const bool columns = tw_ % kBlock == 0;
-    const auto run_block = [&](int64_t blk, int64_t next_blk) TAIYI_TARGET_AMX {
+    const int64_t per_row = tw_ / kBlock, per_image = per_row * th_;
+    const auto block_at = [&](int64_t idx) {
+      if (!columns) return idx;
+      const int64_t n = idx / per_image, col = idx % per_image / th_, ty = idx % th_;
+      return n * per_image + ty * per_row + col;
+    };
+    // Runs panels [p0, p1) of block blk; next_blk: the block this thread runs next, whose two new
+    // input rows (below this block's) are prefetched during the products, or -1.
+    const auto run_block = [&](int64_t blk, int64_t next_blk, int64_t p0, int64_t p1) TAIYI_TARGET_AMX {
       const int64_t t0 = blk * kBlock, count = std::min(kBlock, nt_ - t0);
       input_transform<Src, Norm>(x, sx, t0, count, ab, &ring, v);
-      // The next block's two new input rows (below this block's), prefetched during the products.
       Prefetch pf;
       if (next_blk >= 0 && sx.c == 1 && sx.w == cin_) {
         const int64_t plane = th_ * tw_, nt0 = next_blk * kBlock, n = nt0 / plane, ty = nt0 % plane / tw_;
@@ -491,25 +513,26 @@ TAIYI_TARGET_AMX void WinogradConv2dBf16Amx::run_blocks(const Src* x, const Stri
           const int64_t yy = 2 * ty + 1 + r;
           if (yy >= 0 && yy < h_) pf.range[r] = reinterpret_cast<const char*>(x + n * sx.n + yy * sx.h + xs0 * sx.w);
         }
-        pf.per_block = (2 * pf.bytes / 64 + panels_ * kPos - 1) / (panels_ * kPos);
+        pf.per_block = (2 * pf.bytes / 64 + (p1 - p0) * kPos - 1) / ((p1 - p0) * kPos);
       }
-      for (int64_t panel = 0; panel < panels_; ++panel) {
+      for (int64_t panel = p0; panel < p1; ++panel) {
         products(v, panel, m, pf.bytes ? &pf : nullptr);
         output_transform(m, panel, t0, count, y, sy, res, sr);
       }
     };
-    if (columns) {
-      const int64_t per_row = tw_ / kBlock, per_image = per_row * th_;
-      const auto block_at = [&](int64_t idx) {
-        const int64_t n = idx / per_image, col = idx % per_image / th_, ty = idx % th_;
-        return n * per_image + ty * per_row + col;
-      };
+    const auto next_of = [&](int64_t idx) {
+      return columns && idx + 1 < blocks && (idx + 1) % th_ != 0 ? block_at(idx + 1) : int64_t{-1};
+    };
+    if (split_ && omp_get_num_threads() == 2) {
+      const int64_t p0 = panels_ / 2 * omp_get_thread_num();
+      for (int64_t idx = 0; idx < blocks; ++idx) run_block(block_at(idx), next_of(idx), p0, p0 + panels_ / 2);
+    } else if (columns) {
+      // each thread a contiguous range of blocks
 #pragma omp for schedule(static)
-      for (int64_t idx = 0; idx < blocks; ++idx)
-        run_block(block_at(idx), idx + 1 < blocks && (idx + 1) % th_ != 0 ? block_at(idx + 1) : -1);
+      for (int64_t idx = 0; idx < blocks; ++idx) run_block(block_at(idx), next_of(idx), 0, panels_);
     } else {
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t blk = 0; blk < blocks; ++blk) run_block(blk, -1);
+      for (int64_t blk = 0; blk < blocks; ++blk) run_block(blk, -1, 0, panels_);
     }
     _tile_release();
   }

@@ -12,32 +12,39 @@
 
 namespace taiyi::graph {
 
-bool fuse_upsample_conv(Graph& g, const CompileOptions& options) {
+bool fold_input_producers(Graph& g, const CompileOptions& options, ops::OpKind kind,
+                          const std::function<bool(Node& conv, const Node& producer, DType compute)>& fold) {
   const DType compute = prepared_compute(options);
   if (compute != DType::BF16) return false;
   const auto readers = g.readers();
   std::vector<bool> removed(g.nodes.size(), false);
   bool changed = false;
   for (Node& n : g.nodes) {
-    if (n.kind != ops::OpKind::kConv2d || n.inputs.size() != 3 || n.attrs.output_scale != 1.0f ||
-        n.attrs.post_op != ops::PostOp::kNone || !will_prepack(g, n))
-      continue;
-    const int up = n.inputs[0];
-    const Value& u = g.values[up];
-    if (u.kind != ValueKind::kNode || u.producer < 0 || g.is_output(up) || readers[up].size() != 1) continue;
-    const Node& un = g.nodes[u.producer];
-    if (un.kind != ops::OpKind::kUpsampleNearest || un.output != up) continue;
-    const Value& x = g.values[un.inputs[0]];
-    if (x.shape.size() != 4 || x.dtype != DType::F32 || u.shape[2] != 2 * x.shape[2] || u.shape[3] != 2 * x.shape[3])
-      continue;
-    if (!ops::conv2d_fuses_upsample(u.shape, g.values[n.inputs[1]].constant, n.attrs.conv, compute)) continue;
-    n.inputs[0] = un.inputs[0];
-    n.attrs.conv.upsample = 2;
-    removed[static_cast<size_t>(u.producer)] = true;
+    if (n.kind != ops::OpKind::kConv2d || !will_prepack(g, n)) continue;
+    const int v = n.inputs[0];
+    const Value& val = g.values[v];
+    if (val.kind != ValueKind::kNode || val.producer < 0 || g.is_output(v) || readers[v].size() != 1) continue;
+    const Node& p = g.nodes[val.producer];
+    if (p.kind != kind || p.output != v || !fold(n, p, compute)) continue;
+    removed[static_cast<size_t>(val.producer)] = true;
     changed = true;
   }
   if (changed) g.remove_nodes(removed);
   return changed;
+}
+
+bool fuse_upsample_conv(Graph& g, const CompileOptions& options) {
+  return fold_input_producers(g, options, ops::OpKind::kUpsampleNearest, [&](Node& n, const Node& un, DType compute) {
+    if (n.inputs.size() != 3 || n.attrs.output_scale != 1.0f || n.attrs.post_op != ops::PostOp::kNone) return false;
+    const Value& u = g.values[n.inputs[0]];
+    const Value& x = g.values[un.inputs[0]];
+    if (x.shape.size() != 4 || x.dtype != DType::F32 || u.shape[2] != 2 * x.shape[2] || u.shape[3] != 2 * x.shape[3])
+      return false;
+    if (!ops::conv2d_fuses_upsample(u.shape, g.values[n.inputs[1]].constant, n.attrs.conv, compute)) return false;
+    n.inputs[0] = un.inputs[0];
+    n.attrs.conv.upsample = 2;
+    return true;
+  });
 }
 
 }  // namespace taiyi::graph

@@ -4,6 +4,7 @@
 // graph computes the same before and after, tests/graph/).
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,14 @@ bool fuse_residual_add(Graph& g, const CompileOptions& options = {});
 int add_operand_producer(const Graph& g, const std::vector<std::vector<int>>& readers, const std::vector<bool>& removed,
                          int op_out, int other);
 Node& fold_into_add(Graph& g, size_t add_index, int producer, int extra, std::vector<bool>& removed);
+
+// For the passes that fold an op into the convolution reading its output (fuse_upsample_conv,
+// fuse_group_norm_conv), with bf16 compute the CPU runs: for each conv2d prepack_weights will bind
+// whose input is written by a node of `kind` that nothing else reads (and is no graph output),
+// fold(conv, producer, compute) rewrites the convolution to read what the producer read, or says
+// no; the producers of the folds made are removed. Returns whether any was.
+bool fold_input_producers(Graph& g, const CompileOptions& options, ops::OpKind kind,
+                          const std::function<bool(Node& conv, const Node& producer, DType compute)>& fold);
 
 // add(conv2d(x), t) with t one value per output channel (the ResNet blocks' time embedding) -> the
 // convolution with t added to its bias per call, where its prepared kernel takes that (oneDNN's).

@@ -3,7 +3,8 @@
 // prologue: the group_norm_silu nodes are gone, the convolutions read the GroupNorm's input,
 // bound to the AMX Winograd kernel with the prologue, and the graph computes within bf16's error
 // of the graph without the pass (TAIYI_FUSE_NORM_CONV=0), the same on replay. A GroupNorm read by
-// two nodes, f32 compute, and the pass switched off change nothing.
+// two nodes, f32 compute, and the pass switched off change nothing; eager replay of a node with the
+// prologue normalises first.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -13,6 +14,7 @@
 #include "taiyi/graph/tracer.h"
 #include "taiyi/nn/resnet.h"
 #include "taiyi/ops/cpu/dnnl_context.h"
+#include "taiyi/ops/op_call.h"
 #include "taiyi/ops/prepared.h"
 #include "test_util.h"
 
@@ -83,6 +85,21 @@ TEST(FuseGroupNormConv, ResnetBlockConvolutionsNormaliseTheirInput) {
   for (int64_t i = 0; i < per; ++i) x2.data<float>()[per + i] = 3.0f * x2.data<float>()[per + i] + 2.0f;
   const Tensor got2 = ex.run({x2})[0];
   EXPECT_EQ(max_abs_diff(ops::slice(got2, 0, 0, 1), ops::slice(got, 0, 0, 1)), 0.0);
+}
+
+TEST(FuseGroupNormConv, EagerReplayNormalisesFirst) {
+  // A conv2d node with the prologue, replayed eagerly (ops::run_op): group_norm_silu, then the
+  // convolution, with or without a residual (its 4th input absent or present).
+  const Tensor x = random_tensor({2, 8, 5, 6}, 1), w = random_tensor({4, 8, 3, 3}, 2), b = random_tensor({4}, 3);
+  const Tensor gamma = random_tensor({8}, 4), beta = random_tensor({8}, 5), r = random_tensor({2, 4, 5, 6}, 6);
+  ops::OpAttrs a;
+  a.conv = ops::Conv2dParams::same(1);
+  a.groups = 4;
+  a.eps = 1e-5f;
+  ASSERT_TRUE(ops::has_norm_prologue(ops::OpKind::kConv2d, a));
+  const Tensor want = ops::conv2d(ops::group_norm_silu(x, 4, gamma, beta, 1e-5f), w, b, a.conv);
+  EXPECT_EQ(max_abs_diff(ops::run_op(ops::OpKind::kConv2d, {x, w, b, Tensor(), gamma, beta}, a), want), 0.0);
+  EXPECT_EQ(max_abs_diff(ops::run_op(ops::OpKind::kConv2d, {x, w, b, r, gamma, beta}, a), ops::add(want, r)), 0.0);
 }
 
 TEST(FuseGroupNormConv, LeavesSharedNormsAlone) {

@@ -42,6 +42,15 @@ TAIYI_TARGET_AVX512_BF16 inline __m512i lane_index() {
 // The mask of lanes [0, n), n clamped to [0, 16].
 inline __mmask16 first_lanes(int64_t n) { return static_cast<__mmask16>((1u << std::clamp<int64_t>(n, 0, 16)) - 1u); }
 
+// The 16 bf16 at p (those of m's lanes; zeros in the others) as f32, exactly.
+TAIYI_TARGET_AVX512_BF16 inline __m512 load_bf16x16(const uint16_t* p, __mmask16 m = 0xffff) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+// v rounded to bf16 (nearest even) and widened back.
+TAIYI_TARGET_AVX512_BF16 inline __m512 round_bf16x16(__m512 v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
+}
+
 // 2^x as exp2_nonpositive_f32 (vector_math_f32.h) computes it: the fraction f = x - floor(x) in
 // one vreduceps, its polynomial, and 2^floor(x) applied by vscalefps (which floors x itself, and
 // gives 0 for very negative x, the pads, with no clamp).

@@ -22,15 +22,14 @@
 // Products in f32 in the tiles; the order of the sums differs from a direct convolution's.
 //
 // With a GroupNorm+SiLU prologue (ops::Prologue, graph/passes/fuse_group_norm_conv.cpp) the call
-// first takes the GroupNorm's statistics of x (one pass, group_norm_nhwc_scale_shift), then the
-// input transform maps each value it loads through silu(x scale + shift) before B^T d: the
-// normalised activation (at [1, 128, 512, 512] 64 MiB in bf16) is never written nor read back. The
-// padding stays 0 (the zeros pad the normalised input). SiLU by silu16_for_bf16, whose error is a
-// few percent of a bf16 rounding; the normalised value is rounded to bf16, as the GroupNorm wrote
-// it. Where blocks are whole rows of tiles, each thread normalises the rows of its blocks into a
+// first takes the GroupNorm's statistics of x (one pass, group_norm_nhwc_scale_shift); the input
+// transform then reads silu(x scale + shift), rounded to bf16 as the GroupNorm wrote it: the
+// normalised activation (at [1, 128, 512, 512] 64 MiB in bf16) is never written to memory nor read
+// back. Where blocks are whole rows of tiles, each thread normalises the rows of its blocks into a
 // ring of 4 rows in its scratch (a block's top two rows are the bottom two of the block before it
 // going down a column: each value is normalised once) and transforms from there; elsewhere each
-// value is normalised as it is loaded.
+// value is normalised as it is loaded. The padding stays 0 (the zeros pad the normalised input).
+// SiLU by silu16_for_bf16, whose error is a few percent of a bf16 rounding.
 #if defined(__x86_64__)
 // GCC 12's AVX-512 intrinsics pass an uninitialised _mm512_undefined_ps() as the unused merge
 // source of their unmasked forms, which -Wmaybe-uninitialized reports at each use.
@@ -77,17 +76,6 @@ TAIYI_TARGET_AMX inline void input_1d(__m512 d0, __m512 d1, __m512 d2, __m512 d3
 TAIYI_TARGET_AMX inline void output_1d(__m512 m0, __m512 m1, __m512 m2, __m512 m3, __m512* o) {
   o[0] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
   o[1] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
-}
-
-// 16 bf16 at p widened to f32.
-TAIYI_TARGET_AMX inline __m512 widen16(const uint16_t* p) {
-  return _mm512_castsi512_ps(
-      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
-}
-
-// v rounded to bf16 (nearest even) and widened back.
-TAIYI_TARGET_AMX inline __m512 round_to_bf16(__m512 v) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
 }
 
 class WinogradConv2dBf16Amx : public PreparedOp {
@@ -205,7 +193,7 @@ class WinogradConv2dBf16Amx : public PreparedOp {
       load32(px, c, d[i]);
       if (Norm && px)  // rounded to bf16 as normalize_row rounds it: the same values either way
         for (int hh = 0; hh < 2; ++hh)
-          d[i][hh] = round_to_bf16(silu16_for_bf16(
+          d[i][hh] = round_bf16x16(silu16_for_bf16(
               _mm512_fmadd_ps(d[i][hh], _mm512_loadu_ps(ab + c + 16 * hh), _mm512_loadu_ps(ab + cin_ + c + 16 * hh))));
     }
     for (int hh = 0; hh < 2; ++hh) {
@@ -261,7 +249,7 @@ class WinogradConv2dBf16Amx : public PreparedOp {
       uint16_t* d = dst + (xx - x0) * cin_;
       for (int64_t c = 0; c < cin_; c += 16) {
         const __m512 y = silu16_for_bf16(
-            _mm512_fmadd_ps(widen16(src + c), _mm512_loadu_ps(ab_nat + c), _mm512_loadu_ps(ab_nat + cin_ + c)));
+            _mm512_fmadd_ps(load_bf16x16(src + c), _mm512_loadu_ps(ab_nat + c), _mm512_loadu_ps(ab_nat + cin_ + c)));
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + c), (__m256i)_mm512_cvtneps_pbh(y));
       }
     }
@@ -410,7 +398,7 @@ class WinogradConv2dBf16Amx : public PreparedOp {
             const int64_t at_r = n * sr.n + yy * sr.h + xx * sr.w + c0;
             const int64_t at = n * sy.n + yy * sy.h + xx * sy.w + c0;
             if (dst_ == DType::BF16) {
-              if (residual_) val = _mm512_add_ps(val, widen16(static_cast<const uint16_t*>(res) + at_r));
+              if (residual_) val = _mm512_add_ps(val, load_bf16x16(static_cast<const uint16_t*>(res) + at_r));
               _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(y) + at),
                                   (__m256i)_mm512_cvtneps_pbh(val));
             } else {

@@ -28,11 +28,6 @@ namespace taiyi::ops::cpu {
 
 namespace {
 
-// 16 bf16 at p (the first n of them; zeros past n) as f32.
-TAIYI_TARGET_AVX512_BF16 inline __m512 load_bf16(const uint16_t* p, __mmask16 m) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
-}
-
 // gelu(gate) for 16 values.
 TAIYI_TARGET_AVX512_BF16 inline __m512 gelu16(__m512 gate) {
   const __m512 z = _mm512_mul_ps(_mm512_abs_ps(gate), _mm512_set1_ps(0.70710678118654752f));
@@ -101,8 +96,8 @@ class GegluBf16 : public PreparedOp {
             if (gated_) _mm_prefetch(reinterpret_cast<const char*>(gate + j + in_row + 1024), _MM_HINT_T0);
           }
           const __mmask16 m = first_lanes(n_ - j);
-          const __m512 g = gelu16(load_bf16(gate + j, m));
-          const __m512 v = gated_ ? _mm512_mul_ps(load_bf16(hidden + j, m), g) : g;
+          const __m512 g = gelu16(load_bf16x16(gate + j, m));
+          const __m512 v = gated_ ? _mm512_mul_ps(load_bf16x16(hidden + j, m), g) : g;
           if (y) {
             _mm256_mask_storeu_epi16(y + r * n_ + j, m, (__m256i)_mm512_cvtneps_pbh(v));
           } else {

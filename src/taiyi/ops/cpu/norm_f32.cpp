@@ -226,10 +226,6 @@ TAIYI_TARGET_AVX512_BF16 void widen_bf16_avx512(const uint16_t* x, float* y, int
 #endif
 
 #if defined(__x86_64__)
-// 16 bf16 at x (the first of m's lanes; zeros past them) as f32, exactly.
-TAIYI_TARGET_AVX512_BF16 inline __m512 widen16(const uint16_t* x, __mmask16 m) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x)), 16));
-}
 // shifted_moments_body of a run of `count` bf16 pixels (c channels each, consecutive), into s1 and
 // s2 (set, not added to): per 64 channels the run's sums in 8 registers, pixel after pixel (the
 // order of the sums of a pixel at a time into memory, whose masked stores the next pixel's loads
@@ -247,7 +243,7 @@ TAIYI_TARGET_AVX512_BF16 void shifted_moments_run_bf16_avx512(const uint16_t* x,
     }
     for (int64_t p = 0; p < count; ++p)
       for (int j = 0; j < 4; ++j) {
-        const __m512 d = _mm512_sub_ps(widen16(x + p * c + i + 16 * j, m[j]), ki[j]);
+        const __m512 d = _mm512_sub_ps(load_bf16x16(x + p * c + i + 16 * j, m[j]), ki[j]);
         a1[j] = _mm512_add_ps(a1[j], d);
         a2[j] = _mm512_fmadd_ps(d, d, a2[j]);
       }
@@ -263,7 +259,7 @@ TAIYI_TARGET_AVX512_BF16 void channel_affine_bf16_to_bf16_avx512(const uint16_t*
                                                                  int64_t c, bool silu) {
   for (int64_t c0 = 0; c0 < c; c0 += 16) {
     const __mmask16 m = first_lanes(c - c0);
-    channel_affine16_to_bf16(widen16(x + c0, m), y, m_hi, m_lo, a, b, c0, m, silu);
+    channel_affine16_to_bf16(load_bf16x16(x + c0, m), y, m_hi, m_lo, a, b, c0, m, silu);
   }
 }
 #endif
@@ -372,20 +368,21 @@ NhwcGroupStats::NhwcGroupStats(const float* x, const uint16_t* xb, const float* 
     std::vector<float> f1(static_cast<size_t>(c)), f2(static_cast<size_t>(c)), buf(static_cast<size_t>(c));
     std::vector<double> d1(static_cast<size_t>(c), 0.0), d2(static_cast<size_t>(c), 0.0);
     for (int64_t r = p0; r < p1; r += kRun) {
-      std::fill(f1.begin(), f1.end(), 0.0f);
-      std::fill(f2.begin(), f2.end(), 0.0f);
+      const int64_t end = std::min(p1, r + kRun);
 #if defined(__x86_64__)
       if (xs.h && avx512_bf16) {
-        const int64_t end = std::min(p1, r + kRun);
         for (int64_t p = end; p < std::min(p1, end + kRun); ++p) xs.prefetch(p);  // the next run
+        // (sets f1 and f2)
         shifted_moments_run_bf16_avx512(xs.h + r * c, end - r, shift.data(), f1.data(), f2.data(), c);
-        for (int64_t i = 0; i < c; ++i) d1[i] += f1[i], d2[i] += f2[i];
-        continue;
-      }
+      } else
 #endif
-      for (int64_t p = r; p < std::min(p1, r + kRun); ++p) {
-        if (p + ahead < p1) xs.prefetch(p + ahead);
-        moments(xs.row(p, buf.data()), shift.data(), f1.data(), f2.data(), c);
+      {
+        std::fill(f1.begin(), f1.end(), 0.0f);
+        std::fill(f2.begin(), f2.end(), 0.0f);
+        for (int64_t p = r; p < end; ++p) {
+          if (p + ahead < p1) xs.prefetch(p + ahead);
+          moments(xs.row(p, buf.data()), shift.data(), f1.data(), f2.data(), c);
+        }
       }
       for (int64_t i = 0; i < c; ++i) d1[i] += f1[i], d2[i] += f2[i];
     }

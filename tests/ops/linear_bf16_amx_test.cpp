@@ -1,5 +1,6 @@
-// The bf16 linear on AMX tiles (linear_bf16_amx.cpp) against a reference in double on bf16-rounded
-// inputs and weights (its arithmetic: bf16 products, f32 accumulation, f32 bias and residual):
+// The bf16 linear on AMX tiles (linear_bf16_amx.cpp), both modes (K blocks from K = 1280, all of K
+// in the tiles below), against a reference in double on bf16-rounded inputs and weights (its
+// arithmetic: bf16 products, f32 accumulation, f32 bias and residual):
 // row counts off the 16- and 32-row tiles, several strips of rows per thread, one thread and the
 // default count, bias or none, an f32 or bf16 residual (also in place), f32 or bf16 output (the
 // bf16 one the f32 one rounded), NaN-filled scratch with guard values; and which linears
@@ -67,7 +68,10 @@ TEST_F(LinearBf16Amx, MatchesTheRoundedReference) {
   // 37 rows: a partial 32-row block and a partial 16-row tile; 600 rows: two strips of (up to) 256
   // rows for each of two threads, and N = 1024 three chunks of columns (384, 384, 256); K = 1312: a
   // last K block of one step.
-  const Case cases[] = {{37, 2048, 64, true}, {600, 1280, 1024, true}, {70, 1312, 96, false}, {1, 2560, 32, true}};
+  // Below K = 1280 the whole-K mode: 600 rows x K 320 (strips of 512 rows: two for one thread), 1100
+  // rows x K 768 x N 800 (chunks of 320 columns, the last 160), 37 and 70 rows, K of one step.
+  const Case cases[] = {{37, 2048, 64, true},   {600, 1280, 1024, true}, {70, 1312, 96, false}, {1, 2560, 32, true},
+                        {600, 320, 1024, true}, {1100, 768, 800, true},  {37, 96, 64, true},    {70, 32, 96, false}};
   const int default_threads = omp_get_max_threads();
   for (int threads : {1, default_threads}) {
     omp_set_num_threads(threads);
@@ -121,15 +125,19 @@ TEST_F(LinearBf16Amx, MatchesTheRoundedReference) {
   omp_set_num_threads(default_threads);
 }
 
-TEST_F(LinearBf16Amx, PrepareLinearPicksItForLongReductionsOnly) {
+TEST_F(LinearBf16Amx, PrepareLinearPicksItWithTheModeForK) {
   const Tensor w = random_tensor({64, 2048}, 1), w_short = random_tensor({64, 1024}, 2), b = random_tensor({64}, 3);
-  // (K 2048 gets it, K 1024 not: oneDNN's matmul is as fast there)
+  // (K 2048: K blocks; K 1024: all of K in the tiles, or oneDNN's matmul with TAIYI_AMX_LINEAR_WHOLE_K=0)
   const auto describe = [](const Shape& xs, const Tensor& wt, DType src) {
     return ops::prepare_linear(xs, wt, Tensor(), DType::BF16, {}, src, DType::BF16)->describe();
   };
-  EXPECT_NE(describe({2, 256, 2048}, w, DType::BF16).find("linear bf16 amx"), std::string::npos);
-  EXPECT_EQ(describe({2, 256, 1024}, w_short, DType::BF16).find("linear bf16 amx"), std::string::npos);
+  EXPECT_NE(describe({2, 256, 2048}, w, DType::BF16).find("x K blocks of 256"), std::string::npos);
+  EXPECT_NE(describe({2, 256, 1024}, w_short, DType::BF16).find("x all of K"), std::string::npos);
   EXPECT_EQ(describe({2, 256, 2048}, w, DType::F32).find("linear bf16 amx"), std::string::npos);  // f32 input
+  setenv("TAIYI_AMX_LINEAR_WHOLE_K", "0", 1);
+  EXPECT_EQ(describe({2, 256, 1024}, w_short, DType::BF16).find("linear bf16 amx"), std::string::npos);
+  EXPECT_NE(describe({2, 256, 2048}, w, DType::BF16).find("x K blocks of 256"), std::string::npos);
+  unsetenv("TAIYI_AMX_LINEAR_WHOLE_K");
   ops::Epilogue gelu;
   gelu.post_op = ops::PostOp::kGelu;
   EXPECT_FALSE(ops::cpu::linear_bf16_amx_applicable({512, 2048}, w, Tensor(), DType::BF16, gelu, DType::BF16,
@@ -140,6 +148,7 @@ TEST_F(LinearBf16Amx, PrepareLinearPicksItForLongReductionsOnly) {
                                                     {}, DType::BF16, DType::F32, false));  // N not a multiple of 32
   setenv("TAIYI_AMX_LINEAR", "0", 1);
   EXPECT_EQ(describe({2, 256, 2048}, w, DType::BF16).find("linear bf16 amx"), std::string::npos);
+  EXPECT_EQ(describe({2, 256, 1024}, w_short, DType::BF16).find("linear bf16 amx"), std::string::npos);
   unsetenv("TAIYI_AMX_LINEAR");
   // prepare_linear's result computes what the kernel does.
   const Tensor x = random_tensor({300, 2048}, 5).to(DType::BF16);

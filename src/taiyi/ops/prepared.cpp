@@ -17,7 +17,8 @@
 // TAIYI_WINOGRAD=0 turns Winograd off, TAIYI_CONV1X1=0 the 1x1 kernel, TAIYI_FUSE_UPSAMPLE=0 the
 // upsampler fusion (A/B runs).
 // ops::prepare_linear likewise: oneDNN's matmul (linear_prepared_dnnl.cpp), except a bf16 linear
-// with a long reduction on AMX, which goes to linear_bf16_amx.cpp (TAIYI_AMX_LINEAR=0 turns it off).
+// on AMX with no post-op, which goes to linear_bf16_amx.cpp (TAIYI_AMX_LINEAR=0 turns it off,
+// TAIYI_AMX_LINEAR_WHOLE_K=0 only for reductions below 1280).
 #include "taiyi/ops/prepared.h"
 
 #include <cstdlib>
@@ -31,7 +32,8 @@ namespace taiyi::ops {
 
 namespace {
 
-// Whether an A/B switch (TAIYI_WINOGRAD, TAIYI_CONV1X1, TAIYI_GEGLU_KERNEL, TAIYI_AMX_LINEAR) is set to "0" or "off".
+// Whether an A/B switch (TAIYI_WINOGRAD, TAIYI_CONV1X1, TAIYI_GEGLU_KERNEL, TAIYI_AMX_LINEAR, ...) is set to "0" or
+// "off".
 bool switched_off(const char* env_var) {
   const char* v = std::getenv(env_var);
   const std::string s = v ? v : "";
@@ -173,7 +175,9 @@ bool conv2d_prefers_channels_last(const Shape& x_shape, const Tensor& w, const C
 
 std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w, const Tensor& bias, DType compute,
                                            const Epilogue& epilogue, DType src, DType dst, bool src_columns) {
-  if (!switched_off("TAIYI_AMX_LINEAR") &&
+  // (TAIYI_AMX_LINEAR_WHOLE_K=0: the reductions below 1280 to oneDNN again, for A/B runs)
+  const bool whole_k_off = switched_off("TAIYI_AMX_LINEAR_WHOLE_K") && cpu::linear_bf16_amx_whole_k(x_shape);
+  if (!switched_off("TAIYI_AMX_LINEAR") && !whole_k_off &&
       cpu::linear_bf16_amx_applicable(x_shape, w, bias, compute, epilogue, src, dst, src_columns))
     return cpu::prepare_linear_bf16_amx(x_shape, w, bias, epilogue, dst);
   return prepare_linear_dnnl(x_shape, w, bias, compute, epilogue, src, dst, src_columns);

@@ -1,10 +1,10 @@
-// Prepared bf16 linear on AMX tiles for long reductions (K >= 1280): BERT's output dense, [1024,
-// 3072] x [3072, 768], where oneDNN 2.6's brgemm matmul runs at 1.2-1.6 TFLOP/s on the Xeon with AMX
-// against ~2 for its products with K = 768; the UNet's feed-forward outputs (K = 1280, 2560, 5120)
-// and its 16x16 projections (K = 1280).
+// Prepared bf16 linear on AMX tiles: out = x w^T + bias (+ residual), x [M, K] bf16 rows, out f32
+// or bf16 (rounded to nearest even as stored), for every bf16 linear with no post-op on AMX (the
+// linears with a gelu or multiply post-op stay with oneDNN's matmul). Two modes:
 //
-// out = x w^T + bias (+ residual), x [M, K] bf16 rows, out f32 or bf16 (rounded to nearest even as
-// stored). Each thread takes a range of rows; per chunk of 384 columns, per strip of 256 rows:
+// K blocks (K >= kMinK = 1280: BERT's output dense [1024, 3072] x [3072, 768], where oneDNN 2.6's
+// brgemm matmul runs at 1.2-1.6 TFLOP/s; the UNet's feed-forward outputs and 16x16 projections).
+// Each thread takes a range of rows; per chunk of 384 columns, per strip of 256 rows:
 //   - K in blocks of 256 (8 steps of 32; the last block K mod 256): the strip's x block is copied
 //     into A tiles, 1 KiB each, contiguous (rows of x are K apart, 6 KiB at K = 3072, so the 32 rows
 //     of a C block fall into two L1 sets and evict one another: with the copy the kernel went from
@@ -14,10 +14,16 @@
 //     2 A tiles (in L1 across the columns) and 2 B tiles (w packed once: panel nb (32 columns), step
 //     s of all of K, half t: [N/32][K/32][2][16 pairs][16 columns][2]), and the C tiles stored back;
 //   - after the last K block, the epilogue adds the bias and the residual and writes the rows.
+//
+// All of K (K < 1280: BERT's other linears, the UNet's projections with K = 320, 640 and 768),
+// run_whole_k: the C tiles stay in their registers over every step, operands streamed from L2;
+// each C block's epilogue runs during the next block's products, and the next chunk of B is
+// prefetched into L2 (see there).
+//
 // Products and sums in f32 in the tiles, K in the same order as oneDNN's (steps of 32), so results
 // agree with its to f32 rounding (bench/linear_bench: identical bf16 outputs on BERT's shapes).
-// With K = 768 oneDNN is as fast or faster (bench/linear_bench: 0.85-1.0x), hence kMinK.
-// ops::prepare_linear picks it (ops/prepared.cpp; TAIYI_AMX_LINEAR=0 turns it off for A/B runs).
+// ops::prepare_linear picks it (ops/prepared.cpp; TAIYI_AMX_LINEAR=0 turns it off for A/B runs,
+// TAIYI_AMX_LINEAR_WHOLE_K=0 only the whole-K mode).
 #include <omp.h>
 
 #include <algorithm>
@@ -38,12 +44,14 @@ namespace taiyi::ops::cpu {
 
 namespace {
 
-constexpr int64_t kKc = 256;          // K per block
-constexpr int64_t kSteps = kKc / 32;  // tile steps per K block
-constexpr int64_t kTile = 512;        // bf16 elements of a 16 x 64-byte tile
-constexpr int64_t kStrip = 256;       // rows per strip
-constexpr int64_t kChunk = 384;       // columns per chunk (a strip's f32 accumulators: 384 KiB)
-constexpr int64_t kMinK = 1280;       // shorter reductions: oneDNN's matmul is as fast or faster
+constexpr int64_t kKc = 256;                // K per block
+constexpr int64_t kSteps = kKc / 32;        // tile steps per K block
+constexpr int64_t kTile = 512;              // bf16 elements of a 16 x 64-byte tile
+constexpr int64_t kStrip = 256;             // rows per strip
+constexpr int64_t kChunk = 384;             // columns per chunk (a strip's f32 accumulators: 384 KiB)
+constexpr int64_t kMinK = 1280;             // from here the K-block mode; shorter reductions the whole-K mode
+constexpr size_t kStripBytes = 768 * 1024;  // whole-K mode: a strip's A tiles (rows x K bf16), in L2
+constexpr size_t kChunkBytes = 512 * 1024;  // whole-K mode: a chunk's B panels (columns x K bf16), in L2
 
 size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
 
@@ -55,6 +63,7 @@ class LinearBf16Amx : public PreparedOp {
         n_(w.size(0)),
         m_(shape_numel(xs) / xs.back()),
         kblocks_((k_ + kKc - 1) / kKc),
+        whole_k_(k_ < kMinK),
         residual_(epilogue.residual),
         residual_dtype_(epilogue.residual_dtype),
         dst_(dst),
@@ -77,11 +86,21 @@ class LinearBf16Amx : public PreparedOp {
                 tile[r * 32 + c * 2 + i] = f32_to_bf16(wp[(nb * 32 + t * 16 + c) * k_ + s * 32 + 2 * r + i]);
         }
     if (bias.defined()) bias_ = bias.contiguous();
-    a_bytes_ = round_up64(static_cast<size_t>(kStrip * kKc) * 2);
-    acc_bytes_ = round_up64(static_cast<size_t>(kStrip * kChunk) * 4);
-    describe_ = std::string("linear bf16 amx (") + std::to_string(kStrip) + " rows x " + std::to_string(kChunk) +
-                " columns x K blocks of 256) bf16-in" + (dst == DType::BF16 ? " bf16-out" : "") +
-                (residual_ ? (residual_dtype_ == DType::BF16 ? " +bf16 residual" : " +residual") : "");
+    if (whole_k_) {
+      strip_ = std::clamp<int64_t>(static_cast<int64_t>(kStripBytes) / (k_ * 2) / 32 * 32, 32, 512);
+      chunk_ = std::clamp<int64_t>(static_cast<int64_t>(kChunkBytes) / (k_ * 2) / 32 * 32, 32, n_);
+      a_bytes_ = round_up64(static_cast<size_t>(strip_ * k_) * 2);
+      acc_bytes_ = 2 * 4096;  // two C blocks (4 tiles of 1 KiB): the one stored, the one its epilogue reads
+    } else {
+      a_bytes_ = round_up64(static_cast<size_t>(kStrip * kKc) * 2);
+      acc_bytes_ = round_up64(static_cast<size_t>(kStrip * kChunk) * 4);
+    }
+    describe_ =
+        std::string("linear bf16 amx (") +
+        (whole_k_ ? std::to_string(strip_) + " rows x " + std::to_string(chunk_) + " columns x all of K"
+                  : std::to_string(kStrip) + " rows x " + std::to_string(kChunk) + " columns x K blocks of 256") +
+        ") bf16-in" + (dst == DType::BF16 ? " bf16-out" : "") +
+        (residual_ ? (residual_dtype_ == DType::BF16 ? " +bf16 residual" : " +residual") : "");
   }
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override {
@@ -99,7 +118,11 @@ class LinearBf16Amx : public PreparedOp {
         throw Error("linear (amx): the residual " + residual.describe() + " does not match the output " +
                     out.describe());
     }
-    run_amx(x.data_u16(), residual_ ? residual.raw_data() : nullptr, out.raw_data(), scratch);
+    if (whole_k_) {
+      run_whole_k(x.data_u16(), residual_ ? residual.raw_data() : nullptr, out.raw_data(), scratch);
+    } else {
+      run_amx(x.data_u16(), residual_ ? residual.raw_data() : nullptr, out.raw_data(), scratch);
+    }
   }
 
   size_t scratch_bytes() const override { return static_cast<size_t>(threads_) * (a_bytes_ + acc_bytes_) + 64; }
@@ -129,7 +152,7 @@ class LinearBf16Amx : public PreparedOp {
         for (int64_t s0 = r0; s0 < r1; s0 += kStrip) {
           const int64_t rows = std::min(kStrip, r1 - s0), mblocks = (rows + 31) / 32;
           for (int64_t kb = 0; kb < kblocks_; ++kb) {
-            pack_rows(x + s0 * k_ + kb * kKc, rows, steps(kb), a);
+            pack_rows(x + s0 * k_ + kb * kKc, rows, steps(kb), kSteps, a);
             for (int64_t mb = 0; mb < mblocks; ++mb) {
               const uint16_t* ab = a + mb * kSteps * 2 * kTile;
               for (int64_t p = 0; p < panels; ++p) block(ab, kb, n0 / 32 + p, acc + (mb * panels + p) * 1024);
@@ -142,13 +165,171 @@ class LinearBf16Amx : public PreparedOp {
     }
   }
 
-  // rows (<= kStrip) rows of x (row stride K), `steps` steps of 32 columns from x, into A tiles
-  // [32-row block][step (of 8)][half][16 rows][32 k]; rows past `rows` zero (their outputs are not
-  // written).
-  TAIYI_TARGET_AMX void pack_rows(const uint16_t* x, int64_t rows, int64_t steps, uint16_t* a) const {
+  // Whole-K mode (K < kMinK). Each thread takes a range of rows; per strip of strip_ rows (A tiles
+  // of all of K, up to kStripBytes, in L2), per chunk of chunk_ columns (B panels, up to
+  // kChunkBytes, in L2), per 32 rows, per 32 columns: the 2 x 2 C tiles start at zero and take every
+  // step of K, both operands streamed from L2 by the hardware prefetchers (a /tmp probe: 2 x 2
+  // tiles with both operands from L2 run at ~80% of the tile peak, 6.0 TFLOP/s on 2 cores), then go
+  // to one of two 4 KiB buffers. Per step of a block, also:
+  //   - a few rows of the previous block's epilogue, so that its vector work and stores overlap the
+  //     products (BERT's [1024, 768] x [768, 3072] with the epilogue after each block: 2.24 ms, 1.43
+  //     with none at all, 1.85 overlapped);
+  //   - two rows of this block's output (and residual) prefetched for that epilogue: they are N
+  //     apart, and the residual's loads were 40% of the kernel's samples (perf);
+  //   - a share of the next chunk's B panels prefetched into L2 (the next strip's first after the
+  //     last): in the graph the weights come from L3 or memory, and each chunk's first 32 rows
+  //     waited on them (BERT's q/k/v 1.63 -> 2.06 TFLOP/s in the text encoder's profile).
+  TAIYI_TARGET_AMX void run_whole_k(const uint16_t* x, const void* residual, void* out, std::byte* scratch) const {
+    const int threads = std::min(threads_, std::max(1, omp_get_max_threads()));
+    const int64_t blocks = (m_ + 31) / 32, steps = k_ / 32;
+    // rows of the previous block's epilogue per step of the next (all of them within 16 steps)
+    const int64_t per_step = std::max<int64_t>(2, (32 + steps - 2) / std::max<int64_t>(1, steps - 1));
+    auto* base = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(scratch) + 63) / 64 * 64);
+#pragma omp parallel num_threads(threads)
+    {
+      const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+      auto* a = reinterpret_cast<uint16_t*>(base + static_cast<size_t>(id) * (a_bytes_ + acc_bytes_));
+      auto* cbuf = reinterpret_cast<float*>(base + static_cast<size_t>(id) * (a_bytes_ + acc_bytes_) + a_bytes_);
+      TileConfig cfg;
+      for (int t = 0; t < 8; ++t) cfg.set(t, 16, 64);
+      _tile_loadconfig(&cfg);
+      const int64_t r0 = blocks * id / nt * 32, r1 = std::min(m_, blocks * (id + 1) / nt * 32);
+      Pending pending;
+      int cur = 0;
+      for (int64_t s0 = r0; s0 < r1; s0 += strip_) {
+        const int64_t rows = std::min(strip_, r1 - s0), mblocks = (rows + 31) / 32;
+        pack_rows(x + s0 * k_, rows, steps, steps, a);
+        for (int64_t n0 = 0; n0 < n_; n0 += chunk_) {
+          const int64_t p1 = std::min(n_, n0 + chunk_) / 32;
+          // The next chunk's B panels (the next strip's first where this is the last), into L2
+          // while this chunk runs: a chunk's first 32 rows otherwise wait on memory for each panel.
+          const int64_t q0 = p1 < n_ / 32 ? p1 : (s0 + strip_ < r1 ? 0 : p1);
+          const int64_t q1 =
+              p1 < n_ / 32 ? std::min(n_, p1 * 32 + chunk_) / 32 : (q0 == 0 ? std::min(n_, chunk_) / 32 : p1);
+          const char* pf = reinterpret_cast<const char*>(packed_.data_u16() + q0 * k_ * 32);
+          const char* const pf_end = reinterpret_cast<const char*>(packed_.data_u16() + q1 * k_ * 32);
+          const int64_t pf_per_step =
+              (pf_end - pf) / 64 / (mblocks * (p1 - n0 / 32) * std::max<int64_t>(1, steps - 1)) + 1;
+          for (int64_t mb = 0; mb < mblocks; ++mb) {
+            const uint16_t* ab = a + mb * steps * 2 * kTile;
+            for (int64_t p = n0 / 32; p < p1; ++p) {
+              const uint16_t* bb = packed_.data_u16() + p * k_ * 32;
+              _tile_zero(0);
+              _tile_zero(1);
+              _tile_zero(2);
+              _tile_zero(3);
+              _tile_loadd(4, ab, 64);
+              _tile_loadd(6, bb, 64);
+              _tile_loadd(5, ab + kTile, 64);
+              _tile_loadd(7, bb + kTile, 64);
+              int64_t done = 0;
+              const Pending next{nullptr, s0 + mb * 32, p * 32};
+              for (int64_t st = 0; st + 1 < steps; ++st) {
+                amx_step_2x2(ab + (st + 1) * 2 * kTile, bb + (st + 1) * 2 * kTile);
+                if (st < 16) prefetch_rows(next, 2 * st, residual, out);
+                for (int64_t u = 0; u < pf_per_step && pf < pf_end; ++u, pf += 64) prefetch_line(pf, false, 1);
+                if (pending.c)
+                  for (int64_t u = 0; u < per_step && done < 32; ++u) epilogue_row(pending, done++, residual, out);
+              }
+              amx_step_2x2(nullptr, nullptr);
+              if (pending.c)
+                while (done < 32) epilogue_row(pending, done++, residual, out);
+              float* c = cbuf + cur * 1024;
+              cur ^= 1;
+              _tile_stored(0, c, 64);
+              _tile_stored(1, c + 256, 64);
+              _tile_stored(2, c + 512, 64);
+              _tile_stored(3, c + 768, 64);
+              pending = Pending{c, s0 + mb * 32, p * 32};
+            }
+          }
+        }
+      }
+      if (pending.c)
+        for (int64_t i = 0; i < 32; ++i) epilogue_row(pending, i, residual, out);
+      _tile_release();
+    }
+  }
+
+  // A C block whose tiles are stored and whose epilogue has yet to run: c [4][16][16] f32 (tiles t0-t3),
+  // its first row and column.
+  struct Pending {
+    const float* c = nullptr;
+    int64_t row0 = 0, col0 = 0;
+  };
+
+  // prefetchw (for a write) or prefetcht0 of p's line, as asm: GCC 12 dropped __builtin_prefetch
+  // there (inlined into the OpenMP region, under a bounds check of the row).
+  // (level 1: prefetcht1, into L2)
+  static void prefetch_line(const char* p, bool write, int level) {
+    if (write) {
+      asm volatile("prefetchw %0" : : "m"(*p));
+    } else if (level == 0) {
+      asm volatile("prefetcht0 %0" : : "m"(*p));
+    } else {
+      asm volatile("prefetcht1 %0" : : "m"(*p));
+    }
+  }
+
+  // Rows i and i + 1 of the block whose epilogue runs next (its output, and residual), requested
+  // while its products run: the rows are N apart, where the hardware prefetchers do not follow, and
+  // the epilogue's residual loads waited on memory (40% of the whole-K kernel's samples, perf).
+  TAIYI_TARGET_AMX void prefetch_rows(const Pending& pd, int64_t i, const void* residual, void* out) const {
+    const int64_t bytes = dst_ == DType::BF16 ? 2 : 4, rbytes = residual_dtype_ == DType::BF16 ? 2 : 4;
+    const bool other = residual_ && residual != out;
+    for (int64_t r = i; r < i + 2; ++r) {
+      const int64_t at = std::min(pd.row0 + r, m_ - 1) * n_ + pd.col0;  // (rows past M: the last again)
+      const char* o = static_cast<const char*>(out) + at * bytes;
+      prefetch_line(o, true, 0);
+      if (bytes == 4) prefetch_line(o + 64, true, 0);
+      if (!other) continue;
+      const char* q = static_cast<const char*>(residual) + at * rbytes;
+      prefetch_line(q, false, 0);
+      if (rbytes == 4) prefetch_line(q + 64, false, 0);
+    }
+  }
+
+  // Row i (< 32) of a stored C block into out (rows past M skipped): its 32 columns + bias (+
+  // residual, which may be the output's own memory), f32 or rounded to bf16 (nearest even).
+  TAIYI_TARGET_AMX void epilogue_row(const Pending& pd, int64_t i, const void* residual, void* out) const {
+    const int64_t row = pd.row0 + i;
+    if (row >= m_) return;
+    const float* t = pd.c + (i / 16 * 2) * 256 + i % 16 * 16;
+    __m512 v0 = _mm512_load_ps(t), v1 = _mm512_load_ps(t + 256);
+    if (bias_.defined()) {
+      const float* b = bias_.data<float>() + pd.col0;
+      v0 = _mm512_add_ps(v0, _mm512_loadu_ps(b));
+      v1 = _mm512_add_ps(v1, _mm512_loadu_ps(b + 16));
+    }
+    const int64_t at = row * n_ + pd.col0;
+    if (residual_) {
+      if (residual_dtype_ == DType::BF16) {
+        const __m512i r = _mm512_loadu_si512(static_cast<const uint16_t*>(residual) + at);
+        v0 = _mm512_add_ps(
+            v0, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(r)), 16)));
+        v1 = _mm512_add_ps(
+            v1, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(r, 1)), 16)));
+      } else {
+        const float* r = static_cast<const float*>(residual) + at;
+        v0 = _mm512_add_ps(v0, _mm512_loadu_ps(r));
+        v1 = _mm512_add_ps(v1, _mm512_loadu_ps(r + 16));
+      }
+    }
+    if (dst_ == DType::BF16) {
+      _mm512_storeu_si512(static_cast<uint16_t*>(out) + at, (__m512i)_mm512_cvtne2ps_pbh(v1, v0));
+    } else {
+      _mm512_storeu_ps(static_cast<float*>(out) + at, v0);
+      _mm512_storeu_ps(static_cast<float*>(out) + at + 16, v1);
+    }
+  }
+
+  // rows (<= a strip) rows of x (row stride K), `steps` steps of 32 columns from x, into A tiles
+  // [32-row block][step (of `stride` a block)][half][16 rows][32 k]; rows past `rows` zero (their
+  // outputs are not written).
+  TAIYI_TARGET_AMX void pack_rows(const uint16_t* x, int64_t rows, int64_t steps, int64_t stride, uint16_t* a) const {
     for (int64_t h = 0; h < (rows + 31) / 32 * 2; ++h)
       for (int64_t s = 0; s < steps; ++s) {
-        uint16_t* tile = a + ((h / 2 * kSteps + s) * 2 + h % 2) * kTile;
+        uint16_t* tile = a + ((h / 2 * stride + s) * 2 + h % 2) * kTile;
         const uint16_t* src = x + h * 16 * k_ + s * 32;
         if (h * 16 + 16 <= rows) {
           _tile_loadd(4, src, k_ * 2);
@@ -230,6 +411,8 @@ class LinearBf16Amx : public PreparedOp {
   }
 
   int64_t k_, n_, m_, kblocks_;
+  bool whole_k_;                             // K < kMinK: C stays in its tiles over all of K (run_whole_k)
+  int64_t strip_ = kStrip, chunk_ = kChunk;  // whole-K mode: rows per strip, columns per chunk
   bool residual_;
   DType residual_dtype_, dst_;
   int threads_;
@@ -256,9 +439,10 @@ bool linear_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, const Ten
                                 const Epilogue& epilogue, DType src, DType dst, bool src_columns) {
   // (from 64 rows: fewer are a matrix-vector product, oneDNN's; from K = kMinK: see the top)
   return cpu_has_amx_bf16() && compute == DType::BF16 && src == DType::BF16 && !src_columns &&
-         kernel_fits(x_shape, w, bias, epilogue, dst) && shape_numel(x_shape) / x_shape.back() >= 64 &&
-         x_shape.back() >= kMinK;
+         kernel_fits(x_shape, w, bias, epilogue, dst) && shape_numel(x_shape) / x_shape.back() >= 64;
 }
+
+bool linear_bf16_amx_whole_k(const Shape& x_shape) { return !x_shape.empty() && x_shape.back() < kMinK; }
 
 std::unique_ptr<PreparedOp> prepare_linear_bf16_amx(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                                     const Epilogue& epilogue, DType dst) {

@@ -47,15 +47,17 @@ std::unique_ptr<PreparedOp> prepare_conv2d_upsample2x(const Shape& x_shape, cons
                                                       DType compute, Layout src_layout, Layout dst_layout, DType src,
                                                       DType dst);
 
-// linear_bf16_amx.cpp: a bf16 linear on AMX tiles for long reductions (applicable: AMX, K a
-// multiple of 32 from 1280, N of 32, 64 rows or more: BERT's output dense, the UNet's feed-forward
-// outputs), x bf16 rows, weights packed once into tiles, K in blocks of 256 with f32 accumulators
-// per strip of rows and chunk of columns; + an f32 bias (+ an f32 or bf16 residual, inputs[1]) into
-// an f32 or bf16 output.
+// linear_bf16_amx.cpp: a bf16 linear on AMX tiles (applicable: AMX, K and N multiples of 32, 64
+// rows or more, no post-op), x bf16 rows, weights packed once into tiles; + an f32 bias (+ an f32 or
+// bf16 residual, inputs[1]) into an f32 or bf16 output. Two modes: from K = 1280 (BERT's output
+// dense, the UNet's feed-forward outputs) K in blocks of 256 with f32 accumulators per strip of rows
+// and chunk of columns; below, the C tiles over all of K and the epilogue overlapping the next
+// block's products (linear_bf16_amx_whole_k).
 bool linear_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, const Tensor& bias, DType compute,
                                 const Epilogue& epilogue, DType src, DType dst, bool src_columns);
 std::unique_ptr<PreparedOp> prepare_linear_bf16_amx(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                                     const Epilogue& epilogue, DType dst);
+bool linear_bf16_amx_whole_k(const Shape& x_shape);
 
 // conv2d_winograd_bf16_amx.cpp: bf16 F(2x2,3x3) Winograd on AMX tiles, channels-last in and out
 // (f32 or bf16 each), a residual of the output's dtype, a GroupNorm+SiLU prologue. Needs

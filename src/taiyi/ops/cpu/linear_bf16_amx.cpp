@@ -131,6 +131,26 @@ class LinearBf16Amx : public PreparedOp {
   double flops() const override { return 2.0 * m_ * n_ * k_; }
 
  private:
+  // Lines of packed B to bring into L2 a few at a time while products run: `panels` panels from
+  // panel q0, `steps` steps of 32 K each from step st0 (2 KiB a step), per_step lines per issue().
+  struct BPrefetch {
+    const char* first = nullptr;
+    int64_t panel_bytes = 0, lines = 0, panels = 0, next = 0, per_step = 0;
+    int64_t total() const { return lines * panels; }
+    void issue() {
+      for (int64_t u = 0; u < per_step && next < lines * panels; ++u, ++next)
+        prefetch_line(first + next / lines * panel_bytes + next % lines * 64, false, 1);
+    }
+  };
+  BPrefetch b_prefetch(int64_t q0, int64_t panels, int64_t st0, int64_t steps) const {
+    BPrefetch pf;
+    pf.first = reinterpret_cast<const char*>(packed_.data_u16() + q0 * k_ * 32 + st0 * 2 * kTile);
+    pf.panel_bytes = k_ * 64;
+    pf.lines = steps * 2 * kTile * 2 / 64;
+    pf.panels = panels;
+    return pf;
+  }
+
   // Tile steps (of 32 K) in K block kb: 8, the last block K mod 256 / 32 where that is not 0.
   int64_t steps(int64_t kb) const { return std::min(kSteps, k_ / 32 - kb * kSteps); }
 
@@ -153,9 +173,21 @@ class LinearBf16Amx : public PreparedOp {
           const int64_t rows = std::min(kStrip, r1 - s0), mblocks = (rows + 31) / 32;
           for (int64_t kb = 0; kb < kblocks_; ++kb) {
             pack_rows(x + s0 * k_ + kb * kKc, rows, steps(kb), kSteps, a);
+            // The next K block's B (the next strip's, or the next chunk's, first after the last),
+            // into L2 while this one runs: it comes from L3 or memory otherwise, at the first 32 rows.
+            int64_t q0 = n0 / 32, qn = panels, qk = kb + 1;
+            if (qk == kblocks_) {
+              qk = 0;
+              if (s0 + kStrip >= r1) {
+                q0 = (n0 + kChunk) / 32;
+                qn = std::max<int64_t>(0, std::min(kChunk, n_ - n0 - kChunk) / 32);
+              }
+            }
+            BPrefetch pf = b_prefetch(q0, qn, qk * kSteps, steps(qk));
+            pf.per_step = pf.total() / (mblocks * panels * steps(kb)) + 1;
             for (int64_t mb = 0; mb < mblocks; ++mb) {
               const uint16_t* ab = a + mb * kSteps * 2 * kTile;
-              for (int64_t p = 0; p < panels; ++p) block(ab, kb, n0 / 32 + p, acc + (mb * panels + p) * 1024);
+              for (int64_t p = 0; p < panels; ++p) block(ab, kb, n0 / 32 + p, acc + (mb * panels + p) * 1024, pf);
               if (kb + 1 == kblocks_) epilogue(acc + mb * panels * 1024, s0 + mb * 32, n0, panels, residual, out);
             }
           }
@@ -203,13 +235,13 @@ class LinearBf16Amx : public PreparedOp {
           const int64_t p1 = std::min(n_, n0 + chunk_) / 32;
           // The next chunk's B panels (the next strip's first where this is the last), into L2
           // while this chunk runs: a chunk's first 32 rows otherwise wait on memory for each panel.
-          const int64_t q0 = p1 < n_ / 32 ? p1 : (s0 + strip_ < r1 ? 0 : p1);
-          const int64_t q1 =
-              p1 < n_ / 32 ? std::min(n_, p1 * 32 + chunk_) / 32 : (q0 == 0 ? std::min(n_, chunk_) / 32 : p1);
-          const char* pf = reinterpret_cast<const char*>(packed_.data_u16() + q0 * k_ * 32);
-          const char* const pf_end = reinterpret_cast<const char*>(packed_.data_u16() + q1 * k_ * 32);
-          const int64_t pf_per_step =
-              (pf_end - pf) / 64 / (mblocks * (p1 - n0 / 32) * std::max<int64_t>(1, steps - 1)) + 1;
+          int64_t q0 = p1, qn = std::min(n_, p1 * 32 + chunk_) / 32 - p1;
+          if (p1 == n_ / 32) {
+            q0 = 0;
+            qn = s0 + strip_ < r1 ? std::min(n_, chunk_) / 32 : 0;
+          }
+          BPrefetch pf = b_prefetch(q0, qn, 0, steps);
+          pf.per_step = pf.total() / (mblocks * (p1 - n0 / 32) * std::max<int64_t>(1, steps - 1)) + 1;
           for (int64_t mb = 0; mb < mblocks; ++mb) {
             const uint16_t* ab = a + mb * steps * 2 * kTile;
             for (int64_t p = n0 / 32; p < p1; ++p) {
@@ -227,7 +259,7 @@ class LinearBf16Amx : public PreparedOp {
               for (int64_t st = 0; st + 1 < steps; ++st) {
                 amx_step_2x2(ab + (st + 1) * 2 * kTile, bb + (st + 1) * 2 * kTile);
                 if (st < 16) prefetch_rows(next, 2 * st, residual, out);
-                for (int64_t u = 0; u < pf_per_step && pf < pf_end; ++u, pf += 64) prefetch_line(pf, false, 1);
+                pf.issue();
                 if (pending.c)
                   for (int64_t u = 0; u < per_step && done < 32; ++u) epilogue_row(pending, done++, residual, out);
               }
@@ -348,7 +380,7 @@ class LinearBf16Amx : public PreparedOp {
   // overlap this step's products: tiles have no renaming, and loading all four first made every
   // load wait for the products before it (the same loop with every operand in L1: 2.8 -> 5.0
   // TFLOP/s on 2 threads).
-  TAIYI_TARGET_AMX void block(const uint16_t* a, int64_t kb, int64_t nb, float* c) const {
+  TAIYI_TARGET_AMX void block(const uint16_t* a, int64_t kb, int64_t nb, float* c, BPrefetch& pf) const {
     if (kb == 0) {
       _tile_zero(0);
       _tile_zero(1);
@@ -366,8 +398,10 @@ class LinearBf16Amx : public PreparedOp {
     _tile_loadd(6, b, 64);
     _tile_loadd(5, a + kTile, 64);
     _tile_loadd(7, b + kTile, 64);
-    for (int64_t s = 0; s < n; ++s)
+    for (int64_t s = 0; s < n; ++s) {
       amx_step_2x2(s + 1 < n ? a + (s + 1) * 2 * kTile : nullptr, b + (s + 1) * 2 * kTile);
+      pf.issue();
+    }
     _tile_stored(0, c, 64);
     _tile_stored(1, c + 256, 64);
     _tile_stored(2, c + 512, 64);

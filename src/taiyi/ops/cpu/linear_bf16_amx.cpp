@@ -13,7 +13,8 @@
 //     block: 256 x 384, 384 KiB, in L2 with the block's A tiles and B panels), the block's steps of
 //     2 A tiles (in L1 across the columns) and 2 B tiles (w packed once: panel nb (32 columns), step
 //     s of all of K, half t: [N/32][K/32][2][16 pairs][16 columns][2]), and the C tiles stored back;
-//   - after the last K block, the epilogue adds the bias and the residual and writes the rows.
+//   - in the last K block, each C block's epilogue (bias, residual, the output rows) runs during the
+//     next block's products, and each K block prefetches the next one's B into L2 (as below).
 //
 // All of K (K < 1280: BERT's other linears, the UNet's projections with K = 320, 640 and 768),
 // run_whole_k: the C tiles stay in their registers over every step, operands streamed from L2;
@@ -167,6 +168,7 @@ class LinearBf16Amx : public PreparedOp {
       for (int t = 0; t < 8; ++t) cfg.set(t, 16, 64);  // all eight tiles 16 rows of 64 bytes
       _tile_loadconfig(&cfg);
       const int64_t r0 = blocks * id / nt * 32, r1 = std::min(m_, blocks * (id + 1) / nt * 32);
+      Pending pending;  // the last K block's C block whose epilogue runs during the next block
       for (int64_t n0 = 0; n0 < n_; n0 += kChunk) {
         const int64_t panels = std::min(kChunk, n_ - n0) / 32;
         for (int64_t s0 = r0; s0 < r1; s0 += kStrip) {
@@ -187,12 +189,17 @@ class LinearBf16Amx : public PreparedOp {
             pf.per_step = pf.total() / (mblocks * panels * steps(kb)) + 1;
             for (int64_t mb = 0; mb < mblocks; ++mb) {
               const uint16_t* ab = a + mb * kSteps * 2 * kTile;
-              for (int64_t p = 0; p < panels; ++p) block(ab, kb, n0 / 32 + p, acc + (mb * panels + p) * 1024, pf);
-              if (kb + 1 == kblocks_) epilogue(acc + mb * panels * 1024, s0 + mb * 32, n0, panels, residual, out);
+              for (int64_t p = 0; p < panels; ++p) {
+                float* c = acc + (mb * panels + p) * 1024;
+                block(ab, kb, n0 / 32 + p, c, pf, pending, residual, out);
+                if (kb + 1 == kblocks_) pending = Pending{c, s0 + mb * 32, n0 + p * 32};
+              }
             }
           }
         }
       }
+      if (pending.c)
+        for (int64_t i = 0; i < 32; ++i) epilogue_row(pending, i, residual, out);
       _tile_release();
     }
   }
@@ -380,7 +387,8 @@ class LinearBf16Amx : public PreparedOp {
   // overlap this step's products: tiles have no renaming, and loading all four first made every
   // load wait for the products before it (the same loop with every operand in L1: 2.8 -> 5.0
   // TFLOP/s on 2 threads).
-  TAIYI_TARGET_AMX void block(const uint16_t* a, int64_t kb, int64_t nb, float* c, BPrefetch& pf) const {
+  TAIYI_TARGET_AMX void block(const uint16_t* a, int64_t kb, int64_t nb, float* c, BPrefetch& pf, Pending& pending,
+                              const void* residual, void* out) const {
     if (kb == 0) {
       _tile_zero(0);
       _tile_zero(1);
@@ -398,50 +406,21 @@ class LinearBf16Amx : public PreparedOp {
     _tile_loadd(6, b, 64);
     _tile_loadd(5, a + kTile, 64);
     _tile_loadd(7, b + kTile, 64);
+    const int64_t per_step = (32 + n - 1) / n;
+    int64_t done = 0;
     for (int64_t s = 0; s < n; ++s) {
       amx_step_2x2(s + 1 < n ? a + (s + 1) * 2 * kTile : nullptr, b + (s + 1) * 2 * kTile);
       pf.issue();
+      if (pending.c)
+        for (int64_t u = 0; u < per_step && done < 32; ++u) epilogue_row(pending, done++, residual, out);
     }
+    if (pending.c)
+      while (done < 32) epilogue_row(pending, done++, residual, out);
+    pending.c = nullptr;
     _tile_stored(0, c, 64);
     _tile_stored(1, c + 256, 64);
     _tile_stored(2, c + 512, 64);
     _tile_stored(3, c + 768, 64);
-  }
-
-  // Rows [row0, row0 + 32) (those < M) and columns [n0, n0 + 32 panels) of the output from their
-  // accumulators (tiles [panel][4][16][16]): + bias (+ residual), f32 or rounded to bf16. The
-  // residual may be the output's own memory.
-  TAIYI_TARGET_AMX void epilogue(const float* acc, int64_t row0, int64_t n0, int64_t panels, const void* residual,
-                                 void* out) const {
-    const float* bias = bias_.defined() ? bias_.data<float>() : nullptr;
-    const auto* res_f = static_cast<const float*>(residual);
-    const auto* res_h = static_cast<const uint16_t*>(residual);
-    for (int64_t p = 0; p < panels; ++p)
-      for (int64_t t = 0; t < 4; ++t) {
-        const float* tile = acc + (p * 4 + t) * 256;
-        const int64_t c0 = n0 + p * 32 + t % 2 * 16;
-        const __m512 bv = bias ? _mm512_loadu_ps(bias + c0) : _mm512_setzero_ps();
-        for (int64_t r = 0; r < 16; ++r) {
-          const int64_t row = row0 + t / 2 * 16 + r;
-          if (row >= m_) break;
-          const int64_t at = row * n_ + c0;
-          __m512 v = _mm512_add_ps(_mm512_load_ps(tile + r * 16), bv);
-          if (residual_) {
-            v = _mm512_add_ps(
-                v,
-                residual_dtype_ == DType::BF16
-                    ? _mm512_castsi512_ps(_mm512_slli_epi32(
-                          _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(res_h + at))), 16))
-                    : _mm512_loadu_ps(res_f + at));
-          }
-          if (dst_ == DType::BF16) {
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + at),
-                                (__m256i)_mm512_cvtneps_pbh(v));
-          } else {
-            _mm512_storeu_ps(static_cast<float*>(out) + at, v);
-          }
-        }
-      }
   }
 
   int64_t k_, n_, m_, kblocks_;

@@ -16,6 +16,7 @@
 #include "taiyi/graph/executor.h"
 #include "taiyi/graph/passes/passes.h"
 #include "taiyi/graph/tracer.h"
+#include "taiyi/ops/cpu/cpu_isa.h"
 #include "taiyi/ops/ops.h"
 #include "taiyi/ops/prepared.h"
 #include "test_util.h"
@@ -81,16 +82,21 @@ size_t count(const Graph& g, bool (*pred)(const Graph&, const Node&)) {
   return n;
 }
 
-// BERT's feed-forward, linear -> gelu -> linear (+ residual): on AMX in bf16 the first linear writes
-// bf16 and the GELU kernel follows (its output bf16 too: only the second linear reads it); with
-// TAIYI_GEGLU_KERNEL=0 the GELU is the first linear's post-op. Both within bf16's error of f32.
+// BERT's feed-forward, layer norm -> linear -> gelu -> linear (+ residual), on AMX in bf16: by default the GELU is
+// the first linear's post-op, computed in our AMX linear's epilogue (ops::linear_gelu_in_epilogue_bf16);
+// with TAIYI_AMX_GELU=0 the first linear writes bf16 and the GELU kernel follows (its output bf16 too:
+// only the second linear reads it); with TAIYI_GEGLU_KERNEL=0 as well, the GELU is oneDNN's post-op.
+// All within bf16's error of f32.
 TEST(Bf16Geglu, GeluAfterALinearGetsTheKernelOnAmx) {
   if (!ops::geglu_bf16_preferred()) GTEST_SKIP() << "the GELU is a post-op on this CPU";
   unsetenv("TAIYI_BF16_EMULATE");
   const Tensor w1 = random_tensor({96, 32}, 1), b1 = random_tensor({96}, 2);
   const Tensor w2 = random_tensor({32, 96}, 3), b2 = random_tensor({32}, 4);
+  const Tensor gamma = random_tensor({32}, 6, 0.5f, 1.5f), beta = random_tensor({32}, 7);
   const auto fn = [&](const std::vector<Tensor>& in) {
-    return std::vector<Tensor>{ops::add(ops::linear(ops::gelu(ops::linear(in[0], w1, b1)), w2, b2), in[0])};
+    // (a LayerNorm first, as BERT's: it writes the bf16 input our AMX linear reads)
+    const Tensor h = ops::layer_norm(in[0], gamma, beta, 1e-12f);
+    return std::vector<Tensor>{ops::add(ops::linear(ops::gelu(ops::linear(h, w1, b1)), w2, b2), in[0])};
   };
   const std::vector<InputSpec> sig = {{{2, 40, 32}, DType::F32}};
   const Tensor x = random_tensor({2, 40, 32}, 5, -2.0f, 2.0f);
@@ -102,26 +108,40 @@ TEST(Bf16Geglu, GeluAfterALinearGetsTheKernelOnAmx) {
     run_passes(g, bf16);
     return g;
   };
+  const Graph epilogue = compile();
+  ::setenv("TAIYI_AMX_GELU", "0", 1);
   const Graph g = compile();
   ::setenv("TAIYI_GEGLU_KERNEL", "0", 1);
   const Graph post_op = compile();
   ::unsetenv("TAIYI_GEGLU_KERNEL");
+  ::unsetenv("TAIYI_AMX_GELU");
   const auto bound_gelu = [](const Graph& gr, const Node& n) {
     return n.kind == ops::OpKind::kGelu && n.prepared && n.prepared->describe() == "gelu bf16 avx512" &&
            gr.values[n.inputs[0]].dtype == DType::BF16 && gr.values[n.output].dtype == DType::BF16;
   };
   const auto gelu_post_op = [](const Graph&, const Node& n) { return n.attrs.post_op == ops::PostOp::kGelu; };
+  const auto amx_gelu = [](const Graph& gr, const Node& n) {
+    return n.attrs.post_op == ops::PostOp::kGelu && n.prepared &&
+           n.prepared->describe().find("linear bf16 amx") != std::string::npos &&
+           n.prepared->describe().find("+gelu") != std::string::npos && gr.values[n.output].dtype == DType::BF16;
+  };
+  const bool amx = ops::cpu::cpu_has_amx_bf16();
+  EXPECT_EQ(count(epilogue, amx_gelu), amx ? 1u : 0u) << epilogue.dump();
+  EXPECT_EQ(count(epilogue, bound_gelu), amx ? 0u : 1u);
   EXPECT_EQ(count(g, bound_gelu), 1u) << g.dump();
   EXPECT_EQ(count(g, gelu_post_op), 0u);
   EXPECT_EQ(count(post_op, bound_gelu), 0u);
   EXPECT_EQ(count(post_op, gelu_post_op), 1u) << post_op.dump();
+  EXPECT_EQ(count(post_op, amx_gelu), 0u);
   const Tensor reference = Executor(post_op).run({x})[0];
-  const Executor ex(g);
-  for (int replay = 0; replay < 2; ++replay) {
-    const Tensor got = ex.run({x})[0];
-    EXPECT_LT(relative_l2(got, reference), 1e-2);                                  // bf16's roundings
-    EXPECT_LT(relative_l2(got, want), 2.0 * relative_l2(reference, want) + 1e-3);  // no worse than the post-op
-    EXPECT_GT(relative_l2(got, want), 1e-5) << "bf16 asked but not run";
+  for (const Graph* gr : {&g, &epilogue}) {
+    const Executor ex(*gr);
+    for (int replay = 0; replay < 2; ++replay) {
+      const Tensor got = ex.run({x})[0];
+      EXPECT_LT(relative_l2(got, reference), 1e-2);                                  // bf16's roundings
+      EXPECT_LT(relative_l2(got, want), 2.0 * relative_l2(reference, want) + 1e-3);  // no worse than the post-op
+      EXPECT_GT(relative_l2(got, want), 1e-5) << "bf16 asked but not run";
+    }
   }
 }
 

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -125,6 +126,35 @@ TEST_F(LinearBf16Amx, MatchesTheRoundedReference) {
   omp_set_num_threads(default_threads);
 }
 
+// gelu(x w^T + bias) in the epilogue (BERT's intermediate dense): the exact GELU of the f32 sums, in
+// both modes, f32 and bf16 output; no gelu with a residual.
+TEST_F(LinearBf16Amx, GeluEpilogue) {
+  ops::Epilogue gelu;
+  gelu.post_op = ops::PostOp::kGelu;
+  uint32_t seed = 40;
+  for (const Case& c : {Case{600, 768, 96, true}, Case{70, 1280, 64, true}, Case{100, 64, 128, false}}) {
+    SCOPED_TRACE("x [" + std::to_string(c.m) + "," + std::to_string(c.k) + "] n " + std::to_string(c.n));
+    const Tensor x = random_tensor({c.m, c.k}, seed).to(DType::BF16),
+                 w = random_tensor({c.n, c.k}, seed + 1, -0.1f, 0.1f);
+    const Tensor bias = c.bias ? random_tensor({c.n}, seed + 2) : Tensor();
+    seed += 3;
+    const Shape xs = {c.m, c.k};
+    ASSERT_TRUE(ops::cpu::linear_bf16_amx_applicable(xs, w, bias, DType::BF16, gelu, DType::BF16, DType::BF16, false));
+    std::vector<double> expected = reference(x, w, bias);
+    for (double& v : expected) v = 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
+    const auto op = ops::cpu::prepare_linear_bf16_amx(xs, w, bias, gelu, DType::F32);
+    EXPECT_NE(op->describe().find("+gelu"), std::string::npos);
+    // (the GELU's polynomial: within 1e-4 of |g|; the sums as above)
+    EXPECT_TRUE(all_close(run(*op, x, Tensor(), c.n, DType::F32), expected, 2e-4, 1e-4));
+    const Tensor yb =
+        run(*ops::cpu::prepare_linear_bf16_amx(xs, w, bias, gelu, DType::BF16), x, Tensor(), c.n, DType::BF16);
+    EXPECT_TRUE(all_close(yb.to(DType::F32), expected, 8e-3, 1e-4));
+  }
+  gelu.residual = true;
+  EXPECT_FALSE(ops::cpu::linear_bf16_amx_applicable({512, 2048}, random_tensor({64, 2048}, 4), Tensor(), DType::BF16,
+                                                    gelu, DType::BF16, DType::BF16, false));
+}
+
 TEST_F(LinearBf16Amx, PrepareLinearPicksItWithTheModeForK) {
   const Tensor w = random_tensor({64, 2048}, 1), w_short = random_tensor({64, 1024}, 2), b = random_tensor({64}, 3);
   // (K 2048: K blocks; K 1024: all of K in the tiles, or oneDNN's matmul with TAIYI_AMX_LINEAR_WHOLE_K=0)
@@ -138,9 +168,9 @@ TEST_F(LinearBf16Amx, PrepareLinearPicksItWithTheModeForK) {
   EXPECT_EQ(describe({2, 256, 1024}, w_short, DType::BF16).find("linear bf16 amx"), std::string::npos);
   EXPECT_NE(describe({2, 256, 2048}, w, DType::BF16).find("x K blocks of 256"), std::string::npos);
   unsetenv("TAIYI_AMX_LINEAR_WHOLE_K");
-  ops::Epilogue gelu;
-  gelu.post_op = ops::PostOp::kGelu;
-  EXPECT_FALSE(ops::cpu::linear_bf16_amx_applicable({512, 2048}, w, Tensor(), DType::BF16, gelu, DType::BF16,
+  ops::Epilogue mul;
+  mul.post_op = ops::PostOp::kMultiply;
+  EXPECT_FALSE(ops::cpu::linear_bf16_amx_applicable({512, 2048}, w, Tensor(), DType::BF16, mul, DType::BF16,
                                                     DType::BF16, false));
   EXPECT_FALSE(
       ops::cpu::linear_bf16_amx_applicable({512, 2048}, w, Tensor(), DType::F32, {}, DType::BF16, DType::F32, false));

@@ -140,6 +140,11 @@ std::unique_ptr<PreparedOp> prepare_geglu_bf16(const Shape& x_shape);
 // shape; where geglu_bf16_preferred(), the linear before a GELU (BERT's intermediate dense) writes
 // bf16 and this kernel follows instead of oneDNN's gelu post-op.
 std::unique_ptr<PreparedOp> prepare_gelu_bf16(const Shape& x_shape);
+// Whether the bf16 linear of an x of shape x_shape with w and bias computes a GELU after it in its
+// own epilogue (our AMX linear, ops/cpu/linear_bf16_amx.cpp, reading and writing bf16): then
+// graph/passes/fuse_linear_gelu.cpp fuses BERT's intermediate GELU into the linear rather than
+// leaving the GELU kernel above after it. TAIYI_AMX_GELU=0 says no (A/B runs).
+bool linear_gelu_in_epilogue_bf16(const Shape& x_shape, const Tensor& w, const Tensor& bias);
 
 // linear of an x of shape x_shape ([..., K], rows contiguous) with constant w [N, K] and bias.
 // With compute bf16, x may be bf16 already (src BF16: no rounding pass per call), and the output

@@ -55,7 +55,11 @@ bool fuse_linear_gelu(Graph& g, const CompileOptions& options) {
     const int reader = readers[y][0];
     const ops::OpKind kind = g.nodes[reader].kind;
     if (kind != ops::OpKind::kGelu && kind != ops::OpKind::kGeglu) continue;
-    if (kind == ops::OpKind::kGelu && keep_geglu) continue;  // (any rows: measured at BERT's 1024)
+    // (any rows: measured at BERT's 1024; unless our AMX linear computes the GELU in its epilogue)
+    if (kind == ops::OpKind::kGelu && keep_geglu &&
+        !ops::linear_gelu_in_epilogue_bf16(g.values[lin.inputs[0]].shape, g.values[lin.inputs[1]].constant,
+                                           lin.inputs[2] >= 0 ? g.values[lin.inputs[2]].constant : Tensor()))
+      continue;
     // (from 2048 rows: below, the whole projection with N = 2 x 5120 runs slower than its halves)
     if (kind == ops::OpKind::kGeglu && keep_geglu && shape_numel(g.values[y].shape) / g.values[y].shape.back() >= 2048)
       continue;

@@ -5,12 +5,8 @@
 // with a bf16 output runs at the products' speed, where oneDNN's gelu and multiply post-ops on the
 // two halves (graph/passes/fuse_linear_gelu.cpp) cost about as much as the products themselves.
 //
-// Per 16 values, in f32: the exact GELU, g Phi(g) with Phi(g) = 1 - erfc(z) / 2 for g >= 0 and
-// erfc(z) / 2 below, z = |g| / sqrt 2, erfc(z) = t (a1 + t (a2 + ... a5 t)) e^(-z^2), t = 1 / (1 + p z)
-// (Abramowitz and Stegun 7.1.26: absolute error 1.5e-7), 1 / (1 + p z) by rcp14 and one Newton
-// step, e^(-z^2) by exp2_avx512 (relative 7.5e-5, as the attention's probabilities); the product
-// with the hidden half rounded to bf16 as it is stored (nearest even), or stored in f32. Against the f32 GELU of
-// eager mode: within 1e-4 of |g| before the rounding, far below bf16's 2^-9.
+// Per 16 values, in f32: the exact GELU (gelu16 in bf16_pairs_avx512.h), the product with the
+// hidden half rounded to bf16 as it is stored (nearest even), or stored in f32.
 #if defined(__x86_64__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -27,27 +23,6 @@
 namespace taiyi::ops::cpu {
 
 namespace {
-
-// gelu(gate) for 16 values.
-TAIYI_TARGET_AVX512_BF16 inline __m512 gelu16(__m512 gate) {
-  const __m512 z = _mm512_mul_ps(_mm512_abs_ps(gate), _mm512_set1_ps(0.70710678118654752f));
-  const __m512 den = _mm512_fmadd_ps(z, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f));
-  __m512 t = _mm512_rcp14_ps(den);
-  t = _mm512_fmadd_ps(t, _mm512_fnmadd_ps(den, t, _mm512_set1_ps(1.0f)), t);  // one Newton step
-  // Half the A&S polynomial (erfc / 2 below).
-  __m512 poly = _mm512_set1_ps(0.5f * 1.061405429f);
-  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(0.5f * -1.453152027f));
-  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(0.5f * 1.421413741f));
-  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(0.5f * -0.284496736f));
-  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(0.5f * 0.254829592f));
-  poly = _mm512_mul_ps(poly, t);
-  // e^(-z^2) = 2^(-g^2 log2(e) / 2)
-  const __m512 e = exp2_avx512(_mm512_mul_ps(_mm512_mul_ps(gate, gate), _mm512_set1_ps(-0.72134752044448170f)));
-  const __m512 half_erfc = _mm512_mul_ps(poly, e);
-  const __mmask16 nonneg = _mm512_cmp_ps_mask(gate, _mm512_setzero_ps(), _CMP_GE_OQ);
-  const __m512 phi = _mm512_mask_sub_ps(half_erfc, nonneg, _mm512_set1_ps(1.0f), half_erfc);
-  return _mm512_mul_ps(gate, phi);
-}
 
 // GEGLU (gated: [hidden | gate] rows of 2N values in, N out) or GELU (N in, N out).
 class GegluBf16 : public PreparedOp {

@@ -1,6 +1,7 @@
 // Prepared bf16 linear on AMX tiles: out = x w^T + bias (+ residual), x [M, K] bf16 rows, out f32
-// or bf16 (rounded to nearest even as stored), for every bf16 linear with no post-op on AMX (the
-// linears with a gelu or multiply post-op stay with oneDNN's matmul). Two modes:
+// or bf16 (rounded to nearest even as stored), or gelu(x w^T + bias), for every bf16 linear on AMX
+// with no post-op or a gelu (the GEGLU's gate product, with its multiply post-op, stays with
+// oneDNN's matmul). Two modes:
 //
 // K blocks (K >= kMinK = 1280: BERT's output dense [1024, 3072] x [3072, 768], where oneDNN 2.6's
 // brgemm matmul runs at 1.2-1.6 TFLOP/s; the UNet's feed-forward outputs and 16x16 projections).
@@ -32,6 +33,7 @@
 #include <string>
 
 #include "taiyi/ops/cpu/amx_tile_config.h"
+#include "taiyi/ops/cpu/bf16_pairs_avx512.h"
 #include "taiyi/ops/cpu/cpu_isa.h"
 #include "taiyi/ops/cpu/prepared_kernels.h"
 #if defined(__x86_64__)
@@ -65,6 +67,7 @@ class LinearBf16Amx : public PreparedOp {
         m_(shape_numel(xs) / xs.back()),
         kblocks_((k_ + kKc - 1) / kKc),
         whole_k_(k_ < kMinK),
+        gelu_(epilogue.post_op == PostOp::kGelu),
         residual_(epilogue.residual),
         residual_dtype_(epilogue.residual_dtype),
         dst_(dst),
@@ -100,7 +103,7 @@ class LinearBf16Amx : public PreparedOp {
         std::string("linear bf16 amx (") +
         (whole_k_ ? std::to_string(strip_) + " rows x " + std::to_string(chunk_) + " columns x all of K"
                   : std::to_string(kStrip) + " rows x " + std::to_string(kChunk) + " columns x K blocks of 256") +
-        ") bf16-in" + (dst == DType::BF16 ? " bf16-out" : "") +
+        ") bf16-in" + (dst == DType::BF16 ? " bf16-out" : "") + (gelu_ ? " +gelu" : "") +
         (residual_ ? (residual_dtype_ == DType::BF16 ? " +bf16 residual" : " +residual") : "");
   }
 
@@ -340,6 +343,10 @@ class LinearBf16Amx : public PreparedOp {
       v0 = _mm512_add_ps(v0, _mm512_loadu_ps(b));
       v1 = _mm512_add_ps(v1, _mm512_loadu_ps(b + 16));
     }
+    if (gelu_) {
+      v0 = gelu16(v0);
+      v1 = gelu16(v1);
+    }
     const int64_t at = row * n_ + pd.col0;
     if (residual_) {
       if (residual_dtype_ == DType::BF16) {
@@ -426,6 +433,7 @@ class LinearBf16Amx : public PreparedOp {
   int64_t k_, n_, m_, kblocks_;
   bool whole_k_;                             // K < kMinK: C stays in its tiles over all of K (run_whole_k)
   int64_t strip_ = kStrip, chunk_ = kChunk;  // whole-K mode: rows per strip, columns per chunk
+  bool gelu_;                                // the exact GELU after the bias (BERT's intermediate dense)
   bool residual_;
   DType residual_dtype_, dst_;
   int threads_;
@@ -436,13 +444,15 @@ class LinearBf16Amx : public PreparedOp {
 #endif
 
 // What the kernel computes: x bf16 rows [M, K] with K a multiple of 32, an f32 weight [N, K] with N a
-// multiple of 32, an f32 bias of N or none, no post-op or scale, f32 or bf16 residual and output.
+// multiple of 32, an f32 bias of N or none, no scale, no post-op or a gelu (with no residual), f32 or
+// bf16 residual and output.
 bool kernel_fits(const Shape& x_shape, const Tensor& w, const Tensor& bias, const Epilogue& epilogue, DType dst) {
   if (x_shape.empty() || w.ndim() != 2 || w.dtype() != DType::F32 || w.size(1) != x_shape.back()) return false;
   if (bias.defined() && (bias.dtype() != DType::F32 || bias.numel() != w.size(0))) return false;
   const int64_t k = x_shape.back(), n = w.size(0);
-  return k >= 32 && k % 32 == 0 && n % 32 == 0 && n > 0 && epilogue.post_op == PostOp::kNone &&
-         epilogue.scale == 1.0f && (dst == DType::F32 || dst == DType::BF16) &&
+  const bool post_op = epilogue.post_op == PostOp::kNone || (epilogue.post_op == PostOp::kGelu && !epilogue.residual);
+  return k >= 32 && k % 32 == 0 && n % 32 == 0 && n > 0 && post_op && epilogue.scale == 1.0f &&
+         (dst == DType::F32 || dst == DType::BF16) &&
          (!epilogue.residual || epilogue.residual_dtype == DType::F32 || epilogue.residual_dtype == DType::BF16);
 }
 
@@ -462,7 +472,7 @@ std::unique_ptr<PreparedOp> prepare_linear_bf16_amx(const Shape& x_shape, const 
 #if defined(__x86_64__)
   if (!cpu_has_amx_bf16() || !kernel_fits(x_shape, w, bias, epilogue, dst))
     throw Error("linear (amx): not applicable to input " + shape_str(x_shape) + ", weight " + w.describe() +
-                " (needs AMX, K and N multiples of 32, an f32 bias of N or none, no post-op)");
+                " (needs AMX, K and N multiples of 32, an f32 bias of N or none, no post-op but a gelu)");
   return std::make_unique<LinearBf16Amx>(x_shape, w, bias, epilogue, dst);
 #else
   throw Error("linear (amx): needs an x86 CPU with AMX, for input " + shape_str(x_shape) + ", weight " + w.describe());

@@ -90,6 +90,8 @@ class LinearBf16Amx : public PreparedOp {
                 tile[r * 32 + c * 2 + i] = f32_to_bf16(wp[(nb * 32 + t * 16 + c) * k_ + s * 32 + 2 * r + i]);
         }
     if (bias.defined()) bias_ = bias.contiguous();
+    packed_ptr_ = packed_.data_u16();
+    bias_ptr_ = bias_.defined() ? bias_.data<float>() : nullptr;
     if (whole_k_) {
       strip_ = std::clamp<int64_t>(static_cast<int64_t>(kStripBytes) / (k_ * 2) / 32 * 32, 32, 512);
       chunk_ = std::clamp<int64_t>(static_cast<int64_t>(kChunkBytes) / (k_ * 2) / 32 * 32, 32, n_);
@@ -148,7 +150,7 @@ class LinearBf16Amx : public PreparedOp {
   };
   BPrefetch b_prefetch(int64_t q0, int64_t panels, int64_t st0, int64_t steps) const {
     BPrefetch pf;
-    pf.first = reinterpret_cast<const char*>(packed_.data_u16() + q0 * k_ * 32 + st0 * 2 * kTile);
+    pf.first = reinterpret_cast<const char*>(packed_ptr_ + q0 * k_ * 32 + st0 * 2 * kTile);
     pf.panel_bytes = k_ * 64;
     pf.lines = steps * 2 * kTile * 2 / 64;
     pf.panels = panels;
@@ -255,7 +257,7 @@ class LinearBf16Amx : public PreparedOp {
           for (int64_t mb = 0; mb < mblocks; ++mb) {
             const uint16_t* ab = a + mb * steps * 2 * kTile;
             for (int64_t p = n0 / 32; p < p1; ++p) {
-              const uint16_t* bb = packed_.data_u16() + p * k_ * 32;
+              const uint16_t* bb = packed_ptr_ + p * k_ * 32;
               _tile_zero(0);
               _tile_zero(1);
               _tile_zero(2);
@@ -338,8 +340,8 @@ class LinearBf16Amx : public PreparedOp {
     if (row >= m_) return;
     const float* t = pd.c + (i / 16 * 2) * 256 + i % 16 * 16;
     __m512 v0 = _mm512_load_ps(t), v1 = _mm512_load_ps(t + 256);
-    if (bias_.defined()) {
-      const float* b = bias_.data<float>() + pd.col0;
+    if (bias_ptr_) {
+      const float* b = bias_ptr_ + pd.col0;
       v0 = _mm512_add_ps(v0, _mm512_loadu_ps(b));
       v1 = _mm512_add_ps(v1, _mm512_loadu_ps(b + 16));
     }
@@ -407,7 +409,7 @@ class LinearBf16Amx : public PreparedOp {
       _tile_loadd(2, c + 512, 64);
       _tile_loadd(3, c + 768, 64);
     }
-    const uint16_t* b = packed_.data_u16() + nb * k_ * 32 + kb * kSteps * 2 * kTile;
+    const uint16_t* b = packed_ptr_ + nb * k_ * 32 + kb * kSteps * 2 * kTile;
     const int64_t n = steps(kb);
     _tile_loadd(4, a, 64);
     _tile_loadd(6, b, 64);
@@ -438,6 +440,8 @@ class LinearBf16Amx : public PreparedOp {
   DType residual_dtype_, dst_;
   int threads_;
   Tensor packed_, bias_;
+  const uint16_t* packed_ptr_ = nullptr;  // packed_'s and bias_'s data (the epilogue reads them per row)
+  const float* bias_ptr_ = nullptr;
   size_t a_bytes_ = 0, acc_bytes_ = 0;
   std::string describe_;
 };

@@ -209,8 +209,8 @@ TEST(LayerNorm, MatchesLoop) {
 
 // The LayerNorm of bf16 rows (graph mode's bf16 residual stream) against the f32 LayerNorm of the
 // same values, both rounded to bf16: the AVX-512 rows (c a multiple of 16: 320, 768) and the
-// widening path (c = 37), with and without gamma and beta. At most one bf16 step apart (the
-// variance's double sums may round the last bit of rstd otherwise), and mostly equal.
+// widening path (c = 37), with and without gamma and beta. At most one bf16 step apart (the AVX-512
+// rows take their statistics in f32, the f32 LayerNorm in double), and mostly equal.
 TEST(LayerNorm, Bf16RowsMatchTheF32RowsOfTheSameValues) {
   uint32_t seed = 60;
   for (const int64_t c : {int64_t{320}, int64_t{768}, int64_t{37}}) {

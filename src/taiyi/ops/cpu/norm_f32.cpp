@@ -514,46 +514,42 @@ void layer_norm_f32_to_bf16(const float* x, const float* gamma, const float* bet
 
 #if defined(__x86_64__)
 namespace {
-// The sum of v's 8 lanes (through memory: GCC 12's _mm512_reduce_add_pd trips -Wuninitialized).
-TAIYI_TARGET_AVX512_BF16 inline double lanes_sum(__m512d v) {
-  alignas(64) double d[8];
-  _mm512_store_pd(d, v);
-  return ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
-}
-// 8 bf16 at p as f32, exactly.
-TAIYI_TARGET_AVX512_BF16 inline __m256 widen8(const uint16_t* p) {
-  return _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+// The sum of v's 16 lanes (through memory: GCC 12's _mm512_reduce_add_ps trips -Wuninitialized).
+TAIYI_TARGET_AVX512_BF16 inline float lanes_sum_ps(__m512 v) {
+  alignas(64) float d[16];
+  _mm512_store_ps(d, v);
+  float s = 0.0f;
+  for (int i = 0; i < 16; i += 4) s += (d[i] + d[i + 1]) + (d[i + 2] + d[i + 3]);
+  return s;
 }
 // One LayerNorm row of c bf16 (c a multiple of 16) into bf16, AVX-512: the row widened into buf
-// as its sum is taken in double (exact: a sum of up to thousands of bf16 values fits in 53 bits),
-// the squared deviations in double, then layer_norm_row_body's f32 arithmetic per element, rounded
-// to nearest even as stored. One pass over the bf16 row and two over buf (L1).
+// as its sum is taken (f32, 4 partial sums), the squared deviations from the mean (f32), then per
+// element (x - mean) rstd gamma + beta as one multiply-add, rounded to nearest even as stored. One
+// pass over the bf16 row and two over buf (L1). In f32 rather than double (the f32 path's
+// layer_norm_row_body): relative errors of ~1e-6 in the statistics, far below the output's 2^-9;
+// BERT's 25 LayerNorms a text encoder 4.0 -> ~2.5 ms.
 TAIYI_TARGET_AVX512_BF16 void layer_norm_row_bf16_avx512(const uint16_t* x, const float* gamma, const float* beta,
                                                          uint16_t* y, int64_t c, float eps, float* buf) {
-  __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+  __m512 s[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
   for (int64_t i = 0; i < c; i += 16) {
-    const __m256 lo = widen8(x + i), hi = widen8(x + i + 8);
-    _mm256_store_ps(buf + i, lo);
-    _mm256_store_ps(buf + i + 8, hi);
-    s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(lo));
-    s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(hi));
+    const __m512 v = load_bf16x16(x + i);
+    _mm512_store_ps(buf + i, v);
+    s[(i / 16) & 3] = _mm512_add_ps(s[(i / 16) & 3], v);
   }
-  const double mean = lanes_sum(_mm512_add_pd(s0, s1)) / static_cast<double>(c);
-  const __m512d md = _mm512_set1_pd(mean);
-  __m512d q0 = _mm512_setzero_pd(), q1 = _mm512_setzero_pd();
+  const float mean =
+      lanes_sum_ps(_mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3]))) / static_cast<float>(c);
+  const __m512 m = _mm512_set1_ps(mean);
+  __m512 q[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
   for (int64_t i = 0; i < c; i += 16) {
-    const __m512d d0 = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_load_ps(buf + i)), md);
-    const __m512d d1 = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_load_ps(buf + i + 8)), md);
-    q0 = _mm512_fmadd_pd(d0, d0, q0);
-    q1 = _mm512_fmadd_pd(d1, d1, q1);
+    const __m512 d = _mm512_sub_ps(_mm512_load_ps(buf + i), m);
+    q[(i / 16) & 3] = _mm512_fmadd_ps(d, d, q[(i / 16) & 3]);
   }
-  const double var = lanes_sum(_mm512_add_pd(q0, q1)) / static_cast<double>(c);
-  const MeanRstd st{mean, 1.0 / std::sqrt(var + static_cast<double>(eps))};
-  const __m512 m_hi = _mm512_set1_ps(st.mean_hi()), m_lo = _mm512_set1_ps(st.mean_lo());
-  const __m512 rstd = _mm512_set1_ps(static_cast<float>(st.rstd));
+  const float var =
+      lanes_sum_ps(_mm512_add_ps(_mm512_add_ps(q[0], q[1]), _mm512_add_ps(q[2], q[3]))) / static_cast<float>(c);
+  const __m512 rstd = _mm512_set1_ps(static_cast<float>(1.0 / std::sqrt(static_cast<double>(var) + eps)));
+  const __m512 shift = _mm512_mul_ps(m, rstd);  // y = x rstd - mean rstd, then gamma and beta
   for (int64_t i = 0; i < c; i += 16) {
-    __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_sub_ps(_mm512_load_ps(buf + i), m_hi), m_lo), rstd);
+    __m512 t = _mm512_fmsub_ps(_mm512_load_ps(buf + i), rstd, shift);
     if (gamma) t = _mm512_mul_ps(t, _mm512_loadu_ps(gamma + i));
     if (beta) t = _mm512_add_ps(t, _mm512_loadu_ps(beta + i));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), (__m256i)_mm512_cvtneps_pbh(t));

@@ -219,8 +219,8 @@ TEST(AttentionBf16, AmxKernelMatchesTheRoundedReference) {
   if (!ops::cpu::cpu_has_amx_bf16()) GTEST_SKIP() << "this CPU has no AMX-BF16 (or Linux does not allow it)";
   check_kernel(Kernel::kAmx);
   // D = 64 and 96 (two and three full d steps: Q leaves its tiles), Dv = 72 (48 + 16 + 8 columns),
-  // Lk = 33 (one key past a step of 32); D = 80 (32 + 32 + 16) and D = 160 (five steps) over 300
-  // keys (three chunks).
+  // Lk = 33 (one key past a step of 32): 16 queries a task; D = 80 (32 + 32 + 16) and D = 160 (five
+  // steps) over 300 keys (three chunks): heads past 64 KiB, 64 queries a task (below).
   uint32_t seed = 40;
   for (const Case& c :
        {Case{{1, 20, 128}, {1, 33, 128}, {1, 33, 144}, 2}, Case{{2, 18, 192}, {2, 40, 192}, {2, 40, 48}, 2},
@@ -231,8 +231,8 @@ TEST(AttentionBf16, AmxKernelMatchesTheRoundedReference) {
                           bf16_attention_reference(q, k, v, c.heads, 0.2f, 128), 1e-4, 2e-4))
         << shape_str(c.q) << " " << shape_str(c.v);
   }
-  // Heads whose packed K and V^T pass 1 MiB (the VAE's: one head of 512 over 4096 keys) run 4
-  // blocks of 16 queries a task, chunk by chunk: D = 512 over 600 keys (7 blocks: a task of 4 and
+  // Heads whose packed K and V^T pass 64 KiB (the VAE's: one head of 512 over 4096 keys; the UNet's
+  // cross-attention, BERT's) run 4 blocks of 16 queries a task, chunk by chunk: D = 512 over 600 keys (7 blocks: a task of 4 and
   // one of 3, the last block 4 queries), and D = 64 over 4200 keys (Q reloaded into its tiles for
   // each block), 2 heads (tasks of both).
   for (const Case& c :

@@ -60,8 +60,8 @@ constexpr int64_t kChunk = 128;   // keys per chunk: scores and probabilities of
 constexpr int64_t kCols = 16;     // f32 columns of a result tile: the task's queries
 constexpr float kPadScore = -1e30f;
 constexpr float kLazyLog2 = 8.0f;  // how far a chunk's max may pass the running one, in log2 units
-constexpr int64_t kGroup = 4;      // blocks of queries a task takes where a head's K and V^T are large
-constexpr size_t kGroupBytes = size_t{1} << 20;
+constexpr int64_t kGroup = 4;      // blocks of queries a task takes where a head's K and V^T pass L1
+constexpr size_t kGroupBytes = size_t{1} << 16;
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
@@ -104,10 +104,13 @@ class AttentionBf16Amx : public PreparedOp {
     s_bytes_ = static_cast<size_t>(kChunk) * 64;
     p_bytes_ = static_cast<size_t>(kChunk / 2) * 64;
     o_bytes_ = static_cast<size_t>(dv16_) * 64;
-    // Blocks of queries per task: where a head's packed K and V^T pass kGroupBytes, a task runs
-    // kGroup blocks chunk by chunk, so that each chunk of K and V^T comes from memory once for
-    // all of them (then from L2). The VAE's attention (one head, D = 512, 4096 keys: 8 MiB) read
-    // them once per 16 queries.
+    // Blocks of queries per task: where a head's packed K and V^T pass kGroupBytes (more than L1), a
+    // task runs kGroup blocks chunk by chunk, so that each chunk of K and V^T comes from L2 or
+    // memory once for all of them (then from L1). The VAE's attention (one head, D = 512, 4096 keys:
+    // 8 MiB) read them from memory once per 16 queries; the UNet's cross-attention (512 keys, 90-330
+    // KiB a head) from L2: with 4 blocks a task, [2,4096,320] x 512 keys 6.6-6.8 -> 5.8 ms and
+    // [2,1024,640] x 512 2.7-2.8 -> 2.5 ms (attention_bench), the UNet step's attention 0.25-0.28 ->
+    // 0.245-0.247 s. (Up to stop 22 only from 1 MiB.)
     const auto head_bytes = static_cast<size_t>(lk32_ * (dp_ + dv16_) * 2);
     group_ = head_bytes > kGroupBytes ? kGroup : 1;
     per_thread_bytes_ = static_cast<size_t>(group_) * (q_bytes_ + o_bytes_) + s_bytes_ + p_bytes_;

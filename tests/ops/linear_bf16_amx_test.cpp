@@ -16,6 +16,7 @@
 #include "guarded_buffers.h"
 #include "op_testing.h"
 #include "taiyi/ops/cpu/cpu_isa.h"
+#include "taiyi/ops/cpu/cpu_kernels.h"
 #include "taiyi/ops/cpu/prepared_kernels.h"
 #include "taiyi/ops/prepared.h"
 #include "taiyi/tensor/dtype.h"
@@ -153,6 +154,60 @@ TEST_F(LinearBf16Amx, GeluEpilogue) {
   gelu.residual = true;
   EXPECT_FALSE(ops::cpu::linear_bf16_amx_applicable({512, 2048}, random_tensor({64, 2048}, 4), Tensor(), DType::BF16,
                                                     gelu, DType::BF16, DType::BF16, false));
+}
+
+// A LayerNorm over each row after the residual (BERT's post-LN): bit-identical to the same linear
+// without it (bf16 output) followed by the bf16 LayerNorm, in both modes, with gamma and beta or
+// none, the residual in place or not; one thread and the default count.
+TEST_F(LinearBf16Amx, LayerNormEpilogue) {
+  uint32_t seed = 60;
+  const int default_threads = omp_get_max_threads();
+  for (int threads : {1, default_threads}) {
+    omp_set_num_threads(threads);
+    for (const Case& c : {Case{300, 768, 96, true}, Case{70, 1280, 64, false}, Case{100, 64, 128, true}}) {
+      SCOPED_TRACE("x [" + std::to_string(c.m) + "," + std::to_string(c.k) + "] n " + std::to_string(c.n));
+      const Tensor x = random_tensor({c.m, c.k}, seed).to(DType::BF16),
+                   w = random_tensor({c.n, c.k}, seed + 1, -0.1f, 0.1f);
+      const Tensor bias = c.bias ? random_tensor({c.n}, seed + 2) : Tensor();
+      const Tensor res = random_tensor({c.m, c.n}, seed + 3).to(DType::BF16);
+      const Tensor gamma = random_tensor({c.n}, seed + 4, 0.5f, 1.5f), beta = random_tensor({c.n}, seed + 5);
+      seed += 6;
+      const Shape xs = {c.m, c.k};
+      ops::Epilogue e;
+      e.residual = true;
+      e.residual_dtype = DType::BF16;
+      const Tensor plain =
+          run(*ops::cpu::prepare_linear_bf16_amx(xs, w, bias, e, DType::BF16), x, res, c.n, DType::BF16);
+      for (const bool affine : {true, false}) {
+        std::vector<uint16_t> want(static_cast<size_t>(c.m * c.n));
+        ops::cpu::layer_norm_bf16_to_bf16(plain.data_u16(), affine ? gamma.data<float>() : nullptr,
+                                          affine ? beta.data<float>() : nullptr, want.data(), c.m, c.n, 1e-5f);
+        ops::Epilogue ln = e;
+        ln.layer_norm_eps = 1e-5f;
+        if (affine) {
+          ln.layer_norm_gamma = gamma;
+          ln.layer_norm_beta = beta;
+        }
+        ASSERT_TRUE(
+            ops::cpu::linear_bf16_amx_applicable(xs, w, bias, DType::BF16, ln, DType::BF16, DType::BF16, false));
+        const auto op = ops::cpu::prepare_linear_bf16_amx(xs, w, bias, ln, DType::BF16);
+        EXPECT_NE(op->describe().find("+layer norm"), std::string::npos);
+        const Tensor got = run(*op, x, res, c.n, DType::BF16);
+        Tensor in_place = res.clone();  // the residual's memory as the output
+        Scratch scratch(op->scratch_bytes());
+        op->run({x, in_place}, in_place, scratch.mem.get());
+        for (size_t i = 0; i < want.size(); ++i) {
+          ASSERT_EQ(got.data_u16()[i], want[i]) << "element " << i << (affine ? "" : " (no gamma, beta)");
+          ASSERT_EQ(in_place.data_u16()[i], want[i]) << "element " << i << " in place";
+        }
+      }
+    }
+  }
+  omp_set_num_threads(default_threads);
+  ops::Epilogue ln;
+  ln.layer_norm_eps = 1e-5f;  // (the LayerNorm needs a bf16 output)
+  EXPECT_FALSE(ops::cpu::linear_bf16_amx_applicable({512, 768}, random_tensor({64, 768}, 1), Tensor(), DType::BF16, ln,
+                                                    DType::BF16, DType::F32, false));
 }
 
 TEST_F(LinearBf16Amx, PrepareLinearPicksItWithTheModeForK) {

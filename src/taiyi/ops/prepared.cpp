@@ -186,6 +186,12 @@ bool linear_gelu_in_epilogue_bf16(const Shape& x_shape, const Tensor& w, const T
   return !switched_off("TAIYI_AMX_GELU") && amx_linear_taken(x_shape, w, bias, gelu);
 }
 
+bool linear_takes_layer_norm_bf16(const Shape& x_shape, const Tensor& w, const Tensor& bias, const Epilogue& epilogue) {
+  Epilogue e = epilogue;
+  if (!(e.layer_norm_eps > 0)) e.layer_norm_eps = 1e-12f;
+  return !switched_off("TAIYI_FUSE_LINEAR_LN") && amx_linear_taken(x_shape, w, bias, e);
+}
+
 std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w, const Tensor& bias, DType compute,
                                            const Epilogue& epilogue, DType src, DType dst, bool src_columns) {
   // (TAIYI_AMX_LINEAR_WHOLE_K=0: the reductions below 1280 to oneDNN again, for A/B runs)

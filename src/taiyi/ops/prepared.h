@@ -57,6 +57,11 @@ struct Epilogue {
   DType residual_dtype = DType::F32;
   // Convolution only (oneDNN's, conv2d_takes_bias_add), post_op kBiasAdd: inputs[1] of run() holds
   // one f32 value per output channel (any shape of Cout elements), added to the bias per call.
+  // Linear only (our AMX kernel, linear_takes_layer_norm), layer_norm_eps > 0: the rows, after the
+  // residual and rounded to bf16, then go through a LayerNorm over N (gamma and beta f32 [N] or
+  // undefined) into the bf16 output (graph/passes/fuse_linear_layer_norm.cpp).
+  float layer_norm_eps = 0;
+  Tensor layer_norm_gamma = Tensor(), layer_norm_beta = Tensor();
 };
 
 // What a prepared convolution does to its input before the product, as it reads it
@@ -145,6 +150,11 @@ std::unique_ptr<PreparedOp> prepare_gelu_bf16(const Shape& x_shape);
 // graph/passes/fuse_linear_gelu.cpp fuses BERT's intermediate GELU into the linear rather than
 // leaving the GELU kernel above after it. TAIYI_AMX_GELU=0 says no (A/B runs).
 bool linear_gelu_in_epilogue_bf16(const Shape& x_shape, const Tensor& w, const Tensor& bias);
+// Whether the bf16 linear (bf16 in and out, this epilogue: a residual or none) takes the LayerNorm
+// over its rows that follows it as an epilogue (Epilogue::layer_norm_eps): our AMX linear, which
+// normalises each thread's rows once it has written them, while they are in its L2.
+// TAIYI_FUSE_LINEAR_LN=0 says no (A/B runs).
+bool linear_takes_layer_norm_bf16(const Shape& x_shape, const Tensor& w, const Tensor& bias, const Epilogue& epilogue);
 
 // linear of an x of shape x_shape ([..., K], rows contiguous) with constant w [N, K] and bias.
 // With compute bf16, x may be bf16 already (src BF16: no rounding pass per call), and the output

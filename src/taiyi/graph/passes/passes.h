@@ -137,6 +137,12 @@ bool will_prepack(const Graph& g, const Node& n);
 // the graph computed (fuse_group_norm_conv.cpp).
 bool fuse_group_norm_conv(Graph& g, const CompileOptions& options = {});
 
+// With bf16 the CPU runs: layer_norm(linear(x) (+ residual)), the linear's bf16 output read by
+// nothing else -> the linear with a LayerNorm epilogue (OpAttrs eps > 0; gamma and beta its 5th and
+// 6th inputs), where ops::linear_takes_layer_norm_bf16 says so (our AMX linear). The same to the
+// bit (fuse_linear_layer_norm.cpp).
+bool fuse_linear_layer_norm(Graph& g, const CompileOptions& options = {});
+
 // Binds each conv2d and linear with constant weights to a prepared oneDNN primitive whose
 // weights are reordered (and converted, for bf16) once into its preferred layout.
 bool prepack_weights(Graph& g, const CompileOptions& options = {});
@@ -165,6 +171,7 @@ inline const std::vector<Pass>& default_passes() {
       {"bf16_gate", bf16_gate},
       {"bf16_geglu", bf16_geglu},
       {"fuse_group_norm_conv", fuse_group_norm_conv},
+      {"fuse_linear_layer_norm", fuse_linear_layer_norm},
       {"prepack_weights", prepack_weights},
       {"bf16_attention", bf16_attention},
   };

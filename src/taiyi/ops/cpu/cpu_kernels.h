@@ -62,6 +62,10 @@ void layer_norm_f32_to_bf16(const float* x, const float* gamma, const float* bet
 // The same of a bf16 x (graph mode: the transformer's residual stream in bf16), widened exactly.
 void layer_norm_bf16_to_bf16(const uint16_t* x, const float* gamma, const float* beta, uint16_t* y, int64_t rows,
                              int64_t c, float eps);
+// The same in the calling thread only (y may be x: each row is read whole before it is written):
+// the AMX linear's LayerNorm epilogue (linear_bf16_amx.cpp), over the rows each thread wrote.
+void layer_norm_bf16_rows(const uint16_t* x, const float* gamma, const float* beta, uint16_t* y, int64_t rows,
+                          int64_t c, float eps);
 
 // ---- softmax_f32.cpp ----
 // x [rows, c] -> softmax over c.

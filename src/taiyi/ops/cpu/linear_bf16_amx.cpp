@@ -35,6 +35,7 @@
 #include "taiyi/ops/cpu/amx_tile_config.h"
 #include "taiyi/ops/cpu/bf16_pairs_avx512.h"
 #include "taiyi/ops/cpu/cpu_isa.h"
+#include "taiyi/ops/cpu/cpu_kernels.h"
 #include "taiyi/ops/cpu/prepared_kernels.h"
 #if defined(__x86_64__)
 // GCC 12's AVX-512 intrinsics pass an uninitialised _mm512_undefined_ps() as the unused merge
@@ -68,6 +69,7 @@ class LinearBf16Amx : public PreparedOp {
         kblocks_((k_ + kKc - 1) / kKc),
         whole_k_(k_ < kMinK),
         gelu_(epilogue.post_op == PostOp::kGelu),
+        ln_eps_(epilogue.layer_norm_eps),
         residual_(epilogue.residual),
         residual_dtype_(epilogue.residual_dtype),
         dst_(dst),
@@ -90,6 +92,8 @@ class LinearBf16Amx : public PreparedOp {
                 tile[r * 32 + c * 2 + i] = f32_to_bf16(wp[(nb * 32 + t * 16 + c) * k_ + s * 32 + 2 * r + i]);
         }
     if (bias.defined()) bias_ = bias.contiguous();
+    if (epilogue.layer_norm_gamma.defined()) ln_gamma_ = epilogue.layer_norm_gamma.contiguous();
+    if (epilogue.layer_norm_beta.defined()) ln_beta_ = epilogue.layer_norm_beta.contiguous();
     packed_ptr_ = packed_.data_u16();
     bias_ptr_ = bias_.defined() ? bias_.data<float>() : nullptr;
     if (whole_k_) {
@@ -106,7 +110,8 @@ class LinearBf16Amx : public PreparedOp {
         (whole_k_ ? std::to_string(strip_) + " rows x " + std::to_string(chunk_) + " columns x all of K"
                   : std::to_string(kStrip) + " rows x " + std::to_string(kChunk) + " columns x K blocks of 256") +
         ") bf16-in" + (dst == DType::BF16 ? " bf16-out" : "") + (gelu_ ? " +gelu" : "") +
-        (residual_ ? (residual_dtype_ == DType::BF16 ? " +bf16 residual" : " +residual") : "");
+        (residual_ ? (residual_dtype_ == DType::BF16 ? " +bf16 residual" : " +residual") : "") +
+        (ln_eps_ > 0 ? " +layer norm" : "");
   }
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override {
@@ -137,6 +142,16 @@ class LinearBf16Amx : public PreparedOp {
   double flops() const override { return 2.0 * m_ * n_ * k_; }
 
  private:
+  // The LayerNorm epilogue (ln_eps_ > 0): rows [r0, r1) of the bf16 output, which this thread has
+  // written whole, normalised in place while they are in its L2 (the separate LayerNorm read them
+  // back from L3: BERT's 25 a text encoder 4 ms).
+  void layer_norm_rows(int64_t r0, int64_t r1, void* out) const {
+    if (!(ln_eps_ > 0) || r1 <= r0) return;
+    uint16_t* y = static_cast<uint16_t*>(out) + r0 * n_;
+    layer_norm_bf16_rows(y, ln_gamma_.defined() ? ln_gamma_.data<float>() : nullptr,
+                         ln_beta_.defined() ? ln_beta_.data<float>() : nullptr, y, r1 - r0, n_, ln_eps_);
+  }
+
   // Lines of packed B to bring into L2 a few at a time while products run: `panels` panels from
   // panel q0, `steps` steps of 32 K each from step st0 (2 KiB a step), per_step lines per issue().
   struct BPrefetch {
@@ -206,6 +221,7 @@ class LinearBf16Amx : public PreparedOp {
       if (pending.c)
         for (int64_t i = 0; i < 32; ++i) epilogue_row(pending, i, residual, out);
       _tile_release();
+      layer_norm_rows(r0, r1, out);
     }
   }
 
@@ -292,6 +308,7 @@ class LinearBf16Amx : public PreparedOp {
       if (pending.c)
         for (int64_t i = 0; i < 32; ++i) epilogue_row(pending, i, residual, out);
       _tile_release();
+      layer_norm_rows(r0, r1, out);
     }
   }
 
@@ -436,6 +453,8 @@ class LinearBf16Amx : public PreparedOp {
   bool whole_k_;                             // K < kMinK: C stays in its tiles over all of K (run_whole_k)
   int64_t strip_ = kStrip, chunk_ = kChunk;  // whole-K mode: rows per strip, columns per chunk
   bool gelu_;                                // the exact GELU after the bias (BERT's intermediate dense)
+  float ln_eps_;                             // > 0: a LayerNorm over each row after the residual (BERT's post-LN)
+  Tensor ln_gamma_, ln_beta_;
   bool residual_;
   DType residual_dtype_, dst_;
   int threads_;
@@ -455,7 +474,11 @@ bool kernel_fits(const Shape& x_shape, const Tensor& w, const Tensor& bias, cons
   if (bias.defined() && (bias.dtype() != DType::F32 || bias.numel() != w.size(0))) return false;
   const int64_t k = x_shape.back(), n = w.size(0);
   const bool post_op = epilogue.post_op == PostOp::kNone || (epilogue.post_op == PostOp::kGelu && !epilogue.residual);
-  return k >= 32 && k % 32 == 0 && n % 32 == 0 && n > 0 && post_op && epilogue.scale == 1.0f &&
+  const bool layer_norm = !(epilogue.layer_norm_eps > 0) ||
+                          (dst == DType::BF16 && epilogue.post_op == PostOp::kNone &&
+                           (!epilogue.layer_norm_gamma.defined() || epilogue.layer_norm_gamma.numel() == w.size(0)) &&
+                           (!epilogue.layer_norm_beta.defined() || epilogue.layer_norm_beta.numel() == w.size(0)));
+  return k >= 32 && k % 32 == 0 && n % 32 == 0 && n > 0 && post_op && layer_norm && epilogue.scale == 1.0f &&
          (dst == DType::F32 || dst == DType::BF16) &&
          (!epilogue.residual || epilogue.residual_dtype == DType::F32 || epilogue.residual_dtype == DType::BF16);
 }

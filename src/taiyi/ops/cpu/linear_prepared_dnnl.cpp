@@ -183,6 +183,9 @@ bool linear_input_by_columns(const Shape& x_shape, const Strides& x_strides) {
 std::unique_ptr<PreparedOp> prepare_linear_dnnl(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                                 DType compute, const Epilogue& epilogue, DType src, DType dst,
                                                 bool src_columns) {
+  if (epilogue.layer_norm_eps > 0)
+    throw Error("linear: oneDNN's matmul takes no LayerNorm epilogue (input " + shape_str(x_shape) + ", weight " +
+                w.describe() + "): only the AMX linear does (ops::linear_takes_layer_norm_bf16)");
   try {
     return std::make_unique<PreparedLinear>(x_shape, w, bias, compute, epilogue, src, dst, src_columns);
   } catch (const dnnl::error& e) {

@@ -558,9 +558,9 @@ TAIYI_TARGET_AVX512_BF16 void layer_norm_row_bf16_avx512(const uint16_t* x, cons
 }  // namespace
 #endif
 
-void layer_norm_bf16_to_bf16(const uint16_t* x, const float* gamma, const float* beta, uint16_t* y, int64_t rows,
-                             int64_t c, float eps) {
-  if (rows == 0 || c == 0) return;
+void layer_norm_bf16_rows(const uint16_t* x, const float* gamma, const float* beta, uint16_t* y, int64_t rows,
+                          int64_t c, float eps) {
+  if (rows <= 0 || c == 0) return;
   const bool avx2 = cpu_has_avx2_fma();
 #if defined(__x86_64__)
   const auto widen = cpu_has_avx512_bf16() ? widen_bf16_avx512 : widen_bf16_generic;
@@ -568,29 +568,36 @@ void layer_norm_bf16_to_bf16(const uint16_t* x, const float* gamma, const float*
 #else
   const auto widen = widen_bf16_generic;
 #endif
+  std::vector<float> in(static_cast<size_t>(c) + 16), row(static_cast<size_t>(c));
+  float* in64 = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(in.data()) + 63) / 64 * 64);
+  const int64_t ahead = std::max<int64_t>(1, 2048 / c);  // rows of c bf16: about 4 KiB
+  for (int64_t r = 0; r < rows; ++r) {
+    if (r + ahead < rows)
+      for (int64_t i = 0; i < c; i += 32) __builtin_prefetch(x + (r + ahead) * c + i, 0, 3);
+#if defined(__x86_64__)
+    if (fast) {
+      layer_norm_row_bf16_avx512(x + r * c, gamma, beta, y + r * c, c, eps, in64);
+      continue;
+    }
+#endif
+    widen(x + r * c, in.data(), c);
+    if (avx2) {
+      layer_norm_row_avx2(in.data(), gamma, beta, row.data(), c, eps);
+    } else {
+      layer_norm_row_generic(in.data(), gamma, beta, row.data(), c, eps);
+    }
+    round_to_bf16(row.data(), y + r * c, c);
+  }
+}
+
+void layer_norm_bf16_to_bf16(const uint16_t* x, const float* gamma, const float* beta, uint16_t* y, int64_t rows,
+                             int64_t c, float eps) {
+  if (rows == 0 || c == 0) return;
 #pragma omp parallel if (rows > 1 && rows * c > 32768)
   {
-    std::vector<float> in(static_cast<size_t>(c) + 16), row(static_cast<size_t>(c));
-    float* in64 = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(in.data()) + 63) / 64 * 64);
-    const int64_t ahead = std::max<int64_t>(1, 2048 / c);  // rows of c bf16: about 4 KiB
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      if (r + ahead < rows)
-        for (int64_t i = 0; i < c; i += 32) __builtin_prefetch(x + (r + ahead) * c + i, 0, 3);
-#if defined(__x86_64__)
-      if (fast) {
-        layer_norm_row_bf16_avx512(x + r * c, gamma, beta, y + r * c, c, eps, in64);
-        continue;
-      }
-#endif
-      widen(x + r * c, in.data(), c);
-      if (avx2) {
-        layer_norm_row_avx2(in.data(), gamma, beta, row.data(), c, eps);
-      } else {
-        layer_norm_row_generic(in.data(), gamma, beta, row.data(), c, eps);
-      }
-      round_to_bf16(row.data(), y + r * c, c);
-    }
+    const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t r0 = rows * id / nt, r1 = rows * (id + 1) / nt;
+    layer_norm_bf16_rows(x + r0 * c, gamma, beta, y + r0 * c, r1 - r0, c, eps);
   }
 }
 

@@ -9,6 +9,7 @@
 
 #include <cstdlib>
 
+#include "bf16_options.h"
 #include "taiyi/graph/executor.h"
 #include "taiyi/graph/passes/passes.h"
 #include "taiyi/graph/tracer.h"
@@ -23,12 +24,6 @@ namespace {
 
 using testing::max_abs_diff;
 using testing::random_tensor;
-
-CompileOptions bf16() {
-  CompileOptions o;
-  o.compute = DType::BF16;
-  return o;
-}
 
 size_t prologues(const Graph& g) {
   size_t n = 0;

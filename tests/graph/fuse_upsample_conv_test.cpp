@@ -7,6 +7,7 @@
 
 #include <cstdlib>
 
+#include "bf16_options.h"
 #include "taiyi/graph/executor.h"
 #include "taiyi/graph/passes/passes.h"
 #include "taiyi/graph/tracer.h"
@@ -24,12 +25,6 @@ size_t count(const Graph& g, ops::OpKind kind) {
   size_t n = 0;
   for (const Node& node : g.nodes) n += node.kind == kind;
   return n;
-}
-
-CompileOptions bf16() {
-  CompileOptions o;
-  o.compute = DType::BF16;
-  return o;
 }
 
 TEST(FuseUpsampleConv, UpsamplerBecomesOneConvolutionOfItsInput) {

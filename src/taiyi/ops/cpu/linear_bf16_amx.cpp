@@ -175,19 +175,30 @@ class LinearBf16Amx : public PreparedOp {
   // Tile steps (of 32 K) in K block kb: 8, the last block K mod 256 / 32 where that is not 0.
   int64_t steps(int64_t kb) const { return std::min(kSteps, k_ / 32 - kb * kSteps); }
 
+  // This thread's share of a run: its A tiles and f32 buffer in scratch, and its rows [r0, r1)
+  // (whole blocks of 32 rows, split evenly); with the tile configuration loaded (all eight tiles 16
+  // rows of 64 bytes). Call inside the parallel region.
+  struct ThreadPart {
+    uint16_t* a;
+    float* buf;
+    int64_t r0, r1;
+  };
+  TAIYI_TARGET_AMX ThreadPart thread_part(std::byte* scratch) const {
+    const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num(), blocks = (m_ + 31) / 32;
+    std::byte* mine = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(scratch) + 63) / 64 * 64) +
+                      static_cast<size_t>(id) * (a_bytes_ + acc_bytes_);
+    TileConfig cfg;
+    for (int t = 0; t < 8; ++t) cfg.set(t, 16, 64);
+    _tile_loadconfig(&cfg);
+    return {reinterpret_cast<uint16_t*>(mine), reinterpret_cast<float*>(mine + a_bytes_), blocks * id / nt * 32,
+            std::min(m_, blocks * (id + 1) / nt * 32)};
+  }
+  int run_threads() const { return std::min(threads_, std::max(1, omp_get_max_threads())); }
+
   TAIYI_TARGET_AMX void run_amx(const uint16_t* x, const void* residual, void* out, std::byte* scratch) const {
-    const int threads = std::min(threads_, std::max(1, omp_get_max_threads()));
-    const int64_t blocks = (m_ + 31) / 32;  // of 32 rows
-    auto* base = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(scratch) + 63) / 64 * 64);
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(run_threads())
     {
-      const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
-      auto* a = reinterpret_cast<uint16_t*>(base + static_cast<size_t>(id) * (a_bytes_ + acc_bytes_));
-      auto* acc = reinterpret_cast<float*>(base + static_cast<size_t>(id) * (a_bytes_ + acc_bytes_) + a_bytes_);
-      TileConfig cfg;
-      for (int t = 0; t < 8; ++t) cfg.set(t, 16, 64);  // all eight tiles 16 rows of 64 bytes
-      _tile_loadconfig(&cfg);
-      const int64_t r0 = blocks * id / nt * 32, r1 = std::min(m_, blocks * (id + 1) / nt * 32);
+      const auto [a, acc, r0, r1] = thread_part(scratch);
       Pending pending;  // the last K block's C block whose epilogue runs during the next block
       for (int64_t n0 = 0; n0 < n_; n0 += kChunk) {
         const int64_t panels = std::min(kChunk, n_ - n0) / 32;
@@ -240,20 +251,12 @@ class LinearBf16Amx : public PreparedOp {
   //     last): in the graph the weights come from L3 or memory, and each chunk's first 32 rows
   //     waited on them (BERT's q/k/v 1.63 -> 2.06 TFLOP/s in the text encoder's profile).
   TAIYI_TARGET_AMX void run_whole_k(const uint16_t* x, const void* residual, void* out, std::byte* scratch) const {
-    const int threads = std::min(threads_, std::max(1, omp_get_max_threads()));
-    const int64_t blocks = (m_ + 31) / 32, steps = k_ / 32;
+    const int64_t steps = k_ / 32;
     // rows of the previous block's epilogue per step of the next (all of them within 16 steps)
     const int64_t per_step = std::max<int64_t>(2, (32 + steps - 2) / std::max<int64_t>(1, steps - 1));
-    auto* base = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(scratch) + 63) / 64 * 64);
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(run_threads())
     {
-      const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
-      auto* a = reinterpret_cast<uint16_t*>(base + static_cast<size_t>(id) * (a_bytes_ + acc_bytes_));
-      auto* cbuf = reinterpret_cast<float*>(base + static_cast<size_t>(id) * (a_bytes_ + acc_bytes_) + a_bytes_);
-      TileConfig cfg;
-      for (int t = 0; t < 8; ++t) cfg.set(t, 16, 64);
-      _tile_loadconfig(&cfg);
-      const int64_t r0 = blocks * id / nt * 32, r1 = std::min(m_, blocks * (id + 1) / nt * 32);
+      const auto [a, cbuf, r0, r1] = thread_part(scratch);
       Pending pending;
       int cur = 0;
       for (int64_t s0 = r0; s0 < r1; s0 += strip_) {

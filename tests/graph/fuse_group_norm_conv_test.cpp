@@ -9,7 +9,7 @@
 
 #include <cstdlib>
 
-#include "bf16_options.h"
+#include "graph_testing.h"
 #include "taiyi/graph/executor.h"
 #include "taiyi/graph/passes/passes.h"
 #include "taiyi/graph/tracer.h"
@@ -26,9 +26,7 @@ using testing::max_abs_diff;
 using testing::random_tensor;
 
 size_t prologues(const Graph& g) {
-  size_t n = 0;
-  for (const Node& node : g.nodes) n += ops::has_norm_prologue(node.kind, node.attrs);
-  return n;
+  return count_nodes(g, [](const Node& n) { return ops::has_norm_prologue(n.kind, n.attrs); });
 }
 
 TEST(FuseGroupNormConv, ResnetBlockConvolutionsNormaliseTheirInput) {

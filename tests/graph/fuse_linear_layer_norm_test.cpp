@@ -8,7 +8,7 @@
 
 #include <cstdlib>
 
-#include "bf16_options.h"
+#include "graph_testing.h"
 #include "taiyi/graph/executor.h"
 #include "taiyi/graph/passes/passes.h"
 #include "taiyi/graph/tracer.h"
@@ -25,9 +25,7 @@ using testing::max_abs_diff;
 using testing::random_tensor;
 
 size_t epilogues(const Graph& g) {
-  size_t n = 0;
-  for (const Node& node : g.nodes) n += node.kind == ops::OpKind::kLinear && node.attrs.eps > 0;
-  return n;
+  return count_nodes(g, [](const Node& n) { return ops::has_norm_epilogue(n.kind, n.attrs); });
 }
 
 struct Layer {
@@ -71,7 +69,7 @@ TEST(FuseLinearLayerNorm, PostLnLayerTheSameToTheBit) {
   EXPECT_EQ(epilogues(g), fuses ? 1u : 0u) << g.dump();
   EXPECT_EQ(g.count(ops::OpKind::kLayerNorm), fuses ? 1u : 2u);
   for (const Node& n : g.nodes) {
-    if (n.kind != ops::OpKind::kLinear || !(n.attrs.eps > 0)) continue;
+    if (!ops::has_norm_epilogue(n.kind, n.attrs)) continue;
     ASSERT_EQ(n.inputs.size(), 6u);
     EXPECT_GE(n.inputs[3], 0);  // the residual
     ASSERT_TRUE(n.prepared);

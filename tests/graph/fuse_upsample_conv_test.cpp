@@ -7,7 +7,7 @@
 
 #include <cstdlib>
 
-#include "bf16_options.h"
+#include "graph_testing.h"
 #include "taiyi/graph/executor.h"
 #include "taiyi/graph/passes/passes.h"
 #include "taiyi/graph/tracer.h"

@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "graph_testing.h"
 #include "small_blocks.h"
 #include "taiyi/graph/executor.h"
 #include "taiyi/graph/passes/passes.h"
@@ -22,9 +23,7 @@ using testing::random_tensor;
 using testing::relative_l2;
 
 size_t residual_epilogues(const Graph& g) {
-  size_t n = 0;
-  for (const Node& node : g.nodes) n += ops::has_fused_residual(node.attrs, node.inputs);
-  return n;
+  return count_nodes(g, [](const Node& n) { return ops::has_fused_residual(n.attrs, n.inputs); });
 }
 
 TEST(FuseGroupNormSilu, PairBecomesOneNode) {

@@ -87,7 +87,7 @@ Tensor run_op(OpKind kind, const std::vector<Tensor>& in, const OpAttrs& a) {
       if (has_fused_residual(a, in)) r = add(r, in[3]);
       if (a.output_scale != 1.0f) r = scale(r, a.output_scale);
       // A linear's LayerNorm epilogue (graph/passes/fuse_linear_layer_norm.cpp) normalises its rows last.
-      return kind == OpKind::kLinear && a.eps > 0 ? layer_norm(r, arg(4), arg(5), a.eps) : r;
+      return has_norm_epilogue(kind, a) ? layer_norm(r, arg(4), arg(5), a.eps) : r;
     }
     case OpKind::kMatmul: return matmul(arg(0), arg(1));
     case OpKind::kAttention: return attention(arg(0), arg(1), arg(2), a.heads, a.scale);

@@ -80,6 +80,10 @@ struct OpAttrs {
 // conv2d(group_norm_silu(x, groups, gamma, beta, eps)): inputs [x, w, bias, 4th input or absent (-1,
 // an undefined tensor), gamma, beta].
 inline bool has_norm_prologue(OpKind kind, const OpAttrs& a) { return kind == OpKind::kConv2d && a.groups > 0; }
+// A linear with a LayerNorm epilogue (graph/passes/fuse_linear_layer_norm.cpp) computes
+// layer_norm(linear(x) (+ residual), gamma, beta, eps): inputs [x, w, bias, residual or absent (-1),
+// gamma, beta].
+inline bool has_norm_epilogue(OpKind kind, const OpAttrs& a) { return kind == OpKind::kLinear && a.eps > 0; }
 
 // Whether a conv2d or linear call with these attributes and inputs carries a fused residual (its
 // 4th input), rather than a multiply post-op's factor or a bias to add.

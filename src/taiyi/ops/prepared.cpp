@@ -173,31 +173,35 @@ bool conv2d_prefers_channels_last(const Shape& x_shape, const Tensor& w, const C
   return winograd_tile(x_shape, w, p, compute) == 0;
 }
 
-// Whether prepare_linear gives a bf16 linear (bf16 in and out, no residual) our AMX kernel.
+// Whether the A/B switches leave a linear with this input and epilogue to our AMX kernel:
+// TAIYI_AMX_LINEAR=0 none, TAIYI_AMX_LINEAR_WHOLE_K=0 none with K below 1280, TAIYI_AMX_GELU=0 none
+// with a gelu, TAIYI_FUSE_LINEAR_LN=0 none with a LayerNorm.
+bool amx_linear_allowed(const Shape& x_shape, const Epilogue& epilogue) {
+  return !switched_off("TAIYI_AMX_LINEAR") &&
+         !(switched_off("TAIYI_AMX_LINEAR_WHOLE_K") && cpu::linear_bf16_amx_whole_k(x_shape)) &&
+         !(switched_off("TAIYI_AMX_GELU") && epilogue.post_op == PostOp::kGelu) &&
+         !(switched_off("TAIYI_FUSE_LINEAR_LN") && epilogue.layer_norm_eps > 0);
+}
+
+// Whether prepare_linear gives a bf16 linear (bf16 in and out) with this epilogue our AMX kernel.
 bool amx_linear_taken(const Shape& x_shape, const Tensor& w, const Tensor& bias, const Epilogue& epilogue) {
-  const bool whole_k_off = switched_off("TAIYI_AMX_LINEAR_WHOLE_K") && cpu::linear_bf16_amx_whole_k(x_shape);
-  return !switched_off("TAIYI_AMX_LINEAR") && !whole_k_off &&
+  return amx_linear_allowed(x_shape, epilogue) &&
          cpu::linear_bf16_amx_applicable(x_shape, w, bias, DType::BF16, epilogue, DType::BF16, DType::BF16, false);
 }
 
 bool linear_gelu_in_epilogue_bf16(const Shape& x_shape, const Tensor& w, const Tensor& bias) {
   Epilogue gelu;
   gelu.post_op = PostOp::kGelu;
-  return !switched_off("TAIYI_AMX_GELU") && amx_linear_taken(x_shape, w, bias, gelu);
+  return amx_linear_taken(x_shape, w, bias, gelu);
 }
 
 bool linear_takes_layer_norm_bf16(const Shape& x_shape, const Tensor& w, const Tensor& bias, const Epilogue& epilogue) {
-  Epilogue e = epilogue;
-  if (!(e.layer_norm_eps > 0)) e.layer_norm_eps = 1e-12f;
-  return !switched_off("TAIYI_FUSE_LINEAR_LN") && amx_linear_taken(x_shape, w, bias, e);
+  return epilogue.layer_norm_eps > 0 && amx_linear_taken(x_shape, w, bias, epilogue);
 }
 
 std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w, const Tensor& bias, DType compute,
                                            const Epilogue& epilogue, DType src, DType dst, bool src_columns) {
-  // (TAIYI_AMX_LINEAR_WHOLE_K=0: the reductions below 1280 to oneDNN again, for A/B runs)
-  const bool whole_k_off = switched_off("TAIYI_AMX_LINEAR_WHOLE_K") && cpu::linear_bf16_amx_whole_k(x_shape);
-  const bool gelu_off = switched_off("TAIYI_AMX_GELU") && epilogue.post_op == PostOp::kGelu;
-  if (!switched_off("TAIYI_AMX_LINEAR") && !whole_k_off && !gelu_off &&
+  if (amx_linear_allowed(x_shape, epilogue) &&
       cpu::linear_bf16_amx_applicable(x_shape, w, bias, compute, epilogue, src, dst, src_columns))
     return cpu::prepare_linear_bf16_amx(x_shape, w, bias, epilogue, dst);
   return prepare_linear_dnnl(x_shape, w, bias, compute, epilogue, src, dst, src_columns);

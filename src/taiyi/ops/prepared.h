@@ -150,8 +150,8 @@ std::unique_ptr<PreparedOp> prepare_gelu_bf16(const Shape& x_shape);
 // graph/passes/fuse_linear_gelu.cpp fuses BERT's intermediate GELU into the linear rather than
 // leaving the GELU kernel above after it. TAIYI_AMX_GELU=0 says no (A/B runs).
 bool linear_gelu_in_epilogue_bf16(const Shape& x_shape, const Tensor& w, const Tensor& bias);
-// Whether the bf16 linear (bf16 in and out, this epilogue: a residual or none) takes the LayerNorm
-// over its rows that follows it as an epilogue (Epilogue::layer_norm_eps): our AMX linear, which
+// Whether the bf16 linear (bf16 in and out) takes this epilogue, which carries the LayerNorm over its
+// rows that follows it (Epilogue::layer_norm_eps > 0; a residual or none): our AMX linear, which
 // normalises each thread's rows once it has written them, while they are in its L2.
 // TAIYI_FUSE_LINEAR_LN=0 says no (A/B runs).
 bool linear_takes_layer_norm_bf16(const Shape& x_shape, const Tensor& w, const Tensor& bias, const Epilogue& epilogue);

@@ -26,7 +26,8 @@ bool fuse_linear_layer_norm(Graph& g, const CompileOptions& options) {
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     Node& lin = g.nodes[i];
     if (lin.kind != ops::OpKind::kLinear || lin.prepared || lin.attrs.post_op != ops::PostOp::kNone ||
-        lin.attrs.output_scale != 1.0f || lin.attrs.eps > 0 || lin.inputs.size() > 4 || !will_prepack(g, lin))
+        lin.attrs.output_scale != 1.0f || ops::has_norm_epilogue(lin.kind, lin.attrs) || lin.inputs.size() > 4 ||
+        !will_prepack(g, lin))
       continue;
     const int y = lin.output;
     if (g.is_output(y) || readers[y].size() != 1) continue;
@@ -46,8 +47,7 @@ bool fuse_linear_layer_norm(Graph& g, const CompileOptions& options) {
     if (gamma >= 0) e.layer_norm_gamma = g.values[gamma].constant;
     if (beta >= 0) e.layer_norm_beta = g.values[beta].constant;
     const Tensor bias = lin.inputs[2] >= 0 ? g.values[lin.inputs[2]].constant : Tensor();
-    if (!(ln.attrs.eps > 0) ||
-        !ops::linear_takes_layer_norm_bf16(g.values[lin.inputs[0]].shape, g.values[lin.inputs[1]].constant, bias, e))
+    if (!ops::linear_takes_layer_norm_bf16(g.values[lin.inputs[0]].shape, g.values[lin.inputs[1]].constant, bias, e))
       continue;
     lin.inputs.resize(4, -1);  // the residual, or absent
     lin.inputs.push_back(gamma);

@@ -71,7 +71,7 @@ ops::Epilogue node_epilogue(const Graph& g, const Node& n) {
   e.scale = n.attrs.output_scale;
   if (e.post_op == ops::PostOp::kMultiply) e.factor = g.values[n.inputs.at(3)].dtype;
   if (e.residual) e.residual_dtype = g.values[n.inputs.at(3)].dtype;
-  if (n.kind == ops::OpKind::kLinear && n.attrs.eps > 0) {  // fuse_linear_layer_norm's
+  if (ops::has_norm_epilogue(n.kind, n.attrs)) {  // fuse_linear_layer_norm's
     e.layer_norm_eps = n.attrs.eps;
     if (n.inputs.at(4) >= 0) e.layer_norm_gamma = g.values[n.inputs[4]].constant;
     if (n.inputs.at(5) >= 0) e.layer_norm_beta = g.values[n.inputs[5]].constant;

@@ -372,11 +372,9 @@ class LinearBf16Amx : public PreparedOp {
     const int64_t at = row * n_ + pd.col0;
     if (residual_) {
       if (residual_dtype_ == DType::BF16) {
-        const __m512i r = _mm512_loadu_si512(static_cast<const uint16_t*>(residual) + at);
-        v0 = _mm512_add_ps(
-            v0, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(r)), 16)));
-        v1 = _mm512_add_ps(
-            v1, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(r, 1)), 16)));
+        const uint16_t* r = static_cast<const uint16_t*>(residual) + at;
+        v0 = _mm512_add_ps(v0, load_bf16x16(r));
+        v1 = _mm512_add_ps(v1, load_bf16x16(r + 16));
       } else {
         const float* r = static_cast<const float*>(residual) + at;
         v0 = _mm512_add_ps(v0, _mm512_loadu_ps(r));

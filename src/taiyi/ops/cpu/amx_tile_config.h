@@ -32,16 +32,30 @@ struct alignas(64) TileConfig {
 // none where an is null. Each operand is loaded right after the last product that reads its
 // register: tiles have no renaming, and loading all four first makes each load wait for the
 // product before it (linear_bf16_amx.cpp: the same loop with L1 operands 2.8 -> 5.0 TFLOP/s).
+// kStreamB: B by tileloaddt1, the load with a non-temporal hint, where each B tile is used once from
+// L2 and the A tiles are to stay in L1 (the whole-K linear: 2.7 -> 3.4 TFLOP/s for the bare loop in
+// a /tmp probe of BERT's intermediate dense, 1-4% for the kernel in linear_bench).
+template <bool kStreamB = false>
 TAIYI_TARGET_AMX inline void amx_step_2x2(const uint16_t* an, const uint16_t* bn) {
   _tile_dpbf16ps(0, 4, 6);
   _tile_dpbf16ps(2, 5, 6);
-  if (an) _tile_loadd(6, bn, 64);
+  if (an) {
+    if (kStreamB) {
+      _tile_stream_loadd(6, bn, 64);
+    } else {
+      _tile_loadd(6, bn, 64);
+    }
+  }
   _tile_dpbf16ps(1, 4, 7);
   if (an) _tile_loadd(4, an, 64);
   _tile_dpbf16ps(3, 5, 7);
   if (an) {
     _tile_loadd(5, an + 512, 64);
-    _tile_loadd(7, bn + 512, 64);
+    if (kStreamB) {
+      _tile_stream_loadd(7, bn + 512, 64);
+    } else {
+      _tile_loadd(7, bn + 512, 64);
+    }
   }
 }
 #endif

@@ -25,12 +25,17 @@
 // Products and sums in f32 in the tiles, K in the same order as oneDNN's (steps of 32), so results
 // agree with its to f32 rounding (bench/linear_bench: identical bf16 outputs on BERT's shapes).
 // ops::prepare_linear picks it (ops/prepared.cpp; TAIYI_AMX_LINEAR=0 turns it off for A/B runs,
-// TAIYI_AMX_LINEAR_WHOLE_K=0 only the whole-K mode).
+// TAIYI_AMX_LINEAR_WHOLE_K=0 only the whole-K mode, TAIYI_AMX_LINEAR_STEAL=0 its work stealing).
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "taiyi/ops/cpu/amx_tile_config.h"
 #include "taiyi/ops/cpu/bf16_pairs_avx512.h"
@@ -58,6 +63,11 @@ constexpr size_t kStripBytes = 768 * 1024;  // whole-K mode: a strip's A tiles (
 constexpr size_t kChunkBytes = 512 * 1024;  // whole-K mode: a chunk's B panels (columns x K bf16), in L2
 
 size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
+
+// Test support (linear_bf16_amx_stall_for_tests): the thread of a whole-K run that sleeps after its
+// first unit, for how long, and the units threads have taken from others.
+std::atomic<int> g_stall_thread{-1}, g_stall_us{0};
+std::atomic<int64_t> g_units_taken{0};
 
 #if defined(__x86_64__)
 class LinearBf16Amx : public PreparedOp {
@@ -152,6 +162,13 @@ class LinearBf16Amx : public PreparedOp {
                          ln_beta_.defined() ? ln_beta_.data<float>() : nullptr, y, r1 - r0, n_, ln_eps_);
   }
 
+  // A C block whose tiles are stored and whose epilogue has yet to run: c [4][16][16] f32 (tiles t0-t3),
+  // its first row and column.
+  struct Pending {
+    const float* c = nullptr;
+    int64_t row0 = 0, col0 = 0;
+  };
+
   // Lines of packed B to bring into L2 a few at a time while products run: `panels` panels from
   // panel q0, `steps` steps of 32 K each from step st0 (2 KiB a step), per_step lines per issue().
   struct BPrefetch {
@@ -184,12 +201,16 @@ class LinearBf16Amx : public PreparedOp {
     int64_t r0, r1;
   };
   TAIYI_TARGET_AMX ThreadPart thread_part(std::byte* scratch) const {
-    const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num(), blocks = (m_ + 31) / 32;
-    std::byte* mine = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(scratch) + 63) / 64 * 64) +
-                      static_cast<size_t>(id) * (a_bytes_ + acc_bytes_);
     TileConfig cfg;
     for (int t = 0; t < 8; ++t) cfg.set(t, 16, 64);
     _tile_loadconfig(&cfg);
+    return part_of(scratch, omp_get_thread_num(), omp_get_num_threads());
+  }
+  // Thread id's share of nt (its buffers and rows), from any thread.
+  ThreadPart part_of(std::byte* scratch, int64_t id, int64_t nt) const {
+    const int64_t blocks = (m_ + 31) / 32;
+    std::byte* mine = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(scratch) + 63) / 64 * 64) +
+                      static_cast<size_t>(id) * (a_bytes_ + acc_bytes_);
     return {reinterpret_cast<uint16_t*>(mine), reinterpret_cast<float*>(mine + a_bytes_), blocks * id / nt * 32,
             std::min(m_, blocks * (id + 1) / nt * 32)};
   }
@@ -250,20 +271,38 @@ class LinearBf16Amx : public PreparedOp {
   //   - a share of the next chunk's B panels prefetched into L2 (the next strip's first after the
   //     last): in the graph the weights come from L3 or memory, and each chunk's first 32 rows
   //     waited on them (BERT's q/k/v 1.63 -> 2.06 TFLOP/s in the text encoder's profile).
+  // B is loaded with the non-temporal hint (amx_step_2x2<true>). The work is in units of 32 rows by
+  // a chunk (Units): a thread that has done its own takes the last units of the others' last strips,
+  // which evens out the host's preemptions (its threads had waited 26-128 us a call for each other,
+  // 4.3% of the text encoder's samples in libgomp, 2.8% after; UNet step 0.939 -> 0.921 s).
   TAIYI_TARGET_AMX void run_whole_k(const uint16_t* x, const void* residual, void* out, std::byte* scratch) const {
     const int64_t steps = k_ / 32;
     // rows of the previous block's epilogue per step of the next (all of them within 16 steps)
     const int64_t per_step = std::max<int64_t>(2, (32 + steps - 2) / std::max<int64_t>(1, steps - 1));
+    std::vector<Units> units(static_cast<size_t>(run_threads()));
 #pragma omp parallel num_threads(run_threads())
     {
       const auto [a, cbuf, r0, r1] = thread_part(scratch);
+      const int64_t id = omp_get_thread_num(), nt = omp_get_num_threads();
+      Units& own = units[static_cast<size_t>(id)];
+      own.range.store(uint64_t{static_cast<uint32_t>(unit_count(r0, r1))} << 32, std::memory_order_relaxed);
       Pending pending;
       int cur = 0;
-      for (int64_t s0 = r0; s0 < r1; s0 += strip_) {
-        const int64_t rows = std::min(strip_, r1 - s0), mblocks = (rows + 31) / 32;
-        pack_rows(x + s0 * k_, rows, steps, steps, a);
-        for (int64_t n0 = 0; n0 < n_; n0 += chunk_) {
-          const int64_t p1 = std::min(n_, n0 + chunk_) / 32;
+      int64_t packed = -1, chunk = -1;
+      BPrefetch pf;
+      for (int64_t u; (u = own.take_front()) >= 0;) {
+        const Unit w = unit(r0, r1, u);
+        if (w.strip != packed) {
+          packed = w.strip;
+          const int64_t s0 = r0 + w.strip * strip_;
+          pack_rows(x + s0 * k_, std::min(strip_, r1 - s0), steps, steps, a);
+          chunk = -1;
+          // (from here the others may take this strip's last units: it is this thread's last)
+          if (s0 + strip_ >= r1) own.last_strip_packed.store(true, std::memory_order_release);
+        }
+        if (w.chunk != chunk) {
+          chunk = w.chunk;
+          const int64_t s0 = r0 + w.strip * strip_, n0 = w.chunk * chunk_, p1 = std::min(n_, n0 + chunk_) / 32;
           // The next chunk's B panels (the next strip's first where this is the last), into L2
           // while this chunk runs: a chunk's first 32 rows otherwise wait on memory for each panel.
           int64_t q0 = p1, qn = std::min(n_, p1 * 32 + chunk_) / 32 - p1;
@@ -271,56 +310,108 @@ class LinearBf16Amx : public PreparedOp {
             q0 = 0;
             qn = s0 + strip_ < r1 ? std::min(n_, chunk_) / 32 : 0;
           }
-          BPrefetch pf = b_prefetch(q0, qn, 0, steps);
-          pf.per_step = pf.total() / (mblocks * (p1 - n0 / 32) * std::max<int64_t>(1, steps - 1)) + 1;
-          for (int64_t mb = 0; mb < mblocks; ++mb) {
-            const uint16_t* ab = a + mb * steps * 2 * kTile;
-            for (int64_t p = n0 / 32; p < p1; ++p) {
-              const uint16_t* bb = packed_ptr_ + p * k_ * 32;
-              _tile_zero(0);
-              _tile_zero(1);
-              _tile_zero(2);
-              _tile_zero(3);
-              _tile_loadd(4, ab, 64);
-              _tile_loadd(6, bb, 64);
-              _tile_loadd(5, ab + kTile, 64);
-              _tile_loadd(7, bb + kTile, 64);
-              int64_t done = 0;
-              const Pending next{nullptr, s0 + mb * 32, p * 32};
-              for (int64_t st = 0; st + 1 < steps; ++st) {
-                amx_step_2x2(ab + (st + 1) * 2 * kTile, bb + (st + 1) * 2 * kTile);
-                if (st < 16) prefetch_rows(next, 2 * st, residual, out);
-                pf.issue();
-                if (pending.c)
-                  for (int64_t u = 0; u < per_step && done < 32; ++u) epilogue_row(pending, done++, residual, out);
-              }
-              amx_step_2x2(nullptr, nullptr);
-              if (pending.c)
-                while (done < 32) epilogue_row(pending, done++, residual, out);
-              float* c = cbuf + cur * 1024;
-              cur ^= 1;
-              _tile_stored(0, c, 64);
-              _tile_stored(1, c + 256, 64);
-              _tile_stored(2, c + 512, 64);
-              _tile_stored(3, c + 768, 64);
-              pending = Pending{c, s0 + mb * 32, p * 32};
-            }
-          }
+          pf = b_prefetch(q0, qn, 0, steps);
+          pf.per_step = pf.total() / (w.mblocks * (p1 - n0 / 32) * std::max<int64_t>(1, steps - 1)) + 1;
         }
+        run_unit(a, r0, w, steps, per_step, pf, pending, cbuf, cur, residual, out);
+        if (w.chunk == 0 && w.mb == 0 && r0 + (w.strip + 1) * strip_ >= r1 &&
+            id == g_stall_thread.load(std::memory_order_relaxed))  // (test support: the last strip's first unit)
+          std::this_thread::sleep_for(std::chrono::microseconds(g_stall_us.load(std::memory_order_relaxed)));
+      }
+      // Then the last units of the other threads' last strips, from their ends (the host's
+      // preemptions made one thread finish up to 2 ms after the other: a static split of rows
+      // cannot even that out).
+      for (int64_t k = 1; steal_ && k < nt; ++k) {
+        const int64_t victim = (id + k) % nt;
+        Units& theirs = units[static_cast<size_t>(victim)];
+        if (!theirs.last_strip_packed.load(std::memory_order_acquire)) continue;
+        const ThreadPart part = part_of(scratch, victim, nt);
+        BPrefetch none;
+        int64_t taken = 0;
+        for (int64_t u; (u = theirs.take_back()) >= 0; ++taken)
+          run_unit(part.a, part.r0, unit(part.r0, part.r1, u), steps, per_step, none, pending, cbuf, cur, residual,
+                   out);
+        if (taken) g_units_taken.fetch_add(taken, std::memory_order_relaxed);
       }
       if (pending.c)
         for (int64_t i = 0; i < 32; ++i) epilogue_row(pending, i, residual, out);
       _tile_release();
+      if (ln_eps_ > 0) {
+#pragma omp barrier
+      }
       layer_norm_rows(r0, r1, out);
     }
   }
 
-  // A C block whose tiles are stored and whose epilogue has yet to run: c [4][16][16] f32 (tiles t0-t3),
-  // its first row and column.
-  struct Pending {
-    const float* c = nullptr;
-    int64_t row0 = 0, col0 = 0;
+  // A thread's units of work in the whole-K mode, (strip, chunk, 32 rows) in that order: [front,
+  // back) still to take, the owner from the front, the other threads from the back once the owner
+  // has packed its last strip (whose units they then are: the A tiles they read).
+  struct alignas(64) Units {
+    std::atomic<uint64_t> range{0};  // front | back << 32
+    std::atomic<bool> last_strip_packed{false};
+    int64_t take(bool front) {
+      uint64_t v = range.load(std::memory_order_relaxed);
+      for (;;) {
+        const uint64_t f = v & 0xffffffffu, b = v >> 32;
+        if (f >= b) return -1;
+        const uint64_t next = front ? (b << 32) | (f + 1) : ((b - 1) << 32) | f;
+        if (range.compare_exchange_weak(v, next, std::memory_order_acq_rel, std::memory_order_relaxed))
+          return static_cast<int64_t>(front ? f : b - 1);
+      }
+    }
+    int64_t take_front() { return take(true); }
+    int64_t take_back() { return take(false); }
   };
+  struct Unit {
+    int64_t strip, chunk, mb, mblocks;  // mblocks: row blocks of the strip
+  };
+  int64_t chunks() const { return (n_ + chunk_ - 1) / chunk_; }
+  int64_t unit_count(int64_t r0, int64_t r1) const { return (r1 - r0 + 31) / 32 * chunks(); }
+  Unit unit(int64_t r0, int64_t r1, int64_t u) const {
+    const int64_t full = strip_ / 32 * chunks();  // units of a whole strip
+    const int64_t strip = u / full, s0 = r0 + strip * strip_, mblocks = (std::min(strip_, r1 - s0) + 31) / 32;
+    const int64_t local = u - strip * full;
+    return {strip, local / mblocks, local % mblocks, mblocks};
+  }
+
+  // Unit w of the thread with rows from r0 and A tiles a: its 32 rows by the chunk's panels.
+  TAIYI_TARGET_AMX void run_unit(const uint16_t* a, int64_t r0, const Unit& w, int64_t steps, int64_t per_step,
+                                 BPrefetch& pf, Pending& pending, float* cbuf, int& cur, const void* residual,
+                                 void* out) const {
+    const int64_t row0 = r0 + w.strip * strip_ + w.mb * 32, n0 = w.chunk * chunk_;
+    const int64_t p1 = std::min(n_, n0 + chunk_) / 32;
+    const uint16_t* ab = a + w.mb * steps * 2 * kTile;
+    for (int64_t p = n0 / 32; p < p1; ++p) {
+      const uint16_t* bb = packed_ptr_ + p * k_ * 32;
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      _tile_loadd(4, ab, 64);
+      _tile_loadd(6, bb, 64);
+      _tile_loadd(5, ab + kTile, 64);
+      _tile_loadd(7, bb + kTile, 64);
+      int64_t done = 0;
+      const Pending next{nullptr, row0, p * 32};
+      for (int64_t st = 0; st + 1 < steps; ++st) {
+        amx_step_2x2<true>(ab + (st + 1) * 2 * kTile, bb + (st + 1) * 2 * kTile);
+        if (st < 16) prefetch_rows(next, 2 * st, residual, out);
+        pf.issue();
+        if (pending.c)
+          for (int64_t u = 0; u < per_step && done < 32; ++u) epilogue_row(pending, done++, residual, out);
+      }
+      amx_step_2x2(nullptr, nullptr);
+      if (pending.c)
+        while (done < 32) epilogue_row(pending, done++, residual, out);
+      float* c = cbuf + cur * 1024;
+      cur ^= 1;
+      _tile_stored(0, c, 64);
+      _tile_stored(1, c + 256, 64);
+      _tile_stored(2, c + 512, 64);
+      _tile_stored(3, c + 768, 64);
+      pending = Pending{c, row0, p * 32};
+    }
+  }
 
   // prefetchw (for a write) or prefetcht0 of p's line, as asm: GCC 12 dropped __builtin_prefetch
   // there (inlined into the OpenMP region, under a bounds check of the row).
@@ -451,6 +542,8 @@ class LinearBf16Amx : public PreparedOp {
   }
 
   int64_t k_, n_, m_, kblocks_;
+  // whole-K mode: threads take units from the others' ends (TAIYI_AMX_LINEAR_STEAL=0: not, for A/B runs)
+  bool steal_ = !(std::getenv("TAIYI_AMX_LINEAR_STEAL") && std::string(std::getenv("TAIYI_AMX_LINEAR_STEAL")) == "0");
   bool whole_k_;                             // K < kMinK: C stays in its tiles over all of K (run_whole_k)
   int64_t strip_ = kStrip, chunk_ = kChunk;  // whole-K mode: rows per strip, columns per chunk
   bool gelu_;                                // the exact GELU after the bias (BERT's intermediate dense)
@@ -494,6 +587,12 @@ bool linear_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, const Ten
 }
 
 bool linear_bf16_amx_whole_k(const Shape& x_shape) { return !x_shape.empty() && x_shape.back() < kMinK; }
+
+int64_t linear_bf16_amx_stall_for_tests(int thread, int microseconds) {
+  g_stall_thread.store(thread);
+  g_stall_us.store(microseconds);
+  return g_units_taken.exchange(0);
+}
 
 std::unique_ptr<PreparedOp> prepare_linear_bf16_amx(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                                     const Epilogue& epilogue, DType dst) {

@@ -172,6 +172,7 @@ std::vector<Tensor> Executor::run(const std::vector<Tensor>& inputs, Profile* pr
       if (detailed_profile()) {
         key.append(" ").append(shape_str(g_.values[n.output].shape));
         if (n.prepared) key.append(" ").append(n.prepared->describe());
+        if (getenv("TAIYI_PROFILE_NODES")) key.append(" #").append(std::to_string(i));
       }
       OpProfile& r = (*profile)[key];
       r.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

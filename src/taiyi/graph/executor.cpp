@@ -78,7 +78,8 @@ Executor::Executor(Graph g, std::shared_ptr<Workspace> workspace, std::vector<in
 
 size_t Executor::kept_nodes() const { return static_cast<size_t>(std::count(kept_.begin(), kept_.end(), true)); }
 
-// TAIYI_PROFILE_DETAIL=1: profile rows per op and output shape (and prepared kernel), not per op.
+// TAIYI_PROFILE_DETAIL=1: profile rows per op and output shape (and prepared kernel), not per op;
+// with TAIYI_PROFILE_NODES=1 also one row per node (its index after #), to tell its calls apart.
 static bool detailed_profile() {
   static const bool on = [] {
     const char* v = std::getenv("TAIYI_PROFILE_DETAIL");

@@ -64,8 +64,8 @@ constexpr size_t kChunkBytes = 512 * 1024;  // whole-K mode: a chunk's B panels 
 
 size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
 
-// Test support (linear_bf16_amx_stall_for_tests): the thread of a whole-K run that sleeps after its
-// first unit, for how long, and the units threads have taken from others.
+// Test support (linear_bf16_amx_stall_for_tests): the thread of a run that sleeps after a unit of
+// work (stall_for_tests), for how long, and the units threads have taken from others.
 std::atomic<int> g_stall_thread{-1}, g_stall_us{0};
 std::atomic<int64_t> g_units_taken{0};
 
@@ -216,45 +216,83 @@ class LinearBf16Amx : public PreparedOp {
   }
   int run_threads() const { return std::min(threads_, std::max(1, omp_get_max_threads())); }
 
+  // K-block mode: a thread's units are its (chunk, strip) pairs, chunk by chunk; each packs its own
+  // A blocks into the thread's buffer and sums into the thread's accumulators, so a thread that has
+  // done its own takes whole units from the ends of the others' (as in the whole-K mode; UNet step
+  // 0.793 -> 0.780 s, 3 pairs: its 64x64 and 32x32 feed-forward outputs have 8-16 units a thread;
+  // BERT's output dense 4 of ~0.5 ms, which only a long preemption leaves to take).
   TAIYI_TARGET_AMX void run_amx(const uint16_t* x, const void* residual, void* out, std::byte* scratch) const {
+    std::vector<Units> units(static_cast<size_t>(run_threads()));
 #pragma omp parallel num_threads(run_threads())
     {
       const auto [a, acc, r0, r1] = thread_part(scratch);
+      const int64_t id = omp_get_thread_num(), nt = omp_get_num_threads();
+      Units& own = units[static_cast<size_t>(id)];
+      own.range.store(uint64_t{static_cast<uint32_t>(strips(r0, r1) * chunks())} << 32, std::memory_order_relaxed);
+      own.open.store(true, std::memory_order_release);
       Pending pending;  // the last K block's C block whose epilogue runs during the next block
-      for (int64_t n0 = 0; n0 < n_; n0 += kChunk) {
-        const int64_t panels = std::min(kChunk, n_ - n0) / 32;
-        for (int64_t s0 = r0; s0 < r1; s0 += kStrip) {
-          const int64_t rows = std::min(kStrip, r1 - s0), mblocks = (rows + 31) / 32;
-          for (int64_t kb = 0; kb < kblocks_; ++kb) {
-            pack_rows(x + s0 * k_ + kb * kKc, rows, steps(kb), kSteps, a);
-            // The next K block's B (the next strip's, or the next chunk's, first after the last),
-            // into L2 while this one runs: it comes from L3 or memory otherwise, at the first 32 rows.
-            int64_t q0 = n0 / 32, qn = panels, qk = kb + 1;
-            if (qk == kblocks_) {
-              qk = 0;
-              if (s0 + kStrip >= r1) {
-                q0 = (n0 + kChunk) / 32;
-                qn = std::max<int64_t>(0, std::min(kChunk, n_ - n0 - kChunk) / 32);
-              }
-            }
-            BPrefetch pf = b_prefetch(q0, qn, qk * kSteps, steps(qk));
-            pf.per_step = pf.total() / (mblocks * panels * steps(kb)) + 1;
-            for (int64_t mb = 0; mb < mblocks; ++mb) {
-              const uint16_t* ab = a + mb * kSteps * 2 * kTile;
-              for (int64_t p = 0; p < panels; ++p) {
-                float* c = acc + (mb * panels + p) * 1024;
-                block(ab, kb, n0 / 32 + p, c, pf, pending, residual, out);
-                if (kb + 1 == kblocks_) pending = Pending{c, s0 + mb * 32, n0 + p * 32};
-              }
-            }
-          }
-        }
+      for (int64_t u; (u = own.take_front()) >= 0;) {
+        run_kblock_unit(x, a, acc, r0, r1, u, pending, residual, out);
+        stall_for_tests(u, id);
+      }
+      for (int64_t k = 1; steal_ && k < nt; ++k) {
+        const int64_t victim = (id + k) % nt;
+        Units& theirs = units[static_cast<size_t>(victim)];
+        if (!theirs.open.load(std::memory_order_acquire)) continue;
+        const ThreadPart part = part_of(scratch, victim, nt);
+        int64_t taken = 0;
+        for (int64_t u; (u = theirs.take_back()) >= 0; ++taken)
+          run_kblock_unit(x, a, acc, part.r0, part.r1, u, pending, residual, out);
+        if (taken) g_units_taken.fetch_add(taken, std::memory_order_relaxed);
       }
       if (pending.c)
         for (int64_t i = 0; i < 32; ++i) epilogue_row(pending, i, residual, out);
       _tile_release();
+      if (ln_eps_ > 0) {
+#pragma omp barrier
+      }
       layer_norm_rows(r0, r1, out);
     }
+  }
+  int64_t strips(int64_t r0, int64_t r1) const { return (r1 - r0 + strip_ - 1) / strip_; }
+
+  // Unit u of rows [r0, r1) in the K-block mode: chunk u / strips, strip u % strips, all of K, into
+  // this thread's A buffer a and accumulators acc.
+  TAIYI_TARGET_AMX void run_kblock_unit(const uint16_t* x, uint16_t* a, float* acc, int64_t r0, int64_t r1, int64_t u,
+                                        Pending& pending, const void* residual, void* out) const {
+    const int64_t n0 = u / strips(r0, r1) * chunk_, s0 = r0 + u % strips(r0, r1) * strip_;
+    const int64_t panels = std::min(chunk_, n_ - n0) / 32;
+    const int64_t rows = std::min(strip_, r1 - s0), mblocks = (rows + 31) / 32;
+    for (int64_t kb = 0; kb < kblocks_; ++kb) {
+      pack_rows(x + s0 * k_ + kb * kKc, rows, steps(kb), kSteps, a);
+      // The next K block's B (the next strip's, or the next chunk's, first after the last),
+      // into L2 while this one runs: it comes from L3 or memory otherwise, at the first 32 rows.
+      int64_t q0 = n0 / 32, qn = panels, qk = kb + 1;
+      if (qk == kblocks_) {
+        qk = 0;
+        if (s0 + strip_ >= r1) {
+          q0 = (n0 + chunk_) / 32;
+          qn = std::max<int64_t>(0, std::min(chunk_, n_ - n0 - chunk_) / 32);
+        }
+      }
+      BPrefetch pf = b_prefetch(q0, qn, qk * kSteps, steps(qk));
+      pf.per_step = pf.total() / (mblocks * panels * steps(kb)) + 1;
+      for (int64_t mb = 0; mb < mblocks; ++mb) {
+        const uint16_t* ab = a + mb * kSteps * 2 * kTile;
+        for (int64_t p = 0; p < panels; ++p) {
+          float* c = acc + (mb * panels + p) * 1024;
+          block(ab, kb, n0 / 32 + p, c, pf, pending, residual, out);
+          if (kb + 1 == kblocks_) pending = Pending{c, s0 + mb * 32, n0 + p * 32};
+        }
+      }
+    }
+  }
+
+  // Test support (linear_bf16_amx_stall_for_tests): thread id sleeps after unit u where it is the
+  // first of its last strip (whole-K mode) or its first (K-block mode).
+  void stall_for_tests(int64_t u, int64_t id) const {
+    if (u == 0 && id == g_stall_thread.load(std::memory_order_relaxed))
+      std::this_thread::sleep_for(std::chrono::microseconds(g_stall_us.load(std::memory_order_relaxed)));
   }
 
   // Whole-K mode (K < kMinK). Each thread takes a range of rows; per strip of strip_ rows (A tiles
@@ -298,7 +336,7 @@ class LinearBf16Amx : public PreparedOp {
           pack_rows(x + s0 * k_, std::min(strip_, r1 - s0), steps, steps, a);
           chunk = -1;
           // (from here the others may take this strip's last units: it is this thread's last)
-          if (s0 + strip_ >= r1) own.last_strip_packed.store(true, std::memory_order_release);
+          if (s0 + strip_ >= r1) own.open.store(true, std::memory_order_release);
         }
         if (w.chunk != chunk) {
           chunk = w.chunk;
@@ -314,9 +352,7 @@ class LinearBf16Amx : public PreparedOp {
           pf.per_step = pf.total() / (w.mblocks * (p1 - n0 / 32) * std::max<int64_t>(1, steps - 1)) + 1;
         }
         run_unit(a, r0, w, steps, per_step, pf, pending, cbuf, cur, residual, out);
-        if (w.chunk == 0 && w.mb == 0 && r0 + (w.strip + 1) * strip_ >= r1 &&
-            id == g_stall_thread.load(std::memory_order_relaxed))  // (test support: the last strip's first unit)
-          std::this_thread::sleep_for(std::chrono::microseconds(g_stall_us.load(std::memory_order_relaxed)));
+        if (w.chunk == 0 && w.mb == 0 && r0 + (w.strip + 1) * strip_ >= r1) stall_for_tests(0, id);
       }
       // Then the last units of the other threads' last strips, from their ends (the host's
       // preemptions made one thread finish up to 2 ms after the other: a static split of rows
@@ -324,7 +360,7 @@ class LinearBf16Amx : public PreparedOp {
       for (int64_t k = 1; steal_ && k < nt; ++k) {
         const int64_t victim = (id + k) % nt;
         Units& theirs = units[static_cast<size_t>(victim)];
-        if (!theirs.last_strip_packed.load(std::memory_order_acquire)) continue;
+        if (!theirs.open.load(std::memory_order_acquire)) continue;
         const ThreadPart part = part_of(scratch, victim, nt);
         BPrefetch none;
         int64_t taken = 0;
@@ -343,12 +379,13 @@ class LinearBf16Amx : public PreparedOp {
     }
   }
 
-  // A thread's units of work in the whole-K mode, (strip, chunk, 32 rows) in that order: [front,
-  // back) still to take, the owner from the front, the other threads from the back once the owner
-  // has packed its last strip (whose units they then are: the A tiles they read).
+  // A thread's units of work: [front, back) still to take, the owner from the front, the other
+  // threads from the back once it is open: in the whole-K mode (strip, chunk, 32 rows) in that
+  // order, open once the owner has packed its last strip (whose units the others then take: they
+  // read its A tiles); in the K-block mode (chunk, strip), open from the start.
   struct alignas(64) Units {
     std::atomic<uint64_t> range{0};  // front | back << 32
-    std::atomic<bool> last_strip_packed{false};
+    std::atomic<bool> open{false};
     int64_t take(bool front) {
       uint64_t v = range.load(std::memory_order_relaxed);
       for (;;) {
@@ -545,7 +582,7 @@ class LinearBf16Amx : public PreparedOp {
   // whole-K mode: threads take units from the others' ends (TAIYI_AMX_LINEAR_STEAL=0: not, for A/B runs)
   bool steal_ = !(std::getenv("TAIYI_AMX_LINEAR_STEAL") && std::string(std::getenv("TAIYI_AMX_LINEAR_STEAL")) == "0");
   bool whole_k_;                             // K < kMinK: C stays in its tiles over all of K (run_whole_k)
-  int64_t strip_ = kStrip, chunk_ = kChunk;  // whole-K mode: rows per strip, columns per chunk
+  int64_t strip_ = kStrip, chunk_ = kChunk;  // rows per strip, columns per chunk (set for the whole-K mode)
   bool gelu_;                                // the exact GELU after the bias (BERT's intermediate dense)
   float ln_eps_;                             // > 0: a LayerNorm over each row after the residual (BERT's post-LN)
   Tensor ln_gamma_, ln_beta_;

@@ -58,9 +58,9 @@ bool linear_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, const Ten
 std::unique_ptr<PreparedOp> prepare_linear_bf16_amx(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                                     const Epilogue& epilogue, DType dst);
 bool linear_bf16_amx_whole_k(const Shape& x_shape);
-// Test support for the whole-K mode's work stealing: from now on thread `thread` of each run sleeps
-// `microseconds` after the first unit of work of its last strip of rows (-1: no thread); returns how
-// many units threads took from other threads since the last call.
+// Test support for the work stealing: from now on thread `thread` of each run sleeps `microseconds`
+// after its first unit of work (K-block mode) or its last strip's first (whole-K mode; -1: no
+// thread); returns how many units threads took from other threads since the last call.
 int64_t linear_bf16_amx_stall_for_tests(int thread, int microseconds);
 
 // conv2d_winograd_bf16_amx.cpp: bf16 F(2x2,3x3) Winograd on AMX tiles, channels-last in and out

@@ -418,6 +418,37 @@ TEST_F(Conv2dWinogradBf16Amx, GroupNormSiluPrologue) {
   unsetenv("TAIYI_WINOGRAD_SPLIT");
 }
 
+// Split panels with two threads: a thread that has done its half of every block takes, from the
+// other's end, blocks of the other half it has not reached (work_units.h). With thread 1 asleep
+// after its first block, thread 0 takes most of its blocks, and the output is the same to the
+// bit. 8 x 128 pixels: 4 x 64 tiles, 8 blocks of 32 (up to 5 tries: a thread takes only from one
+// that has started).
+TEST_F(Conv2dWinogradBf16Amx, SplitPanelsTakeBlocksFromAStalledThread) {
+  if (omp_get_max_threads() != 2) GTEST_SKIP() << "the panel split needs two threads";
+  const Shape xs = {1, 64, 8, 128};
+  const ops::Conv2dParams p = ops::Conv2dParams::same(1);
+  const Tensor xb = nhwc(random_tensor(xs, 77), DType::BF16);
+  setenv("TAIYI_WINOGRAD_SPLIT", "1", 1);
+  const auto op = ops::cpu::prepare_conv2d_winograd_bf16_amx(xs, random_tensor({64, 64, 3, 3}, 78),
+                                                             random_tensor({64}, 79), p, {}, DType::BF16, DType::BF16);
+  unsetenv("TAIYI_WINOGRAD_SPLIT");
+  ASSERT_NE(op->describe().find("split the panels"), std::string::npos) << op->describe();
+  Scratch scratch(op->scratch_bytes());
+  Tensor want = nhwc(Tensor::zeros({1, 64, 8, 128}), DType::BF16);
+  ops::cpu::work_stealing_stall_for_tests(-1, 0);
+  op->run({xb}, want, scratch.mem.get());
+  int64_t most = 0;
+  for (int attempt = 0; attempt < 5 && most < 4; ++attempt) {
+    ops::cpu::work_stealing_stall_for_tests(1, 100000);
+    Tensor got = nhwc(Tensor::zeros({1, 64, 8, 128}), DType::BF16);
+    op->run({xb}, got, scratch.mem.get());
+    most = std::max(most, ops::cpu::work_stealing_stall_for_tests(-1, 0));
+    const Tensor a = got.contiguous(), b = want.contiguous();
+    for (int64_t i = 0; i < a.numel(); ++i) ASSERT_EQ(a.data_u16()[i], b.data_u16()[i]) << "element " << i;
+  }
+  EXPECT_GE(most, 4) << "thread 0 took too few of thread 1's blocks";
+}
+
 TEST_F(Conv2dWinogradBf16Amx, ApplicabilityAndKernelChoice) {
   const Shape xs = {1, 64, 8, 8};
   const Tensor w = random_tensor({64, 64, 3, 3}, 1);

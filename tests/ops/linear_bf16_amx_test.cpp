@@ -266,18 +266,18 @@ void check_units_taken(int64_t m, int64_t k, int64_t n, const char* mode, int64_
   for (const ops::Epilogue& e : {plain, ln}) {
     const auto op = ops::cpu::prepare_linear_bf16_amx({m, k}, w, bias, e, DType::BF16);
     ASSERT_NE(op->describe().find(mode), std::string::npos) << op->describe();
-    ops::cpu::linear_bf16_amx_stall_for_tests(-1, 0);
+    ops::cpu::work_stealing_stall_for_tests(-1, 0);
     const Tensor want = run(*op, x, res, n, DType::BF16);
     // (a thread takes only from one that has started: where thread 1 woke after thread 0 had done
     // its own units, as under ctest's parallel load, nothing is taken; up to 5 tries)
     int64_t most = 0;
     for (int attempt = 0; attempt < 5 && most < 2 * at_least; ++attempt) {
-      ops::cpu::linear_bf16_amx_stall_for_tests(1, 100000);
+      ops::cpu::work_stealing_stall_for_tests(1, 100000);
       const Tensor got = run(*op, x, res, n, DType::BF16);
       Tensor in_place = res.clone();
       Scratch scratch(op->scratch_bytes());
       op->run({x, in_place}, in_place, scratch.mem.get());
-      most = std::max(most, ops::cpu::linear_bf16_amx_stall_for_tests(-1, 0));
+      most = std::max(most, ops::cpu::work_stealing_stall_for_tests(-1, 0));
       for (int64_t i = 0; i < m * n; ++i) {
         ASSERT_EQ(got.data_u16()[i], want.data_u16()[i]) << "element " << i;
         ASSERT_EQ(in_place.data_u16()[i], want.data_u16()[i]) << "element " << i << " in place";

@@ -50,6 +50,7 @@
 #include "taiyi/ops/cpu/cpu_isa.h"
 #include "taiyi/ops/cpu/cpu_kernels.h"
 #include "taiyi/ops/cpu/prepared_kernels.h"
+#include "taiyi/ops/cpu/work_units.h"
 #include "taiyi/tensor/dtype.h"
 
 namespace taiyi::ops::cpu {
@@ -465,6 +466,7 @@ template <typename Src, bool Norm>
 TAIYI_TARGET_AMX void WinogradConv2dBf16Amx::run_blocks(const Src* x, const Strides4& sx, void* y, const Strides4& sy,
                                                         const void* res, const Strides4& sr, std::byte* scratch) const {
   const int64_t blocks = (nt_ + kBlock - 1) / kBlock;
+  WorkUnits units[2];  // the split panels' blocks of each thread
   const float* ab = reinterpret_cast<const float*>(align64(scratch));
   std::byte* base = align64(scratch) + ab_bytes_;
 #pragma omp parallel num_threads(threads_)
@@ -512,8 +514,21 @@ TAIYI_TARGET_AMX void WinogradConv2dBf16Amx::run_blocks(const Src* x, const Stri
       return columns && idx + 1 < blocks && (idx + 1) % th_ != 0 ? block_at(idx + 1) : int64_t{-1};
     };
     if (split_ && omp_get_num_threads() == 2) {
-      const int64_t p0 = panels_ / 2 * omp_get_thread_num();
-      for (int64_t idx = 0; idx < blocks; ++idx) run_block(block_at(idx), next_of(idx), p0, p0 + panels_ / 2);
+      // Each thread its half of the panels for every block, then, from the other's end, blocks of
+      // the other half it has not reached (with those panels' weights from the other core: only
+      // where the host preempted it; a VAE decode had waited 1.5-20 ms for it).
+      const int id = omp_get_thread_num();
+      const int64_t p0 = panels_ / 2 * id, q0 = panels_ / 2 * (1 - id);
+      units[id].reset(blocks, true);
+      for (int64_t idx; (idx = units[id].take_front()) >= 0;) {
+        run_block(block_at(idx), next_of(idx), p0, p0 + panels_ / 2);
+        if (idx == 0) stall_point_for_tests(id);
+      }
+      int64_t taken = 0;
+      if (units[1 - id].is_open())
+        for (int64_t idx; (idx = units[1 - id].take_back()) >= 0; ++taken)
+          run_block(block_at(idx), -1, q0, q0 + panels_ / 2);
+      count_units_taken(taken);
     } else if (columns) {
       // each thread a contiguous range of blocks
 #pragma omp for schedule(static)

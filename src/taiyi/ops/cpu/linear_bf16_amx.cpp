@@ -30,11 +30,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "taiyi/ops/cpu/amx_tile_config.h"
@@ -42,6 +40,7 @@
 #include "taiyi/ops/cpu/cpu_isa.h"
 #include "taiyi/ops/cpu/cpu_kernels.h"
 #include "taiyi/ops/cpu/prepared_kernels.h"
+#include "taiyi/ops/cpu/work_units.h"
 #if defined(__x86_64__)
 // GCC 12's AVX-512 intrinsics pass an uninitialised _mm512_undefined_ps() as the unused merge
 // source of their unmasked forms, which -Wmaybe-uninitialized reports at each use.
@@ -63,11 +62,6 @@ constexpr size_t kStripBytes = 768 * 1024;  // whole-K mode: a strip's A tiles (
 constexpr size_t kChunkBytes = 512 * 1024;  // whole-K mode: a chunk's B panels (columns x K bf16), in L2
 
 size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
-
-// Test support (linear_bf16_amx_stall_for_tests): the thread of a run that sleeps after a unit of
-// work (stall_for_tests), for how long, and the units threads have taken from others.
-std::atomic<int> g_stall_thread{-1}, g_stall_us{0};
-std::atomic<int64_t> g_units_taken{0};
 
 #if defined(__x86_64__)
 class LinearBf16Amx : public PreparedOp {
@@ -228,22 +222,21 @@ class LinearBf16Amx : public PreparedOp {
       const auto [a, acc, r0, r1] = thread_part(scratch);
       const int64_t id = omp_get_thread_num(), nt = omp_get_num_threads();
       Units& own = units[static_cast<size_t>(id)];
-      own.range.store(uint64_t{static_cast<uint32_t>(strips(r0, r1) * chunks())} << 32, std::memory_order_relaxed);
-      own.open.store(true, std::memory_order_release);
+      own.reset(strips(r0, r1) * chunks(), true);
       Pending pending;  // the last K block's C block whose epilogue runs during the next block
       for (int64_t u; (u = own.take_front()) >= 0;) {
         run_kblock_unit(x, a, acc, r0, r1, u, pending, residual, out);
-        stall_for_tests(u, id);
+        if (u == 0) stall_point_for_tests(id);  // (test support: after its first unit)
       }
       for (int64_t k = 1; steal_ && k < nt; ++k) {
         const int64_t victim = (id + k) % nt;
         Units& theirs = units[static_cast<size_t>(victim)];
-        if (!theirs.open.load(std::memory_order_acquire)) continue;
+        if (!theirs.is_open()) continue;
         const ThreadPart part = part_of(scratch, victim, nt);
         int64_t taken = 0;
         for (int64_t u; (u = theirs.take_back()) >= 0; ++taken)
           run_kblock_unit(x, a, acc, part.r0, part.r1, u, pending, residual, out);
-        if (taken) g_units_taken.fetch_add(taken, std::memory_order_relaxed);
+        count_units_taken(taken);
       }
       if (pending.c)
         for (int64_t i = 0; i < 32; ++i) epilogue_row(pending, i, residual, out);
@@ -288,13 +281,6 @@ class LinearBf16Amx : public PreparedOp {
     }
   }
 
-  // Test support (linear_bf16_amx_stall_for_tests): thread id sleeps after unit u where it is the
-  // first of its last strip (whole-K mode) or its first (K-block mode).
-  void stall_for_tests(int64_t u, int64_t id) const {
-    if (u == 0 && id == g_stall_thread.load(std::memory_order_relaxed))
-      std::this_thread::sleep_for(std::chrono::microseconds(g_stall_us.load(std::memory_order_relaxed)));
-  }
-
   // Whole-K mode (K < kMinK). Each thread takes a range of rows; per strip of strip_ rows (A tiles
   // of all of K, up to kStripBytes, in L2), per chunk of chunk_ columns (B panels, up to
   // kChunkBytes, in L2), per 32 rows, per 32 columns: the 2 x 2 C tiles start at zero and take every
@@ -323,7 +309,7 @@ class LinearBf16Amx : public PreparedOp {
       const auto [a, cbuf, r0, r1] = thread_part(scratch);
       const int64_t id = omp_get_thread_num(), nt = omp_get_num_threads();
       Units& own = units[static_cast<size_t>(id)];
-      own.range.store(uint64_t{static_cast<uint32_t>(unit_count(r0, r1))} << 32, std::memory_order_relaxed);
+      own.reset(unit_count(r0, r1), false);
       Pending pending;
       int cur = 0;
       int64_t packed = -1, chunk = -1;
@@ -336,7 +322,7 @@ class LinearBf16Amx : public PreparedOp {
           pack_rows(x + s0 * k_, std::min(strip_, r1 - s0), steps, steps, a);
           chunk = -1;
           // (from here the others may take this strip's last units: it is this thread's last)
-          if (s0 + strip_ >= r1) own.open.store(true, std::memory_order_release);
+          if (s0 + strip_ >= r1) own.open_up();
         }
         if (w.chunk != chunk) {
           chunk = w.chunk;
@@ -352,7 +338,8 @@ class LinearBf16Amx : public PreparedOp {
           pf.per_step = pf.total() / (w.mblocks * (p1 - n0 / 32) * std::max<int64_t>(1, steps - 1)) + 1;
         }
         run_unit(a, r0, w, steps, per_step, pf, pending, cbuf, cur, residual, out);
-        if (w.chunk == 0 && w.mb == 0 && r0 + (w.strip + 1) * strip_ >= r1) stall_for_tests(0, id);
+        if (w.chunk == 0 && w.mb == 0 && r0 + (w.strip + 1) * strip_ >= r1)
+          stall_point_for_tests(id);  // (test support: after its last strip's first unit)
       }
       // Then the last units of the other threads' last strips, from their ends (the host's
       // preemptions made one thread finish up to 2 ms after the other: a static split of rows
@@ -360,14 +347,14 @@ class LinearBf16Amx : public PreparedOp {
       for (int64_t k = 1; steal_ && k < nt; ++k) {
         const int64_t victim = (id + k) % nt;
         Units& theirs = units[static_cast<size_t>(victim)];
-        if (!theirs.open.load(std::memory_order_acquire)) continue;
+        if (!theirs.is_open()) continue;
         const ThreadPart part = part_of(scratch, victim, nt);
         BPrefetch none;
         int64_t taken = 0;
         for (int64_t u; (u = theirs.take_back()) >= 0; ++taken)
           run_unit(part.a, part.r0, unit(part.r0, part.r1, u), steps, per_step, none, pending, cbuf, cur, residual,
                    out);
-        if (taken) g_units_taken.fetch_add(taken, std::memory_order_relaxed);
+        count_units_taken(taken);
       }
       if (pending.c)
         for (int64_t i = 0; i < 32; ++i) epilogue_row(pending, i, residual, out);
@@ -379,26 +366,10 @@ class LinearBf16Amx : public PreparedOp {
     }
   }
 
-  // A thread's units of work: [front, back) still to take, the owner from the front, the other
-  // threads from the back once it is open: in the whole-K mode (strip, chunk, 32 rows) in that
+  // A thread's units of work (WorkUnits): in the whole-K mode (strip, chunk, 32 rows) in that
   // order, open once the owner has packed its last strip (whose units the others then take: they
   // read its A tiles); in the K-block mode (chunk, strip), open from the start.
-  struct alignas(64) Units {
-    std::atomic<uint64_t> range{0};  // front | back << 32
-    std::atomic<bool> open{false};
-    int64_t take(bool front) {
-      uint64_t v = range.load(std::memory_order_relaxed);
-      for (;;) {
-        const uint64_t f = v & 0xffffffffu, b = v >> 32;
-        if (f >= b) return -1;
-        const uint64_t next = front ? (b << 32) | (f + 1) : ((b - 1) << 32) | f;
-        if (range.compare_exchange_weak(v, next, std::memory_order_acq_rel, std::memory_order_relaxed))
-          return static_cast<int64_t>(front ? f : b - 1);
-      }
-    }
-    int64_t take_front() { return take(true); }
-    int64_t take_back() { return take(false); }
-  };
+  using Units = WorkUnits;
   struct Unit {
     int64_t strip, chunk, mb, mblocks;  // mblocks: row blocks of the strip
   };
@@ -625,10 +596,10 @@ bool linear_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, const Ten
 
 bool linear_bf16_amx_whole_k(const Shape& x_shape) { return !x_shape.empty() && x_shape.back() < kMinK; }
 
-int64_t linear_bf16_amx_stall_for_tests(int thread, int microseconds) {
-  g_stall_thread.store(thread);
-  g_stall_us.store(microseconds);
-  return g_units_taken.exchange(0);
+int64_t work_stealing_stall_for_tests(int thread, int microseconds) {
+  work_units_testing::stall_thread.store(thread);
+  work_units_testing::stall_us.store(microseconds);
+  return work_units_testing::taken.exchange(0);
 }
 
 std::unique_ptr<PreparedOp> prepare_linear_bf16_amx(const Shape& x_shape, const Tensor& w, const Tensor& bias,

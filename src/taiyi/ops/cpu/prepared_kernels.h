@@ -58,10 +58,12 @@ bool linear_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, const Ten
 std::unique_ptr<PreparedOp> prepare_linear_bf16_amx(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                                     const Epilogue& epilogue, DType dst);
 bool linear_bf16_amx_whole_k(const Shape& x_shape);
-// Test support for the work stealing: from now on thread `thread` of each run sleeps `microseconds`
-// after its first unit of work (K-block mode) or its last strip's first (whole-K mode; -1: no
-// thread); returns how many units threads took from other threads since the last call.
-int64_t linear_bf16_amx_stall_for_tests(int thread, int microseconds);
+// Test support for the work stealing (work_units.h): from now on thread `thread` of each parallel
+// loop that takes units from others sleeps `microseconds` at the loop's stall point (-1: no
+// thread): the AMX linear after its first unit (K-block mode) or its last strip's first (whole-K
+// mode), the split-panel AMX Winograd after its first block. Returns how many units threads took
+// from other threads since the last call.
+int64_t work_stealing_stall_for_tests(int thread, int microseconds);
 
 // conv2d_winograd_bf16_amx.cpp: bf16 F(2x2,3x3) Winograd on AMX tiles, channels-last in and out
 // (f32 or bf16 each), a residual of the output's dtype, a GroupNorm+SiLU prologue. Needs

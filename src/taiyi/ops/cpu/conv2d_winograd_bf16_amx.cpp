@@ -524,11 +524,9 @@ TAIYI_TARGET_AMX void WinogradConv2dBf16Amx::run_blocks(const Src* x, const Stri
         run_block(block_at(idx), next_of(idx), p0, p0 + panels_ / 2);
         if (idx == 0) stall_point_for_tests(id);
       }
-      int64_t taken = 0;
-      if (units[1 - id].is_open())
-        for (int64_t idx; (idx = units[1 - id].take_back()) >= 0; ++taken)
-          run_block(block_at(idx), -1, q0, q0 + panels_ / 2);
-      count_units_taken(taken);
+      take_from_others(units, id, 2, [&](int64_t, int64_t idx) TAIYI_TARGET_AMX {
+        run_block(block_at(idx), -1, q0, q0 + panels_ / 2);
+      });
     } else if (columns) {
       // each thread a contiguous range of blocks
 #pragma omp for schedule(static)

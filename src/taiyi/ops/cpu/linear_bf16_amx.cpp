@@ -216,28 +216,23 @@ class LinearBf16Amx : public PreparedOp {
   // 0.793 -> 0.780 s, 3 pairs: its 64x64 and 32x32 feed-forward outputs have 8-16 units a thread;
   // BERT's output dense 4 of ~0.5 ms, which only a long preemption leaves to take).
   TAIYI_TARGET_AMX void run_amx(const uint16_t* x, const void* residual, void* out, std::byte* scratch) const {
-    std::vector<Units> units(static_cast<size_t>(run_threads()));
+    std::vector<WorkUnits> units(static_cast<size_t>(run_threads()));
 #pragma omp parallel num_threads(run_threads())
     {
       const auto [a, acc, r0, r1] = thread_part(scratch);
       const int64_t id = omp_get_thread_num(), nt = omp_get_num_threads();
-      Units& own = units[static_cast<size_t>(id)];
+      WorkUnits& own = units[static_cast<size_t>(id)];
       own.reset(strips(r0, r1) * chunks(), true);
       Pending pending;  // the last K block's C block whose epilogue runs during the next block
       for (int64_t u; (u = own.take_front()) >= 0;) {
         run_kblock_unit(x, a, acc, r0, r1, u, pending, residual, out);
         if (u == 0) stall_point_for_tests(id);  // (test support: after its first unit)
       }
-      for (int64_t k = 1; steal_ && k < nt; ++k) {
-        const int64_t victim = (id + k) % nt;
-        Units& theirs = units[static_cast<size_t>(victim)];
-        if (!theirs.is_open()) continue;
-        const ThreadPart part = part_of(scratch, victim, nt);
-        int64_t taken = 0;
-        for (int64_t u; (u = theirs.take_back()) >= 0; ++taken)
+      if (steal_)
+        take_from_others(units.data(), id, nt, [&](int64_t victim, int64_t u) TAIYI_TARGET_AMX {
+          const ThreadPart part = part_of(scratch, victim, nt);
           run_kblock_unit(x, a, acc, part.r0, part.r1, u, pending, residual, out);
-        count_units_taken(taken);
-      }
+        });
       if (pending.c)
         for (int64_t i = 0; i < 32; ++i) epilogue_row(pending, i, residual, out);
       _tile_release();
@@ -296,19 +291,19 @@ class LinearBf16Amx : public PreparedOp {
   //     last): in the graph the weights come from L3 or memory, and each chunk's first 32 rows
   //     waited on them (BERT's q/k/v 1.63 -> 2.06 TFLOP/s in the text encoder's profile).
   // B is loaded with the non-temporal hint (amx_step_2x2<true>). The work is in units of 32 rows by
-  // a chunk (Units): a thread that has done its own takes the last units of the others' last strips,
+  // a chunk (WorkUnits): a thread that has done its own takes the last units of the others' last strips,
   // which evens out the host's preemptions (its threads had waited 26-128 us a call for each other,
   // 4.3% of the text encoder's samples in libgomp, 2.8% after; UNet step 0.939 -> 0.921 s).
   TAIYI_TARGET_AMX void run_whole_k(const uint16_t* x, const void* residual, void* out, std::byte* scratch) const {
     const int64_t steps = k_ / 32;
     // rows of the previous block's epilogue per step of the next (all of them within 16 steps)
     const int64_t per_step = std::max<int64_t>(2, (32 + steps - 2) / std::max<int64_t>(1, steps - 1));
-    std::vector<Units> units(static_cast<size_t>(run_threads()));
+    std::vector<WorkUnits> units(static_cast<size_t>(run_threads()));
 #pragma omp parallel num_threads(run_threads())
     {
       const auto [a, cbuf, r0, r1] = thread_part(scratch);
       const int64_t id = omp_get_thread_num(), nt = omp_get_num_threads();
-      Units& own = units[static_cast<size_t>(id)];
+      WorkUnits& own = units[static_cast<size_t>(id)];
       own.reset(unit_count(r0, r1), false);
       Pending pending;
       int cur = 0;
@@ -344,18 +339,13 @@ class LinearBf16Amx : public PreparedOp {
       // Then the last units of the other threads' last strips, from their ends (the host's
       // preemptions made one thread finish up to 2 ms after the other: a static split of rows
       // cannot even that out).
-      for (int64_t k = 1; steal_ && k < nt; ++k) {
-        const int64_t victim = (id + k) % nt;
-        Units& theirs = units[static_cast<size_t>(victim)];
-        if (!theirs.is_open()) continue;
-        const ThreadPart part = part_of(scratch, victim, nt);
-        BPrefetch none;
-        int64_t taken = 0;
-        for (int64_t u; (u = theirs.take_back()) >= 0; ++taken)
+      BPrefetch none;
+      if (steal_)
+        take_from_others(units.data(), id, nt, [&](int64_t victim, int64_t u) TAIYI_TARGET_AMX {
+          const ThreadPart part = part_of(scratch, victim, nt);
           run_unit(part.a, part.r0, unit(part.r0, part.r1, u), steps, per_step, none, pending, cbuf, cur, residual,
                    out);
-        count_units_taken(taken);
-      }
+        });
       if (pending.c)
         for (int64_t i = 0; i < 32; ++i) epilogue_row(pending, i, residual, out);
       _tile_release();
@@ -366,10 +356,9 @@ class LinearBf16Amx : public PreparedOp {
     }
   }
 
-  // A thread's units of work (WorkUnits): in the whole-K mode (strip, chunk, 32 rows) in that
-  // order, open once the owner has packed its last strip (whose units the others then take: they
-  // read its A tiles); in the K-block mode (chunk, strip), open from the start.
-  using Units = WorkUnits;
+  // A whole-K unit of work (a thread's WorkUnits: (strip, chunk, 32 rows) in that order, open once
+  // the owner has packed its last strip, whose units the others then take: they read its A tiles;
+  // in the K-block mode (chunk, strip), open from the start).
   struct Unit {
     int64_t strip, chunk, mb, mblocks;  // mblocks: row blocks of the strip
   };

@@ -39,6 +39,11 @@ struct alignas(64) WorkUnits {
   int64_t take_back() { return take(false); }
 };
 
+// After thread id's own units: the units of the other threads of nt whose ranges are open, from
+// their ends, each through run(victim, unit); the count goes to the test support's tally.
+template <typename Run>
+void take_from_others(WorkUnits* units, int64_t id, int64_t nt, Run&& run);
+
 // Test support (work_stealing_stall_for_tests, prepared_kernels.h): the thread that sleeps at a
 // loop's stall point, for how long, and how many units threads have taken from others.
 namespace work_units_testing {
@@ -53,6 +58,17 @@ inline void stall_point_for_tests(int64_t thread) {
 }
 inline void count_units_taken(int64_t n) {
   if (n) work_units_testing::taken.fetch_add(n, std::memory_order_relaxed);
+}
+
+template <typename Run>
+void take_from_others(WorkUnits* units, int64_t id, int64_t nt, Run&& run) {
+  int64_t taken = 0;
+  for (int64_t k = 1; k < nt; ++k) {
+    const int64_t victim = (id + k) % nt;
+    if (!units[victim].is_open()) continue;
+    for (int64_t u; (u = units[victim].take_back()) >= 0; ++taken) run(victim, u);
+  }
+  count_units_taken(taken);
 }
 
 }  // namespace taiyi::ops::cpu

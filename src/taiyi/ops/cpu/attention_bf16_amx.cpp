@@ -215,22 +215,32 @@ class AttentionBf16Amx : public PreparedOp {
   }
 
   // One block of 32 keys of V^T, [Dv16][32 keys] bf16, from bf16 rows of v (src: key 0's element
-  // 0 of the head, row stride s1, element stride 1, Dv even): each 32-bit gather brings a pair of
-  // elements (e, e + 1) of 16 keys, whose halves are rows e and e + 1. Zeros past `keys` and Dv;
-  // row Dv all ones where sum_row_.
+  // 0 of the head, row stride s1, element stride 1, Dv even): 16 keys' rows of 16 element pairs
+  // (32-bit words) transposed in registers bring a pair (e, e + 1) of 16 keys per register, and one
+  // permutation of 16-bit halves puts each of rows e and e + 1 together from the two halves of the
+  // block (keys 0-15 and 16-31). Zeros past `keys` and Dv; row Dv all ones where sum_row_. (Gathers
+  // before: BERT's attention 1.43 -> 1.40 ms.)
   TAIYI_TARGET_AMX void pack_bf16_value_block(const uint16_t* src, int64_t s1, int64_t keys, uint16_t* dst) const {
-    const __m512i idx = _mm512_mullo_epi32(lane_index(), _mm512_set1_epi32(static_cast<int32_t>(s1)));
-    const __mmask16 m0 = first_lanes(keys), m1 = first_lanes(keys - 16);
-    const __m512i high = _mm512_set1_epi32(static_cast<int32_t>(0xffff0000u));
-    for (int64_t e = 0; e < dv_; e += 2) {
-      const __m512i w0 = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m0, idx, src + e, 2);
-      const __m512i w1 = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m1, idx, src + e + 16 * s1, 2);
-      _mm512_store_si512(dst + e * kKeyStep,
-                         as_si(_mm512_cvtne2ps_pbh(_mm512_castsi512_ps(_mm512_slli_epi32(w1, 16)),
-                                                   _mm512_castsi512_ps(_mm512_slli_epi32(w0, 16)))));
-      _mm512_store_si512(dst + (e + 1) * kKeyStep,
-                         as_si(_mm512_cvtne2ps_pbh(_mm512_castsi512_ps(_mm512_and_si512(w1, high)),
-                                                   _mm512_castsi512_ps(_mm512_and_si512(w0, high)))));
+    alignas(64) uint16_t even[32];
+    for (int k = 0; k < 16; ++k) {
+      even[k] = static_cast<uint16_t>(2 * k);
+      even[16 + k] = static_cast<uint16_t>(32 + 2 * k);
+    }
+    const __m512i lo_idx = _mm512_load_si512(even), hi_idx = _mm512_add_epi16(lo_idx, _mm512_set1_epi16(1));
+    for (int64_t p0 = 0; p0 < dv_ / 2; p0 += 16) {
+      const __mmask16 pairs = first_lanes(dv_ / 2 - p0);
+      __m512i r0[16], r1[16];
+      for (int64_t j = 0; j < 16; ++j) {
+        r0[j] = j < keys ? _mm512_maskz_loadu_epi32(pairs, src + j * s1 + 2 * p0) : _mm512_setzero_si512();
+        r1[j] = j + 16 < keys ? _mm512_maskz_loadu_epi32(pairs, src + (j + 16) * s1 + 2 * p0) : _mm512_setzero_si512();
+      }
+      transpose16x16_epi32(r0);
+      transpose16x16_epi32(r1);
+      for (int64_t p = 0; p < std::min<int64_t>(16, dv_ / 2 - p0); ++p) {
+        const int64_t e = 2 * (p0 + p);
+        _mm512_store_si512(dst + e * kKeyStep, _mm512_permutex2var_epi16(r0[p], lo_idx, r1[p]));
+        _mm512_store_si512(dst + (e + 1) * kKeyStep, _mm512_permutex2var_epi16(r0[p], hi_idx, r1[p]));
+      }
     }
     for (int64_t e = dv_; e < dv16_; ++e) {
       const __m512 fill = _mm512_set1_ps(e == dv_ && sum_row_ ? 1.0f : 0.0f);
@@ -306,13 +316,16 @@ class AttentionBf16Amx : public PreparedOp {
       blk.neg_cmax = blk.sum0 = blk.sum1 = _mm512_setzero_ps();
       // The block's queries as pairs: qp[e] lane i = (q[i0 + i, 2e], q[i0 + i, 2e + 1]) in bf16;
       // zeros past Lq and D.
-      if (q.h) {  // bf16 (element stride 1, D even): each 32-bit gather brings 16 queries' pair
+      if (q.h) {  // bf16 (element stride 1, D even): 16 pairs of each query's row, transposed
         const uint16_t* src = q.h + b * q.s0 + blk.i0 * q.s1 + h * d_;
-        const __m512i idx = _mm512_mullo_epi32(lane_index(), _mm512_set1_epi32(static_cast<int32_t>(q.s1)));
-        for (int64_t e = 0; e < dq_ / 2; ++e)
-          blk.qp[e] = as_bh(
-              2 * e < d_ ? _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), first_lanes(blk.nq), idx, src + 2 * e, 2)
-                         : _mm512_setzero_si512());
+        for (int64_t e0 = 0; e0 < dq_ / 2; e0 += 16) {
+          const __mmask16 pairs = first_lanes(d_ / 2 - e0);
+          __m512i r[16];
+          for (int64_t i = 0; i < 16; ++i)
+            r[i] = i < blk.nq ? _mm512_maskz_loadu_epi32(pairs, src + i * q.s1 + 2 * e0) : _mm512_setzero_si512();
+          transpose16x16_epi32(r);
+          for (int64_t e = e0; e < std::min(dq_ / 2, e0 + 16); ++e) blk.qp[e] = as_bh(r[e - e0]);
+        }
       } else {
         gather_query_pairs(q.p + b * q.s0 + blk.i0 * q.s1 + h * d_ * q.s2, q.s1, q.s2, blk.nq, d_, dq_ / 2, blk.qp);
       }

@@ -90,21 +90,53 @@ inline LaneRowsOut lane_rows_out(const Tensor& out) {
   return r;
 }
 
-// Lanes back to rows: out[offset + i * row_stride + e] = o[e * 16 + i] for i < nq, e < dv, 16
-// values of e of one query at a time by a gather.
+// r[i] lane j <- r[j] lane i: a 16 x 16 transpose of 32-bit values in 64 shuffles (unpacks of
+// 32 and 64 bits, then 128-bit lanes twice). 3-4 cycles a row where a 16-lane gather takes ~14:
+// the BERT attention's output rows and query pairs, 0.23 of its 1.5 ms by gathers
+// (attention_bench, 2026-12-08).
+TAIYI_TARGET_AVX512_BF16 inline void transpose16x16_epi32(__m512i r[16]) {
+  __m512i t[16];
+  for (int k = 0; k < 16; k += 2) {
+    t[k] = _mm512_unpacklo_epi32(r[k], r[k + 1]);
+    t[k + 1] = _mm512_unpackhi_epi32(r[k], r[k + 1]);
+  }
+  for (int k = 0; k < 16; k += 4) {
+    r[k] = _mm512_unpacklo_epi64(t[k], t[k + 2]);
+    r[k + 1] = _mm512_unpackhi_epi64(t[k], t[k + 2]);
+    r[k + 2] = _mm512_unpacklo_epi64(t[k + 1], t[k + 3]);
+    r[k + 3] = _mm512_unpackhi_epi64(t[k + 1], t[k + 3]);
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int k = 0; k < 4; ++k) {
+      t[h + k] = _mm512_shuffle_i32x4(r[h + k], r[h + k + 4], 0x88);
+      t[h + k + 4] = _mm512_shuffle_i32x4(r[h + k], r[h + k + 4], 0xdd);
+    }
+  for (int k = 0; k < 8; ++k) {
+    r[k] = _mm512_shuffle_i32x4(t[k], t[k + 8], 0x88);
+    r[k + 8] = _mm512_shuffle_i32x4(t[k], t[k + 8], 0xdd);
+  }
+}
+
+// Lanes back to rows: out[offset + i * row_stride + e] = o[e * 16 + i] for i < nq, e < dv: 16
+// values of e at a time, o's rows e0 .. e0 + 15 transposed in registers.
 TAIYI_TARGET_AVX512_BF16 inline void store_lanes_as_rows(const float* o, int64_t nq, int64_t dv, const LaneRowsOut& out,
                                                          int64_t offset) {
-  const __m512i rows = _mm512_mullo_epi32(lane_index(), _mm512_set1_epi32(16));
-  for (int64_t i = 0; i < nq; ++i)
-    for (int64_t e = 0; e < dv; e += 16) {
-      const __m512 v = _mm512_i32gather_ps(rows, o + e * 16 + i, 4);
-      const int64_t at = offset + i * out.row_stride + e;
+  for (int64_t e0 = 0; e0 < dv; e0 += 16) {
+    __m512i r[16];
+    for (int64_t k = 0; k < 16; ++k)
+      r[k] = e0 + k < dv ? _mm512_loadu_si512(o + (e0 + k) * 16) : _mm512_setzero_si512();
+    transpose16x16_epi32(r);
+    const __mmask16 lanes = first_lanes(dv - e0);
+    for (int64_t i = 0; i < nq; ++i) {
+      const int64_t at = offset + i * out.row_stride + e0;
+      const __m512 v = _mm512_castsi512_ps(r[i]);
       if (out.bf16) {
-        _mm256_mask_storeu_epi16(out.bf16 + at, first_lanes(dv - e), (__m256i)_mm512_cvtneps_pbh(v));
+        _mm256_mask_storeu_epi16(out.bf16 + at, lanes, (__m256i)_mm512_cvtneps_pbh(v));
       } else {
-        _mm512_mask_storeu_ps(out.f32 + at, first_lanes(dv - e), v);
+        _mm512_mask_storeu_ps(out.f32 + at, lanes, v);
       }
     }
+  }
 }
 
 }  // namespace taiyi::ops::cpu

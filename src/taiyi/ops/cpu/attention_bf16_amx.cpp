@@ -24,6 +24,10 @@
 // what counts is the number of tile loads, stores and products and of vector operations, and that
 // the tile stores land in L1 (a tile store to a line not in L1 costs four times one that is: the
 // kernel before this one kept all of a task's scores, 256 KB at 4096 keys).
+// Where D = Dv = 64 (BERT) and a task has several blocks of queries, two blocks go together
+// (scores_pair, output_pair): each K and V^T tile loaded serves both, so that a pair loads 12
+// tiles per 32 keys where two single blocks load 20 (attention_bench BERT 1.40-1.46 -> 1.33-1.41
+// ms; TAIYI_ATTENTION_PAIRS=0 turns it off).
 // Packed once per call: K as bf16 [B*H][d step][Lk32][32 d, or the last step's width] and V^T as
 // bf16 blocks [B*H][Lk32 / 32][Dv16][32 keys] (zeros past Lk, D and Dv); per thread, the task's Q
 // pairs, one chunk's S^T and P pairs, and O^T. Padded keys get scores of -1e30, so probability 0.
@@ -41,6 +45,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -113,7 +118,10 @@ class AttentionBf16Amx : public PreparedOp {
     // 0.245-0.247 s. (Up to stop 22 only from 1 MiB.)
     const auto head_bytes = static_cast<size_t>(lk32_ * (dp_ + dv16_) * 2);
     group_ = head_bytes > kGroupBytes ? kGroup : 1;
-    per_thread_bytes_ = static_cast<size_t>(group_) * (q_bytes_ + o_bytes_) + s_bytes_ + p_bytes_;
+    // Pairs of blocks where D = Dv = 64 (BERT's heads) and a task has several: see scores_pair.
+    pair_ = d_ == 64 && dv_ == 64 && group_ > 1 &&
+            !(std::getenv("TAIYI_ATTENTION_PAIRS") && std::string(std::getenv("TAIYI_ATTENTION_PAIRS")) == "0");
+    per_thread_bytes_ = static_cast<size_t>(group_) * (q_bytes_ + o_bytes_) + (pair_ ? 2 : 1) * (s_bytes_ + p_bytes_);
     // One configuration for both products: t0 Q (32 d), t1 Q (the last d step), t2 K (the last
     // step), t3 K (32 d) or V^T, t4 S^T or P pairs, t5 S^T or O^T, t6 K (32 d) or O^T, t7 O^T.
     cfg_.set(0, 16, 64);
@@ -130,7 +138,8 @@ class AttentionBf16Amx : public PreparedOp {
   }
   size_t packed_weight_bytes() const override { return 0; }
   std::string describe() const override {
-    return std::string("attention bf16 amx (") + std::to_string(16 * group_) + " queries, online softmax per 128 keys)";
+    return std::string("attention bf16 amx (") + std::to_string(16 * group_) + " queries" +
+           (pair_ ? " in pairs of blocks" : "") + ", online softmax per 128 keys)";
   }
   double flops() const override { return 2.0 * batch_ * heads_ * lq_ * lk_ * (d_ + dv_); }
 
@@ -280,6 +289,51 @@ class AttentionBf16Amx : public PreparedOp {
     __m512 m, neg_cmax, sum0, sum1;
   };
 
+  // Step 2 of run_task for one block and chunk: the reference m and the rescaling of O^T and the
+  // sums where it moves, P = bf16(2^(c s - c m)) into pp and the sums of the rounded P.
+  TAIYI_TARGET_AMX void softmax_chunk(Block& blk, float* st, __m512bh* pp, int64_t c0, int64_t end,
+                                      int64_t real) const {
+    const __m512 c = _mm512_set1_ps(c_), neg_c = _mm512_set1_ps(-c_);
+    const __m512bh ones = as_bh(_mm512_set1_epi16(0x3f80));  // bf16 1.0
+    // (the running state in registers while the chunk runs: blk may alias the stores below)
+    __m512 m = blk.m, neg_cmax = blk.neg_cmax, sum0 = blk.sum0, sum1 = blk.sum1;
+    const __m512 chunk_max = rows_max(st, real, m);
+    for (int64_t j = real; j < end - c0; ++j) _mm512_store_ps(st + j * kCols, _mm512_set1_ps(kPadScore));
+    if (c0 == 0) {
+      m = chunk_max;
+      neg_cmax = _mm512_mul_ps(m, neg_c);
+    } else {
+      // Lazy: m moves only where the chunk's max exceeds it by more than kLazyLog2 (in log2
+      // units: its probabilities up to 2^kLazyLog2, as exact in bf16 and the f32 sums as any).
+      const __mmask16 grew =
+          _mm512_cmp_ps_mask(_mm512_fmadd_ps(chunk_max, c, neg_cmax), _mm512_set1_ps(kLazyLog2), _CMP_GT_OQ);
+      if (grew) {
+        const __m512 m_new = _mm512_mask_blend_ps(grew, m, chunk_max);
+        const __m512 neg_cmax_new = _mm512_mul_ps(m_new, neg_c);
+        const __m512 alpha =
+            _mm512_mask_blend_ps(grew, _mm512_set1_ps(1.0f), exp2_avx512(_mm512_fmadd_ps(m, c, neg_cmax_new)));
+        sum0 = _mm512_mul_ps(sum0, alpha);
+        sum1 = _mm512_mul_ps(sum1, alpha);
+        for (int64_t e = 0; e < dv_ + sum_row_; ++e)
+          _mm512_store_ps(blk.o + e * kCols, _mm512_mul_ps(_mm512_load_ps(blk.o + e * kCols), alpha));
+        m = m_new;
+        neg_cmax = neg_cmax_new;
+      }
+    }
+    if (sum_row_) {
+      for (int64_t t = 0; t < (end - c0) / 2; ++t) pp[t] = probabilities(st + 2 * t * kCols, c, neg_cmax);
+    } else {
+      for (int64_t t = 0; t < (end - c0) / 2; t += 2) {
+        sum0 = _mm512_dpbf16_ps(sum0, pp[t] = probabilities(st + 2 * t * kCols, c, neg_cmax), ones);
+        sum1 = _mm512_dpbf16_ps(sum1, pp[t + 1] = probabilities(st + (2 * t + 2) * kCols, c, neg_cmax), ones);
+      }
+    }
+    blk.m = m;
+    blk.neg_cmax = neg_cmax;
+    blk.sum0 = sum0;
+    blk.sum1 = sum1;
+  }
+
   // One (batch x head, group_ blocks of 16 queries): flash attention over chunks of 128 keys, each
   // chunk for every block of the group in turn (its K and V^T then in L2 for all but the first).
   // For each chunk and block: 1. S^T = K Q^T (A: K [16 keys][32 d], B: Q pairs [16 d pairs][16
@@ -302,6 +356,9 @@ class AttentionBf16Amx : public PreparedOp {
     auto* st = reinterpret_cast<float*>(mine + q_all);
     auto* pp = reinterpret_cast<__m512bh*>(mine + q_all + s_bytes_);
     std::byte* o_all = mine + q_all + s_bytes_ + p_bytes_;
+    // (pair_: a second S^T and P after the group's O^T)
+    auto* st_b = reinterpret_cast<float*>(o_all + static_cast<size_t>(group_) * o_bytes_);
+    auto* pp_b = reinterpret_cast<__m512bh*>(o_all + static_cast<size_t>(group_) * o_bytes_ + s_bytes_);
     const uint16_t* kh = kc + bh * lk32_ * dp_;
     const uint16_t* vh = vc + bh * lk32_ * dv16_;
 
@@ -331,56 +388,27 @@ class AttentionBf16Amx : public PreparedOp {
       }
     }
 
-    const __m512 c = _mm512_set1_ps(c_), neg_c = _mm512_set1_ps(-c_);
-    const __m512bh ones = as_bh(_mm512_set1_epi16(0x3f80));  // bf16 1.0
     for (int64_t c0 = 0; c0 < lk32_; c0 += kChunk) {
       const int64_t end = std::min(lk32_, c0 + kChunk), real = std::min(end, lk_) - c0;
       for (int64_t g = 0; g < nblocks; ++g) {
         Block& blk = blocks[g];
-        // (the running state in registers while the chunk runs: blk may alias the stores below)
-        __m512 m = blk.m, neg_cmax = blk.neg_cmax, sum0 = blk.sum0, sum1 = blk.sum1;
         // 1. (Q in t0 and t1 when D <= 64: loaded for each block in turn)
+        if (pair_ && g + 1 < nblocks) {  // blocks g and g + 1 together (pair_)
+          Block& other = blocks[g + 1];
+          scores_pair(kh, c0, end, blk, other, st, st_b);
+          softmax_chunk(blk, st, pp, c0, end, real);
+          softmax_chunk(other, st_b, pp_b, c0, end, real);
+          output_pair(pp, pp_b, vh, c0, end, blk.o, other.o);
+          ++g;
+          continue;
+        }
         if (steps_ <= 2 && (c0 == 0 || G > 1)) {
           if (steps_ == 2) _tile_loadd(0, blk.qp, 64);
           _tile_loadd(1, blk.qp + (steps_ - 1) * 16, 64);
         }
         for (int64_t j0 = c0; j0 < end; j0 += kKeyStep) scores(kh, j0, blk.qp, st + (j0 - c0) * kCols);
         // 2.
-        const __m512 chunk_max = rows_max(st, real, m);
-        for (int64_t j = real; j < end - c0; ++j) _mm512_store_ps(st + j * kCols, _mm512_set1_ps(kPadScore));
-        if (c0 == 0) {
-          m = chunk_max;
-          neg_cmax = _mm512_mul_ps(m, neg_c);
-        } else {
-          // Lazy: m moves only where the chunk's max exceeds it by more than kLazyLog2 (in log2
-          // units: its probabilities up to 2^kLazyLog2, as exact in bf16 and the f32 sums as any).
-          const __mmask16 grew =
-              _mm512_cmp_ps_mask(_mm512_fmadd_ps(chunk_max, c, neg_cmax), _mm512_set1_ps(kLazyLog2), _CMP_GT_OQ);
-          if (grew) {
-            const __m512 m_new = _mm512_mask_blend_ps(grew, m, chunk_max);
-            const __m512 neg_cmax_new = _mm512_mul_ps(m_new, neg_c);
-            const __m512 alpha =
-                _mm512_mask_blend_ps(grew, _mm512_set1_ps(1.0f), exp2_avx512(_mm512_fmadd_ps(m, c, neg_cmax_new)));
-            sum0 = _mm512_mul_ps(sum0, alpha);
-            sum1 = _mm512_mul_ps(sum1, alpha);
-            for (int64_t e = 0; e < dv_ + sum_row_; ++e)
-              _mm512_store_ps(blk.o + e * kCols, _mm512_mul_ps(_mm512_load_ps(blk.o + e * kCols), alpha));
-            m = m_new;
-            neg_cmax = neg_cmax_new;
-          }
-        }
-        if (sum_row_) {
-          for (int64_t t = 0; t < (end - c0) / 2; ++t) pp[t] = probabilities(st + 2 * t * kCols, c, neg_cmax);
-        } else {
-          for (int64_t t = 0; t < (end - c0) / 2; t += 2) {
-            sum0 = _mm512_dpbf16_ps(sum0, pp[t] = probabilities(st + 2 * t * kCols, c, neg_cmax), ones);
-            sum1 = _mm512_dpbf16_ps(sum1, pp[t + 1] = probabilities(st + (2 * t + 2) * kCols, c, neg_cmax), ones);
-          }
-        }
-        blk.m = m;
-        blk.neg_cmax = neg_cmax;
-        blk.sum0 = sum0;
-        blk.sum1 = sum1;
+        softmax_chunk(blk, st, pp, c0, end, real);
         // 3.
         for (int64_t e0 = 0; e0 < dv16_; e0 += 3 * kCols) {
           switch (std::min<int64_t>(3, (dv16_ - e0) / kCols)) {
@@ -400,6 +428,70 @@ class AttentionBf16Amx : public PreparedOp {
       for (int64_t e = 0; e < dv_; ++e)
         _mm512_store_ps(blk.o + e * kCols, _mm512_mul_ps(_mm512_load_ps(blk.o + e * kCols), inv_sum));
       store_lanes_as_rows(blk.o, blk.nq, dv_, out, (b * lq_ + blk.i0) * heads_ * dv_ + h * dv_);
+    }
+  }
+
+  // S^T of a chunk's keys for two blocks at once (pair_: D = 64, all tiles 16 x 64 bytes): Q of
+  // block a in t0 (d 0-31) and t1 (d 32-63), of block b in t2 and t3; each K tile (t6: d 0-31, t7:
+  // d 32-63, 16 keys) serves both blocks' products (C: t4 for a, t5 for b), so that a pair loads
+  // half the K tiles of two blocks one after the other. The tile loads and stores, not the products,
+  // set the pace here (bench/RESULTS.md, stop 25).
+  TAIYI_TARGET_AMX void scores_pair(const uint16_t* kh, int64_t c0, int64_t end, const Block& a, const Block& b,
+                                    float* sa, float* sb) const {
+    _tile_loadd(0, a.qp, 64);
+    _tile_loadd(1, a.qp + 16, 64);
+    _tile_loadd(2, b.qp, 64);
+    _tile_loadd(3, b.qp + 16, 64);
+    const uint16_t* k_lo = kh + c0 * 32;            // d step 0, key c0
+    const uint16_t* k_hi = kh + (lk32_ + c0) * 32;  // d step 1
+    for (int64_t j = 0; j < end - c0; j += 16) {
+      _tile_zero(4);
+      _tile_zero(5);
+      _tile_loadd(6, k_lo + j * 32, 64);
+      _tile_dpbf16ps(4, 6, 0);
+      _tile_dpbf16ps(5, 6, 2);
+      _tile_loadd(7, k_hi + j * 32, 64);
+      _tile_dpbf16ps(4, 7, 1);
+      _tile_dpbf16ps(5, 7, 3);
+      _tile_stored(4, sa + j * kCols, 64);
+      _tile_stored(5, sb + j * kCols, 64);
+    }
+  }
+
+  // O^T of blocks a and b += V^T P^T over a chunk's keys (pair_: Dv = 64), 32 e at a time: C t4, t5
+  // (a's e0 and e0 + 16), t6, t7 (b's); B: a's P pairs in t0, b's in t1; A: V^T in t2 and t3, each
+  // tile serving both blocks. O^T in memory between chunks as in output_sweep.
+  TAIYI_TARGET_AMX void output_pair(const __m512bh* pa, const __m512bh* pb, const uint16_t* vh, int64_t c0, int64_t end,
+                                    float* oa, float* ob) const {
+    for (int64_t e0 = 0; e0 < 64; e0 += 32) {
+      float* ta = oa + e0 * kCols;
+      float* tb = ob + e0 * kCols;
+      if (c0 == 0) {
+        _tile_zero(4);
+        _tile_zero(5);
+        _tile_zero(6);
+        _tile_zero(7);
+      } else {
+        _tile_loadd(4, ta, 64);
+        _tile_loadd(5, ta + 16 * kCols, 64);
+        _tile_loadd(6, tb, 64);
+        _tile_loadd(7, tb + 16 * kCols, 64);
+      }
+      for (int64_t k0 = c0; k0 < end; k0 += kKeyStep) {
+        _tile_loadd(0, pa + (k0 - c0) / 2, 64);
+        _tile_loadd(1, pb + (k0 - c0) / 2, 64);
+        const uint16_t* vb = vh + (k0 * dv16_ + e0 * kKeyStep);  // block k0 / 32, row e0
+        _tile_loadd(2, vb, 64);
+        _tile_loadd(3, vb + 16 * kKeyStep, 64);
+        _tile_dpbf16ps(4, 2, 0);
+        _tile_dpbf16ps(5, 3, 0);
+        _tile_dpbf16ps(6, 2, 1);
+        _tile_dpbf16ps(7, 3, 1);
+      }
+      _tile_stored(4, ta, 64);
+      _tile_stored(5, ta + 16 * kCols, 64);
+      _tile_stored(6, tb, 64);
+      _tile_stored(7, tb + 16 * kCols, 64);
     }
   }
 
@@ -441,6 +533,7 @@ class AttentionBf16Amx : public PreparedOp {
   // Where Dv is no multiple of 16, V^T's row Dv is all ones, so that O^T's row Dv is the sum of the
   // rounded P (the tiles add them in f32 as vdpbf16ps would): no vector work for the sums.
   bool sum_row_;
+  bool pair_ = false;
   float c_;
   int threads_;
   TileConfig cfg_;

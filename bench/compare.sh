@@ -5,7 +5,8 @@
 #
 #   bench/compare.sh                       # unet only (the UNet step), all peers
 #   COMPONENTS="unet vae_decode text_encoder txt2img" bench/compare.sh
-#   PEERS="torch:eager_fp32 openvino:f32" REPEAT=3 bench/compare.sh
+#   PEERS="torch:eager_fp32 openvino:f32" REPEAT=3 bench/compare.sh   # 3 timed runs a point (default
+#                                          # 10 for the text encoder, 5 for the VAE, 3 for the rest)
 #   ROUNDS=3 bench/compare.sh              # every point 3 times, interleaved (A B C A B C ...)
 #
 # Needs a built taiyi (scripts/build.sh) and the peers' venv (bench/peers/setup.sh; several GB,
@@ -24,7 +25,7 @@ cd "$(dirname "$0")/.."
 COMPONENTS=${COMPONENTS:-unet}
 PEERS=${PEERS:-"torch:eager_fp32 torch:eager_bf16_cl torch:compile_bf16 openvino:default openvino:f32"}
 TAIYI_VARIANTS=${TAIYI_VARIANTS-"graph:fp32 graph:bf16"}  # set but empty: peers only
-REPEAT=${REPEAT:-3}
+REPEAT=${REPEAT:-}  # timed runs per point; unset: 10 for the text encoder (0.1 s a run), 5 for the VAE, else 3
 ROUNDS=${ROUNDS:-1}
 round=1
 THREADS=${THREADS:-$(nproc)}
@@ -51,6 +52,13 @@ if [[ " $COMPONENTS " == *" txt2img "* ]] && [ -n "$TXT2IMG_MODEL" ] && [ ! -f "
   "$PY" bench/peers/peer.py --engine torch --variant eager_fp32 --component txt2img --context "$CONTEXT" \
     --save-model "$TXT2IMG_MODEL" 2>"$out/save_model.log"
 fi
+repeat_of() {  # the timed runs of a component's points
+  if [ -n "$REPEAT" ]; then
+    echo "$REPEAT"
+  else
+    case "$1" in text_encoder) echo 10 ;; vae_decode) echo 5 ;; *) echo 3 ;; esac
+  fi
+}
 txt2img_model() {  # the model arguments of a txt2img point: taiyi, peer
   if [ -z "$TXT2IMG_MODEL" ]; then
     [ "$1" = taiyi ] && echo "--model configs/taiyi-v0.1 --random-weights"
@@ -81,7 +89,7 @@ for round in $(seq 1 "$ROUNDS"); do
       mode=${v%%:*}
       dtype=${v##*:}
       model=(--model configs/taiyi-v0.1 --random-weights)
-      extra=(--repeat "$REPEAT")
+      extra=(--repeat "$(repeat_of "$comp")")
       if [ "$comp" = txt2img ]; then
         read -r -a model <<<"$(txt2img_model taiyi)"
         extra=(--steps "$STEPS" --repeat 1 --warmup "$TXT2IMG_WARMUP")
@@ -100,7 +108,7 @@ for round in $(seq 1 "$ROUNDS"); do
         env=(env LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
           MALLOC_CONF=oversize_threshold:1,background_thread:true,dirty_decay_ms:-1,muzzy_decay_ms:-1)
       fi
-      extra=(--repeat "$REPEAT")
+      extra=(--repeat "$(repeat_of "$comp")")
       if [ "$comp" = txt2img ]; then
         read -r -a model <<<"$(txt2img_model peer)"
         extra=(--steps "$STEPS" --repeat 1 --warmup "$TXT2IMG_WARMUP" "${model[@]}")

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -447,6 +448,103 @@ TEST_F(Conv2dWinogradBf16Amx, SplitPanelsTakeBlocksFromAStalledThread) {
     for (int64_t i = 0; i < a.numel(); ++i) ASSERT_EQ(a.data_u16()[i], b.data_u16()[i]) << "element " << i;
   }
   EXPECT_GE(most, 4) << "thread 0 took too few of thread 1's blocks";
+}
+
+// write_moments / read_moments (graph/passes/link_norm_moments.cpp). The writer's moments of its
+// bf16 output about its bias are the sums of the values it wrote, per sample and channel, on each
+// path (blocks across rows and samples, a residual, split panels, one thread). A reader with them
+// computes what it computes from its own pass over x within a few flipped bf16 roundings (the mean
+// and variance summed in another order), takes them once per writer's run, and only for the
+// memory they are of: otherwise it computes its own, to the bit as an unlinked reader.
+void check_moments_case(const Shape& xs, int64_t cout, bool residual, uint32_t seed) {
+  SCOPED_TRACE(shape_str(xs) + " -> " + std::to_string(cout) + (residual ? " +residual" : ""));
+  const ops::Conv2dParams p = ops::Conv2dParams::same(1);
+  const Shape ys = {xs[0], cout, xs[2], xs[3]};
+  const Tensor x = nhwc(random_tensor(xs, seed), DType::BF16);
+  const Tensor bias = random_tensor({cout}, seed + 2);
+  ops::Epilogue e;
+  if (residual) e = {true, 1.0f, ops::PostOp::kNone, DType::F32, DType::BF16};
+  const auto writer = ops::cpu::prepare_conv2d_winograd_bf16_amx(xs, random_tensor({cout, xs[1], 3, 3}, seed + 1), bias,
+                                                                 p, e, DType::BF16, DType::BF16);
+  const auto m = std::make_shared<ops::ChannelMoments>();
+  ASSERT_TRUE(writer->write_moments(m));
+  Scratch scratch(writer->scratch_bytes());
+  Tensor y = nhwc(residual ? random_tensor(ys, seed + 3) : Tensor::zeros(ys), DType::BF16);
+  std::vector<Tensor> in = {x};
+  if (residual) in.push_back(y);
+  writer->run(in, y, scratch.mem.get());
+  ASSERT_TRUE(m->ready);
+  EXPECT_EQ(m->data, y.raw_data());
+  ASSERT_EQ(m->n, ys[0]);
+  ASSERT_EQ(m->c, cout);
+  ASSERT_EQ(m->pixels, ys[2] * ys[3]);
+  const std::vector<double> yv = values(y), bv = values(bias);
+  for (int64_t s = 0; s < ys[0]; ++s)
+    for (int64_t c = 0; c < cout; ++c) {
+      double d1 = 0, d2 = 0, abs1 = 0;
+      for (int64_t i = 0; i < m->pixels; ++i) {
+        const double d = yv[static_cast<size_t>((s * cout + c) * m->pixels + i)] - bv[static_cast<size_t>(c)];
+        d1 += d;
+        d2 += d * d;
+        abs1 += std::abs(d);
+      }
+      const auto at = static_cast<size_t>(s * cout + c);
+      EXPECT_EQ(m->shift[static_cast<size_t>(c)], bv[static_cast<size_t>(c)]);
+      ASSERT_NEAR(m->d1[at], d1, 1e-5 * abs1 + 1e-6) << "sample " << s << " channel " << c;
+      ASSERT_NEAR(m->d2[at], d2, 1e-5 * d2 + 1e-6) << "sample " << s << " channel " << c;
+    }
+  // Readers: a GroupNorm+SiLU prologue of 8 groups over y.
+  const Tensor w2 = random_tensor({32, cout, 3, 3}, seed + 4), b2 = random_tensor({32}, seed + 5);
+  const ops::Prologue pro{8, 1e-6f, random_tensor({cout}, seed + 6), random_tensor({cout}, seed + 7)};
+  const auto linked = ops::cpu::prepare_conv2d_winograd_bf16_amx(ys, w2, b2, p, {}, DType::BF16, DType::BF16, pro);
+  const auto alone = ops::cpu::prepare_conv2d_winograd_bf16_amx(ys, w2, b2, p, {}, DType::BF16, DType::BF16, pro);
+  ASSERT_TRUE(linked->read_moments(m));
+  Scratch scratch2(linked->scratch_bytes());
+  const Shape zs = {ys[0], 32, ys[2], ys[3]};
+  Tensor want = nhwc(Tensor::zeros(zs), DType::BF16), got = nhwc(Tensor::zeros(zs), DType::BF16);
+  alone->run({y}, want, scratch2.mem.get());
+  linked->run({y}, got, scratch2.mem.get());
+  EXPECT_FALSE(m->ready);  // taken
+  const std::vector<double> wv = values(want), gv = values(got);
+  double err2 = 0, ref2 = 0;
+  int64_t differ = 0;
+  for (size_t i = 0; i < wv.size(); ++i) {
+    err2 += (gv[i] - wv[i]) * (gv[i] - wv[i]);
+    ref2 += wv[i] * wv[i];
+    differ += gv[i] != wv[i];
+  }
+  EXPECT_LE(std::sqrt(err2 / ref2), 1e-3);
+  EXPECT_LE(differ, static_cast<int64_t>(wv.size()) / 20);
+  // Not ready (already taken), then ready but of other memory: the reader's own statistics.
+  const auto same_as_alone = [&](const Tensor& input) {
+    Tensor again = nhwc(Tensor::zeros(zs), DType::BF16);
+    linked->run({input}, again, scratch2.mem.get());
+    const std::vector<double> av = values(again);
+    for (size_t i = 0; i < wv.size(); ++i) ASSERT_EQ(av[i], wv[i]) << "element " << i;
+  };
+  same_as_alone(y);
+  m->ready = true;
+  Tensor copy = nhwc(Tensor::zeros(ys), DType::BF16);
+  copy.copy_from(y);
+  same_as_alone(copy);
+  // An f32 writer and a reader without a prologue refuse.
+  EXPECT_FALSE(ops::cpu::prepare_conv2d_winograd_bf16_amx(xs, random_tensor({cout, xs[1], 3, 3}, seed + 8), bias, p, {},
+                                                          DType::BF16, DType::F32)
+                   ->write_moments(m));
+  EXPECT_FALSE(writer->read_moments(m));
+}
+
+TEST_F(Conv2dWinogradBf16Amx, WritesTheMomentsItsReaderTakes) {
+  uint32_t seed = 7600;
+  check_moments_case({2, 64, 6, 10}, 64, true, seed);         // blocks across rows and samples
+  check_moments_case({1, 32, 8, 128}, 96, false, seed + 10);  // whole rows of blocks, 3 panels
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  check_moments_case({2, 64, 6, 64}, 64, false, seed + 20);
+  omp_set_num_threads(threads);
+  setenv("TAIYI_WINOGRAD_SPLIT", "1", 1);  // each thread half of the panels
+  check_moments_case({1, 64, 8, 128}, 64, true, seed + 30);
+  unsetenv("TAIYI_WINOGRAD_SPLIT");
 }
 
 TEST_F(Conv2dWinogradBf16Amx, ApplicabilityAndKernelChoice) {

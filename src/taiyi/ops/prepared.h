@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,6 +21,20 @@
 #include "taiyi/ops/ops.h"
 
 namespace taiyi::ops {
+
+// The per-channel moments of a channels-last bf16 activation [n, c, h, w], summed by the kernel
+// that writes it, for the GroupNorm prologue of the kernel that reads it next, which then needs no
+// pass of its own over the activation for its statistics (graph/passes/link_norm_moments.cpp; at
+// [1, 128, 512, 512] that pass reads 64 MiB). Per sample s and channel ch: d1 = sum of (x - k),
+// d2 = sum of (x - k)^2 over the h w pixels, about a shift k per channel (the producer's bias).
+// `ready`: the producer has written them in this run and the reader has not yet taken them.
+struct ChannelMoments {
+  int64_t n = 0, c = 0, pixels = 0;
+  std::vector<float> shift;    // [c]
+  std::vector<double> d1, d2;  // [n][c]
+  const void* data = nullptr;  // the activation they are of: the reader checks that it reads this
+  bool ready = false;
+};
 
 class PreparedOp {
  public:
@@ -29,6 +44,11 @@ class PreparedOp {
   virtual size_t packed_weight_bytes() const = 0;
   virtual std::string describe() const = 0;  // e.g. "conv2d jit:avx2 nChw8c"
   virtual double flops() const = 0;          // per run, for flop_count()
+  // ChannelMoments between two prepared ops (link_norm_moments): whether this op, from now on,
+  // sums its output's moments into m on every run (write) or takes its GroupNorm prologue's
+  // statistics from m where m is ready (read; computing them itself where not). A null m unlinks.
+  virtual bool write_moments(const std::shared_ptr<ChannelMoments>&) const { return false; }
+  virtual bool read_moments(const std::shared_ptr<ChannelMoments>&) const { return false; }
 };
 
 // Compute precision of a prepared op: f32, or bf16 products with f32 accumulation and

@@ -155,6 +155,10 @@ bool bf16_emulation_requested();
 // whose matrix products run in bf16 (ops::prepare_attention_bf16). Its run() reads q, k and v.
 bool bf16_attention(Graph& g, const CompileOptions& options = {});
 
+// After prepack_weights: a convolution's GroupNorm prologue takes its statistics from the moments
+// the prepared kernel that wrote its input sums as it writes (ops::ChannelMoments), where both can.
+bool link_norm_moments(Graph& g, const CompileOptions& options = {});
+
 // The pipeline, in order:
 inline const std::vector<Pass>& default_passes() {
   static const std::vector<Pass> passes = {
@@ -174,6 +178,7 @@ inline const std::vector<Pass>& default_passes() {
       {"fuse_linear_layer_norm", fuse_linear_layer_norm},
       {"prepack_weights", prepack_weights},
       {"bf16_attention", bf16_attention},
+      {"link_norm_moments", link_norm_moments},
   };
   return passes;
 }

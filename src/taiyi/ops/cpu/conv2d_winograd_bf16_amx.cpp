@@ -131,11 +131,28 @@ class WinogradConv2dBf16Amx : public PreparedOp {
   }
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override;
+  // Moments of the bf16 output (ops::ChannelMoments, about the bias), summed by each thread in its
+  // output transforms (f32 over a block's pixels of a sample, then double): 5 vector operations per
+  // 16 values where the reader's own pass would read the activation again.
+  bool write_moments(const std::shared_ptr<ChannelMoments>& m) const override {
+    if (m && dst_ != DType::BF16) return false;
+    out_moments_ = m;
+    part_.assign(m ? static_cast<size_t>(threads_ * n_ * 2 * cout_) : 0, 0.0);
+    return true;
+  }
+  bool read_moments(const std::shared_ptr<ChannelMoments>& m) const override {
+    if (m && prologue_.groups <= 0) return false;
+    in_moments_ = m;
+    return true;
+  }
   size_t scratch_bytes() const override {
     return ab_bytes_ + static_cast<size_t>(threads_) * (v_bytes_ + m_bytes_ + ring_bytes_) + 64;
   }
   size_t packed_weight_bytes() const override { return static_cast<size_t>(packed_.numel()) * 2; }
-  std::string describe() const override { return describe_; }
+  std::string describe() const override {
+    return describe_ + (in_moments_ ? " (its statistics from its input's writer)" : "") +
+           (out_moments_ ? " (sums its output's moments)" : "");
+  }
   double flops() const override { return flops_; }
 
  private:
@@ -372,12 +389,46 @@ class WinogradConv2dBf16Amx : public PreparedOp {
 
   // Y = A^T M A + bias (+ residual) of the block's tiles for the 32 channels of panel, from m [p][4
   // tiles (rows half x columns half)][16][16] f32, into y (f32 or bf16 per dst_).
+  // part (write_moments, bf16 output): this thread's [n][d1, d2][cout] sums, to add the moments of
+  // the values written to.
   TAIYI_TARGET_AMX void output_transform(const float* m, int64_t panel, int64_t t0, int64_t count, void* y,
-                                         const Strides4& sy, const void* res, const Strides4& sr) const {
+                                         const Strides4& sy, const void* res, const Strides4& sr, double* part) const {
     const int64_t plane = th_ * tw_;
     const float* bias_f = bias_.data<float>();
+    // The moments of sample mn's values so far, per half of the panel, in f32 about the first value
+    // of each channel (kb: the sums stay of the spread, not of the distance to the bias, which
+    // may be many times it), over cnt pixels; then in double about the bias.
+    __m512 s1[2], s2[2], kb[2];
+    int64_t mn = -1, cnt = 0;
+    const auto flush = [&]() TAIYI_TARGET_AMX {
+      if (mn < 0 || cnt == 0) return;
+      const __m512d count_d = _mm512_set1_pd(static_cast<double>(cnt));
+      for (int hh = 0; hh < 2; ++hh) {
+        const int64_t c0 = panel * 32 + hh * 16;
+        double* d1 = part + (mn * 2) * cout_ + c0;
+        double* d2 = d1 + cout_;
+        for (int q = 0; q < 2; ++q) {
+          const auto half = [&](__m512 v) TAIYI_TARGET_AMX {
+            return q == 0 ? _mm512_cvtps_pd(_mm512_castps512_ps256(v))
+                          : _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+          };
+          const __m512d a1 = half(s1[hh]), a2 = half(s2[hh]), k = half(kb[hh]);
+          // about the bias: sum (e + k) = s1 + cnt k, sum (e + k)^2 = s2 + 2 k s1 + cnt k^2
+          _mm512_storeu_pd(d1 + 8 * q, _mm512_add_pd(_mm512_loadu_pd(d1 + 8 * q), _mm512_fmadd_pd(count_d, k, a1)));
+          const __m512d sq =
+              _mm512_fmadd_pd(_mm512_mul_pd(count_d, k), k, _mm512_fmadd_pd(_mm512_add_pd(k, k), a1, a2));
+          _mm512_storeu_pd(d2 + 8 * q, _mm512_add_pd(_mm512_loadu_pd(d2 + 8 * q), sq));
+        }
+      }
+    };
     for (int64_t t = 0; t < count; ++t) {
       const int64_t tile = t0 + t, n = tile / plane, ty = tile % plane / tw_, tx = tile % tw_;
+      if (part && n != mn) {
+        flush();
+        mn = n;
+        cnt = 0;
+        s1[0] = s1[1] = s2[0] = s2[1] = _mm512_setzero_ps();
+      }
       for (int64_t hh = 0; hh < 2; ++hh) {
         const float* mt = m + ((t / 16) * 2 + hh) * 256 + (t % 16) * 16;
         __m512 r[2][4];  // (A^T M)[row][b]
@@ -400,8 +451,16 @@ class WinogradConv2dBf16Amx : public PreparedOp {
             const int64_t at = n * sy.n + yy * sy.h + xx * sy.w + c0;
             if (dst_ == DType::BF16) {
               if (residual_) val = _mm512_add_ps(val, load_bf16x16(static_cast<const uint16_t*>(res) + at_r));
-              _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(y) + at),
-                                  (__m256i)_mm512_cvtneps_pbh(val));
+              const __m256i rounded = (__m256i)_mm512_cvtneps_pbh(val);
+              _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(y) + at), rounded);
+              if (part) {
+                const __m512 d =
+                    _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(rounded), 16)), bias);
+                if (cnt == 0 && i == 0 && j == 0) kb[hh] = d;  // the segment's first pixel
+                const __m512 e = _mm512_sub_ps(d, kb[hh]);
+                s1[hh] = _mm512_add_ps(s1[hh], e);
+                s2[hh] = _mm512_fmadd_ps(e, e, s2[hh]);
+              }
             } else {
               if (residual_) val = _mm512_add_ps(val, _mm512_loadu_ps(static_cast<const float*>(res) + at_r));
               _mm512_storeu_ps(static_cast<float*>(y) + at, val);
@@ -409,7 +468,9 @@ class WinogradConv2dBf16Amx : public PreparedOp {
           }
         }
       }
+      cnt += 4;  // the tile's 2 x 2 pixels
     }
+    if (part) flush();
   }
 
   int64_t n_, cin_, h_, w_, cout_, th_, tw_, nt_, ksteps_, panels_, v_pos_ = 0;
@@ -419,6 +480,9 @@ class WinogradConv2dBf16Amx : public PreparedOp {
   bool split_ = false;  // the threads split each block's panels (see the constructor)
   int threads_;
   Tensor packed_, bias_;
+  // write_moments / read_moments: the linked moments, and each thread's sums [thread][n][d1, d2][cout]
+  mutable std::shared_ptr<ChannelMoments> out_moments_, in_moments_;
+  mutable std::vector<double> part_;
   size_t v_bytes_ = 0, m_bytes_ = 0, ab_bytes_ = 0, ring_bytes_ = 0;
   double flops_ = 0;
   std::string describe_;
@@ -429,11 +493,20 @@ class WinogradConv2dBf16Amx : public PreparedOp {
     const int64_t pixels = h_ * w_;
     const float* gamma = prologue_.gamma.defined() ? prologue_.gamma.data<float>() : nullptr;
     const float* beta = prologue_.beta.defined() ? prologue_.beta.data<float>() : nullptr;
+    // (read_moments: from the moments the kernel that wrote x summed, where it has in this run)
+    const ChannelMoments* mom = in_moments_.get();
+    const bool linked = mom && mom->ready && mom->data == x && mom->n == n_ && mom->c == cin_ && mom->pixels == pixels;
+    if (mom) in_moments_->ready = false;
     for (int64_t s = 0; s < n_; ++s) {
       float* ab_s = ab + s * 4 * cin_;
       float *scale = ab_s + 2 * cin_, *shift = ab_s + 3 * cin_;
-      group_norm_nhwc_scale_shift(nullptr, x + s * pixels * cin_, gamma, beta, cin_, pixels, prologue_.groups,
-                                  prologue_.eps, scale, shift);
+      if (linked) {
+        group_norm_scale_shift_from_moments(mom->shift.data(), mom->d1.data() + s * cin_, mom->d2.data() + s * cin_,
+                                            gamma, beta, cin_, pixels, prologue_.groups, prologue_.eps, scale, shift);
+      } else {
+        group_norm_nhwc_scale_shift(nullptr, x + s * pixels * cin_, gamma, beta, cin_, pixels, prologue_.groups,
+                                    prologue_.eps, scale, shift);
+      }
       for (int64_t c = 0; c < cin_; ++c) {
         const int64_t at = c / 32 * 32 + k_index(c % 32);
         ab_s[at] = scale[c];
@@ -474,6 +547,9 @@ TAIYI_TARGET_AMX void WinogradConv2dBf16Amx::run_blocks(const Src* x, const Stri
     auto* v = reinterpret_cast<uint16_t*>(base + static_cast<size_t>(omp_get_thread_num()) *
                                                      (v_bytes_ + m_bytes_ + ring_bytes_));
     auto* m = reinterpret_cast<float*>(reinterpret_cast<std::byte*>(v) + v_bytes_);
+    double* part = out_moments_ && dst_ == DType::BF16
+                       ? part_.data() + static_cast<size_t>(omp_get_thread_num() * n_ * 2 * cout_)
+                       : nullptr;
     RowRing ring{reinterpret_cast<uint16_t*>(reinterpret_cast<std::byte*>(v) + v_bytes_ + m_bytes_)};
     TileConfig cfg;
     for (int t = 0; t < 8; ++t) cfg.set(t, 16, 64);
@@ -507,7 +583,7 @@ TAIYI_TARGET_AMX void WinogradConv2dBf16Amx::run_blocks(const Src* x, const Stri
       }
       for (int64_t panel = p0; panel < p1; ++panel) {
         products(v, panel, m, pf.bytes ? &pf : nullptr);
-        output_transform(m, panel, t0, count, y, sy, res, sr);
+        output_transform(m, panel, t0, count, y, sy, res, sr, part);
       }
     };
     const auto next_of = [&](int64_t idx) {
@@ -564,10 +640,29 @@ void WinogradConv2dBf16Amx::run(const std::vector<Tensor>& in, const Tensor& out
   if (prologue_.groups > 0 && (x.stride(3) != cin_ || x.stride(2) != w_ * cin_ || x.stride(0) != h_ * w_ * cin_))
     throw Error("conv2d winograd (amx): the GroupNorm prologue reads a dense channels-last input, given " +
                 x.describe());
+  if (out_moments_ && dst_ == DType::BF16) std::fill(part_.begin(), part_.end(), 0.0);
   if (src_ == DType::BF16) {
     run_src(x.data_u16(), strides4(x), out.raw_data(), strides4(out), res, sr, scratch);
   } else {
     run_src(x.data<float>(), strides4(x), out.raw_data(), strides4(out), res, sr, scratch);
+  }
+  if (out_moments_ && dst_ == DType::BF16) {
+    ChannelMoments& mom = *out_moments_;
+    mom.n = n_;
+    mom.c = cout_;
+    mom.pixels = h_ * w_;
+    mom.shift.assign(bias_.data<float>(), bias_.data<float>() + cout_);
+    mom.d1.assign(static_cast<size_t>(n_ * cout_), 0.0);
+    mom.d2.assign(static_cast<size_t>(n_ * cout_), 0.0);
+    for (int64_t t = 0; t < threads_; ++t)
+      for (int64_t s = 0; s < n_; ++s)
+        for (int64_t c = 0; c < cout_; ++c) {
+          const double* p = part_.data() + (t * n_ + s) * 2 * cout_;
+          mom.d1[static_cast<size_t>(s * cout_ + c)] += p[c];
+          mom.d2[static_cast<size_t>(s * cout_ + c)] += p[cout_ + c];
+        }
+    mom.data = out.raw_data();
+    mom.ready = true;
   }
 }
 

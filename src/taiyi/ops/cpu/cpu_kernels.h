@@ -51,6 +51,11 @@ void group_norm_nhwc_bf16(const uint16_t* x, const float* gamma, const float* be
 // convolution's GroupNorm+SiLU prologue).
 void group_norm_nhwc_scale_shift(const float* x, const uint16_t* xb, const float* gamma, const float* beta, int64_t c,
                                  int64_t pixels, int64_t groups, float eps, float* scale, float* shift);
+// The same from the per-channel moments of a sample (ops::ChannelMoments): d1 and d2, the sums of
+// (x - k) and (x - k)^2 over `pixels` pixels, k a shift per channel.
+void group_norm_scale_shift_from_moments(const float* k, const double* d1, const double* d2, const float* gamma,
+                                         const float* beta, int64_t c, int64_t pixels, int64_t groups, float eps,
+                                         float* scale, float* shift);
 // y[i] = bf16(x[i]), rounded to nearest even, with the fastest instructions this CPU has.
 void round_to_bf16(const float* x, uint16_t* y, int64_t n);
 // x [rows, c], normalised over c.

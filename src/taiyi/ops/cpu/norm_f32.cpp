@@ -336,12 +336,24 @@ struct NhwcGroupStats {
   std::vector<float> m_hi, m_lo, a, b;
   NhwcGroupStats(const float* x, const uint16_t* xb, const float* gamma, const float* beta, int64_t c, int64_t pixels,
                  int64_t groups, float eps, int threads);
+  // From per-channel moments d1, d2 about shifts k over `pixels` pixels (what the constructor sums).
+  NhwcGroupStats(const float* k, const double* d1, const double* d2, const float* gamma, const float* beta, int64_t c,
+                 int64_t pixels, int64_t groups, float eps)
+      : m_hi(static_cast<size_t>(c)),
+        m_lo(static_cast<size_t>(c)),
+        a(static_cast<size_t>(c)),
+        b(static_cast<size_t>(c)) {
+    finish(k, d1, d2, c, pixels, groups, eps, gamma, beta);
+  }
+
+ private:
+  void finish(const float* shift, const double* total1, const double* total2, int64_t c, int64_t pixels, int64_t groups,
+              float eps, const float* gamma, const float* beta);
 };
 
 NhwcGroupStats::NhwcGroupStats(const float* x, const uint16_t* xb, const float* gamma, const float* beta, int64_t c,
                                int64_t pixels, int64_t groups, float eps, int threads)
     : m_hi(static_cast<size_t>(c)), m_lo(static_cast<size_t>(c)), a(static_cast<size_t>(c)), b(static_cast<size_t>(c)) {
-  const int64_t cg = c / groups;
   const auto moments = cpu_has_avx2_fma() ? shifted_moments_avx2 : shifted_moments_generic;
 #if defined(__x86_64__)
   const auto widen = cpu_has_avx512_bf16() ? widen_bf16_avx512 : widen_bf16_generic;
@@ -389,6 +401,12 @@ NhwcGroupStats::NhwcGroupStats(const float* x, const uint16_t* xb, const float* 
 #pragma omp critical
     for (int64_t i = 0; i < c; ++i) total1[i] += d1[i], total2[i] += d2[i];
   }
+  finish(shift.data(), total1.data(), total2.data(), c, pixels, groups, eps, gamma, beta);
+}
+
+void NhwcGroupStats::finish(const float* shift, const double* total1, const double* total2, int64_t c, int64_t pixels,
+                            int64_t groups, float eps, const float* gamma, const float* beta) {
+  const int64_t cg = c / groups;
   // Per group over its channels (shift k_c, moments d1_c and d2_c about it, P pixels):
   //   mean = sum_c (d1_c + P k_c) / (cg P),
   //   sum of (x - mean)^2 = sum_c d2_c + 2 (k_c - mean) d1_c + P (k_c - mean)^2.
@@ -478,16 +496,30 @@ void group_norm_nhwc_bf16(const uint16_t* x, const float* gamma, const float* be
   group_norm_nhwc(nullptr, x, gamma, beta, y, yb, n, c, pixels, groups, eps, silu);
 }
 
-void group_norm_nhwc_scale_shift(const float* x, const uint16_t* xb, const float* gamma, const float* beta, int64_t c,
-                                 int64_t pixels, int64_t groups, float eps, float* scale, float* shift) {
-  if (c == 0 || pixels == 0) return;
-  const NhwcGroupStats st(x, xb, gamma, beta, c, pixels, groups, eps, pixels * c > 32768 ? omp_get_max_threads() : 1);
+namespace {
+void scale_shift_of(const NhwcGroupStats& st, int64_t c, float* scale, float* shift) {
   for (int64_t ch = 0; ch < c; ++ch) {
     // b - mean a in double from the hi + lo mean: one f32 rounding, of the shift.
     const double mean = static_cast<double>(st.m_hi[ch]) + static_cast<double>(st.m_lo[ch]);
     scale[ch] = st.a[ch];
     shift[ch] = static_cast<float>(static_cast<double>(st.b[ch]) - mean * static_cast<double>(st.a[ch]));
   }
+}
+}  // namespace
+
+void group_norm_nhwc_scale_shift(const float* x, const uint16_t* xb, const float* gamma, const float* beta, int64_t c,
+                                 int64_t pixels, int64_t groups, float eps, float* scale, float* shift) {
+  if (c == 0 || pixels == 0) return;
+  scale_shift_of(
+      NhwcGroupStats(x, xb, gamma, beta, c, pixels, groups, eps, pixels * c > 32768 ? omp_get_max_threads() : 1), c,
+      scale, shift);
+}
+
+void group_norm_scale_shift_from_moments(const float* k, const double* d1, const double* d2, const float* gamma,
+                                         const float* beta, int64_t c, int64_t pixels, int64_t groups, float eps,
+                                         float* scale, float* shift) {
+  if (c == 0 || pixels == 0) return;
+  scale_shift_of(NhwcGroupStats(k, d1, d2, gamma, beta, c, pixels, groups, eps), c, scale, shift);
 }
 
 void layer_norm_f32_to_bf16(const float* x, const float* gamma, const float* beta, uint16_t* y, int64_t rows, int64_t c,

@@ -2,9 +2,11 @@
 // binds to four 2x2 convolutions of the input itself (ops/cpu/conv2d_upsample_dnnl.cpp): eager
 // mode computes it as the upsample and the convolution; the prepared kernel computes the same in
 // f32 (the taps summed first: another order of the same sums), from and into either layout, at odd
-// sizes and with batch 2; in bf16 within bf16's error of it. What it does not take is refused.
+// sizes and with batch 2; in bf16 within bf16's error of it, and the moments of its bf16 output
+// where asked (write_moments). What it does not take is refused.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
@@ -96,6 +98,46 @@ TEST(Conv2dUpsample, Bf16IsWithinBf16sErrorAndFusesWhereOneDnnRunsTheConvolution
   const double err = taiyi::testing::relative_l2(got, want);
   EXPECT_LT(err, 1e-2);
   EXPECT_GT(err, 1e-5);  // the roundings happen
+}
+
+// write_moments (graph/passes/link_norm_moments.cpp): with a bf16 channels-last output, the sums
+// of each channel's written values about the bias, per sample (ops::ChannelMoments), added as each
+// output row is copied; 40 channels (a partial 16 of them), batch 2. An f32 output refuses.
+TEST(Conv2dUpsample, Bf16WritesTheMomentsOfItsOutput) {
+  if (!ops::bf16_supported()) GTEST_SKIP() << "this CPU runs no bf16";
+  const Tensor x = random_tensor({2, 32, 6, 9}, 17), w = random_tensor({40, 32, 3, 3}, 18, -0.3f, 0.3f);
+  const Tensor b = random_tensor({40}, 19);
+  const auto op = ops::prepare_conv2d(x.shape(), w, b, upsampled(), DType::BF16, Layout::kNHWC, Layout::kNHWC, {},
+                                      DType::BF16, DType::BF16);
+  ASSERT_NE(op->describe().find("upsample2x"), std::string::npos) << op->describe();
+  const auto m = std::make_shared<ops::ChannelMoments>();
+  ASSERT_TRUE(op->write_moments(m));
+  std::vector<std::byte> scratch(op->scratch_bytes() + 64);
+  std::byte* aligned = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) / 64 * 64);
+  Tensor y = in_layout(Tensor::zeros({2, 40, 12, 18}), Layout::kNHWC, DType::BF16);
+  op->run({in_layout(x, Layout::kNHWC, DType::BF16)}, y, aligned);
+  ASSERT_TRUE(m->ready);
+  EXPECT_EQ(m->data, y.raw_data());
+  ASSERT_EQ(m->n, 2);
+  ASSERT_EQ(m->c, 40);
+  ASSERT_EQ(m->pixels, 12 * 18);
+  const Tensor yf = ops::cast(y, DType::F32).contiguous();
+  for (int64_t s = 0; s < 2; ++s)
+    for (int64_t c = 0; c < 40; ++c) {
+      double d1 = 0, d2 = 0, abs1 = 0;
+      for (int64_t i = 0; i < 12 * 18; ++i) {
+        const double d = yf.data<float>()[(s * 40 + c) * 12 * 18 + i] - b.data<float>()[c];
+        d1 += d;
+        d2 += d * d;
+        abs1 += std::abs(d);
+      }
+      EXPECT_EQ(m->shift[static_cast<size_t>(c)], b.data<float>()[c]);
+      ASSERT_NEAR(m->d1[static_cast<size_t>(s * 40 + c)], d1, 1e-5 * abs1 + 1e-6) << "sample " << s << " channel " << c;
+      ASSERT_NEAR(m->d2[static_cast<size_t>(s * 40 + c)], d2, 1e-5 * d2 + 1e-6) << "sample " << s << " channel " << c;
+    }
+  EXPECT_FALSE(ops::prepare_conv2d(x.shape(), w, b, upsampled(), DType::BF16, Layout::kNHWC, Layout::kNHWC, {},
+                                   DType::BF16, DType::F32)
+                   ->write_moments(m));
 }
 
 TEST(Conv2dUpsample, RefusesWhatItDoesNotCompute) {

@@ -34,6 +34,24 @@ struct ChannelMoments {
   std::vector<double> d1, d2;  // [n][c]
   const void* data = nullptr;  // the activation they are of: the reader checks that it reads this
   bool ready = false;
+  // Set from `threads` threads' partial sums parts [thread][n][d1, d2][c] (a writer's run).
+  void fill(int64_t n_, int64_t c_, int64_t pixels_, const float* k, const std::vector<double>& parts, int64_t threads,
+            const void* data_) {
+    n = n_, c = c_, pixels = pixels_;
+    shift.assign(k, k + c);
+    d1.assign(static_cast<size_t>(n * c), 0.0);
+    d2.assign(static_cast<size_t>(n * c), 0.0);
+    for (int64_t t = 0; t < threads; ++t)
+      for (int64_t s = 0; s < n; ++s) {
+        const double* p = parts.data() + (t * n + s) * 2 * c;
+        for (int64_t ch = 0; ch < c; ++ch) {
+          d1[static_cast<size_t>(s * c + ch)] += p[ch];
+          d2[static_cast<size_t>(s * c + ch)] += p[c + ch];
+        }
+      }
+    data = data_;
+    ready = true;
+  }
 };
 
 class PreparedOp {

@@ -1,12 +1,15 @@
 // The GroupNorm statistics of a convolution's prologue from the convolution that wrote its input:
 // where a node with a GroupNorm+SiLU prologue (fuse_group_norm_conv) reads the output of a node
 // whose prepared kernel can sum its output's per-channel moments as it writes it (the AMX Winograd
-// kernel with a bf16 output), the two share an ops::ChannelMoments: the writer fills it on every
-// run, the reader takes its statistics from it instead of reading the activation once more for
-// them. The VAE's ResNet blocks at 128 and 256 channels: each second convolution reads the first's
-// output, and each block's first convolution the previous block's second. A writer feeds one
-// reader (the first); the reader checks that the moments are of this run and of the memory it
-// reads, and computes its own where not. TAIYI_LINK_NORM_MOMENTS=0 turns the pass off.
+// kernel and the four-phase upsampling convolution, with a bf16 output), the two share an
+// ops::ChannelMoments: the writer fills it on every run, the reader takes its statistics from it
+// instead of reading the activation once more for them. In the VAE, 10 of the 12 prologues (at 128
+// and 256 channels): each block's second convolution reads its first's output, each block's first
+// the previous block's second or the upsampler's; the other two read a 1x1 shortcut of oneDNN's.
+// The writer's sums cost 0.4-1.3 ms where the reader's pass took 1.7-3.4 (`/tmp` probe, bench/
+// RESULTS.md stop 25). A writer feeds one reader (the first); the reader checks that the moments
+// are of this run and of the memory it reads, and computes its own where not.
+// TAIYI_LINK_NORM_MOMENTS=0 turns the pass off.
 #include <memory>
 #include <vector>
 

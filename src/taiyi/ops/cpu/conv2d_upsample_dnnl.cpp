@@ -12,11 +12,13 @@
 // as the original taps were: bf16's error, not the same roundings (graph/passes/fuse_upsample_conv.cpp).
 #include <omp.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <memory>
 #include <string>
 
+#include "taiyi/ops/cpu/cpu_kernels.h"
 #include "taiyi/ops/cpu/prepared_kernels.h"
 
 namespace taiyi::ops::cpu {
@@ -56,10 +58,22 @@ class UpsampleConv2d : public PreparedOp {
         phases_[static_cast<size_t>(a * 2 + b)] =
             prepare_conv2d_dnnl(xs, wp, bias, p, compute, src_layout, dst_layout, {}, src, dst);
       }
+    bias_ = Tensor::zeros({cout_});
+    if (bias.defined()) bias_.copy_from(bias.contiguous());
     phase_bytes_ = round_up64(static_cast<size_t>(n_ * h_ * w_ * cout_) * dtype_size(dst));
     for (const auto& ph : phases_) pad_bytes_ = std::max(pad_bytes_, ph->scratch_bytes());
     flops_ = 2.0 * n_ * cout_ * (2 * h_) * (2 * w_) * cin * 9;
     describe_ = "conv2d upsample2x as 4 phase convs 2x2 (" + phases_[0]->describe() + ")";
+  }
+
+  // Moments of a bf16 channels-last output (ops::ChannelMoments, about the bias), each output row's
+  // added as its copy finishes, while it is in this core's caches.
+  bool write_moments(const std::shared_ptr<ChannelMoments>& m) const override {
+    if (m && (dst_ != DType::BF16 || dst_layout_ != Layout::kNHWC)) return false;
+    out_moments_ = m;
+    threads_ = std::max(1, omp_get_max_threads());
+    part_.assign(m ? static_cast<size_t>(threads_ * n_ * 2 * cout_) : 0, 0.0);
+    return true;
   }
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override {
@@ -78,7 +92,10 @@ class UpsampleConv2d : public PreparedOp {
     const size_t unit = (dst_layout_ == Layout::kNHWC ? static_cast<size_t>(cout_) : 1) * dtype_size(dst_);
     const int64_t rows = (dst_layout_ == Layout::kNHWC ? n_ : n_ * cout_) * h_;  // of each phase
     auto* y = static_cast<std::byte*>(out.raw_data());
-#pragma omp parallel for schedule(static)
+    const bool moments = out_moments_ != nullptr;
+    if (moments) std::fill(part_.begin(), part_.end(), 0.0);
+    const int threads = std::min(threads_, std::max(1, omp_get_max_threads()));
+#pragma omp parallel for schedule(static) num_threads(moments ? threads : omp_get_max_threads())
     for (int64_t r = 0; r < rows * 2; ++r) {
       const int64_t a = r % 2, i = r / 2;
       std::byte* row = y + static_cast<size_t>(i * 2 + a) * static_cast<size_t>(2 * w_) * unit;
@@ -88,7 +105,12 @@ class UpsampleConv2d : public PreparedOp {
         std::memcpy(row + static_cast<size_t>(2 * j) * unit, p0 + static_cast<size_t>(j) * unit, unit);
         std::memcpy(row + static_cast<size_t>(2 * j + 1) * unit, p1 + static_cast<size_t>(j) * unit, unit);
       }
+      if (moments) {  // (NHWC: row i of sample i / h)
+        double* d1 = part_.data() + static_cast<size_t>((omp_get_thread_num() * n_ + i / h_) * 2 * cout_);
+        add_moments_bf16(reinterpret_cast<const uint16_t*>(row), 2 * w_, cout_, bias_.data<float>(), d1, d1 + cout_);
+      }
     }
+    if (moments) out_moments_->fill(n_, cout_, 4 * h_ * w_, bias_.data<float>(), part_, threads_, out.raw_data());
   }
 
   size_t scratch_bytes() const override { return 4 * phase_bytes_ + pad_bytes_; }
@@ -97,7 +119,7 @@ class UpsampleConv2d : public PreparedOp {
     for (const auto& ph : phases_) bytes += ph->packed_weight_bytes();
     return bytes;
   }
-  std::string describe() const override { return describe_; }
+  std::string describe() const override { return describe_ + (out_moments_ ? " (sums its output's moments)" : ""); }
   double flops() const override { return flops_; }
 
  private:
@@ -105,6 +127,10 @@ class UpsampleConv2d : public PreparedOp {
   Layout dst_layout_;
   DType dst_;
   std::array<std::unique_ptr<PreparedOp>, 4> phases_;
+  Tensor bias_;                                          // f32 [Cout], zeros where none: the moments' shift
+  mutable std::shared_ptr<ChannelMoments> out_moments_;  // write_moments
+  mutable std::vector<double> part_;                     // [thread][n][d1, d2][Cout]
+  mutable int threads_ = 1;
   size_t phase_bytes_ = 0, pad_bytes_ = 0;
   double flops_ = 0;
   std::string describe_;

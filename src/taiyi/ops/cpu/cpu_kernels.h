@@ -53,6 +53,10 @@ void group_norm_nhwc_scale_shift(const float* x, const uint16_t* xb, const float
                                  int64_t pixels, int64_t groups, float eps, float* scale, float* shift);
 // The same from the per-channel moments of a sample (ops::ChannelMoments): d1 and d2, the sums of
 // (x - k) and (x - k)^2 over `pixels` pixels, k a shift per channel.
+// Adds the per-channel moments of `pixels` bf16 pixels of c channels (x, channels-last, one after
+// the other) about shifts k to d1 (sum of x - k) and d2 (sum of (x - k)^2): in f32 about the first
+// pixel's values, then in double (ops::ChannelMoments; the upsampling convolution's output rows).
+void add_moments_bf16(const uint16_t* x, int64_t pixels, int64_t c, const float* k, double* d1, double* d2);
 void group_norm_scale_shift_from_moments(const float* k, const double* d1, const double* d2, const float* gamma,
                                          const float* beta, int64_t c, int64_t pixels, int64_t groups, float eps,
                                          float* scale, float* shift);

@@ -515,6 +515,63 @@ void group_norm_nhwc_scale_shift(const float* x, const uint16_t* xb, const float
       scale, shift);
 }
 
+namespace {
+// d1 += s1 + P kb, d2 += s2 + 2 kb s1 + P kb^2: sums s1, s2 about kb (itself about k) to about k.
+inline void add_about(double* d1, double* d2, double s1, double s2, double kb, double p) {
+  *d1 += s1 + p * kb;
+  *d2 += s2 + 2.0 * kb * s1 + p * kb * kb;
+}
+void add_moments_bf16_generic(const uint16_t* x, int64_t pixels, int64_t c, const float* k, double* d1, double* d2) {
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const float kb = bf16_to_f32(x[ch]) - k[ch];
+    float s1 = 0.0f, s2 = 0.0f;
+    for (int64_t p = 0; p < pixels; ++p) {
+      const float e = (bf16_to_f32(x[p * c + ch]) - k[ch]) - kb;
+      s1 += e;
+      s2 += e * e;
+    }
+    add_about(d1 + ch, d2 + ch, s1, s2, kb, static_cast<double>(pixels));
+  }
+}
+#if defined(__x86_64__)
+TAIYI_TARGET_AVX512_BF16 void add_moments_bf16_avx512(const uint16_t* x, int64_t pixels, int64_t c, const float* k,
+                                                      double* d1, double* d2) {
+  for (int64_t c0 = 0; c0 < c; c0 += 16) {
+    const __mmask16 m = first_lanes(c - c0);
+    const __m512 kk = _mm512_maskz_loadu_ps(m, k + c0);
+    const __m512 kb = _mm512_sub_ps(load_bf16x16(x + c0, m), kk);
+    __m512 s1[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, s2[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t p = 0;
+    for (; p + 2 <= pixels; p += 2)  // two chains: the additions' latency
+      for (int u = 0; u < 2; ++u) {
+        const __m512 e = _mm512_sub_ps(_mm512_sub_ps(load_bf16x16(x + (p + u) * c + c0, m), kk), kb);
+        s1[u] = _mm512_add_ps(s1[u], e);
+        s2[u] = _mm512_fmadd_ps(e, e, s2[u]);
+      }
+    for (; p < pixels; ++p) {
+      const __m512 e = _mm512_sub_ps(_mm512_sub_ps(load_bf16x16(x + p * c + c0, m), kk), kb);
+      s1[0] = _mm512_add_ps(s1[0], e);
+      s2[0] = _mm512_fmadd_ps(e, e, s2[0]);
+    }
+    alignas(64) float a1[16], a2[16], ak[16];
+    _mm512_store_ps(a1, _mm512_add_ps(s1[0], s1[1]));
+    _mm512_store_ps(a2, _mm512_add_ps(s2[0], s2[1]));
+    _mm512_store_ps(ak, kb);
+    for (int64_t i = 0; i < std::min<int64_t>(16, c - c0); ++i)
+      add_about(d1 + c0 + i, d2 + c0 + i, a1[i], a2[i], ak[i], static_cast<double>(pixels));
+  }
+}
+#endif
+}  // namespace
+
+void add_moments_bf16(const uint16_t* x, int64_t pixels, int64_t c, const float* k, double* d1, double* d2) {
+  if (pixels <= 0) return;
+#if defined(__x86_64__)
+  if (cpu_has_avx512_bf16()) return add_moments_bf16_avx512(x, pixels, c, k, d1, d2);
+#endif
+  add_moments_bf16_generic(x, pixels, c, k, d1, d2);
+}
+
 void group_norm_scale_shift_from_moments(const float* k, const double* d1, const double* d2, const float* gamma,
                                          const float* beta, int64_t c, int64_t pixels, int64_t groups, float eps,
                                          float* scale, float* shift) {

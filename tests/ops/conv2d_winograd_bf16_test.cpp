@@ -475,24 +475,7 @@ void check_moments_case(const Shape& xs, int64_t cout, bool residual, uint32_t s
   writer->run(in, y, scratch.mem.get());
   ASSERT_TRUE(m->ready);
   EXPECT_EQ(m->data, y.raw_data());
-  ASSERT_EQ(m->n, ys[0]);
-  ASSERT_EQ(m->c, cout);
-  ASSERT_EQ(m->pixels, ys[2] * ys[3]);
-  const std::vector<double> yv = values(y), bv = values(bias);
-  for (int64_t s = 0; s < ys[0]; ++s)
-    for (int64_t c = 0; c < cout; ++c) {
-      double d1 = 0, d2 = 0, abs1 = 0;
-      for (int64_t i = 0; i < m->pixels; ++i) {
-        const double d = yv[static_cast<size_t>((s * cout + c) * m->pixels + i)] - bv[static_cast<size_t>(c)];
-        d1 += d;
-        d2 += d * d;
-        abs1 += std::abs(d);
-      }
-      const auto at = static_cast<size_t>(s * cout + c);
-      EXPECT_EQ(m->shift[static_cast<size_t>(c)], bv[static_cast<size_t>(c)]);
-      ASSERT_NEAR(m->d1[at], d1, 1e-5 * abs1 + 1e-6) << "sample " << s << " channel " << c;
-      ASSERT_NEAR(m->d2[at], d2, 1e-5 * d2 + 1e-6) << "sample " << s << " channel " << c;
-    }
+  expect_moments_of(*m, y, bias);
   // Readers: a GroupNorm+SiLU prologue of 8 groups over y.
   const Tensor w2 = random_tensor({32, cout, 3, 3}, seed + 4), b2 = random_tensor({32}, seed + 5);
   const ops::Prologue pro{8, 1e-6f, random_tensor({cout}, seed + 6), random_tensor({cout}, seed + 7)};

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "taiyi/ops/prepared.h"
 #include "taiyi/tensor/tensor.h"
 
 namespace taiyi::ops_test {
@@ -73,6 +74,29 @@ template <class F>
     return ::testing::AssertionSuccess();
   }
   return ::testing::AssertionFailure() << "no taiyi::Error thrown";
+}
+
+// The moments a writer summed (ops::ChannelMoments, write_moments) against the sums of its output y
+// ([n, c, h, w] in any layout) about the bias: per sample and channel, within f32's rounding.
+inline void expect_moments_of(const ops::ChannelMoments& m, const Tensor& y, const Tensor& bias) {
+  ASSERT_EQ(m.n, y.size(0));
+  ASSERT_EQ(m.c, y.size(1));
+  ASSERT_EQ(m.pixels, y.size(2) * y.size(3));
+  const std::vector<double> yv = values(y), bv = values(bias);
+  for (int64_t s = 0; s < m.n; ++s)
+    for (int64_t c = 0; c < m.c; ++c) {
+      double d1 = 0, d2 = 0, abs1 = 0;
+      for (int64_t i = 0; i < m.pixels; ++i) {
+        const double d = yv[static_cast<size_t>((s * m.c + c) * m.pixels + i)] - bv[static_cast<size_t>(c)];
+        d1 += d;
+        d2 += d * d;
+        abs1 += std::abs(d);
+      }
+      const auto at = static_cast<size_t>(s * m.c + c);
+      EXPECT_EQ(m.shift[static_cast<size_t>(c)], bv[static_cast<size_t>(c)]);
+      ASSERT_NEAR(m.d1[at], d1, 1e-5 * abs1 + 1e-6) << "sample " << s << " channel " << c;
+      ASSERT_NEAR(m.d2[at], d2, 1e-5 * d2 + 1e-6) << "sample " << s << " channel " << c;
+    }
 }
 
 }  // namespace taiyi::ops_test

@@ -132,8 +132,8 @@ class WinogradConv2dBf16Amx : public PreparedOp {
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override;
   // Moments of the bf16 output (ops::ChannelMoments, about the bias), summed by each thread in its
-  // output transforms (f32 over a block's pixels of a sample, then double): 5 vector operations per
-  // 16 values where the reader's own pass would read the activation again.
+  // output transforms (output_transform<true>): 5 vector operations per 16 values where the
+  // reader's own pass would read the activation again.
   bool write_moments(const std::shared_ptr<ChannelMoments>& m) const override {
     if (m && dst_ != DType::BF16) return false;
     out_moments_ = m;
@@ -389,10 +389,9 @@ class WinogradConv2dBf16Amx : public PreparedOp {
 
   // Y = A^T M A + bias (+ residual) of the block's tiles for the 32 channels of panel, from m [p][4
   // tiles (rows half x columns half)][16][16] f32, into y (f32 or bf16 per dst_).
-  // part (write_moments, bf16 output): this thread's [n][d1, d2][cout] sums, to add the moments of
-  // the values written to.
-  // Moments: part is not null (a separate instance: the sums in the loop cost the plain one 3% of
-  // a VAE decode when only skipped at run time).
+  // Moments (write_moments, bf16 output): also add the moments of the values written to part, this
+  // thread's [n][d1, d2][cout] sums (a separate instance: skipped only at run time, the sums cost
+  // the plain one 3% of a VAE decode).
   template <bool Moments>
   TAIYI_TARGET_AMX void output_transform(const float* m, int64_t panel, int64_t t0, int64_t count, void* y,
                                          const Strides4& sy, const void* res, const Strides4& sr, double* part) const {

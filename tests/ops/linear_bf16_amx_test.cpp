@@ -71,10 +71,12 @@ TEST_F(LinearBf16Amx, MatchesTheRoundedReference) {
   // 37 rows: a partial 32-row block and a partial 16-row tile; 600 rows: two strips of (up to) 256
   // rows for each of two threads, and N = 1024 three chunks of columns (384, 384, 256); K = 1312: a
   // last K block of one step.
-  // Below K = 1280 the whole-K mode: 600 rows x K 320 (strips of 512 rows: two for one thread), 1100
-  // rows x K 768 x N 800 (chunks of 320 columns, the last 160), 37 and 70 rows, K of one step.
-  const Case cases[] = {{37, 2048, 64, true},   {600, 1280, 1024, true}, {70, 1312, 96, false}, {1, 2560, 32, true},
-                        {600, 320, 1024, true}, {1100, 768, 800, true},  {37, 96, 64, true},    {70, 32, 96, false}};
+  // Below K = 1280 the whole-K mode: 600 rows x K 320 (one K block; strips of 512 rows: two for one
+  // thread), 1100 rows x K 768 x N 800 (3 K blocks of 8 steps; groups of 64 columns, the last 32),
+  // K 640 (2 blocks of 10 steps), K 704 (blocks of 8, 8 and 6 steps), 37 and 70 rows, K of one step.
+  const Case cases[] = {{37, 2048, 64, true},   {600, 1280, 1024, true}, {70, 1312, 96, false},  {1, 2560, 32, true},
+                        {600, 320, 1024, true}, {1100, 768, 800, true},  {300, 640, 160, false}, {90, 704, 96, true},
+                        {37, 96, 64, true},     {70, 32, 96, false}};
   const int default_threads = omp_get_max_threads();
   for (int threads : {1, default_threads}) {
     omp_set_num_threads(threads);

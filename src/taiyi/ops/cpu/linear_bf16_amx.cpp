@@ -18,9 +18,12 @@
 //     next block's products, and each K block prefetches the next one's B into L2 (as below).
 //
 // All of K (K < 1280: BERT's other linears, the UNet's projections with K = 320, 640 and 768),
-// run_whole_k: the C tiles stay in their registers over every step, operands streamed from L2;
-// each C block's epilogue runs during the next block's products, and the next chunk of B is
-// prefetched into L2 (see there).
+// run_whole_k: A tiles of a strip's rows over all of K and B panels of a chunk of columns in L2;
+// where K fits one K block of up to 10 steps (320), each C block stays in its tiles over every
+// step; longer K goes in K blocks of up to 10 steps (768: 3 of 8), each block's 2 A tiles a step in
+// L1 across a group of a chunk's panels, the group's C blocks in L1 between K blocks. Each group's
+// epilogue runs during the next group's products, and the next chunk of B is prefetched into L2
+// (see there).
 //
 // Products and sums in f32 in the tiles, K in the same order as oneDNN's (steps of 32), so results
 // agree with its to f32 rounding (bench/linear_bench: identical bf16 outputs on BERT's shapes).
@@ -52,14 +55,16 @@ namespace taiyi::ops::cpu {
 
 namespace {
 
-constexpr int64_t kKc = 256;                // K per block
-constexpr int64_t kSteps = kKc / 32;        // tile steps per K block
-constexpr int64_t kTile = 512;              // bf16 elements of a 16 x 64-byte tile
-constexpr int64_t kStrip = 256;             // rows per strip
-constexpr int64_t kChunk = 384;             // columns per chunk (a strip's f32 accumulators: 384 KiB)
-constexpr int64_t kMinK = 1280;             // from here the K-block mode; shorter reductions the whole-K mode
-constexpr size_t kStripBytes = 768 * 1024;  // whole-K mode: a strip's A tiles (rows x K bf16), in L2
-constexpr size_t kChunkBytes = 512 * 1024;  // whole-K mode: a chunk's B panels (columns x K bf16), in L2
+constexpr int64_t kKc = 256;                      // K per block
+constexpr int64_t kSteps = kKc / 32;              // tile steps per K block
+constexpr int64_t kTile = 512;                    // bf16 elements of a 16 x 64-byte tile
+constexpr int64_t kStrip = 256;                   // rows per strip
+constexpr int64_t kChunk = 384;                   // columns per chunk (a strip's f32 accumulators: 384 KiB)
+constexpr int64_t kMinK = 1280;                   // from here the K-block mode; shorter reductions the whole-K mode
+constexpr size_t kStripBytes = 768 * 1024;        // whole-K mode: a strip's A tiles (rows x K bf16), in L2
+constexpr size_t kChunkBytes = 512 * 1024;        // whole-K mode: a chunk's B panels (columns x K bf16), in L2
+constexpr int64_t kWholeBlockSteps = 10;          // whole-K mode: most steps of a K block (its A tiles in L1)
+constexpr size_t kBlockedChunkBytes = 96 * 1024;  // the same, for K of more than one K block
 
 size_t round_up64(size_t n) { return (n + 63) / 64 * 64; }
 
@@ -101,10 +106,15 @@ class LinearBf16Amx : public PreparedOp {
     packed_ptr_ = packed_.data_u16();
     bias_ptr_ = bias_.defined() ? bias_.data<float>() : nullptr;
     if (whole_k_) {
+      const int64_t blocks = (k_ / 32 + kWholeBlockSteps - 1) / kWholeBlockSteps;
+      bsteps_ = (k_ / 32 + blocks - 1) / blocks;
       strip_ = std::clamp<int64_t>(static_cast<int64_t>(kStripBytes) / (k_ * 2) / 32 * 32, 32, 512);
-      chunk_ = std::clamp<int64_t>(static_cast<int64_t>(kChunkBytes) / (k_ * 2) / 32 * 32, 32, n_);
+      chunk_ = std::clamp<int64_t>(
+          static_cast<int64_t>(blocks > 1 ? kBlockedChunkBytes : kChunkBytes) / (k_ * 2) / 32 * 32, 32, n_);
+      group_ = blocks > 1 ? chunk_ / 32 : 1;
       a_bytes_ = round_up64(static_cast<size_t>(strip_ * k_) * 2);
-      acc_bytes_ = 2 * 4096;  // two C blocks (4 tiles of 1 KiB): the one stored, the one its epilogue reads
+      // two groups' C blocks (4 tiles of 1 KiB a panel): the one summed, the one its epilogue reads
+      acc_bytes_ = static_cast<size_t>(2 * group_) * 4096;
     } else {
       a_bytes_ = round_up64(static_cast<size_t>(kStrip * kKc) * 2);
       acc_bytes_ = round_up64(static_cast<size_t>(kStrip * kChunk) * 4);
@@ -161,6 +171,7 @@ class LinearBf16Amx : public PreparedOp {
   struct Pending {
     const float* c = nullptr;
     int64_t row0 = 0, col0 = 0;
+    int64_t panels = 1;  // blocks of 32 columns side by side (panel q's tiles at c + q 1024)
   };
 
   // Lines of packed B to bring into L2 a few at a time while products run: `panels` panels from
@@ -265,12 +276,18 @@ class LinearBf16Amx : public PreparedOp {
       }
       BPrefetch pf = b_prefetch(q0, qn, qk * kSteps, steps(qk));
       pf.per_step = pf.total() / (mblocks * panels * steps(kb)) + 1;
+      bool loaded = false;  // tiles 4-7 hold the block's first step (loaded during the one before)
       for (int64_t mb = 0; mb < mblocks; ++mb) {
         const uint16_t* ab = a + mb * kSteps * 2 * kTile;
         for (int64_t p = 0; p < panels; ++p) {
           float* c = acc + (mb * panels + p) * 1024;
-          block(ab, kb, n0 / 32 + p, c, pf, pending, residual, out);
-          if (kb + 1 == kblocks_) pending = Pending{c, s0 + mb * 32, n0 + p * 32};
+          // the next block's first A and B tiles, loaded during this one's last step
+          const uint16_t* na = p + 1 < panels ? ab : mb + 1 < mblocks ? ab + kSteps * 2 * kTile : nullptr;
+          const uint16_t* nb =
+              packed_ptr_ + (n0 / 32 + (p + 1 < panels ? p + 1 : 0)) * k_ * 32 + kb * kSteps * 2 * kTile;
+          block(ab, kb, n0 / 32 + p, c, loaded, na, nb, pf, pending, residual, out);
+          loaded = na != nullptr;
+          if (kb + 1 == kblocks_) pending = Pending{c, s0 + mb * 32, n0 + p * 32, 1};
         }
       }
     }
@@ -278,14 +295,18 @@ class LinearBf16Amx : public PreparedOp {
 
   // Whole-K mode (K < kMinK). Each thread takes a range of rows; per strip of strip_ rows (A tiles
   // of all of K, up to kStripBytes, in L2), per chunk of chunk_ columns (B panels, up to
-  // kChunkBytes, in L2), per 32 rows, per 32 columns: the 2 x 2 C tiles start at zero and take every
-  // step of K, both operands streamed from L2 by the hardware prefetchers (a /tmp probe: 2 x 2
-  // tiles with both operands from L2 run at ~80% of the tile peak, 6.0 TFLOP/s on 2 cores), then go
-  // to one of two 4 KiB buffers. Per step of a block, also:
-  //   - a few rows of the previous block's epilogue, so that its vector work and stores overlap the
+  // kChunkBytes, in L2), per 32 rows, per group of group_ panels of 32 columns: per K block of
+  // bsteps_ steps, per panel, the 2 x 2 C tiles start at zero or from the group's buffer and take the
+  // block's steps, then go back to it (one of two, 4 KiB a panel). Where K has more than one block
+  // (K = 640, 768), a group is a chunk of 96 KiB of B (64 columns at K = 768), and the block's two A
+  // tiles a step stay in L1 across its panels; the same loop with all of K per panel, A and B both
+  // from L2, was slower: BERT's text encoder 0.1115 -> 0.1085 s (medians of six A/B pairs), and
+  // 0.111 -> 0.105 with the panel-to-panel loads in the loop below. Where one block holds K (320),
+  // a group is a panel. Per step of a group, also:
+  //   - a few rows of the previous group's epilogue, so that its vector work and stores overlap the
   //     products (BERT's [1024, 768] x [768, 3072] with the epilogue after each block: 2.24 ms, 1.43
   //     with none at all, 1.85 overlapped);
-  //   - two rows of this block's output (and residual) prefetched for that epilogue: they are N
+  //   - two rows of this group's output (and residual) prefetched for that epilogue: they are N
   //     apart, and the residual's loads were 40% of the kernel's samples (perf);
   //   - a share of the next chunk's B panels prefetched into L2 (the next strip's first after the
   //     last): in the graph the weights come from L3 or memory, and each chunk's first 32 rows
@@ -296,17 +317,19 @@ class LinearBf16Amx : public PreparedOp {
   // 4.3% of the text encoder's samples in libgomp, 2.8% after; UNet step 0.939 -> 0.921 s).
   TAIYI_TARGET_AMX void run_whole_k(const uint16_t* x, const void* residual, void* out, std::byte* scratch) const {
     const int64_t steps = k_ / 32;
-    // rows of the previous block's epilogue per step of the next (all of them within 16 steps)
-    const int64_t per_step = std::max<int64_t>(2, (32 + steps - 2) / std::max<int64_t>(1, steps - 1));
+    // rows of the previous group's epilogue per step of the next (all of them within its steps but
+    // the last; a smaller group, a chunk's last, finishes the rest after its steps)
+    const int64_t group_steps = steps * group_;
+    const int64_t per_step = std::max<int64_t>(1, (32 + group_steps - 2) / std::max<int64_t>(1, group_steps - 1));
     std::vector<WorkUnits> units(static_cast<size_t>(run_threads()));
 #pragma omp parallel num_threads(run_threads())
     {
       const auto [a, cbuf, r0, r1] = thread_part(scratch);
       const int64_t id = omp_get_thread_num(), nt = omp_get_num_threads();
       WorkUnits& own = units[static_cast<size_t>(id)];
-      own.reset(unit_count(r0, r1), false);
       Pending pending;
       int cur = 0;
+      own.reset(unit_count(r0, r1), false);
       int64_t packed = -1, chunk = -1;
       BPrefetch pf;
       for (int64_t u; (u = own.take_front()) >= 0;) {
@@ -376,37 +399,69 @@ class LinearBf16Amx : public PreparedOp {
                                  BPrefetch& pf, Pending& pending, float* cbuf, int& cur, const void* residual,
                                  void* out) const {
     const int64_t row0 = r0 + w.strip * strip_ + w.mb * 32, n0 = w.chunk * chunk_;
-    const int64_t p1 = std::min(n_, n0 + chunk_) / 32;
+    const int64_t q1 = std::min(n_, n0 + chunk_) / 32;
     const uint16_t* ab = a + w.mb * steps * 2 * kTile;
-    for (int64_t p = n0 / 32; p < p1; ++p) {
-      const uint16_t* bb = packed_ptr_ + p * k_ * 32;
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      _tile_loadd(4, ab, 64);
-      _tile_loadd(6, bb, 64);
-      _tile_loadd(5, ab + kTile, 64);
-      _tile_loadd(7, bb + kTile, 64);
-      int64_t done = 0;
-      const Pending next{nullptr, row0, p * 32};
-      for (int64_t st = 0; st + 1 < steps; ++st) {
-        amx_step_2x2<true>(ab + (st + 1) * 2 * kTile, bb + (st + 1) * 2 * kTile);
-        if (st < 16) prefetch_rows(next, 2 * st, residual, out);
-        pf.issue();
-        if (pending.c)
-          for (int64_t u = 0; u < per_step && done < 32; ++u) epilogue_row(pending, done++, residual, out);
+    bool loaded = false;  // tiles 4-7 hold the first step of the next (group, K block, panel) already
+    for (int64_t g0 = n0 / 32; g0 < q1; g0 += group_) {
+      const int64_t np = std::min(group_, q1 - g0);
+      float* c = cbuf + cur * group_ * 1024;
+      cur ^= 1;
+      const Pending next{c, row0, g0 * 32, np};
+      int64_t done = 0, issued = 0;  // rows of pending's epilogue done; steps of this group so far
+      for (int64_t s0 = 0; s0 < steps; s0 += bsteps_) {
+        const int64_t s1 = std::min(steps, s0 + bsteps_);
+        for (int64_t p = 0; p < np; ++p) {
+          const uint16_t* bb = packed_ptr_ + (g0 + p) * k_ * 32;
+          float* cp = c + p * 1024;
+          if (s0 == 0) {
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+          } else {
+            _tile_loadd(0, cp, 64);
+            _tile_loadd(1, cp + 256, 64);
+            _tile_loadd(2, cp + 512, 64);
+            _tile_loadd(3, cp + 768, 64);
+          }
+          if (!loaded) {
+            _tile_loadd(4, ab + s0 * 2 * kTile, 64);
+            _tile_loadd(6, bb + s0 * 2 * kTile, 64);
+            _tile_loadd(5, ab + s0 * 2 * kTile + kTile, 64);
+            _tile_loadd(7, bb + s0 * 2 * kTile + kTile, 64);
+          }
+          // The next (group, K block, panel)'s first step, loaded during this one's last: the
+          // operands of a panel's first products otherwise waited on L2 after its C tiles were
+          // stored (a /tmp probe of BERT's intermediate dense: 1.52 -> 1.39 ms).
+          const uint16_t *na = nullptr, *nb = nullptr;
+          if (p + 1 < np) {
+            na = ab + s0 * 2 * kTile;
+            nb = packed_ptr_ + (g0 + p + 1) * k_ * 32 + s0 * 2 * kTile;
+          } else if (s1 < steps) {
+            na = ab + s1 * 2 * kTile;
+            nb = packed_ptr_ + g0 * k_ * 32 + s1 * 2 * kTile;
+          } else if (g0 + group_ < q1) {
+            na = ab;
+            nb = packed_ptr_ + (g0 + group_) * k_ * 32;
+          }
+          for (int64_t st = s0; st < s1; ++st, ++issued) {
+            const bool more = st + 1 < s1;
+            amx_step_2x2<true>(more ? ab + (st + 1) * 2 * kTile : na, more ? bb + (st + 1) * 2 * kTile : nb);
+            if (issued < 16) prefetch_rows(next, 2 * issued, residual, out);
+            pf.issue();
+            if (pending.c)
+              for (int64_t u = 0; u < per_step && done < 32; ++u) epilogue_row(pending, done++, residual, out);
+          }
+          loaded = na != nullptr;
+          _tile_stored(0, cp, 64);
+          _tile_stored(1, cp + 256, 64);
+          _tile_stored(2, cp + 512, 64);
+          _tile_stored(3, cp + 768, 64);
+        }
       }
-      amx_step_2x2(nullptr, nullptr);
       if (pending.c)
         while (done < 32) epilogue_row(pending, done++, residual, out);
-      float* c = cbuf + cur * 1024;
-      cur ^= 1;
-      _tile_stored(0, c, 64);
-      _tile_stored(1, c + 256, 64);
-      _tile_stored(2, c + 512, 64);
-      _tile_stored(3, c + 768, 64);
-      pending = Pending{c, row0, p * 32};
+      pending = next;
     }
   }
 
@@ -432,12 +487,10 @@ class LinearBf16Amx : public PreparedOp {
     for (int64_t r = i; r < i + 2; ++r) {
       const int64_t at = std::min(pd.row0 + r, m_ - 1) * n_ + pd.col0;  // (rows past M: the last again)
       const char* o = static_cast<const char*>(out) + at * bytes;
-      prefetch_line(o, true, 0);
-      if (bytes == 4) prefetch_line(o + 64, true, 0);
+      for (int64_t l = 0; l < pd.panels * bytes / 2; ++l) prefetch_line(o + l * 64, true, 0);
       if (!other) continue;
       const char* q = static_cast<const char*>(residual) + at * rbytes;
-      prefetch_line(q, false, 0);
-      if (rbytes == 4) prefetch_line(q + 64, false, 0);
+      for (int64_t l = 0; l < pd.panels * rbytes / 2; ++l) prefetch_line(q + l * 64, false, 0);
     }
   }
 
@@ -446,10 +499,15 @@ class LinearBf16Amx : public PreparedOp {
   TAIYI_TARGET_AMX void epilogue_row(const Pending& pd, int64_t i, const void* residual, void* out) const {
     const int64_t row = pd.row0 + i;
     if (row >= m_) return;
-    const float* t = pd.c + (i / 16 * 2) * 256 + i % 16 * 16;
+    for (int64_t q = 0; q < pd.panels; ++q) epilogue_part(pd.c + q * 1024, row, i, pd.col0 + q * 32, residual, out);
+  }
+  // Row i of one C block (columns col0 to col0 + 31) into output row `row`.
+  TAIYI_TARGET_AMX void epilogue_part(const float* c, int64_t row, int64_t i, int64_t col0, const void* residual,
+                                      void* out) const {
+    const float* t = c + (i / 16 * 2) * 256 + i % 16 * 16;
     __m512 v0 = _mm512_load_ps(t), v1 = _mm512_load_ps(t + 256);
     if (bias_ptr_) {
-      const float* b = bias_ptr_ + pd.col0;
+      const float* b = bias_ptr_ + col0;
       v0 = _mm512_add_ps(v0, _mm512_loadu_ps(b));
       v1 = _mm512_add_ps(v1, _mm512_loadu_ps(b + 16));
     }
@@ -457,7 +515,7 @@ class LinearBf16Amx : public PreparedOp {
       v0 = gelu16(v0);
       v1 = gelu16(v1);
     }
-    const int64_t at = row * n_ + pd.col0;
+    const int64_t at = row * n_ + col0;
     if (residual_) {
       if (residual_dtype_ == DType::BF16) {
         const uint16_t* r = static_cast<const uint16_t*>(residual) + at;
@@ -501,9 +559,11 @@ class LinearBf16Amx : public PreparedOp {
   // tile is loaded again right after its last product of the step, so the next step's loads
   // overlap this step's products: tiles have no renaming, and loading all four first made every
   // load wait for the products before it (the same loop with every operand in L1: 2.8 -> 5.0
-  // TFLOP/s on 2 threads).
-  TAIYI_TARGET_AMX void block(const uint16_t* a, int64_t kb, int64_t nb, float* c, BPrefetch& pf, Pending& pending,
-                              const void* residual, void* out) const {
+  // TFLOP/s on 2 threads). Where `loaded`, tiles 4-7 hold the first step already; the last step
+  // loads the next block's first (na, nbp) unless na is null.
+  TAIYI_TARGET_AMX void block(const uint16_t* a, int64_t kb, int64_t nb, float* c, bool loaded, const uint16_t* na,
+                              const uint16_t* nbp, BPrefetch& pf, Pending& pending, const void* residual,
+                              void* out) const {
     if (kb == 0) {
       _tile_zero(0);
       _tile_zero(1);
@@ -517,14 +577,16 @@ class LinearBf16Amx : public PreparedOp {
     }
     const uint16_t* b = packed_ptr_ + nb * k_ * 32 + kb * kSteps * 2 * kTile;
     const int64_t n = steps(kb);
-    _tile_loadd(4, a, 64);
-    _tile_loadd(6, b, 64);
-    _tile_loadd(5, a + kTile, 64);
-    _tile_loadd(7, b + kTile, 64);
+    if (!loaded) {
+      _tile_loadd(4, a, 64);
+      _tile_loadd(6, b, 64);
+      _tile_loadd(5, a + kTile, 64);
+      _tile_loadd(7, b + kTile, 64);
+    }
     const int64_t per_step = (32 + n - 1) / n;
     int64_t done = 0;
     for (int64_t s = 0; s < n; ++s) {
-      amx_step_2x2(s + 1 < n ? a + (s + 1) * 2 * kTile : nullptr, b + (s + 1) * 2 * kTile);
+      amx_step_2x2(s + 1 < n ? a + (s + 1) * 2 * kTile : na, s + 1 < n ? b + (s + 1) * 2 * kTile : nbp);
       pf.issue();
       if (pending.c)
         for (int64_t u = 0; u < per_step && done < 32; ++u) epilogue_row(pending, done++, residual, out);
@@ -543,6 +605,8 @@ class LinearBf16Amx : public PreparedOp {
   bool steal_ = !(std::getenv("TAIYI_AMX_LINEAR_STEAL") && std::string(std::getenv("TAIYI_AMX_LINEAR_STEAL")) == "0");
   bool whole_k_;                             // K < kMinK: C stays in its tiles over all of K (run_whole_k)
   int64_t strip_ = kStrip, chunk_ = kChunk;  // rows per strip, columns per chunk (set for the whole-K mode)
+  int64_t bsteps_ = 0;                       // whole-K mode: steps per K block (the last may have fewer)
+  int64_t group_ = 1;                        // whole-K mode: panels summed together, K block by K block
   bool gelu_;                                // the exact GELU after the bias (BERT's intermediate dense)
   float ln_eps_;                             // > 0: a LayerNorm over each row after the residual (BERT's post-LN)
   Tensor ln_gamma_, ln_beta_;

@@ -413,17 +413,7 @@ class LinearBf16Amx : public PreparedOp {
         for (int64_t p = 0; p < np; ++p) {
           const uint16_t* bb = packed_ptr_ + (g0 + p) * k_ * 32;
           float* cp = c + p * 1024;
-          if (s0 == 0) {
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-          } else {
-            _tile_loadd(0, cp, 64);
-            _tile_loadd(1, cp + 256, 64);
-            _tile_loadd(2, cp + 512, 64);
-            _tile_loadd(3, cp + 768, 64);
-          }
+          start_c(s0 == 0 ? nullptr : cp);
           if (!loaded) {
             _tile_loadd(4, ab + s0 * 2 * kTile, 64);
             _tile_loadd(6, bb + s0 * 2 * kTile, 64);
@@ -463,6 +453,21 @@ class LinearBf16Amx : public PreparedOp {
         while (done < 32) epilogue_row(pending, done++, residual, out);
       pending = next;
     }
+  }
+
+  // C tiles 0-3 zeroed (c null) or loaded from the 4 KiB block at c.
+  TAIYI_TARGET_AMX static void start_c(const float* c) {
+    if (!c) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      return;
+    }
+    _tile_loadd(0, c, 64);
+    _tile_loadd(1, c + 256, 64);
+    _tile_loadd(2, c + 512, 64);
+    _tile_loadd(3, c + 768, 64);
   }
 
   // prefetchw (for a write) or prefetcht0 of p's line, as asm: GCC 12 dropped __builtin_prefetch
@@ -564,17 +569,7 @@ class LinearBf16Amx : public PreparedOp {
   TAIYI_TARGET_AMX void block(const uint16_t* a, int64_t kb, int64_t nb, float* c, bool loaded, const uint16_t* na,
                               const uint16_t* nbp, BPrefetch& pf, Pending& pending, const void* residual,
                               void* out) const {
-    if (kb == 0) {
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-    } else {
-      _tile_loadd(0, c, 64);
-      _tile_loadd(1, c + 256, 64);
-      _tile_loadd(2, c + 512, 64);
-      _tile_loadd(3, c + 768, 64);
-    }
+    start_c(kb == 0 ? nullptr : c);
     const uint16_t* b = packed_ptr_ + nb * k_ * 32 + kb * kSteps * 2 * kTile;
     const int64_t n = steps(kb);
     if (!loaded) {

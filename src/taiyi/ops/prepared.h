@@ -67,6 +67,11 @@ class PreparedOp {
   // statistics from m where m is ready (read; computing them itself where not). A null m unlinks.
   virtual bool write_moments(const std::shared_ptr<ChannelMoments>&) const { return false; }
   virtual bool read_moments(const std::shared_ptr<ChannelMoments>&) const { return false; }
+  // A bf16 output in 32-row blocks of AMX A tiles (write_tiles) for a linear that reads its input
+  // so (read_tiles), the pair linked by link_linear_tiles; whether this op can, and from now on does
+  // (false: back to rows).
+  virtual bool write_tiles(bool) const { return false; }
+  virtual bool read_tiles(bool) const { return false; }
 };
 
 // Compute precision of a prepared op: f32, or bf16 products with f32 accumulation and

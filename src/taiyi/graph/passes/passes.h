@@ -159,6 +159,10 @@ bool bf16_attention(Graph& g, const CompileOptions& options = {});
 // the prepared kernel that wrote its input sums as it writes (ops::ChannelMoments), where both can.
 bool link_norm_moments(Graph& g, const CompileOptions& options = {});
 
+// After prepack_weights: a bf16 AMX linear read only by another one in its K-block mode writes its
+// output in the A tiles the reader takes in place (ops::PreparedOp::write_tiles / read_tiles).
+bool link_linear_tiles(Graph& g, const CompileOptions& options = {});
+
 // The pipeline, in order:
 inline const std::vector<Pass>& default_passes() {
   static const std::vector<Pass> passes = {
@@ -179,6 +183,7 @@ inline const std::vector<Pass>& default_passes() {
       {"prepack_weights", prepack_weights},
       {"bf16_attention", bf16_attention},
       {"link_norm_moments", link_norm_moments},
+      {"link_linear_tiles", link_linear_tiles},
   };
   return passes;
 }

@@ -150,9 +150,25 @@ class LinearBf16Amx : public PreparedOp {
     }
   }
 
+  // The output in 32-row blocks of A tiles (write_tiles) for a K-block linear that reads them in
+  // place (read_tiles): graph/passes/link_linear_tiles.cpp, where the second is the first's only
+  // reader. The bytes are those of the [M, N] output, in another order.
+  bool write_tiles(bool on) const override {
+    if (on && !(dst_ == DType::BF16 && !residual_ && !(ln_eps_ > 0) && m_ % 32 == 0)) return false;
+    tiled_out_ = on;
+    return true;
+  }
+  bool read_tiles(bool on) const override {
+    if (on && !(!whole_k_ && m_ % 32 == 0)) return false;
+    tiled_in_ = on;
+    return true;
+  }
+
   size_t scratch_bytes() const override { return static_cast<size_t>(threads_) * (a_bytes_ + acc_bytes_) + 64; }
   size_t packed_weight_bytes() const override { return static_cast<size_t>(n_ * k_) * 2; }
-  std::string describe() const override { return describe_; }
+  std::string describe() const override {
+    return describe_ + (tiled_out_ ? " (writes A tiles)" : "") + (tiled_in_ ? " (reads A tiles)" : "");
+  }
   double flops() const override { return 2.0 * m_ * n_ * k_; }
 
  private:
@@ -262,8 +278,12 @@ class LinearBf16Amx : public PreparedOp {
     const int64_t n0 = u / strips(r0, r1) * chunk_, s0 = r0 + u % strips(r0, r1) * strip_;
     const int64_t panels = std::min(chunk_, n_ - n0) / 32;
     const int64_t rows = std::min(strip_, r1 - s0), mblocks = (rows + 31) / 32;
+    // (tiled input, read_tiles: x holds 32-row blocks of A tiles over all of K, as pack_rows
+    // writes them for one K block: each block's A tiles read in place)
+    const int64_t a_block = (tiled_in_ ? k_ / 32 : kSteps) * 2 * kTile;  // elements from one 32-row block to the next
     for (int64_t kb = 0; kb < kblocks_; ++kb) {
-      pack_rows(x + s0 * k_ + kb * kKc, rows, steps(kb), kSteps, a);
+      const uint16_t* ak = tiled_in_ ? x + (s0 / 32 * (k_ / 32) + kb * kSteps) * 2 * kTile : a;
+      if (!tiled_in_) pack_rows(x + s0 * k_ + kb * kKc, rows, steps(kb), kSteps, a);
       // The next K block's B (the next strip's, or the next chunk's, first after the last),
       // into L2 while this one runs: it comes from L3 or memory otherwise, at the first 32 rows.
       int64_t q0 = n0 / 32, qn = panels, qk = kb + 1;
@@ -278,11 +298,11 @@ class LinearBf16Amx : public PreparedOp {
       pf.per_step = pf.total() / (mblocks * panels * steps(kb)) + 1;
       bool loaded = false;  // tiles 4-7 hold the block's first step (loaded during the one before)
       for (int64_t mb = 0; mb < mblocks; ++mb) {
-        const uint16_t* ab = a + mb * kSteps * 2 * kTile;
+        const uint16_t* ab = ak + mb * a_block;
         for (int64_t p = 0; p < panels; ++p) {
           float* c = acc + (mb * panels + p) * 1024;
           // the next block's first A and B tiles, loaded during this one's last step
-          const uint16_t* na = p + 1 < panels ? ab : mb + 1 < mblocks ? ab + kSteps * 2 * kTile : nullptr;
+          const uint16_t* na = p + 1 < panels ? ab : mb + 1 < mblocks ? ab + a_block : nullptr;
           const uint16_t* nb =
               packed_ptr_ + (n0 / 32 + (p + 1 < panels ? p + 1 : 0)) * k_ * 32 + kb * kSteps * 2 * kTile;
           block(ab, kb, n0 / 32 + p, c, loaded, na, nb, pf, pending, residual, out);
@@ -492,11 +512,22 @@ class LinearBf16Amx : public PreparedOp {
     for (int64_t r = i; r < i + 2; ++r) {
       const int64_t at = std::min(pd.row0 + r, m_ - 1) * n_ + pd.col0;  // (rows past M: the last again)
       const char* o = static_cast<const char*>(out) + at * bytes;
-      for (int64_t l = 0; l < pd.panels * bytes / 2; ++l) prefetch_line(o + l * 64, true, 0);
+      if (tiled_out_) {
+        for (int64_t q = 0; q < pd.panels; ++q)
+          prefetch_line(static_cast<const char*>(out) + tiled_offset(pd.row0 + r, pd.col0 + q * 32) * 2, true, 0);
+      } else {
+        for (int64_t l = 0; l < pd.panels * bytes / 2; ++l) prefetch_line(o + l * 64, true, 0);
+      }
       if (!other) continue;
       const char* q = static_cast<const char*>(residual) + at * rbytes;
       for (int64_t l = 0; l < pd.panels * rbytes / 2; ++l) prefetch_line(q + l * 64, false, 0);
     }
+  }
+
+  // Where element (row, col) of the output lies in the tiled order (write_tiles): 32 x 32 blocks of
+  // 2 KiB, row blocks outer, each as two A tiles of 16 rows x 32 columns (pack_rows' order).
+  int64_t tiled_offset(int64_t row, int64_t col) const {
+    return (row / 32 * (n_ / 32) + col / 32) * 1024 + row % 32 * 32 + col % 32;
   }
 
   // Row i (< 32) of a stored C block into out (rows past M skipped): its 32 columns + bias (+
@@ -533,7 +564,8 @@ class LinearBf16Amx : public PreparedOp {
       }
     }
     if (dst_ == DType::BF16) {
-      _mm512_storeu_si512(static_cast<uint16_t*>(out) + at, (__m512i)_mm512_cvtne2ps_pbh(v1, v0));
+      _mm512_storeu_si512(static_cast<uint16_t*>(out) + (tiled_out_ ? tiled_offset(row, col0) : at),
+                          (__m512i)_mm512_cvtne2ps_pbh(v1, v0));
     } else {
       _mm512_storeu_ps(static_cast<float*>(out) + at, v0);
       _mm512_storeu_ps(static_cast<float*>(out) + at + 16, v1);
@@ -607,6 +639,7 @@ class LinearBf16Amx : public PreparedOp {
   Tensor ln_gamma_, ln_beta_;
   bool residual_;
   DType residual_dtype_, dst_;
+  mutable bool tiled_out_ = false, tiled_in_ = false;  // write_tiles, read_tiles
   int threads_;
   Tensor packed_, bias_;
   const uint16_t* packed_ptr_ = nullptr;  // packed_'s and bias_'s data (the epilogue reads them per row)

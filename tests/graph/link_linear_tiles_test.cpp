@@ -24,11 +24,6 @@ namespace {
 using testing::max_abs_diff;
 using testing::random_tensor;
 
-size_t described(const Graph& g, const std::string& what) {
-  return count_nodes(
-      g, [&](const Node& n) { return n.prepared && n.prepared->describe().find(what) != std::string::npos; });
-}
-
 class LinkLinearTiles : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -26,11 +26,6 @@ namespace {
 using testing::max_abs_diff;
 using testing::random_tensor;
 
-size_t described(const Graph& g, const std::string& what) {
-  return count_nodes(
-      g, [&](const Node& n) { return n.prepared && n.prepared->describe().find(what) != std::string::npos; });
-}
-
 TEST(LinkNormMoments, ConvolutionsTakeTheirWritersMoments) {
   if (!ops::bf16_supported()) GTEST_SKIP() << "this CPU runs no bf16";
   unsetenv("TAIYI_BF16_EMULATE");

@@ -347,9 +347,9 @@ class LinearBf16Amx : public PreparedOp {
       const auto [a, cbuf, r0, r1] = thread_part(scratch);
       const int64_t id = omp_get_thread_num(), nt = omp_get_num_threads();
       WorkUnits& own = units[static_cast<size_t>(id)];
+      own.reset(unit_count(r0, r1), false);
       Pending pending;
       int cur = 0;
-      own.reset(unit_count(r0, r1), false);
       int64_t packed = -1, chunk = -1;
       BPrefetch pf;
       for (int64_t u; (u = own.take_front()) >= 0;) {
@@ -434,12 +434,7 @@ class LinearBf16Amx : public PreparedOp {
           const uint16_t* bb = packed_ptr_ + (g0 + p) * k_ * 32;
           float* cp = c + p * 1024;
           start_c(s0 == 0 ? nullptr : cp);
-          if (!loaded) {
-            _tile_loadd(4, ab + s0 * 2 * kTile, 64);
-            _tile_loadd(6, bb + s0 * 2 * kTile, 64);
-            _tile_loadd(5, ab + s0 * 2 * kTile + kTile, 64);
-            _tile_loadd(7, bb + s0 * 2 * kTile + kTile, 64);
-          }
+          if (!loaded) load_operands(ab + s0 * 2 * kTile, bb + s0 * 2 * kTile);
           // The next (group, K block, panel)'s first step, loaded during this one's last: the
           // operands of a panel's first products otherwise waited on L2 after its C tiles were
           // stored (a /tmp probe of BERT's intermediate dense: 1.52 -> 1.39 ms).
@@ -463,10 +458,7 @@ class LinearBf16Amx : public PreparedOp {
               for (int64_t u = 0; u < per_step && done < 32; ++u) epilogue_row(pending, done++, residual, out);
           }
           loaded = na != nullptr;
-          _tile_stored(0, cp, 64);
-          _tile_stored(1, cp + 256, 64);
-          _tile_stored(2, cp + 512, 64);
-          _tile_stored(3, cp + 768, 64);
+          store_c(cp);
         }
       }
       if (pending.c)
@@ -488,6 +480,20 @@ class LinearBf16Amx : public PreparedOp {
     _tile_loadd(1, c + 256, 64);
     _tile_loadd(2, c + 512, 64);
     _tile_loadd(3, c + 768, 64);
+  }
+  // C tiles 0-3 into the 4 KiB block at c.
+  TAIYI_TARGET_AMX static void store_c(float* c) {
+    _tile_stored(0, c, 64);
+    _tile_stored(1, c + 256, 64);
+    _tile_stored(2, c + 512, 64);
+    _tile_stored(3, c + 768, 64);
+  }
+  // A step's two A tiles (a) and two B tiles (b) into tiles 4, 5 and 6, 7.
+  TAIYI_TARGET_AMX static void load_operands(const uint16_t* a, const uint16_t* b) {
+    _tile_loadd(4, a, 64);
+    _tile_loadd(6, b, 64);
+    _tile_loadd(5, a + kTile, 64);
+    _tile_loadd(7, b + kTile, 64);
   }
 
   // prefetchw (for a write) or prefetcht0 of p's line, as asm: GCC 12 dropped __builtin_prefetch
@@ -604,12 +610,7 @@ class LinearBf16Amx : public PreparedOp {
     start_c(kb == 0 ? nullptr : c);
     const uint16_t* b = packed_ptr_ + nb * k_ * 32 + kb * kSteps * 2 * kTile;
     const int64_t n = steps(kb);
-    if (!loaded) {
-      _tile_loadd(4, a, 64);
-      _tile_loadd(6, b, 64);
-      _tile_loadd(5, a + kTile, 64);
-      _tile_loadd(7, b + kTile, 64);
-    }
+    if (!loaded) load_operands(a, b);
     const int64_t per_step = (32 + n - 1) / n;
     int64_t done = 0;
     for (int64_t s = 0; s < n; ++s) {
@@ -621,16 +622,13 @@ class LinearBf16Amx : public PreparedOp {
     if (pending.c)
       while (done < 32) epilogue_row(pending, done++, residual, out);
     pending.c = nullptr;
-    _tile_stored(0, c, 64);
-    _tile_stored(1, c + 256, 64);
-    _tile_stored(2, c + 512, 64);
-    _tile_stored(3, c + 768, 64);
+    store_c(c);
   }
 
   int64_t k_, n_, m_, kblocks_;
   // whole-K mode: threads take units from the others' ends (TAIYI_AMX_LINEAR_STEAL=0: not, for A/B runs)
   bool steal_ = !(std::getenv("TAIYI_AMX_LINEAR_STEAL") && std::string(std::getenv("TAIYI_AMX_LINEAR_STEAL")) == "0");
-  bool whole_k_;                             // K < kMinK: C stays in its tiles over all of K (run_whole_k)
+  bool whole_k_;                             // K < kMinK: A tiles of all of K per strip (run_whole_k)
   int64_t strip_ = kStrip, chunk_ = kChunk;  // rows per strip, columns per chunk (set for the whole-K mode)
   int64_t bsteps_ = 0;                       // whole-K mode: steps per K block (the last may have fewer)
   int64_t group_ = 1;                        // whole-K mode: panels summed together, K block by K block

@@ -4,8 +4,9 @@
 // (TAIYI_AMX_LINEAR=0), taking turns; prints milliseconds and GFLOP/s of each and the largest
 // difference between the two outputs relative to the largest output.
 // With --cold, a 256 MiB buffer is written between runs, so that weights, input and output come
-// from memory as they do in the graph (each layer's weights are read once a call).
-//   build/bench/linear_bench [reps] [--cold]
+// from memory as they do in the graph (each layer's weights are read once a call). --only NAME
+// runs the cases whose name contains NAME (for perf record).
+//   build/bench/linear_bench [reps] [--cold] [--only NAME]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -23,9 +24,12 @@ int main(int argc, char** argv) {
   using namespace taiyi;
   int reps = 10;
   bool cold = false;
+  std::string only;
   for (int i = 1; i < argc; ++i) {
     if (std::string(argv[i]) == "--cold") {
       cold = true;
+    } else if (std::string(argv[i]) == "--only" && i + 1 < argc) {
+      only = argv[++i];
     } else {
       reps = std::max(1, std::atoi(argv[i]));
     }
@@ -58,6 +62,7 @@ int main(int argc, char** argv) {
                         {"UNet 16 ff out", 512, 5120, 1280}};
   bench::RandomTensors random;
   for (const Case& c : cases) {
+    if (std::string(c.what).find(only) == std::string::npos) continue;
     const Tensor x = random({c.m, c.k}, 1.0f).to(DType::BF16), w = random({c.n, c.k}, 0.05f), b = random({c.n}, 0.1f),
                  res = random({c.m, c.n}, 1.0f).to(DType::BF16);
     ops::Epilogue e;

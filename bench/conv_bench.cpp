@@ -1,6 +1,6 @@
 // Times the prepared convolution (ops::prepare_conv2d, the kernel graph mode would bind) on the 3x3
 // stride-1 and 1x1 convolutions of the Taiyi UNet at 512x512 (batch 2) and of the VAE decoder,
-// against oneDNN's direct convolution (TAIYI_WINOGRAD=0 TAIYI_CONV1X1=0), taking turns; prints
+// against oneDNN's direct convolution (TAIYI_WINOGRAD=0 TAIYI_CONV1X1=0 TAIYI_DIRECT_CONV=0), taking turns; prints
 // milliseconds and direct-equivalent GFLOP/s of each. bf16-nhwc-gn: the kernel with a GroupNorm+SiLU
 // prologue (32 groups, graph/passes/fuse_group_norm_conv.cpp) against the same kernel without.
 //   build/bench/conv_bench [fp32|bf16|bf16-nhwc|bf16-nhwc-gn] [reps] [first row] [last row]
@@ -71,8 +71,8 @@ int main(int argc, char** argv) {
     };
     std::unique_ptr<ops::PreparedOp> op[2];
     if (gn) {
-      if (!ops::conv2d_takes_group_norm_silu(xs, w, p, compute, ops::Layout::kNHWC, ops::Layout::kNHWC, {},
-                                             DType::BF16, 32))
+      if (!ops::conv2d_takes_group_norm_silu(xs, w, p, compute, ops::Layout::kNHWC, ops::Layout::kNHWC, {}, DType::BF16,
+                                             32))
         continue;
       op[0] = prepare({32, 1e-6f, random({c.cin}, 1.0f), random({c.cin}, 1.0f)});
       op[1] = prepare({});
@@ -80,9 +80,11 @@ int main(int argc, char** argv) {
       op[0] = prepare({});
       setenv("TAIYI_WINOGRAD", "0", 1);
       setenv("TAIYI_CONV1X1", "0", 1);
+      setenv("TAIYI_DIRECT_CONV", "0", 1);
       op[1] = prepare({});
       unsetenv("TAIYI_WINOGRAD");
       unsetenv("TAIYI_CONV1X1");
+      unsetenv("TAIYI_DIRECT_CONV");
     }
     const auto scratch = Storage::allocate(std::max(op[0]->scratch_bytes(), op[1]->scratch_bytes()) + 64);
     double best[2] = {1e30, 1e30};

@@ -10,7 +10,10 @@
 // (conv2d_1x1_bf16_avx512.cpp). On AMX, bf16 3x3 convolutions between channels-last activations
 // of up to 256 output channels (the VAE's 128- and 256-channel levels) go to our F(2x2,3x3) AMX
 // kernel (conv2d_winograd_bf16_amx.cpp: 1.1-1.6x oneDNN's brgconv there; at 320 channels and more,
-// the UNet's, oneDNN is as fast or faster), except with a per-call bias, which oneDNN takes.
+// the UNet's, oneDNN is as fast or faster), except with a per-call bias, which oneDNN takes; those
+// of 320-768 input channels and a width a multiple of 32 (the VAE's 512-channel ones, the UNet's
+// 320- and 640-channel ones) to our direct AMX kernel (conv2d_direct_bf16_amx.cpp), which reads a
+// blocked copy of its input (and takes a GroupNorm+SiLU prologue, as the Winograd does).
 // A convolution of a nearest-2x upsampled input (Conv2dParams upsample 2: graph mode's upsamplers,
 // graph/passes/fuse_upsample_conv.cpp) goes to conv2d_upsample_dnnl.cpp: four 2x2 convolutions of
 // the input itself, 2.25x fewer products.
@@ -74,7 +77,7 @@ bool conv1x1_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, 
 
 namespace {
 
-enum class ConvKernel { kWinogradF32, kWinogradBf16, kWinogradAmx, kConv1x1Bf16, kDnnl, kUpsample2x };
+enum class ConvKernel { kWinogradF32, kWinogradBf16, kWinogradAmx, kDirectAmx, kConv1x1Bf16, kDnnl, kUpsample2x };
 
 // bf16 3x3 convolutions with channels-last activations on AMX go to our F(2x2,3x3) AMX kernel
 // (conv2d_winograd_bf16_amx.cpp) where it beats oneDNN's direct brgconv (bench/conv_bench bf16-nhwc).
@@ -86,6 +89,18 @@ bool winograd_amx(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, 
          x_shape[1] * w.size(0) <= 512 * 256;
 }
 
+// bf16 3x3 convolutions with channels-last activations on AMX that the Winograd does not take, of
+// 320-768 input and >= 320 output channels and a width a multiple of 32 (the VAE's 512-channel
+// ones, the UNet's 320- and 640-channel ones) go to our direct AMX kernel
+// (conv2d_direct_bf16_amx.cpp: 1.2-1.7x oneDNN's brgconv there in a probe; TAIYI_DIRECT_CONV=0
+// keeps oneDNN).
+bool direct_amx(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
+                Layout dst_layout, const Epilogue& epilogue) {
+  return compute == DType::BF16 && !switched_off("TAIYI_DIRECT_CONV") && src_layout == Layout::kNHWC &&
+         dst_layout == Layout::kNHWC && epilogue.post_op == PostOp::kNone && cpu::dnnl_uses_amx() &&
+         cpu::direct_conv_bf16_amx_applicable(x_shape, w, p);
+}
+
 ConvKernel pick(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
                 Layout dst_layout, const Epilogue& epilogue) {
   if (p.upsample != 1) return ConvKernel::kUpsample2x;  // (prepare_conv2d checks it applies)
@@ -94,6 +109,7 @@ ConvKernel pick(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DT
   if (winograd_tile(x_shape, w, p, compute)) return ConvKernel::kWinogradF32;
   if (winograd_bf16(x_shape, w, p, compute)) return ConvKernel::kWinogradBf16;
   if (winograd_amx(x_shape, w, p, compute, src_layout, dst_layout, epilogue)) return ConvKernel::kWinogradAmx;
+  if (direct_amx(x_shape, w, p, compute, src_layout, dst_layout, epilogue)) return ConvKernel::kDirectAmx;
   if (conv1x1_bf16(x_shape, w, p, compute, src_layout, dst_layout)) return ConvKernel::kConv1x1Bf16;
   return ConvKernel::kDnnl;
 }
@@ -118,7 +134,7 @@ bool conv2d_fuses_upsample(const Shape& up_shape, const Tensor& w, const Conv2dP
   const Shape x_shape = {up_shape[0], up_shape[1], up_shape[2] / 2, up_shape[3] / 2};
   const ConvKernel k = pick(up_shape, w, p, compute, Layout::kNHWC, Layout::kNHWC, {});
   return p.upsample == 1 && upsample2x_applies(x_shape, w, fused, {}) &&
-         (k == ConvKernel::kDnnl || k == ConvKernel::kWinogradAmx);
+         (k == ConvKernel::kDnnl || k == ConvKernel::kWinogradAmx || k == ConvKernel::kDirectAmx);
 }
 
 bool conv2d_writes_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
@@ -127,7 +143,7 @@ bool conv2d_writes_bf16(const Shape& x_shape, const Tensor& w, const Conv2dParam
   if (k == ConvKernel::kUpsample2x)
     return compute == DType::BF16 && !switched_off("TAIYI_BF16_CONV_OUT") && dst_layout == Layout::kNHWC &&
            upsample2x_applies(x_shape, w, p, epilogue);
-  if (k == ConvKernel::kWinogradAmx)
+  if (k == ConvKernel::kWinogradAmx || k == ConvKernel::kDirectAmx)
     return !switched_off("TAIYI_BF16_CONV_OUT") && (!epilogue.residual || epilogue.residual_dtype == DType::BF16);
   return !switched_off("TAIYI_BF16_CONV_OUT") &&
          (src == DType::F32 || conv2d_takes_bf16_input(x_shape, w, p, compute, src_layout, dst_layout, epilogue)) &&
@@ -140,15 +156,16 @@ bool conv2d_takes_bf16_input(const Shape& x_shape, const Tensor& w, const Conv2d
   if (compute != DType::BF16 || (epilogue.post_op != PostOp::kNone && epilogue.post_op != PostOp::kBiasAdd))
     return false;
   const ConvKernel k = pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue);
-  return k == ConvKernel::kDnnl || k == ConvKernel::kWinogradAmx ||
+  return k == ConvKernel::kDnnl || k == ConvKernel::kWinogradAmx || k == ConvKernel::kDirectAmx ||
          (k == ConvKernel::kUpsample2x && src_layout == Layout::kNHWC && upsample2x_applies(x_shape, w, p, epilogue));
 }
 
 bool conv2d_takes_bias_add(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
                            Layout src_layout, Layout dst_layout) {
-  // (with a per-call bias oneDNN's kernel takes the convolution that would go to the AMX Winograd)
+  // (with a per-call bias oneDNN's kernel takes the convolution that would go to the AMX Winograd
+  // or the direct AMX kernel)
   const ConvKernel k = pick(x_shape, w, p, compute, src_layout, dst_layout, {});
-  return k == ConvKernel::kDnnl || k == ConvKernel::kWinogradAmx;
+  return k == ConvKernel::kDnnl || k == ConvKernel::kWinogradAmx || k == ConvKernel::kDirectAmx;
 }
 
 bool geglu_bf16_supported() { return bf16_supported() && cpu::geglu_bf16_avx512_applicable(); }
@@ -212,7 +229,8 @@ bool conv2d_takes_group_norm_silu(const Shape& x_shape, const Tensor& w, const C
                                   int64_t groups) {
   return !switched_off("TAIYI_FUSE_NORM_CONV") && groups > 0 && x_shape.size() == 4 && x_shape[1] % groups == 0 &&
          src == DType::BF16 &&
-         pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue) == ConvKernel::kWinogradAmx;
+         (pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue) == ConvKernel::kWinogradAmx ||
+          pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue) == ConvKernel::kDirectAmx);
 }
 
 std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,
@@ -247,6 +265,8 @@ std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w
       return cpu::prepare_conv2d_winograd_bf16_avx512(x_shape, w, bias, p, src_layout, dst_layout);
     case ConvKernel::kWinogradAmx:
       return cpu::prepare_conv2d_winograd_bf16_amx(x_shape, w, bias, p, epilogue, src, dst, prologue);
+    case ConvKernel::kDirectAmx:
+      return cpu::prepare_conv2d_direct_bf16_amx(x_shape, w, bias, p, epilogue, src, dst, prologue);
     case ConvKernel::kConv1x1Bf16:
       return cpu::prepare_conv2d_1x1_bf16_avx512(x_shape, w, bias, p, src_layout, dst_layout);
     case ConvKernel::kUpsample2x:

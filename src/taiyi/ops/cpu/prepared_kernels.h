@@ -74,6 +74,16 @@ std::unique_ptr<PreparedOp> prepare_conv2d_winograd_bf16_amx(const Shape& x_shap
                                                              const Conv2dParams& p, const Epilogue& epilogue, DType src,
                                                              DType dst, const Prologue& prologue = {});
 
+// conv2d_direct_bf16_amx.cpp: bf16 3x3 convolution on AMX tiles from a blocked, padded copy of the
+// input, channels-last in and out (f32 or bf16 each), a residual of the output's dtype, a
+// GroupNorm+SiLU prologue (applied as the copy is made). Needs cpu_has_amx_bf16(), a 3x3 kernel,
+// stride 1, padding 1, 320-768 input and >= 320 output channels in multiples of 32, a width that is
+// a multiple of 32 (direct_conv_bf16_amx_applicable).
+bool direct_conv_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, const Conv2dParams& p);
+std::unique_ptr<PreparedOp> prepare_conv2d_direct_bf16_amx(const Shape& x_shape, const Tensor& w, const Tensor& bias,
+                                                           const Conv2dParams& p, const Epilogue& epilogue, DType src,
+                                                           DType dst, const Prologue& prologue = {});
+
 // attention_bf16_avx512.cpp: bf16 attention on vdpbf16ps, for CPUs with avx512_bf16 and no AMX.
 // Needs cpu_has_avx512_bf16() and scale > 0 (attention_bf16_avx512_applicable).
 bool attention_bf16_avx512_applicable(float scale);

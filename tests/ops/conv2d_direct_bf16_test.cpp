@@ -80,13 +80,6 @@ Reference reference(const Tensor& x, const Tensor& w, const Tensor& bias) {
   return r;
 }
 
-// A channels-last copy of the NCHW tensor t in dtype.
-Tensor nhwc(const Tensor& t, DType dtype) {
-  Tensor out = Tensor::empty({t.size(0), t.size(2), t.size(3), t.size(1)}, dtype).permute({0, 3, 1, 2});
-  out.copy_from(t);
-  return out;
-}
-
 // The f32 path (every residual kind, guarded buffers) against the reference, then bf16 input (the
 // same values) into f32 and bf16 outputs (the bf16 one the f32 one rounded), and a bf16 residual
 // in place.

@@ -239,13 +239,6 @@ class Conv2dWinogradBf16Amx : public ::testing::Test {
   }
 };
 
-// A channels-last copy of the NCHW tensor t in dtype.
-Tensor nhwc(const Tensor& t, DType dtype) {
-  Tensor out = Tensor::empty({t.size(0), t.size(2), t.size(3), t.size(1)}, dtype).permute({0, 3, 1, 2});
-  out.copy_from(t);
-  return out;
-}
-
 // The largest |got - want| and |want| over got's values.
 struct ErrorBound {
   double max_err = 0, max_abs = 0;

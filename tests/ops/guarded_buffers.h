@@ -80,6 +80,13 @@ void for_each_layout_and_residual(Fn&& fn) {
       }
 }
 
+// A channels-last copy of the NCHW tensor t in dtype (the channels-last convolutions' tests).
+inline Tensor nhwc(const Tensor& t, DType dtype) {
+  Tensor out = Tensor::empty({t.size(0), t.size(2), t.size(3), t.size(1)}, dtype).permute({0, 3, 1, 2});
+  out.copy_from(t);
+  return out;
+}
+
 struct GuardedRun {
   Tensor y;                      // the output (NCHW-shaped, stored in the destination layout)
   std::vector<double> residual;  // the residual's values (NCHW order), empty without one

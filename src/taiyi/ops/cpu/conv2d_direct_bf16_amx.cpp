@@ -101,29 +101,8 @@ class DirectConv2dBf16Amx : public PreparedOp {
 
   void run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const override {
     const Tensor& x = in.at(0);
-    const auto nhwc = [&](const Tensor& t) {
-      return t.ndim() == 4 && t.size(0) == n_ && t.size(2) == h_ && t.size(3) == w_ && t.stride(1) == 1;
-    };
-    if (x.dtype() != src_ || !nhwc(x) || x.size(1) != cin_)
-      throw Error("conv2d direct (amx): prepared for a channels-last " + std::string(dtype_name(src_)) + " input [" +
-                  std::to_string(n_) + ", " + std::to_string(cin_) + ", " + std::to_string(h_) + ", " +
-                  std::to_string(w_) + "], given " + x.describe());
-    if (out.dtype() != dst_ || !nhwc(out) || out.size(1) != cout_)
-      throw Error("conv2d direct (amx): prepared for a channels-last " + std::string(dtype_name(dst_)) + " output of " +
-                  std::to_string(cout_) + " channels, given " + out.describe());
-    const void* res = nullptr;
-    Strides4 sr = strides4(out);
-    if (residual_) {
-      const Tensor& r = in.at(1);
-      if (r.dtype() != dst_ || !nhwc(r) || r.size(1) != cout_)
-        throw Error("conv2d direct (amx): the residual " + r.describe() + " does not match the output " +
-                    out.describe());
-      res = r.raw_data();
-      sr = strides4(r);
-    }
-    if (prologue_.groups > 0 && (x.stride(3) != cin_ || x.stride(2) != w_ * cin_ || x.stride(0) != h_ * w_ * cin_))
-      throw Error("conv2d direct (amx): the GroupNorm prologue reads a dense channels-last input, given " +
-                  x.describe());
+    const auto [res, sr] = check_nhwc_conv_io(in, out, n_, cin_, h_, w_, cout_, src_, dst_, residual_,
+                                              prologue_.groups > 0, "conv2d direct (amx)");
     auto* buf = reinterpret_cast<uint16_t*>(align64(scratch));
     auto* ab = reinterpret_cast<float*>(align64(scratch) + buf_bytes_);
     if (prologue_.groups > 0) norm_scale_shift(x.data_u16(), ab);
@@ -322,14 +301,7 @@ bool direct_conv_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, cons
 std::unique_ptr<PreparedOp> prepare_conv2d_direct_bf16_amx(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                                            const Conv2dParams& p, const Epilogue& epilogue, DType src,
                                                            DType dst, const Prologue& prologue) {
-  const auto per_channel = [&](const Tensor& t) {
-    return !t.defined() || (t.dtype() == DType::F32 && t.numel() == x_shape[1]);
-  };
-  if (prologue.groups > 0 && (src != DType::BF16 || x_shape[1] % prologue.groups != 0 || !per_channel(prologue.gamma) ||
-                              !per_channel(prologue.beta)))
-    throw Error("conv2d direct: the GroupNorm+SiLU prologue needs a bf16 input whose " + std::to_string(x_shape[1]) +
-                " channels split into " + std::to_string(prologue.groups) + " groups, and f32 gamma and beta of one " +
-                "per channel");
+  check_nhwc_prologue(x_shape, src, prologue, "conv2d direct");
   if (!direct_conv_bf16_amx_applicable(x_shape, w, p) || epilogue.scale != 1.0f || epilogue.post_op != PostOp::kNone ||
       (epilogue.residual && epilogue.residual_dtype != dst) || (src != DType::F32 && src != DType::BF16) ||
       (dst != DType::F32 && dst != DType::BF16) ||

@@ -625,29 +625,8 @@ TAIYI_TARGET_AMX void WinogradConv2dBf16Amx::run_blocks(const Src* x, const Stri
 
 void WinogradConv2dBf16Amx::run(const std::vector<Tensor>& in, const Tensor& out, std::byte* scratch) const {
   const Tensor& x = in.at(0);
-  const auto nhwc = [&](const Tensor& t) {
-    return t.ndim() == 4 && t.size(0) == n_ && t.size(2) == h_ && t.size(3) == w_ && t.stride(1) == 1;
-  };
-  if (x.dtype() != src_ || !nhwc(x) || x.size(1) != cin_)
-    throw Error("conv2d winograd (amx): prepared for a channels-last " + std::string(dtype_name(src_)) + " input [" +
-                std::to_string(n_) + ", " + std::to_string(cin_) + ", " + std::to_string(h_) + ", " +
-                std::to_string(w_) + "], given " + x.describe());
-  if (out.dtype() != dst_ || !nhwc(out) || out.size(1) != cout_)
-    throw Error("conv2d winograd (amx): prepared for a channels-last " + std::string(dtype_name(dst_)) + " output of " +
-                std::to_string(cout_) + " channels, given " + out.describe());
-  const void* res = nullptr;
-  Strides4 sr = strides4(out);
-  if (residual_) {
-    const Tensor& r = in.at(1);
-    if (r.dtype() != dst_ || !nhwc(r) || r.size(1) != cout_)
-      throw Error("conv2d winograd (amx): the residual " + r.describe() + " does not match the output " +
-                  out.describe());
-    res = r.raw_data();
-    sr = strides4(r);
-  }
-  if (prologue_.groups > 0 && (x.stride(3) != cin_ || x.stride(2) != w_ * cin_ || x.stride(0) != h_ * w_ * cin_))
-    throw Error("conv2d winograd (amx): the GroupNorm prologue reads a dense channels-last input, given " +
-                x.describe());
+  const auto [res, sr] = check_nhwc_conv_io(in, out, n_, cin_, h_, w_, cout_, src_, dst_, residual_,
+                                            prologue_.groups > 0, "conv2d winograd (amx)");
   if (out_moments_ && dst_ == DType::BF16) std::fill(part_.begin(), part_.end(), 0.0);
   if (src_ == DType::BF16) {
     run_src(x.data_u16(), strides4(x), out.raw_data(), strides4(out), res, sr, scratch);
@@ -669,15 +648,7 @@ bool winograd_bf16_amx_applicable(const Shape& x_shape, const Tensor& w, const C
 std::unique_ptr<PreparedOp> prepare_conv2d_winograd_bf16_amx(const Shape& x_shape, const Tensor& w, const Tensor& bias,
                                                              const Conv2dParams& p, const Epilogue& epilogue, DType src,
                                                              DType dst, const Prologue& prologue) {
-  const auto per_channel = [&](const Tensor& t) {
-    return !t.defined() || (t.dtype() == DType::F32 && t.numel() == x_shape[1]);
-  };
-  if (prologue.groups > 0 && (src != DType::BF16 || x_shape[1] % prologue.groups != 0 || !per_channel(prologue.gamma) ||
-                              !per_channel(prologue.beta)))
-    throw Error("conv2d winograd: a GroupNorm prologue of " + std::to_string(prologue.groups) +
-                " groups needs a bf16 input of channels divisible by them and f32 gamma and beta of one value per "
-                "channel; given a " +
-                std::string(dtype_name(src)) + " input " + shape_str(x_shape));
+  check_nhwc_prologue(x_shape, src, prologue, "conv2d winograd");
   if (!winograd_bf16_amx_applicable(x_shape, w, p) || epilogue.scale != 1.0f || epilogue.post_op != PostOp::kNone ||
       (epilogue.residual && epilogue.residual_dtype != dst) || (src != DType::F32 && src != DType::BF16) ||
       (dst != DType::F32 && dst != DType::BF16))

@@ -1,10 +1,10 @@
 // fuse_group_norm_conv: with bf16 on AMX, a ResNet block's GroupNorm+SiLU in front of each of its
 // convolutions (the VAE's, channels-last bf16 activations) goes into the convolution as its
 // prologue: the group_norm_silu nodes are gone, the convolutions read the GroupNorm's input,
-// bound to the AMX Winograd kernel with the prologue, and the graph computes within bf16's error
-// of the graph without the pass (TAIYI_FUSE_NORM_CONV=0), the same on replay. A GroupNorm read by
-// two nodes, f32 compute, and the pass switched off change nothing; eager replay of a node with the
-// prologue normalises first.
+// bound to the AMX Winograd kernel (64 channels) or the direct AMX convolution (320) with the
+// prologue, and the graph computes within bf16's error of the graph without the pass
+// (TAIYI_FUSE_NORM_CONV=0), the same on replay. A GroupNorm read by two nodes, f32 compute, and
+// the pass switched off change nothing; eager replay of a node with the prologue normalises first.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -29,18 +29,21 @@ size_t prologues(const Graph& g) {
   return count_nodes(g, [](const Node& n) { return ops::has_norm_prologue(n.kind, n.attrs); });
 }
 
-TEST(FuseGroupNormConv, ResnetBlockConvolutionsNormaliseTheirInput) {
+// A ResNet block of `channels` channels on [2, 4, h, w] input (after a 3x3 convolution from 4
+// channels): its two GroupNorm+SiLU pairs fused into convolutions bound to the kernel `kernel`
+// names.
+void check_resnet_block(int64_t channels, int64_t h, int64_t w, const char* kernel) {
+  SCOPED_TRACE(std::to_string(channels) + " channels, " + kernel);
   nn::ParameterSet params;
-  const nn::ResnetBlock2D block(nn::Scope(params, "block"), 64, 64, 0, 32, 1e-6f);
+  const nn::ResnetBlock2D block(nn::Scope(params, "block"), channels, channels, 0, 32, 1e-6f);
   params.init_random(5);
-  const Tensor w_in = random_tensor({64, 4, 3, 3}, 1, -0.3f, 0.3f), w_out = random_tensor({4, 64, 3, 3}, 2);
+  const Tensor w_in = random_tensor({channels, 4, 3, 3}, 1, -0.3f, 0.3f), w_out = random_tensor({4, channels, 3, 3}, 2);
   const auto fn = [&](const std::vector<Tensor>& in) {
-    const Tensor h = block(ops::conv2d(in[0], w_in, Tensor(), ops::Conv2dParams::same(1)), Tensor());
-    return std::vector<Tensor>{ops::conv2d(h, w_out, Tensor(), ops::Conv2dParams::same(1))};
+    const Tensor hid = block(ops::conv2d(in[0], w_in, Tensor(), ops::Conv2dParams::same(1)), Tensor());
+    return std::vector<Tensor>{ops::conv2d(hid, w_out, Tensor(), ops::Conv2dParams::same(1))};
   };
-  // Width 64: rows of 32 tiles, the kernel's ring of normalised rows; batch 2: per-sample statistics.
-  const std::vector<InputSpec> sig = {{{2, 4, 8, 64}, DType::F32}};
-  Tensor x = random_tensor({2, 4, 8, 64}, 3);
+  const std::vector<InputSpec> sig = {{{2, 4, h, w}, DType::F32}};
+  Tensor x = random_tensor({2, 4, h, w}, 3);
   Graph f32 = trace(fn, sig);
   run_passes(f32, CompileOptions{});
   EXPECT_EQ(prologues(f32), 0u);
@@ -63,7 +66,7 @@ TEST(FuseGroupNormConv, ResnetBlockConvolutionsNormaliseTheirInput) {
     EXPECT_EQ(g.values[n.inputs[0]].dtype, DType::BF16);
     ASSERT_EQ(n.inputs.size(), 6u);
     ASSERT_TRUE(n.prepared);
-    EXPECT_NE(n.prepared->describe().find("winograd_f23:amx"), std::string::npos);
+    EXPECT_NE(n.prepared->describe().find(kernel), std::string::npos) << n.prepared->describe();
     EXPECT_NE(n.prepared->describe().find("groupnorm+silu"), std::string::npos);
   }
   const Tensor want = Executor(plain).run({x})[0];
@@ -74,10 +77,18 @@ TEST(FuseGroupNormConv, ResnetBlockConvolutionsNormaliseTheirInput) {
   // Each sample normalised by its own statistics: the second sample shifted and scaled changes
   // the first sample's output not at all.
   Tensor x2 = x.contiguous();
-  const int64_t per = 4 * 8 * 64;
+  const int64_t per = 4 * h * w;
   for (int64_t i = 0; i < per; ++i) x2.data<float>()[per + i] = 3.0f * x2.data<float>()[per + i] + 2.0f;
   const Tensor got2 = ex.run({x2})[0];
   EXPECT_EQ(max_abs_diff(ops::slice(got2, 0, 0, 1), ops::slice(got, 0, 0, 1)), 0.0);
+}
+
+TEST(FuseGroupNormConv, ResnetBlockConvolutionsNormaliseTheirInput) {
+  // Width 64: rows of 32 tiles, the Winograd kernel's ring of normalised rows; batch 2: per-sample
+  // statistics.
+  check_resnet_block(64, 8, 64, "winograd_f23:amx");
+  // 320 channels, width 32: the direct AMX convolution, which normalises as it copies its input.
+  check_resnet_block(320, 2, 32, "direct:amx");
 }
 
 TEST(FuseGroupNormConv, EagerReplayNormalisesFirst) {

@@ -112,13 +112,8 @@ void check_case(const Case& c, uint32_t seed) {
   const auto f32_out = ops::cpu::prepare_conv2d_direct_bf16_amx(xs, w, bias, p, {}, DType::BF16, DType::F32);
   const auto bf16_out = ops::cpu::prepare_conv2d_direct_bf16_amx(xs, w, bias, p, {}, DType::BF16, DType::BF16);
   const Tensor xb = nhwc(x, DType::BF16);
-  Tensor yf = nhwc(Tensor::zeros({c.n, c.cout, c.h, c.w}), DType::F32);
-  Tensor yb = nhwc(Tensor::zeros({c.n, c.cout, c.h, c.w}), DType::BF16);
-  Scratch scratch(std::max(f32_out->scratch_bytes(), bf16_out->scratch_bytes()));
-  f32_out->run({xb}, yf, scratch.mem.get());
-  bf16_out->run({xb}, yb, scratch.mem.get());
-  EXPECT_EQ(close(values(yf), {}), 0) << "bf16 input";
-  const Tensor yb_nchw = yb.contiguous(), yf_nchw = yf.contiguous();
+  const auto [yf_nchw, yb_nchw] = run_f32_and_bf16_out(*f32_out, *bf16_out, xb, {c.n, c.cout, c.h, c.w});
+  EXPECT_EQ(close(values(yf_nchw), {}), 0) << "bf16 input";
   int64_t differ = 0;
   for (int64_t i = 0; i < yf_nchw.numel(); ++i)
     differ += yb_nchw.data_u16()[i] != f32_to_bf16(yf_nchw.data<float>()[i]);
@@ -127,6 +122,7 @@ void check_case(const Case& c, uint32_t seed) {
       xs, w, bias, p, {true, 1.0f, ops::PostOp::kNone, DType::F32, DType::BF16}, DType::BF16, DType::BF16);
   const Tensor res = ops::cast(ops::cast(random_tensor({c.n, c.cout, c.h, c.w}, seed + 4), DType::BF16), DType::F32);
   Tensor y = nhwc(res, DType::BF16);
+  Scratch scratch(with_res->scratch_bytes());
   with_res->run({xb, y}, y, scratch.mem.get());
   const std::vector<double> rv = values(res), yv = values(y);
   for (size_t i = 0; i < yv.size(); ++i)

@@ -277,15 +277,10 @@ void check_amx_case(const Case& c, uint32_t seed) {
   const auto f32_out = ops::cpu::prepare_conv2d_winograd_bf16_amx(xs, w, bias, p, {}, DType::BF16, DType::F32);
   const auto bf16_out = ops::cpu::prepare_conv2d_winograd_bf16_amx(xs, w, bias, p, {}, DType::BF16, DType::BF16);
   const Tensor xb = nhwc(x, DType::BF16);
-  Tensor yf = nhwc(Tensor::zeros({c.n, c.cout, c.h, c.w}), DType::F32);
-  Tensor yb = nhwc(Tensor::zeros({c.n, c.cout, c.h, c.w}), DType::BF16);
-  Scratch scratch(std::max(f32_out->scratch_bytes(), bf16_out->scratch_bytes()));
-  f32_out->run({xb}, yf, scratch.mem.get());
-  bf16_out->run({xb}, yb, scratch.mem.get());
+  const auto [yf_nchw, yb_nchw] = run_f32_and_bf16_out(*f32_out, *bf16_out, xb, {c.n, c.cout, c.h, c.w});
   const std::vector<double> expected = winograd_bf16_reference(x, w, bias, p);
-  const ErrorBound e = compare(values(yf), expected);
+  const ErrorBound e = compare(values(yf_nchw), expected);
   EXPECT_LE(e.max_err, 2e-5 * e.max_abs + 1e-6) << "bf16 input, max |expected| " << e.max_abs;
-  const Tensor yb_nchw = yb.contiguous(), yf_nchw = yf.contiguous();
   int64_t differ = 0;
   for (int64_t i = 0; i < yf_nchw.numel(); ++i)
     differ += bf16_to_f32(yb_nchw.data_u16()[i]) != bf16_to_f32(f32_to_bf16(yf_nchw.data<float>()[i]));
@@ -295,6 +290,7 @@ void check_amx_case(const Case& c, uint32_t seed) {
       xs, w, bias, p, {true, 1.0f, ops::PostOp::kNone, DType::F32, DType::BF16}, DType::BF16, DType::BF16);
   const Tensor res = ops::cast(ops::cast(random_tensor({c.n, c.cout, c.h, c.w}, seed + 4), DType::BF16), DType::F32);
   Tensor y = nhwc(res, DType::BF16);
+  Scratch scratch(with_res->scratch_bytes());
   with_res->run({xb, y}, y, scratch.mem.get());
   const std::vector<double> rv = values(res), yv = values(y);
   double worst = 0;

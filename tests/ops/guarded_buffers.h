@@ -87,6 +87,21 @@ inline Tensor nhwc(const Tensor& t, DType dtype) {
   return out;
 }
 
+// Two prepared channels-last convolutions of one bf16 channels-last input xb, the first writing f32
+// and the second bf16, each run into a fresh channels-last output of shape ys (NCHW order): the
+// outputs, NCHW-contiguous.
+struct F32AndBf16Out {
+  Tensor f32, bf16;
+};
+inline F32AndBf16Out run_f32_and_bf16_out(const ops::PreparedOp& f32_out, const ops::PreparedOp& bf16_out,
+                                          const Tensor& xb, const Shape& ys) {
+  Tensor yf = nhwc(Tensor::zeros(ys), DType::F32), yb = nhwc(Tensor::zeros(ys), DType::BF16);
+  Scratch scratch(std::max(f32_out.scratch_bytes(), bf16_out.scratch_bytes()));
+  f32_out.run({xb}, yf, scratch.mem.get());
+  bf16_out.run({xb}, yb, scratch.mem.get());
+  return {yf.contiguous(), yb.contiguous()};
+}
+
 struct GuardedRun {
   Tensor y;                      // the output (NCHW-shaped, stored in the destination layout)
   std::vector<double> residual;  // the residual's values (NCHW order), empty without one

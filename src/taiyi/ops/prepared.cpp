@@ -79,12 +79,18 @@ namespace {
 
 enum class ConvKernel { kWinogradF32, kWinogradBf16, kWinogradAmx, kDirectAmx, kConv1x1Bf16, kDnnl, kUpsample2x };
 
+// What our AMX convolutions take: bf16 compute between channels-last activations, no post-op, on a
+// CPU where oneDNN uses AMX.
+bool amx_channels_last(DType compute, Layout src_layout, Layout dst_layout, const Epilogue& epilogue) {
+  return compute == DType::BF16 && src_layout == Layout::kNHWC && dst_layout == Layout::kNHWC &&
+         epilogue.post_op == PostOp::kNone && cpu::dnnl_uses_amx();
+}
+
 // bf16 3x3 convolutions with channels-last activations on AMX go to our F(2x2,3x3) AMX kernel
 // (conv2d_winograd_bf16_amx.cpp) where it beats oneDNN's direct brgconv (bench/conv_bench bf16-nhwc).
 bool winograd_amx(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
                   Layout dst_layout, const Epilogue& epilogue) {
-  return compute == DType::BF16 && winograd_enabled() && src_layout == Layout::kNHWC && dst_layout == Layout::kNHWC &&
-         epilogue.post_op == PostOp::kNone && cpu::dnnl_uses_amx() &&
+  return winograd_enabled() && amx_channels_last(compute, src_layout, dst_layout, epilogue) &&
          cpu::winograd_bf16_amx_applicable(x_shape, w, p) && x_shape[1] <= 512 && w.size(0) <= 256 &&
          x_shape[1] * w.size(0) <= 512 * 256;
 }
@@ -92,12 +98,11 @@ bool winograd_amx(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, 
 // bf16 3x3 convolutions with channels-last activations on AMX that the Winograd does not take, of
 // 320-768 input and >= 320 output channels and a width a multiple of 32 (the VAE's 512-channel
 // ones, the UNet's 320- and 640-channel ones) go to our direct AMX kernel
-// (conv2d_direct_bf16_amx.cpp: 1.2-1.7x oneDNN's brgconv there in a probe; TAIYI_DIRECT_CONV=0
-// keeps oneDNN).
+// (conv2d_direct_bf16_amx.cpp: 1.1-1.2x oneDNN's brgconv at [1, 512, 64, 64] and the UNet's
+// shapes, as fast at [1, 512, 128, 128]; TAIYI_DIRECT_CONV=0 keeps oneDNN).
 bool direct_amx(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute, Layout src_layout,
                 Layout dst_layout, const Epilogue& epilogue) {
-  return compute == DType::BF16 && !switched_off("TAIYI_DIRECT_CONV") && src_layout == Layout::kNHWC &&
-         dst_layout == Layout::kNHWC && epilogue.post_op == PostOp::kNone && cpu::dnnl_uses_amx() &&
+  return !switched_off("TAIYI_DIRECT_CONV") && amx_channels_last(compute, src_layout, dst_layout, epilogue) &&
          cpu::direct_conv_bf16_amx_applicable(x_shape, w, p);
 }
 
@@ -227,10 +232,11 @@ std::unique_ptr<PreparedOp> prepare_linear(const Shape& x_shape, const Tensor& w
 bool conv2d_takes_group_norm_silu(const Shape& x_shape, const Tensor& w, const Conv2dParams& p, DType compute,
                                   Layout src_layout, Layout dst_layout, const Epilogue& epilogue, DType src,
                                   int64_t groups) {
-  return !switched_off("TAIYI_FUSE_NORM_CONV") && groups > 0 && x_shape.size() == 4 && x_shape[1] % groups == 0 &&
-         src == DType::BF16 &&
-         (pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue) == ConvKernel::kWinogradAmx ||
-          pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue) == ConvKernel::kDirectAmx);
+  if (switched_off("TAIYI_FUSE_NORM_CONV") || groups <= 0 || x_shape.size() != 4 || x_shape[1] % groups != 0 ||
+      src != DType::BF16)
+    return false;
+  const ConvKernel k = pick(x_shape, w, p, compute, src_layout, dst_layout, epilogue);
+  return k == ConvKernel::kWinogradAmx || k == ConvKernel::kDirectAmx;
 }
 
 std::unique_ptr<PreparedOp> prepare_conv2d(const Shape& x_shape, const Tensor& w, const Tensor& bias,

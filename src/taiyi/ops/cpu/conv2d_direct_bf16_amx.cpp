@@ -6,11 +6,12 @@
 // Each run first copies x into a blocked, zero-padded bf16 buffer, [n][C/32][H+2][W+2][32]: 32
 // channels of a pixel are 64 bytes, so that 16 pixels of a row are one 1 KiB tile of A. Read in
 // place from channels-last memory, a tile's 16 rows are C apart (1 KiB at 512 channels), in 4 of
-// L1's 64 sets, and the loop below ran at oneDNN's speed; from the blocked buffer 1.2-1.7x it
-// (bench/RESULTS.md, stop 27). The copy takes the GroupNorm+SiLU prologue where there is one
-// (graph/passes/fuse_group_norm_conv.cpp): silu(x scale + shift), rounded to bf16, so the
-// normalised activation is written once, blocked, where the GroupNorm wrote it and the
-// convolution read it back.
+// L1's 64 sets, and the loop below ran at oneDNN's speed; from the blocked buffer, copy included,
+// 1.1-1.2x it at [1, 512, 64, 64] and the UNet's shapes and as fast at [1, 512, 128, 128]
+// (bench/RESULTS.md, stop 27: a probe with zero-filled buffers had promised 1.2-1.7x). The copy takes the
+// GroupNorm+SiLU prologue where there is one (graph/passes/fuse_group_norm_conv.cpp): silu(x scale + shift), rounded to
+// bf16, so the normalised activation is written once, blocked, where the GroupNorm wrote it and the convolution read it
+// back.
 //
 // Then per thread a range of output rows; per group of two panels (32 output channels each, their
 // packed weights 2 x 9 C x 64 bytes, in L2 across the rows), per row, per 32 pixels, per panel: a
